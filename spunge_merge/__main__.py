@@ -1,0 +1,3 @@
+from spunge_merge.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""The `spunge` command line (Typer): one module per stage, no logic beyond parsing and printing.
+
+Each stage module in `STAGE_MODULES` exposes `register(app, groups)` and adds its commands.
+A `SpungeError` raised anywhere below is printed as one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from spunge_merge import __version__
+from spunge_merge.errors import SpungeError
+
+STAGE_MODULES = ("split", "unlearn", "merge", "evaluate", "push", "run")
+
+
+class _SpungeGroup(TyperGroup):
+    """Turns user-fixable errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SpungeError as exc:
+            typer.secho(f"Error: {exc}", err=True, fg="red")
+            raise typer.Exit(code=2) from None
+
+
+app = typer.Typer(
+    cls=_SpungeGroup,
+    name="spunge",
+    help="Split, Unlearn, Merge: attribute-aware LLM unlearning with TIES merging through mergekit.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+unlearn_app = typer.Typer(help="Unlearn a forget set (or each subset of a split) from a base model.",
+                          no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate models: toxicity, fluency, perplexity, harness, comparisons.",
+                       no_args_is_help=True)
+app.add_typer(unlearn_app, name="unlearn")
+app.add_typer(eval_app, name="eval")
+GROUPS = {"unlearn": unlearn_app, "eval": eval_app}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"spunge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Split, Unlearn, Merge: attribute-aware LLM unlearning."""
+
+
+for _stage in STAGE_MODULES:
+    importlib.import_module(f"spunge_merge.cli.{_stage}").register(app, GROUPS)
+
+
+def main() -> None:
+    app()

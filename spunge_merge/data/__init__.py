@@ -1,0 +1,1 @@
+"""Data: loading with `datasets`, the `--where` parser, the split stage."""

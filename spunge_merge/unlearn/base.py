@@ -1,0 +1,154 @@
+"""What every unlearning method shares: a registry, devices and dtypes, seeding, and the
+per-subset fan-out with resume.
+
+A method turns (base model, forget subset, settings) into a run directory holding its
+result and a `spunge.json`. `run_subsets` calls it once per subset of a split directory,
+always from the same base model, skipping runs that are already complete, and writes
+`DIR/manifest.json` listing the runs for the merge stage.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spunge_merge import __version__
+from spunge_merge.data.loading import SPLIT_MANIFEST, Subset
+from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import atomic_output_dir, is_nonempty_dir, read_json, write_json
+from spunge_merge.provenance import is_complete, read_provenance
+
+RUNS_MANIFEST = "manifest.json"
+METHODS: dict[str, Any] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method available by name (`spunge unlearn NAME`, pipelines)."""
+
+    def decorate(cls):
+        METHODS[name] = cls
+        cls.name = name
+        return cls
+
+    return decorate
+
+
+def get_method(name: str):
+    if name not in METHODS:
+        raise SpungeError(f"unknown unlearning method '{name}' (available: {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+def pick_device(spec: str = "auto"):
+    """`cpu`, `cuda`, `cuda:N`, `mps` or `auto` (cuda when available)."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise SpungeError(f"device '{spec}' requested but CUDA is not available")
+    try:
+        return torch.device(spec)
+    except RuntimeError as exc:
+        raise SpungeError(f"unknown device '{spec}' (use cpu, cuda, cuda:N or auto)") from exc
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+def pick_dtype(spec: str, device) -> Any:
+    """`auto` is bf16 on CUDA and fp32 elsewhere; else float32/bfloat16/float16."""
+    import torch
+
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if spec not in _DTYPES:
+        raise SpungeError(f"unknown dtype '{spec}' (use auto, float32, bfloat16, float16)")
+    return getattr(torch, _DTYPES[spec])
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    name: str
+    path: Path
+    skipped: bool  # True when an identical completed run was found
+
+
+def execute_run(out: Path, fingerprint: str, work: Callable[[Path], None], *, force: bool = False,
+                name: str | None = None) -> RunOutcome:
+    """Run `work(tmp_dir)` unless `out` already holds a run with this fingerprint.
+
+    `work` must write `spunge.json` (with this fingerprint) into the directory it is given;
+    the directory is renamed to `out` only when `work` returns.
+    """
+    out = Path(out)
+    if is_complete(out, fingerprint) and not force:
+        return RunOutcome(name=name or out.name, path=out, skipped=True)
+    if is_nonempty_dir(out) and not force:
+        previous = read_provenance(out)
+        what = "a run with different settings or data" if previous else "files that are not a spunge run"
+        raise SpungeError(f"{out} holds {what}; pass --force to replace it, or choose another --out")
+    with atomic_output_dir(out, force=True) as tmp:
+        work(tmp)
+        if not is_complete(tmp, fingerprint):
+            raise RuntimeError(f"method wrote no spunge.json with the expected fingerprint into {tmp}")
+    return RunOutcome(name=name or out.name, path=out, skipped=False)
+
+
+def run_subsets(
+    subsets: list[Subset],
+    out: Path,
+    *,
+    method: str,
+    run_one: Callable[[Subset, Path], RunOutcome],
+    split_source: Path | None,
+    force: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> list[RunOutcome]:
+    """One run per subset into `out/<name>/`, then `out/manifest.json` listing them.
+
+    `run_one(subset, run_dir)` does (or skips) one run, normally through `execute_run`.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SpungeError(f"output path {out} exists and is not a directory")
+    if is_nonempty_dir(out) and not (out / RUNS_MANIFEST).is_file() and not force:
+        raise SpungeError(f"output directory {out} is not empty and is not a spunge unlearn output; pass --force")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpungeError(f"cannot create output directory {out}: {exc.strerror or exc}") from exc
+    outcomes = [run_one(subset, out / subset.name) for subset in subsets]
+    split_manifest = read_json(split_source / SPLIT_MANIFEST) if split_source and (split_source / SPLIT_MANIFEST).is_file() else None
+    write_json(out / RUNS_MANIFEST, {
+        "kind": "unlearn-runs",
+        "method": method,
+        "spunge_version": __version__,
+        "attribute": split_manifest.get("column") if split_manifest else None,
+        "split": {"path": str(split_source), "filters": split_manifest.get("filters")} if split_manifest else None,
+        "runs": [{"name": s.name, "value": s.value, "rows": len(s.texts), "path": s.name} for s in subsets],
+        **(extra or {}),
+    })
+    return outcomes
+
+
+def list_runs(path: Path) -> list[Path]:
+    """The run directories under an unlearn output (its manifest), or `[path]` for a single run."""
+    path = Path(path)
+    manifest = path / RUNS_MANIFEST
+    if manifest.is_file() and read_json(manifest).get("kind") == "unlearn-runs":
+        return [path / entry["path"] for entry in read_json(manifest)["runs"]]
+    return [path]
