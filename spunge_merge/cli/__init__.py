@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from spunge_merge import __version__
 from spunge_merge.errors import SpungeError
 
-STAGE_MODULES = ("split", "unlearn", "merge", "evaluate", "push", "run")
+STAGE_MODULES = ("split", "tvn", "rmu", "merge", "evaluate", "push", "run")
 
 
 class _SpungeGroup(TyperGroup):
