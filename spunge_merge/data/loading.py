@@ -6,6 +6,8 @@ subsets of a split directory (`load_subsets`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,26 @@ def _check_utf8(path: Path) -> None:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpungeError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from exc
+
+
+def _root_reason(exc: BaseException) -> str:
+    """The innermost cause's message: datasets wraps parser errors in generic ones."""
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets logs parser failures with a traceback before raising; we report them ourselves."""
+    logger = logging.getLogger("datasets")
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def load_table(source: str | Path, *, split: str = "train"):
@@ -55,22 +77,21 @@ def load_table(source: str | Path, *, split: str = "train"):
         try:
             if path.stat().st_size == 0:
                 raise SpungeError(f"{path}: file is empty")
-            return datasets.load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True)
+            with _quiet_datasets():
+                return datasets.load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True)
         except SpungeError:
             raise
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SpungeError(f"{path}: cannot parse as {builder} ({reason})") from exc
+            raise SpungeError(f"{path}: cannot parse as {builder} ({_root_reason(exc)})") from exc
     looks_like_path = text.startswith((".", "/", "~")) or path.suffix.lower() in FILE_FORMATS
     if looks_like_path or not re.match(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$", text):
         raise SpungeError(f"{text}: no such file or directory")
     try:
-        return datasets.load_dataset(text, split=split)
+        with _quiet_datasets():
+            return datasets.load_dataset(text, split=split)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpungeError(
-            f"'{text}' is not a local file and could not be loaded from the Hugging Face Hub "
-            f"({type(exc).__name__}: {reason})"
+            f"'{text}' is not a local file and could not be loaded from the Hugging Face Hub ({_root_reason(exc)})"
         ) from exc
 
 
