@@ -100,6 +100,8 @@ def ensure_smollm2(cache: Path | None = None) -> Path:
 
 
 ALIASES = {SMOLLM2_ALIAS: ensure_smollm2}
+# The Hub model each alias stands for (model cards name it as the base model).
+ALIAS_HUB_IDS = {SMOLLM2_ALIAS: _SMOLLM2_HUB_ID}
 
 
 def _download_from_hub(repo_id: str) -> Path:

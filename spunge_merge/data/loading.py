@@ -116,7 +116,7 @@ class Subset:
         return sha256_texts(list(self.texts))
 
     def describe(self) -> dict:
-        return {"name": self.name, "value": self.value, "column": self.column, "path": str(self.source),
+        return {"name": self.name, "value": self.value, "column": self.column, "path": str(self.source.resolve()),
                 "rows": len(self.texts), "sha256": self.sha256}
 
 

