@@ -142,7 +142,7 @@ def _base_model(record: dict) -> dict:
     ref, path = (raw.get("ref"), raw.get("path")) if isinstance(raw, dict) else (raw, None)
     ref = str(ref) if ref else None
     hub_id, note = None, ""
-    alias = _read_json(Path(path) / "spunge-alias.json") if path else None
+    alias = _read_json(Path(path) / "spunge-gguf.json") if path else None
     if alias is None and ref:
         from spunge_merge import models
 

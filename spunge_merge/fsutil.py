@@ -21,6 +21,13 @@ from spunge_merge.errors import SpungeError
 _TMP_MARK = ".tmp-"
 
 
+def _umask() -> int:
+    """The process umask (mkstemp/mkdtemp ignore it and create 0600/0700 entries; we restore the usual modes)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -56,6 +63,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -128,6 +136,7 @@ def atomic_output_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_TMP_MARK}{os.getpid()}-", dir=out.parent))
+        tmp.chmod(0o777 & ~_umask())
     except OSError as exc:
         raise SpungeError(f"cannot write to {out.parent}: {exc.strerror or exc}") from exc
     try:

