@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,19 @@ def remove_stale_temporaries(out: Path) -> None:
             shutil.rmtree(candidate, ignore_errors=True) if candidate.is_dir() else candidate.unlink(missing_ok=True)
 
 
+def _restore_modes(root: Path) -> None:
+    """Give files and folders under `root` the modes the umask allows (some writers, e.g.
+    safetensors' save_file and mkstemp, create 0600 files that other users could not read)."""
+    umask = _umask()
+    for entry in [root, *root.rglob("*")]:
+        info = entry.lstat()
+        if stat.S_ISLNK(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink > 1):
+            continue  # links point at files we do not own (e.g. a base model's shards)
+        wanted = (0o777 if stat.S_ISDIR(info.st_mode) else 0o666) & ~umask
+        if stat.S_IMODE(info.st_mode) != wanted:
+            entry.chmod(wanted)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces `out` only if the block succeeds.
@@ -141,6 +155,7 @@ def atomic_output_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]
         raise SpungeError(f"cannot write to {out.parent}: {exc.strerror or exc}") from exc
     try:
         yield tmp
+        _restore_modes(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             shutil.rmtree(old, ignore_errors=True)

@@ -9,6 +9,7 @@ always from the same base model, skipping runs that are already complete, and wr
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,9 +37,16 @@ def register_method(name: str):
     return decorate
 
 
+BUILTIN_METHODS = ("tvn", "rmu")
+
+
 def get_method(name: str):
+    """The registered method class; built-in methods are imported on first use (they pull in torch)."""
+    if name not in METHODS and name in BUILTIN_METHODS:
+        importlib.import_module(f"spunge_merge.unlearn.{name}")
     if name not in METHODS:
-        raise SpungeError(f"unknown unlearning method '{name}' (available: {', '.join(sorted(METHODS))})")
+        available = sorted(set(METHODS) | set(BUILTIN_METHODS))
+        raise SpungeError(f"unknown unlearning method '{name}' (available: {', '.join(available)})")
     return METHODS[name]
 
 
@@ -118,7 +126,7 @@ def run_subsets(
     force: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> list[RunOutcome]:
-    """One run per subset into `out/<name>/`, then `out/manifest.json` listing them.
+    """`out/manifest.json` listing the runs, then one run per subset into `out/<name>/`.
 
     `run_one(subset, run_dir)` does (or skips) one run, normally through `execute_run`.
     """
@@ -131,17 +139,21 @@ def run_subsets(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpungeError(f"cannot create output directory {out}: {exc.strerror or exc}") from exc
-    outcomes = [run_one(subset, out / subset.name) for subset in subsets]
-    split_manifest = read_json(split_source / SPLIT_MANIFEST) if split_source and (split_source / SPLIT_MANIFEST).is_file() else None
+    # The manifest goes first: an interrupted fan-out is then recognisable as ours and resumes,
+    # each finished run being skipped by its fingerprint and unfinished ones redone.
+    split_manifest = None
+    if split_source is not None and (Path(split_source) / SPLIT_MANIFEST).is_file():
+        split_manifest = read_json(Path(split_source) / SPLIT_MANIFEST)
     write_json(out / RUNS_MANIFEST, {
         "kind": "unlearn-runs",
         "method": method,
         "spunge_version": __version__,
         "attribute": split_manifest.get("column") if split_manifest else None,
-        "split": {"path": str(split_source), "filters": split_manifest.get("filters")} if split_manifest else None,
+        "split": {"path": str(Path(split_source).resolve()), "filters": split_manifest.get("filters")} if split_manifest else None,
         "runs": [{"name": s.name, "value": s.value, "rows": len(s.texts), "path": s.name} for s in subsets],
         **(extra or {}),
     })
+    outcomes = [run_one(subset, out / subset.name) for subset in subsets]
     return outcomes
 
 
@@ -150,5 +162,10 @@ def list_runs(path: Path) -> list[Path]:
     path = Path(path)
     manifest = path / RUNS_MANIFEST
     if manifest.is_file() and read_json(manifest).get("kind") == "unlearn-runs":
-        return [path / entry["path"] for entry in read_json(manifest)["runs"]]
+        runs = [path / entry["path"] for entry in read_json(manifest)["runs"]]
+        unfinished = [run.name for run in runs if read_provenance(run) is None]
+        if unfinished:
+            raise SpungeError(f"{path}: run(s) {', '.join(unfinished)} not finished (interrupted?); "
+                              "rerun the same `spunge unlearn` command to complete them")
+        return runs
     return [path]

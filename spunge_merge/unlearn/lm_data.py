@@ -1,0 +1,115 @@
+"""Forget texts as causal-LM batches: tokenize once, then shuffle and pad per epoch.
+
+Unlearning methods that train on raw text (TVN's LoRA fine-tune, RMU's forget pass) share
+this module so that they see the same tokens: each text is tokenized with the model's own
+tokenizer (its special tokens included), truncated to `max_length`, and ended with EOS so
+the model also learns where a statement stops. Padding is on the right and is masked out of
+the labels by the attention mask, not by the pad id, because most chat models use EOS as
+their pad token and masking by id would also drop the real EOS targets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100  # label value that cross-entropy (and transformers) skip
+
+
+def encode_texts(tokenizer, texts: Sequence[str], *, max_length: int, add_eos: bool = True) -> list[list[int]]:
+    """Token ids of each text, truncated to `max_length` tokens (EOS kept as the last one when added)."""
+    if max_length < 2:
+        raise ValueError("max_length must be at least 2 (one token to read, one to predict)")
+    eos = tokenizer.eos_token_id
+    budget = max_length - 1 if add_eos and eos is not None else max_length
+    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=budget)["input_ids"]
+    if add_eos and eos is not None:
+        encoded = [ids + [eos] for ids in encoded]
+    return [list(ids) for ids in encoded]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One padded micro-batch; `tokens` is the number of predicted positions (for loss averaging)."""
+
+    input_ids: object  # torch.LongTensor [batch, length]
+    attention_mask: object
+    labels: object  # input_ids with padding set to IGNORE_INDEX
+    tokens: int
+
+    def to(self, device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.tokens)
+
+
+def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> Batch:
+    """Right-pad token id lists into a `Batch`."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    return Batch(input_ids, attention_mask, labels, tokens)
+
+
+def batches(encoded: Sequence[Sequence[int]], *, batch_size: int, pad_id: int, seed: int | None = None) -> list[Batch]:
+    """All micro-batches of one epoch: shuffled by `seed` (a fresh permutation per seed), or in order when None."""
+    import torch
+
+    order = list(range(len(encoded)))
+    if seed is not None:
+        order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [collate([encoded[i] for i in order[start:start + batch_size]], pad_id)
+            for start in range(0, len(order), batch_size)]
+
+
+def optimizer_steps(n_texts: int, *, batch_size: int, grad_accum: int, epochs: int, max_steps: int | None = None) -> int:
+    """How many optimizer steps a run takes (the last accumulation group of an epoch may be short)."""
+    per_epoch = math.ceil(math.ceil(n_texts / batch_size) / grad_accum)
+    total = per_epoch * epochs
+    return min(total, max_steps) if max_steps else total
+
+
+def accumulation_groups(micro_batches: Sequence[Batch], grad_accum: int) -> Iterator[list[Batch]]:
+    """Consecutive groups of `grad_accum` micro-batches: one optimizer step each."""
+    for start in range(0, len(micro_batches), grad_accum):
+        yield list(micro_batches[start:start + grad_accum])
+
+
+def sum_token_nll(model, batch: Batch):
+    """Summed next-token negative log-likelihood over the batch's predicted positions (a 0-d tensor).
+
+    Computed here from the logits rather than by the model's `labels=` path so the sum can be
+    divided by the token count of a whole accumulation group (exact gradient accumulation).
+    """
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    shifted = logits[:, :-1, :].float()
+    targets = batch.labels[:, 1:]
+    return F.cross_entropy(shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def mean_token_nll(model, micro_batches: Sequence[Batch], device=None) -> float:
+    """Token-weighted mean NLL (nats) of `model` over the batches, without gradients (exp() is perplexity)."""
+    import torch
+
+    total, tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in micro_batches:
+                if device is not None:
+                    batch = batch.to(device)
+                total += float(sum_token_nll(model, batch))
+                tokens += batch.tokens
+    finally:
+        model.train(was_training)
+    return total / max(tokens, 1)
