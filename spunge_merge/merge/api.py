@@ -1,0 +1,244 @@
+"""`merge_runs` and `merge_recipe`: the merge stage as the CLI and the pipeline call it.
+
+`merge_runs` turns per-attribute runs into model views (`views.py`), writes a mergekit recipe for
+them (`recipe.py`) and runs it (`runner.py`); `merge_recipe` runs a recipe file, typically one a
+user edited by hand. Both write a merged model directory atomically: model shards and their index,
+config, tokenizer, `mergekit_config.yml`, a model card `README.md` and `spunge.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from spunge_merge.config import build_config
+from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, is_nonempty_dir
+from spunge_merge.merge.inputs import expand_runs, is_model_dir
+from spunge_merge.merge.recipe import MergeSettings, build_recipe, load_recipe, recipe_text, validate_recipe
+from spunge_merge.merge.runner import MERGED_KIND, RECIPE_FILE, MergeStats, check_output, merge_options, run_recipe_into
+from spunge_merge.merge.tensorfiles import model_slots
+from spunge_merge.merge.views import describe_model_dir, model_for_run, model_identity
+from spunge_merge.models import ALIASES, ResolvedModel, resolve_model
+from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
+
+DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes per output shard, as mergekit's --out-shard-size default
+MERGE_FORMAT = 1
+_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+log = logging.getLogger(__name__)
+
+
+def merge_runs(
+    base: str | Path | ResolvedModel,
+    runs: list[str | Path],
+    out: str | Path,
+    *,
+    method: str = "ties",
+    density: float | list[float] | None = None,
+    weight: float | list[float] | None = None,
+    lam: float | None = None,
+    normalize: bool | None = None,
+    dtype: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    cuda: bool = False,
+    force: bool = False,
+    recipe_out: str | Path | None = None,
+    dry_run: bool = False,
+    seed: int | None = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    views_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Merge per-attribute runs of `base` into `out`; returns `out` (the recipe's path with `dry_run`).
+
+    `runs`: run directories (TVN adapters, RMU deltas, full checkpoints) or `spunge unlearn` output
+    directories (expanded through their manifest). None for density/weight/lam/normalize means
+    the default: density 0.2 and lambda 1.0 (TIES paper), weight 1.0, normalize as the method's
+    default (true for ties: the mean over the models agreeing with the elected sign). density and
+    weight take one value for all runs or one per run. `parameters` adds mergekit parameters
+    (e.g. {"int8_mask": True}). `dtype` defaults to the base's weights' dtype.
+    """
+    settings = build_config(MergeSettings, overrides={
+        "method": method, "density": density, "weight": weight, "lam": lam, "normalize": normalize,
+        "dtype": dtype, "parameters": dict(parameters or {}),
+    })
+    resolved = base if isinstance(base, ResolvedModel) else resolve_model(base)
+    base_slots = model_slots(resolved.path)
+    if settings.dtype is None:
+        settings = settings.model_copy(update={"dtype": _weights_dtype(base_slots)})
+    inputs = expand_runs(list(runs))
+    out = Path(out)
+    # settings and the output directory are checked before any view is built
+    validate_recipe(build_recipe(str(resolved.path), [str(run.path) for run in inputs], settings)[0], "recipe")
+    if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
+        raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
+    model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
+    comments = ["models (each a per-attribute run; a view = the tensors it changed + links to the base's):"]
+    for i, run in enumerate(inputs):
+        described = run.describe()
+        attribute = described["attribute"] or {}
+        label = f"{attribute.get('column')}={attribute.get('value')}" if attribute.get("column") else run.name
+        comments.append(f"  [{i}] {label}: {run.kind} {run.path}" + (f" ({described['rows']} rows)" if described["rows"] else ""))
+    data, text = build_recipe(str(resolved.path), [str(d) for d in model_dirs], settings, comments)
+    config = validate_recipe(data, "recipe")
+    if dry_run:
+        target = Path(recipe_out) if recipe_out else out.with_name(out.name + ".yml")
+        atomic_write_text(target, text)
+        return target
+    if recipe_out:
+        atomic_write_text(recipe_out, text)
+    return _execute(config, text, out, base=resolved, cuda=cuda, force=force, seed=seed, shard_size=shard_size,
+                    progress=progress, source="recipe")
+
+
+def merge_recipe(
+    recipe: str | Path,
+    out: str | Path,
+    *,
+    cuda: bool = False,
+    force: bool = False,
+    seed: int | None = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    views_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run a mergekit recipe file into `out`; returns `out`.
+
+    Besides plain model directories, the recipe's models may name spunge run directories (a TVN
+    adapter, an RMU delta) or use mergekit's `BASE+ADAPTER` syntax: they are replaced by model views
+    over the recipe's `base_model` (the rewritten recipe is what `mergekit_config.yml` records).
+    `base_model` may be a spunge alias such as `smollm2-135m`.
+    """
+    recipe = Path(recipe)
+    text, data = load_recipe(recipe)
+    data, notes = _prepare_user_recipe(data, str(recipe), Path(views_dir) if views_dir else None)
+    if notes:
+        text = recipe_text(data, [f"rewritten by spunge from {recipe}:", *notes])
+    config = validate_recipe(data, str(recipe))
+    base = None
+    if config.base_model is not None and Path(config.base_model.model.path).is_dir():
+        base = ResolvedModel(str(config.base_model), Path(config.base_model.model.path).resolve())
+    return _execute(config, text, Path(out), base=base, cuda=cuda, force=force, seed=seed, shard_size=shard_size,
+                    progress=progress, source=str(recipe))
+
+
+def _weights_dtype(slots) -> str:
+    """The dtype most of the base's floating-point weights are stored in."""
+    counts: dict[str, int] = {}
+    for slot in slots.values():
+        if slot.dtype in _DTYPE_NAMES:
+            counts[slot.dtype] = counts.get(slot.dtype, 0) + slot.nbytes
+    return _DTYPE_NAMES[max(counts, key=counts.get)] if counts else "float32"
+
+
+def _prepare_user_recipe(data: dict, source: str, views_dir: Path | None) -> tuple[dict, list[str]]:
+    """Resolve a base alias and turn run directories (or BASE+ADAPTER) into views; notes say what changed."""
+    data = dict(data)
+    notes: list[str] = []
+    base_text = data.get("base_model")
+    if isinstance(base_text, str) and base_text in ALIASES:
+        data["base_model"] = str(resolve_model(base_text).path)
+        notes.append(f"  base_model {base_text} -> {data['base_model']}")
+    models = data.get("models")
+    if not isinstance(models, list):
+        return data, notes
+    rewritten = []
+    for i, entry in enumerate(models):
+        entry = dict(entry) if isinstance(entry, dict) else entry
+        model = entry.get("model") if isinstance(entry, dict) else None
+        if not isinstance(model, str) or model == data.get("base_model"):
+            rewritten.append(entry)
+            continue
+        base_text, _, adapter = model.partition("+") if "+" in model else (data.get("base_model"), "", model)
+        path = Path(adapter).expanduser()
+        if not path.is_dir() or is_model_dir(path):
+            rewritten.append(entry)
+            continue
+        runs = expand_runs([path])
+        if len(runs) != 1:
+            raise SpungeError(f"{source}: models[{i}] {path} holds {len(runs)} runs; list each run directory as its own model")
+        if not isinstance(base_text, str):
+            raise SpungeError(f"{source}: models[{i}] {path} is a run directory, which needs the recipe's base_model")
+        base = resolve_model(base_text)
+        view = model_for_run(runs[0], base, views_dir)
+        entry["model"] = str(view)
+        notes.append(f"  models[{i}] {model} -> view {view}")
+        rewritten.append(entry)
+    data["models"] = rewritten
+    return data, notes
+
+
+def _local_dir(ref) -> Path:
+    path = Path(ref.model.path).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    return resolve_model(ref.model.path).path  # a Hub id (SpungeError when it cannot be fetched)
+
+
+def _execute(config, text: str, out: Path, *, base: ResolvedModel | None, cuda: bool, force: bool, seed: int | None,
+             shard_size: int, progress: bool, source: str) -> Path:
+    local_dirs = {ref: _local_dir(ref) for ref in config.referenced_models()}
+    slots = {ref: model_slots(path) for ref, path in local_dirs.items()}  # every input readable and intact before any work
+    key = fingerprint(format=MERGE_FORMAT, recipe=config.model_dump(mode="json", exclude_none=True),
+                      inputs={str(ref): model_identity(path) for ref, path in sorted(local_dirs.items(), key=lambda kv: str(kv[0]))},
+                      seed=seed, shard_size=shard_size, device="cuda" if cuda else "cpu")
+    if check_output(out, key, force=force):
+        log.info("%s already holds this merge (same fingerprint); nothing to do", out)
+        return out
+    options = merge_options(cuda=cuda, seed=seed, shard_size=shard_size)
+    models = [entry.model for entry in config.models or []]
+    runs = [describe_model_dir(local_dirs[ref]) for ref in models if ref != config.base_model]
+    base_record = _base_record(config, local_dirs, base, runs)
+    with atomic_output_dir(out, force=True) as tmp:
+        stats = run_recipe_into(tmp, config, text, local_dirs, options=options, source=source, progress=progress, slots=slots)
+        atomic_write_text(tmp / RECIPE_FILE, text)
+        _write_record(tmp, config, text, key, base_record, runs, stats, seed=seed, shard_size=shard_size, cuda=cuda)
+        _write_card(tmp, out)
+    log.info("merged %d tensors (%d computed, %d copied from the base) in %.1f s into %s",
+             stats.tensors, stats.computed, stats.copied, stats.seconds, out)
+    return out
+
+
+def _base_record(config, local_dirs, base: ResolvedModel | None, runs: list[dict]) -> dict | None:
+    if base is not None:
+        return base.describe()
+    if config.base_model is not None:
+        return ResolvedModel(str(config.base_model), local_dirs[config.base_model]).describe()
+    for run in runs:  # a method without a base model: name the base the views stand on
+        view_base = run.get("base_model")
+        if isinstance(view_base, dict):
+            return view_base
+    return None
+
+
+def _write_record(tmp: Path, config, text: str, key: str, base_record, runs: list[dict], stats: MergeStats, *,
+                  seed, shard_size: int, cuda: bool) -> None:
+    columns = {(run.get("attribute") or {}).get("column") for run in runs} - {None}
+    parameters = config.parameters or {}
+    per_model = [{"model": str(entry.model), **(entry.parameters or {})} for entry in config.models or []]
+    write_provenance(
+        tmp, kind=MERGED_KIND, fingerprint=key, method=config.merge_method,
+        base_model=base_record,
+        config={"merge_method": config.merge_method, "parameters": parameters, "models": per_model, "dtype": config.dtype,
+                "out_dtype": config.out_dtype, "seed": seed, "shard_size": shard_size, "device": "cuda" if cuda else "cpu"},
+        merge={"method": config.merge_method, "parameters": parameters, "dtype": config.dtype, "recipe": text},
+        recipe=text,
+        runs=runs,
+        attribute={"column": columns.pop(), "values": [run.get("value") for run in runs]} if len(columns) == 1 else None,
+        data=[run.get("data") for run in runs],
+        result={"tensors": stats.tensors, "computed": stats.computed, "copied_from_base": stats.copied,
+                "seconds": round(stats.seconds, 3), "seconds_planning": round(stats.seconds_planning, 3),
+                "seconds_tensors": round(stats.seconds_tensors, 3), "seconds_copying": round(stats.seconds_copying, 3),
+                "seconds_computing": round(stats.seconds_computing, 3), "bytes": stats.bytes_written, "engine": stats.path},
+    )
+
+
+def _write_card(tmp: Path, out: Path) -> None:
+    """README.md from the card builder of `spunge push` (so the local and the Hub card are one)."""
+    from spunge_merge.card import build_model_card
+
+    build_model_card(tmp, repo_id=str(out)).save(tmp / "README.md")
+
+
+__all__ = ["DEFAULT_SHARD_SIZE", "merge_recipe", "merge_runs"]

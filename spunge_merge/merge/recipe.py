@@ -1,0 +1,233 @@
+"""mergekit recipes: written from `spunge merge` options, read from YAML, checked before any tensor is read.
+
+The recipe is plain mergekit YAML (`merge_method`, `base_model`, `models` with per-model `density`
+and `weight`, shared `parameters` such as `normalize`, `lambda`, `int8_mask`, and `dtype`), so
+`mergekit-yaml recipe.yml OUT` runs it unchanged. Checks use mergekit's own `MergeConfiguration`
+and the parameter specs of its merge methods, so every mergekit method is accepted with exactly
+the parameters it takes, and mistakes are reported before any work, in one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from spunge_merge import __version__
+from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml
+from spunge_merge.errors import SpungeError
+
+DEFAULT_METHOD = "ties"
+DEFAULT_DENSITY = 0.2  # TIES paper (Yadav et al. 2023): keep the top k = 20 % of each task vector
+DEFAULT_WEIGHT = 1.0
+DEFAULT_LAMBDA = 1.0  # TIES paper's default scaling of the merged task vector
+ISSUE_213 = "https://github.com/arcee-ai/mergekit/issues/213"
+
+
+class MergeSettings(FrozenConfig):
+    """What `spunge merge RUN...` turns into a recipe (None = not given: the method's default)."""
+
+    method: str = DEFAULT_METHOD
+    density: float | list[float] | None = None
+    weight: float | list[float] | None = None
+    lam: float | None = None
+    normalize: bool | None = None
+    dtype: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+def merge_method(name: str, source: str = "--method"):
+    """mergekit's merge method object by name; SpungeError listing the known ones otherwise."""
+    from mergekit import merge_methods
+
+    try:
+        return merge_methods.get(name)
+    except RuntimeError as exc:
+        known = ", ".join(sorted(m.spec.name for m in merge_methods.registered_methods()))
+        raise SpungeError(f"{source}: unknown merge method '{name}' (mergekit: {exc}); mergekit's methods: {known}") from exc
+
+
+def _per_run(values: float | list[float] | None, option: str, count: int) -> list[float] | None:
+    if values is None:
+        return None
+    if isinstance(values, (int, float)):
+        return [float(values)] * count
+    values = [float(v) for v in values]
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise SpungeError(f"--{option} is given {len(values)} times for {count} runs: give it once, or once per run in order")
+    return values
+
+
+def build_recipe(base_model: str, models: list[str], settings: MergeSettings, comments: list[str] | None = None) -> tuple[dict, str]:
+    """The recipe for `models` over `base_model`, as data and as commented YAML text."""
+    method = merge_method(settings.method)
+    accepted = {p.name for p in method.spec.parameters}
+    count = len(models)
+    per_model: list[dict[str, Any]] = [{} for _ in models]
+    for option, values, default in (("density", settings.density, DEFAULT_DENSITY), ("weight", settings.weight, DEFAULT_WEIGHT)):
+        if option not in accepted:
+            if values is not None:
+                raise SpungeError(f"--{option}: merge method '{settings.method}' takes no {option} "
+                                  f"(its parameters: {', '.join(sorted(accepted)) or 'none'})")
+            continue
+        for entry, value in zip(per_model, _per_run(values, option, count) or [default] * count, strict=True):
+            entry[option] = value
+    shared: dict[str, Any] = {}
+    specs = {p.name: p for p in method.spec.parameters}
+    normalize_default = specs["normalize"].default if "normalize" in specs else None  # written out, for the reader
+    for key, value, default in (("lambda", settings.lam, DEFAULT_LAMBDA), ("normalize", settings.normalize, normalize_default)):
+        if key not in accepted:
+            if value is not None:
+                raise SpungeError(f"--{key}: merge method '{settings.method}' takes no {key}")
+            continue
+        if value is not None or default is not None:
+            shared[key] = value if value is not None else default
+    shared.update(settings.parameters)
+    data: dict[str, Any] = {"merge_method": settings.method}
+    if _takes_base(method):
+        data["base_model"] = base_model
+    if settings.dtype:
+        data["dtype"] = settings.dtype
+    if shared:
+        data["parameters"] = shared
+    data["models"] = [{"model": model, "parameters": params} if params else {"model": model}
+                      for model, params in zip(models, per_model, strict=True)]
+    return data, recipe_text(data, comments)
+
+
+def _takes_base(method) -> bool:
+    from mergekit.merge_methods import BasePolicy
+
+    return method.spec.contract.base in (BasePolicy.REQUIRED, BasePolicy.OPTIONAL)
+
+
+def recipe_text(data: dict, comments: list[str] | None = None) -> str:
+    header = [f"mergekit recipe written by spunge {__version__}. Plain mergekit YAML: run it with",
+              "  spunge merge --recipe THIS_FILE --out DIR     or     mergekit-yaml THIS_FILE DIR",
+              *(comments or [])]
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return "".join(f"# {line}".rstrip() + "\n" for line in header) + body
+
+
+def load_recipe(path: str | Path) -> tuple[str, dict]:
+    """(text, data) of a recipe file; SpungeError naming the file when it is not a YAML mapping."""
+    path = Path(path)
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise SpungeError(f"{path}: not a mergekit recipe (expected a YAML mapping with merge_method and models)")
+    return path.read_text(encoding="utf-8"), data
+
+
+def validate_recipe(data: dict, source: str):
+    """mergekit's `MergeConfiguration` for the recipe, after spunge's checks (see module docstring)."""
+    from mergekit.config import MergeConfiguration
+
+    try:
+        config = MergeConfiguration.model_validate(data)
+    except ValidationError as exc:
+        raise SpungeError(format_validation_error(exc, f"{source}: not a valid mergekit recipe")) from exc
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise SpungeError(f"{source}: not a valid mergekit recipe: {exc}") from exc
+    method = merge_method(config.merge_method, source)
+    _check_parameters(config, method, source)
+    _check_negative_weights(config, method, source)
+    if config.models:
+        ids = [entry.model for entry in config.models]
+        base = config.base_model
+        if base is not None and _takes_base(method) and base not in ids:
+            ids.append(base)
+        try:
+            method.validate_inputs(ids, base if _takes_base(method) else None, group_name="models")
+        except (ValueError, TypeError) as exc:
+            raise SpungeError(f"{source}: {exc} (merge method '{config.merge_method}')") from exc
+        for ref in ids:
+            if ref.lora is not None:
+                raise SpungeError(f"{source}: model '{ref}' uses mergekit's base+LoRA syntax; give the adapter's run "
+                                  "directory instead (spunge merge --recipe rewrites run directories into model views)")
+    return config
+
+
+def _parameter_scopes(config) -> list[tuple[str, dict | None, bool]]:
+    """(where, parameters, per-model?) for every place a recipe can set parameters."""
+    scopes = [("parameters", config.parameters, False)]
+    for i, entry in enumerate(config.models or []):
+        scopes.append((f"models[{i}].parameters", entry.parameters, True))
+    for i, out_slice in enumerate(config.slices or []):
+        scopes.append((f"slices[{i}].parameters", out_slice.parameters, False))
+        for j, src in enumerate(out_slice.sources):
+            scopes.append((f"slices[{i}].sources[{j}].parameters", src.parameters, True))
+    for name, module in (config.modules or {}).items():
+        scopes.append((f"modules.{name}.parameters", module.parameters, False))
+        for i, entry in enumerate(module.models or []):
+            scopes.append((f"modules.{name}.models[{i}].parameters", entry.parameters, True))
+    return scopes
+
+
+def _leaves(setting: Any) -> list[Any]:
+    """The scalar values of a parameter setting (scalar, gradient list, or conditional {value, filter})."""
+    if hasattr(setting, "value"):  # ConditionalParameter
+        return _leaves(setting.value)
+    if isinstance(setting, dict):
+        return _leaves(setting.get("value"))
+    if isinstance(setting, list):
+        return [leaf for item in setting for leaf in _leaves(item)]
+    return [setting]
+
+
+def _check_parameters(config, method, source: str) -> None:
+    from mergekit.merge_methods import ParameterScope
+
+    specs = {p.name: p for p in method.spec.parameters}
+    for where, parameters, per_model in _parameter_scopes(config):
+        for name, setting in (parameters or {}).items():
+            if name not in specs:
+                raise SpungeError(f"{source}: {where}: Unknown parameter(s) for {method.spec.name}: {name} "
+                                  f"(mergekit's {method.spec.name} takes: {', '.join(sorted(specs)) or 'no parameters'})")
+            if per_model and specs[name].scope == ParameterScope.SHARED:
+                raise SpungeError(f"{source}: {where}: '{name}' is shared by all models in {method.spec.name}; "
+                                  "set it under the top-level parameters (mergekit ignores it per model)")
+            for leaf in _leaves(setting):
+                try:
+                    specs[name].validate(leaf)
+                except ValidationError as exc:
+                    raise SpungeError(f"{source}: {where}.{name}: {exc.errors()[0]['msg']} (got {leaf!r})") from exc
+    if config.models:
+        top = config.parameters or {}
+        for spec in method.spec.parameters:
+            if spec.required and spec.scope == ParameterScope.SHARED and spec.name not in top:
+                raise SpungeError(f"{source}: {method.spec.name} requires the parameter '{spec.name}' under parameters "
+                                  f"(spunge merge: --param {spec.name}=VALUE)")
+        required = [p.name for p in method.spec.parameters if p.required and p.scope != ParameterScope.SHARED]
+        base = config.base_model
+        for i, entry in enumerate(config.models):
+            if base is not None and entry.model == base:
+                continue
+            for name in required:
+                if name not in (entry.parameters or {}) and name not in top:
+                    raise SpungeError(f"{source}: models[{i}] ({entry.model}) has no '{name}', which "
+                                      f"{method.spec.name} requires (set it per model or under parameters)")
+
+
+def _check_negative_weights(config, method, source: str) -> None:
+    specs = {p.name: p for p in method.spec.parameters}
+    if "normalize" not in specs or "weight" not in specs:
+        return
+    normalize_settings = [leaf for where, params, _ in _parameter_scopes(config) for leaf in _leaves((params or {}).get("normalize"))
+                          if leaf is not None]
+    normalized = any(specs["normalize"].validate(v) for v in normalize_settings) if normalize_settings else bool(specs["normalize"].default)
+    if not normalized:
+        return
+    for where, params, _ in _parameter_scopes(config):
+        for leaf in _leaves((params or {}).get("weight")):
+            if leaf is not None and float(leaf) < 0:
+                raise SpungeError(
+                    f"{source}: {where}.weight is {leaf} with normalize: true. mergekit divides the merged task vector by "
+                    "the sum of the weights (of the models agreeing with the elected sign), which divides a negative weight's "
+                    f"sign away: the task vector is added, not subtracted (mergekit issue #213, {ISSUE_213}). Use positive "
+                    "weights (spunge's TVN adapters and RMU deltas already carry the unlearning direction), or set "
+                    "normalize: false to subtract a task vector with a negative weight"
+                )
