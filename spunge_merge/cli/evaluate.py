@@ -1,4 +1,4 @@
-"""`spunge eval toxicity | fluency | perplexity | harness | compare`."""
+"""`spunge eval toxicity | fluency | perplexity | harness | compare` (tables, and λ-sweep frontiers with --arm)."""
 
 from __future__ import annotations
 
@@ -157,15 +157,60 @@ def _parse_result_arg(text: str) -> tuple[str, str]:
 
 
 def compare_command(
-    results: list[str] = typer.Argument(..., help="Results as LABEL=DIR (or DIR, labelled by its name): evaluation "
+    results: list[str] = typer.Argument(None, help="Results as LABEL=DIR (or DIR, labelled by its name): evaluation "
                                         "directories, or LABEL=FILE.json. Order = table order, e.g. base=... baseline=... "
-                                        "spunge=..."),
-    reference: str = typer.Option(None, "--reference", "-r", help="Label that relative changes refer to (default: the first)."),
+                                        "spunge=... Not used with --arm."),
+    arm: list[str] = typer.Option(None, "--arm", "-a", help="Frontier mode: one arm of a λ sweep, repeatable. "
+                                  "NAME=DIR[,DIR...] with one evaluation directory per λ (each holding toxicity.json and "
+                                  "the --metric's result; λ read from the evaluated model's spunge.json), or "
+                                  "NAME@LAMBDA=DIR for one point with its λ given. A DIR may be a quoted glob "
+                                  "('spunge=run/eval/spunge-lam*'). Repeating a NAME adds points to it. Order = table order."),
+    base: Path = typer.Option(None, "--base", help="Frontier mode: the base model's evaluation directory (a star on the "
+                              "plot, the first row of the tables)."),
+    metric: str = typer.Option("retain_ppl", "--metric", help="Frontier mode: utility on the x axis, also the quantity "
+                               "matched at the operating point: retain_ppl (perplexity.json), fluency_ppl (fluency.json) "
+                               "or utility (harness.json mean accuracy, higher is better)."),
+    target: float = typer.Option(None, "--target", "--target-ppl", help="Frontier mode: operating point, a value of "
+                                 "--metric (default: the reference arm's λ = 1 point). The paper reports λ = 1 only; "
+                                 "that table is always written too."),
+    match: str = typer.Option("interpolate", "--match", help="Frontier mode: how each arm is read at the target: "
+                              "interpolate (linear between the two points bracketing it; toxicity intervals then "
+                              "approximate; the nearest point when outside the arm's range) or nearest (the measured "
+                              "point closest to it, with the residual mismatch shown)."),
+    reference: str = typer.Option(None, "--reference", "-r", help="Label that relative changes refer to (default: the "
+                                  "first result; with --arm the first arm, e.g. the un-split baseline)."),
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="Output directory: compare.json, compare.md, "
-                             "compare_radar.png."),
+                             "compare_radar.png; with --arm frontier.json, frontier.md, frontier.png."),
     force: bool = typer.Option(False, "--force", help="Replace an existing comparison of other results."),
 ) -> None:
-    """One Table-1-shaped comparison (toxicity, fluency, retain PPL, utility) with relative changes and a radar overlay."""
+    """Compare evaluated models in the shape of the paper's Table 1, or arms of a λ sweep as a frontier.
+
+    With RESULT...: one table (toxicity, fluency PPL, retain PPL, utility) with relative changes and a
+    radar overlay. With --arm: the toxicity-utility frontier (PNG, Pareto points, Wilson bars), the
+    table at a matched operating point and at λ = 1, e.g.
+    spunge eval compare --base eval/base --arm 'baseline=eval/baseline-lam*' --arm 'spunge=eval/spunge-lam*'
+    """
+    if arm:
+        if results:
+            raise SpungeError("give either RESULT... (one table) or --arm (a frontier), not both; "
+                              "the base model goes with --base")
+        from spunge_merge.evaluate.frontier import FRONTIER_SUMMARY, frontier_results, parse_arm
+
+        arms: dict[str, list] = {}
+        for item in arm:
+            name, points = parse_arm(item)
+            arms.setdefault(name, []).extend(points)
+        frontier = frontier_results(arms, out, base=base, metric=metric, target=target, match=match, reference=reference,
+                                    force=force)
+        typer.echo((out / FRONTIER_SUMMARY).read_text(encoding="utf-8"))
+        for warning in frontier["warnings"]:
+            typer.secho(f"Warning: {warning}", err=True, fg="yellow")
+        typer.echo(f"Wrote {out / 'frontier.json'} and {out / 'frontier.png'}")
+        return
+    if not results:
+        raise SpungeError("nothing to compare: give results (LABEL=DIR ...) or arms (--arm NAME=DIR,...)")
+    if base is not None or target is not None or metric != "retain_ppl" or match != "interpolate":
+        raise SpungeError("--base, --metric, --target and --match belong to frontier mode: add --arm")
     from spunge_merge.evaluate.compare import COMPARE_SUMMARY, compare_results
 
     parsed: dict[str, list[str]] = {}

@@ -78,7 +78,8 @@ def _fmt_change(change: float | None) -> str:
     return "" if change is None else f" ({change:+.1f} %)"
 
 
-def _consistency_warnings(loaded: dict[str, dict[str, dict]]) -> list[str]:
+def consistency_warnings(loaded: dict[str, dict[str, dict]]) -> list[str]:
+    """Columns measured differently across results (judge, prompt sample, retain texts, tasks)."""
     warnings = []
     checks = (("toxicity", lambda r: (r.get("judge") or {}).get("fingerprint"), "toxicity judges differ"),
               ("toxicity", lambda r: (r.get("prompts") or {}).get("sha256"), "toxicity prompt samples differ"),
@@ -174,7 +175,7 @@ def compare_results(results: dict[str, str | Path | list], out: str | Path, *, r
         "reference": reference,
         "rows": rows,
         "groups": groups,
-        "warnings": _consistency_warnings(loaded),
+        "warnings": consistency_warnings(loaded),
         "files": {"summary": COMPARE_SUMMARY, "radar": COMPARE_RADAR if groups else None},
     }
     with staged_files(out, "compare") as stage:

@@ -1,0 +1,487 @@
+"""The toxicity-utility frontier: unlearning arms compared over a sweep of the scale λ.
+
+One operating point cannot compare Spunge with its un-split baseline fairly: the scale λ (how much
+of the task vector is subtracted or merged) sets a model's strength, and the two arms reach a
+given utility at different λ. Each arm is therefore a list of evaluated models, one evaluation
+directory per λ (toxicity.json for the y axis, perplexity.json / fluency.json / harness.json for
+the x axis), and the arms are compared along their curves:
+
+- every point with its toxicity % and Wilson 95 % interval, sorted by the utility metric, and
+  marked Pareto-efficient when no other point of its arm (`pareto`) or of any arm (`pareto_all`)
+  is at least as good on both axes and better on one;
+- a Table-1-shaped table at one operating point, a target value of the utility metric (default:
+  the reference arm's λ = 1 point). `match="interpolate"` (default) reads each arm's curve at the
+  target: toxicity, its interval bounds and the other columns are linear interpolations between
+  the two points that bracket the target, so those intervals are approximate; an arm whose points
+  do not bracket the target falls back to its nearest point. `match="nearest"` takes each arm's
+  measured point closest to the target and reports the residual mismatch;
+- the same table at λ = 1 (the paper's setting), and a PNG of the curves.
+
+λ of a point is read from the evaluated model's provenance (`spunge.json` of the directory the
+evaluation's `model.path` names: `merge.parameters.lambda` of a merged model, `result.lambda` of
+a negated TVN run or its materialised model; an RMU run materialised as is has λ = 1) or given
+explicitly (`NAME@LAMBDA=DIR` on the command line, `{"path": DIR, "lambda": X}` here).
+
+Relative changes are (value - reference) / reference. The toxicity change carries a 95 % interval
+for a ratio of two binomial rates (Katz's log method); it treats the two samples as independent,
+which is conservative when both models answered the same prompts.
+
+Output (into `out/`, through `results.py`): `frontier.json` (kind "frontier"), `frontier.md`,
+`frontier.png`.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spunge_merge.errors import SpungeError
+from spunge_merge.evaluate.compare import COLUMNS, RESULT_FILES, consistency_warnings, load_result, relative_change
+from spunge_merge.evaluate.plots import frontier_plot
+from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
+from spunge_merge.evaluate.stats import Z_95
+from spunge_merge.evaluate.toxicity import judge_line
+from spunge_merge.fsutil import atomic_write_text, write_json
+from spunge_merge.provenance import fingerprint as make_fingerprint
+from spunge_merge.provenance import read_provenance
+
+FRONTIER_FILE = "frontier.json"
+FRONTIER_SUMMARY = "frontier.md"
+FRONTIER_PLOT = "frontier.png"
+BASE_LABEL = "base"
+MATCH_MODES = ("interpolate", "nearest")
+# metric -> (header, evaluation kind holding it, lower is better)
+METRICS = {
+    "retain_ppl": ("retain PPL", "perplexity", True),
+    "fluency_ppl": ("fluency PPL", "fluency", True),
+    "utility": ("utility (mean acc)", "harness", False),
+}
+_READ = {key: read for key, _, read in COLUMNS}
+_HEADERS = {key: header for key, header, _ in COLUMNS}
+
+
+@dataclass(frozen=True)
+class ArmPoint:
+    """One evaluated model of an arm: its evaluation directory and, optionally, its λ given explicitly."""
+
+    path: Path
+    lam: float | None = None
+
+
+def parse_arm(text: str) -> tuple[str, list[ArmPoint]]:
+    """`NAME=DIR[,DIR...]` (λ from provenance) or `NAME@LAMBDA=DIR`; DIR may be a glob pattern."""
+    left, sep, right = text.partition("=")
+    if not sep or not left.strip() or not right.strip():
+        raise SpungeError(f"--arm '{text}': expected NAME=DIR[,DIR...] or NAME@LAMBDA=DIR")
+    name, at, lam_text = left.partition("@")
+    name = name.strip()
+    if not name:
+        raise SpungeError(f"--arm '{text}': the arm has no name (NAME=DIR)")
+    lam = None
+    if at:
+        try:
+            lam = float(lam_text)
+        except ValueError:
+            raise SpungeError(f"--arm '{text}': λ '{lam_text}' is not a number (NAME@LAMBDA=DIR)") from None
+        items = [right.strip()]
+    else:
+        items = [item.strip() for item in right.split(",") if item.strip()]
+    paths: list[Path] = []
+    for item in items:
+        if glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(str(Path(item).expanduser())) if Path(p).is_dir())
+            if not matches:
+                raise SpungeError(f"--arm {name}: no directory matches '{item}'")
+            paths.extend(matches)
+        else:
+            paths.append(Path(item).expanduser())
+    return name, [ArmPoint(path, lam) for path in paths]
+
+
+def _as_point(item: Any) -> ArmPoint:
+    if isinstance(item, ArmPoint):
+        return item
+    if isinstance(item, dict):
+        if "path" not in item:
+            raise SpungeError(f"arm point {item!r}: needs a 'path' (and optionally 'lambda')")
+        lam = item.get("lambda", item.get("lam"))
+        return ArmPoint(Path(item["path"]).expanduser(), None if lam is None else float(lam))
+    return ArmPoint(Path(item).expanduser())
+
+
+def lambda_from_record(record: dict | None) -> tuple[float | None, str | None]:
+    """λ of a model from its `spunge.json`, with where it was found (None when it records none)."""
+    if not record:
+        return None, None
+    result_lam = (record.get("result") or {}).get("lambda")
+    if isinstance(result_lam, int | float):
+        return float(result_lam), f"{record.get('kind')} result.lambda"
+    for section in ("merge", "config"):
+        lam = ((record.get(section) or {}).get("parameters") or {}).get("lambda")
+        if isinstance(lam, int | float):
+            return float(lam), f"{record.get('kind')} {section}.parameters.lambda"
+    if record.get("kind") == "materialized-model" and record.get("method") == "rmu":
+        return 1.0, "materialized-model rmu run (unscaled)"
+    return None, None
+
+
+def _model_dirs(found: dict[str, dict]) -> list[tuple[str, dict]]:
+    """(evaluation kind, model record) of every evaluation in one directory."""
+    return [(kind, result.get("model") or {}) for kind, result in found.items() if isinstance(result.get("model"), dict)]
+
+
+def _provenance_lambda(found: dict[str, dict]) -> tuple[float | None, str | None]:
+    for _, model in _model_dirs(found):
+        for candidate in (model.get("path"), model.get("ref")):
+            if candidate and Path(candidate).expanduser().is_dir():
+                lam, source = lambda_from_record(read_provenance(Path(candidate).expanduser()))
+                if lam is not None:
+                    return lam, source
+    return None, None
+
+
+def _rate(found: dict[str, dict]) -> dict[str, Any]:
+    overall = found["toxicity"]["overall"]
+    return {"pct": overall["pct"], "ci95": list(overall["ci95"]), "toxic": overall["toxic"], "n": overall["n"]}
+
+
+def _load_point(label: str, source: ArmPoint, metric: str, warnings: list[str]) -> tuple[dict[str, Any], dict[str, dict]]:
+    found = load_result(source.path)
+    header, kind, _ = METRICS[metric]
+    if "toxicity" not in found:
+        raise SpungeError(f"{source.path}: no {RESULT_FILES['toxicity']} (the frontier's y axis); run "
+                          f"`spunge eval toxicity --out {source.path}` first")
+    if kind not in found or _READ[metric](found) is None:
+        raise SpungeError(f"{source.path}: no {header} ({RESULT_FILES[kind]}); evaluate it there, or choose another --metric")
+    fingerprints = {model.get("fingerprint") for _, model in _model_dirs(found)} - {None}
+    if len(fingerprints) > 1:
+        warnings.append(f"{source.path}: its evaluations are of different models ({', '.join(sorted(found))})")
+    recorded, recorded_source = _provenance_lambda(found)
+    lam, lam_source = recorded, recorded_source
+    if source.lam is not None:
+        if recorded is not None and not math.isclose(recorded, source.lam, rel_tol=1e-9, abs_tol=1e-12):
+            warnings.append(f"{label}: λ {source.lam:g} given for {source.path}, but its model records λ {recorded:g} "
+                            f"({recorded_source}); using {source.lam:g}")
+        lam, lam_source = source.lam, "given"
+    model = next((m for _, m in _model_dirs(found) if m.get("ref")), {})
+    point = {
+        "lambda": lam,
+        "lambda_source": lam_source,
+        "path": str(source.path),
+        "model": model.get("ref"),
+        "x": _READ[metric](found),
+        "values": {key: read(found) for key, read in _READ.items()},
+        "toxicity": _rate(found),
+        "groups": {group: summary["pct"] for group, summary in found["toxicity"].get("groups", {}).items()},
+    }
+    return point, found
+
+
+def _dominates(a: dict, b: dict, lower_is_better: bool) -> bool:
+    sign = 1.0 if lower_is_better else -1.0
+    ax, bx = sign * a["x"], sign * b["x"]
+    ay, by = a["toxicity"]["pct"], b["toxicity"]["pct"]
+    return ax <= bx and ay <= by and (ax < bx or ay < by)
+
+
+def pareto_flags(points: list[dict], lower_is_better: bool = True) -> list[bool]:
+    """True for each point that no other point dominates (lower toxicity, better utility)."""
+    return [not any(_dominates(other, point, lower_is_better) for j, other in enumerate(points) if j != i)
+            for i, point in enumerate(points)]
+
+
+def relative_change_interval(toxic: float, n: float, ref_toxic: float, ref_n: float, z: float = Z_95) -> list[float] | None:
+    """95 % interval of the relative change of a rate, 100 (p / p_ref - 1), by Katz's log method.
+
+    Counts may be fractional (an interpolated operating point); undefined (None) when either
+    count is 0 or a sample is empty.
+    """
+    if min(toxic, ref_toxic) <= 0 or min(n, ref_n) <= 0:
+        return None
+    ratio = (toxic / n) / (ref_toxic / ref_n)
+    se = math.sqrt(max(0.0, 1 / toxic - 1 / n + 1 / ref_toxic - 1 / ref_n))
+    return [100.0 * (ratio * math.exp(-z * se) - 1), 100.0 * (ratio * math.exp(z * se) - 1)]
+
+
+def _row_from_point(label: str, point: dict) -> dict[str, Any]:
+    return {"label": label, "lambda": point["lambda"], "x": point["x"], "values": dict(point["values"]),
+            "toxicity": dict(point["toxicity"]), "groups": dict(point["groups"]), "path": point["path"],
+            "approximate": False, "bracket": None, "mismatch": None, "note": None}
+
+
+def _mix(a: float | None, b: float | None, w: float) -> float | None:
+    return None if a is None or b is None else (1.0 - w) * a + w * b
+
+
+def _interpolated_row(label: str, lo: dict, hi: dict, target: float) -> dict[str, Any]:
+    w = (target - lo["x"]) / (hi["x"] - lo["x"])
+    tox = {"pct": _mix(lo["toxicity"]["pct"], hi["toxicity"]["pct"], w),
+           "ci95": [_mix(lo["toxicity"]["ci95"][k], hi["toxicity"]["ci95"][k], w) for k in (0, 1)],
+           "toxic": _mix(lo["toxicity"]["toxic"], hi["toxicity"]["toxic"], w),
+           "n": _mix(lo["toxicity"]["n"], hi["toxicity"]["n"], w)}
+    groups = {g: _mix(lo["groups"][g], hi["groups"][g], w) for g in lo["groups"] if g in hi["groups"]}
+    lam = _mix(lo["lambda"], hi["lambda"], w)
+    return {"label": label, "lambda": lam, "x": target,
+            "values": {key: _mix(lo["values"].get(key), hi["values"].get(key), w) for key in lo["values"]},
+            "toxicity": tox, "groups": groups, "path": None, "approximate": True,
+            "bracket": [{"lambda": lo["lambda"], "x": lo["x"], "weight": 1.0 - w, "path": lo["path"]},
+                        {"lambda": hi["lambda"], "x": hi["x"], "weight": w, "path": hi["path"]}],
+            "mismatch": 0.0, "note": None}
+
+
+def operating_row(label: str, points: list[dict], target: float, match: str) -> dict[str, Any]:
+    """The arm read at `target` (points sorted by x): interpolated between its bracketing points, or its nearest point."""
+    exact = [p for p in points if math.isclose(p["x"], target, rel_tol=1e-12, abs_tol=1e-12)]
+    if exact:
+        row = _row_from_point(label, exact[0])
+        row["mismatch"] = 0.0
+        return row
+    note = None
+    if match == "interpolate" and len(points) > 1:
+        for lo, hi in zip(points, points[1:], strict=False):
+            if min(lo["x"], hi["x"]) < target < max(lo["x"], hi["x"]) and lo["x"] != hi["x"]:
+                return _interpolated_row(label, lo, hi, target)
+        low, high = min(p["x"] for p in points), max(p["x"] for p in points)
+        note = f"target outside this arm's range {low:.4g}-{high:.4g}: nearest point used"
+    nearest = min(points, key=lambda p: (abs(p["x"] - target), p["x"]))
+    row = _row_from_point(label, nearest)
+    row["mismatch"] = nearest["x"] - target
+    row["note"] = note
+    return row
+
+
+def _add_relative(rows: list[dict], reference: str) -> None:
+    ref = next((row for row in rows if row["label"] == reference), None)
+    for row in rows:
+        if ref is None:
+            row["relative"], row["toxicity_change_ci95"] = {}, None
+            continue
+        row["relative"] = {key: relative_change(value, ref["values"].get(key)) for key, value in row["values"].items()}
+        row["toxicity_change_ci95"] = None if row is ref else relative_change_interval(
+            row["toxicity"]["toxic"], row["toxicity"]["n"], ref["toxicity"]["toxic"], ref["toxicity"]["n"])
+
+
+def _at_lambda(points: list[dict], lam: float) -> dict | None:
+    return next((p for p in points if p["lambda"] is not None and math.isclose(p["lambda"], lam, rel_tol=1e-9)), None)
+
+
+def _default_target(arms: dict[str, list[dict]], reference: str, metric: str) -> tuple[float, str]:
+    name = reference if reference in arms else next(iter(arms))
+    points = arms[name]
+    at_one = _at_lambda(points, 1.0)
+    if at_one is not None:
+        return at_one["x"], f"{name} at λ = 1"
+    known = [p for p in points if p["lambda"] is not None]
+    if not known:
+        raise SpungeError(f"arm '{name}' records no λ for its points, so there is no λ = 1 point to match; "
+                          f"give the operating point with --target (a {METRICS[metric][0]} value)")
+    closest = min(known, key=lambda p: abs(p["lambda"] - 1.0))
+    return closest["x"], f"{name} at λ = {closest['lambda']:g} (its point closest to λ = 1)"
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_lambda(row: dict) -> str:
+    if row.get("bracket"):
+        lams = [b["lambda"] for b in row["bracket"]]
+        inner = " and ".join("?" if lam is None else f"{lam:g}" for lam in lams)
+        return f"≈{row['lambda']:.3g} (between {inner})" if row["lambda"] is not None else f"between {inner}"
+    return "-" if row["lambda"] is None else f"{row['lambda']:g}"
+
+
+def _table(rows: list[dict], reference: str) -> list[str]:
+    columns = [key for key in _READ if key != "toxicity_pct" and any(r["values"].get(key) is not None for r in rows)]
+    header = ["model", "λ", "toxicity % [95 % CI]", f"toxicity vs {reference} [95 % CI]"] + [_HEADERS[k] for k in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        tox = row["toxicity"]
+        mark = "≈" if row["approximate"] else ""
+        cells = [f"**{row['label']}**" if row["label"] == reference else row["label"], _fmt_lambda(row),
+                 f"{mark}{_fmt(tox['pct'], 1)} [{_fmt(tox['ci95'][0], 1)}-{_fmt(tox['ci95'][1], 1)}]"]
+        change = row.get("relative", {}).get("toxicity_pct")
+        if row["label"] == reference or change is None:
+            cells.append("-" if row["label"] != reference else "reference")
+        else:
+            ci = row.get("toxicity_change_ci95")
+            cells.append(f"{change:+.1f} %" + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else ""))
+        for key in columns:
+            text = _fmt(row["values"].get(key), 4 if key == "utility" else 2)
+            rel = row.get("relative", {}).get(key)
+            if rel is not None and row["label"] != reference:
+                text += f" ({rel:+.1f} %)"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(result: dict) -> str:
+    metric = result["metric"]
+    header, _, lower = METRICS[metric]
+    op = result["operating_point"]
+    reference = result["reference"]
+    lines = [f"# Toxicity-utility frontier ({header}, {'lower' if lower else 'higher'} is better)", ""]
+    how = ("interpolated linearly between the two points of each arm that bracket the target (≈: the interval is "
+           "an interpolation of the bracketing points' intervals, so approximate)" if op["match"] == "interpolate"
+           else "each arm's measured point nearest to the target; its residual mismatch is shown")
+    lines += [f"## At matched {header} = {op['target']:.4g} ({op['target_source']})", "", f"Operating point: {how}.", ""]
+    lines += _table(op["rows"], reference)
+    notes = [f"- {row['label']}: {row['note']}" for row in op["rows"] if row.get("note")]
+    if notes:
+        lines += [""] + notes
+    lines += ["", "## At λ = 1 (the paper's setting)", ""]
+    if result["lambda_one"]["rows"]:
+        lines += _table(result["lambda_one"]["rows"], reference)
+    missing = result["lambda_one"]["missing"]
+    if missing:
+        lines += ["", f"No λ = 1 point in: {', '.join(missing)}."]
+    lines += ["", "Toxicity changes are relative to the reference row, (value - reference) / reference, with a 95 % interval "
+              "for a ratio of two binomial rates (Katz), which treats the samples as independent.", ""]
+    lines += ["## Frontier points", ""]
+    for name, arm in result["arms"].items():
+        lines += [f"### {name}", "", f"| λ | {header} | toxicity % [95 % CI] | toxic / n | Pareto (arm) | Pareto (all) | evaluation |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in arm["points"]:
+            tox = p["toxicity"]
+            lines.append(f"| {'-' if p['lambda'] is None else format(p['lambda'], 'g')} | {_fmt(p['x'], 4 if not lower else 2)} | "
+                         f"{_fmt(tox['pct'], 1)} [{_fmt(tox['ci95'][0], 1)}-{_fmt(tox['ci95'][1], 1)}] | {tox['toxic']}/{tox['n']} | "
+                         f"{'yes' if p['pareto'] else 'no'} | {'yes' if p['pareto_all'] else 'no'} | `{p['path']}` |")
+        lines.append("")
+    if result.get("judge"):
+        lines += [f"Toxicity judge: {result['judge']}", ""]
+    if result["warnings"]:
+        lines += ["**Warnings**", ""] + [f"- {w}" for w in result["warnings"]] + [""]
+    lines += [f"Plot: `{FRONTIER_PLOT}`.", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path | None = None, metric: str = "retain_ppl",
+                     target: float | None = None, match: str = "interpolate", reference: str | None = None,
+                     force: bool = False) -> dict[str, Any]:
+    """Toxicity-utility frontier of `arms` (name -> evaluation dirs, one per λ); returns what `frontier.json` holds.
+
+    Items of an arm are directories or `{"path": DIR, "lambda": X}` / `ArmPoint` (explicit λ).
+    `base`: the base model's evaluation dir (a star on the plot, a row in the tables). `metric`:
+    the x axis and the matched quantity (retain_ppl, fluency_ppl, utility). `target`: the
+    operating point (default: the reference arm's λ = 1 point). `match`: interpolate or nearest.
+    `reference`: label relative changes refer to (default: the first arm; "base" allowed).
+    """
+    if metric not in METRICS:
+        raise SpungeError(f"--metric '{metric}' is not one of {', '.join(METRICS)}")
+    if match not in MATCH_MODES:
+        raise SpungeError(f"--match '{match}' is not one of {', '.join(MATCH_MODES)}")
+    if not arms:
+        raise SpungeError("no arms to draw: give --arm NAME=DIR[,DIR...] at least once")
+    if BASE_LABEL in arms:
+        raise SpungeError(f"--arm name '{BASE_LABEL}' is reserved for --base; name the arm otherwise")
+    reference = reference if reference is not None else next(iter(arms))
+    if reference not in arms and not (reference == BASE_LABEL and base is not None):
+        raise SpungeError(f"--reference '{reference}' is not one of the arms ({', '.join(arms)})"
+                          + (" or base" if base is not None else ""))
+    _, _, lower = METRICS[metric]
+    warnings: list[str] = []
+    loaded: dict[str, dict[str, dict]] = {}
+    inputs: dict[str, list[dict]] = {}
+    arm_points: dict[str, list[dict]] = {}
+    for name, items in arms.items():
+        sources = [_as_point(item) for item in (items if isinstance(items, list | tuple) else [items])]
+        if not sources:
+            raise SpungeError(f"--arm {name}: no evaluation directories")
+        points = []
+        for index, source in enumerate(sources):
+            point, found = _load_point(name, source, metric, warnings)
+            loaded[f"{name}[{index}]"] = found
+            inputs.setdefault(name, []).append({"lambda": point["lambda"],
+                                                "results": {k: v.get("fingerprint") for k, v in sorted(found.items())}})
+            points.append(point)
+        points.sort(key=lambda p: (p["x"] if lower else -p["x"], p["lambda"] if p["lambda"] is not None else math.inf))
+        unknown = [p["path"] for p in points if p["lambda"] is None]
+        if unknown:
+            warnings.append(f"{name}: λ unknown for {', '.join(unknown)} (its model records none); give it as {name}@LAMBDA=DIR")
+        lams = [p["lambda"] for p in points if p["lambda"] is not None]
+        if len(set(lams)) < len(lams):
+            warnings.append(f"{name}: several points share a λ ({', '.join(sorted({f'{v:g}' for v in lams if lams.count(v) > 1}))})")
+        for point, flag in zip(points, pareto_flags(points, lower), strict=True):
+            point["pareto"] = flag
+        arm_points[name] = points
+    base_point = None
+    if base is not None:
+        base_point, found = _load_point(BASE_LABEL, ArmPoint(Path(base).expanduser()), metric, warnings)
+        loaded[BASE_LABEL] = found
+    everything = [p for points in arm_points.values() for p in points] + ([base_point] if base_point else [])
+    for point, flag in zip(everything, pareto_flags(everything, lower), strict=True):
+        point["pareto_all"] = flag
+    warnings.extend(consistency_warnings(loaded))
+
+    if target is None:
+        target_value, target_source = _default_target(arm_points, reference, metric)
+    else:
+        target_value, target_source = float(target), "given"
+    fingerprint = make_fingerprint(kind="frontier", metric=metric, target=target_value, match=match, reference=reference,
+                                   order=list(arm_points), inputs={name: sorted(entries, key=repr) for name, entries in inputs.items()},
+                                   base={k: v.get("fingerprint") for k, v in loaded.get(BASE_LABEL, {}).items()})
+    out = Path(out)
+    if (stored := existing_result(out, FRONTIER_FILE, fingerprint, force=force)) is not None:
+        return stored
+
+    base_rows = [_row_from_point(BASE_LABEL, base_point)] if base_point else []
+    op_rows = base_rows + [operating_row(name, points, target_value, match) for name, points in arm_points.items()]
+    _add_relative(op_rows, reference)
+    for row in op_rows:
+        if row["label"] != BASE_LABEL and row["mismatch"] and match == "nearest":
+            row["note"] = row["note"] or (f"{METRICS[metric][0]} {row['x']:.4g} vs target {target_value:.4g} "
+                                          f"({100 * row['mismatch'] / target_value:+.1f} %)" if target_value else None)
+    one_rows = [dict(row) for row in base_rows]
+    missing = []
+    for name, points in arm_points.items():
+        point = _at_lambda(points, 1.0)
+        if point is None:
+            missing.append(name)
+        else:
+            one_rows.append(_row_from_point(name, point))
+    _add_relative(one_rows, reference)
+    if missing:
+        warnings.append(f"no λ = 1 point in {', '.join(missing)}: the λ = 1 table leaves {'it' if len(missing) == 1 else 'them'} out")
+    for row in op_rows:
+        if row.get("note") and row["label"] != BASE_LABEL and "outside" in row["note"]:
+            warnings.append(f"{row['label']}: {row['note']} (λ {row['lambda']}, off by {row['mismatch']:+.4g})")
+
+    judge = next((judge_line(found["toxicity"]["judge"]) for found in loaded.values() if found["toxicity"].get("judge")), None)
+    result = {
+        "kind": "frontier",
+        "fingerprint": fingerprint,
+        "model": {**({BASE_LABEL: base_point["model"]} if base_point else {}),
+                  **{name: [p["model"] for p in points] for name, points in arm_points.items()}},
+        "metric": metric,
+        "metric_label": METRICS[metric][0],
+        "lower_is_better": lower,
+        "reference": reference,
+        "judge": judge,
+        "base": base_point,
+        "arms": {name: {"points": points} for name, points in arm_points.items()},
+        "operating_point": {"metric": metric, "target": target_value, "target_source": target_source, "match": match,
+                            "rows": op_rows},
+        "lambda_one": {"rows": one_rows, "missing": missing},
+        "warnings": warnings,
+        "files": {"summary": FRONTIER_SUMMARY, "plot": FRONTIER_PLOT},
+    }
+    with staged_files(out, "frontier") as stage:
+        atomic_write_text(stage / FRONTIER_SUMMARY, render_markdown(result))
+        frontier_plot(result, stage / FRONTIER_PLOT)
+        write_json(stage / FRONTIER_FILE, result)
+    record_evaluation(out, name="frontier", result=result, files=[FRONTIER_FILE, FRONTIER_SUMMARY, FRONTIER_PLOT])
+    return result
+
+
+__all__ = ["ArmPoint", "frontier_results", "lambda_from_record", "operating_row", "pareto_flags", "parse_arm",
+           "relative_change_interval"]
