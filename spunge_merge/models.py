@@ -10,6 +10,8 @@ file path is converted the same way, cached by its sha256.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 import re
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, sha256_file, sha256_json, write_json
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, sha256_file, sha256_json, write_json
 
 SMOLLM2_ALIAS = "smollm2-135m"
 GEMMA3_ALIAS = "gemma3-270m"
@@ -36,16 +38,34 @@ class ResolvedModel:
     ref: str
     path: Path
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Identity of the weights: config plus weight file names and sizes (cheap, no hashing of GBs)."""
+        """Identity of the weights: the config plus the sha256 of every weight file.
+
+        Content, not names and sizes: two fine-tunes (or two merges at different λ) of one
+        architecture must never pass for the same base or reuse each other's results. File
+        digests are memoised by (path, size, mtime, inode), so only new files are read.
+        """
         config = (self.path / "config.json").read_text(encoding="utf-8")
-        weights = sorted((p.name, p.stat().st_size) for p in self.path.glob("*.safetensors"))
+        weights = sorted((p.name, file_digest(p)) for p in self.path.glob("*.safetensors"))
         return sha256_json({"config": config, "weights": weights})
 
     def describe(self) -> dict[str, str]:
         """What goes into `spunge.json` to name the base model."""
         return {"ref": self.ref, "path": str(self.path), "fingerprint": self.fingerprint}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, memoised on disk under the cache by (real path, size, mtime, inode)."""
+    info = path.stat()
+    key = sha256_json([str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino])
+    memo = cache_root() / "digests" / key
+    if memo.is_file():
+        return memo.read_text(encoding="utf-8").strip()
+    digest = sha256_file(path)
+    with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash next time
+        atomic_write_text(memo, digest)
+    return digest
 
 
 def cache_root() -> Path:

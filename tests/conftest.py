@@ -6,8 +6,11 @@ few layers and a hidden size of 32, saved as safetensors in a temp dir.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never write into the user's cache (merge views, file digests, converted models).
+os.environ["SPUNGE_CACHE"] = tempfile.mkdtemp(prefix="spunge-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SPUNGE_CACHE"], ignore_errors=True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
