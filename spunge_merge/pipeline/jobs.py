@@ -1,0 +1,73 @@
+"""Jobs: the independent units of a pipeline that an executor may run anywhere.
+
+A job is a plain, picklable record naming a function (`module:function`) and its keyword
+arguments. The per-subset unlearning runs, the un-split baseline run and the evaluation of each
+model are jobs: they do not depend on each other, so the `local` executor runs them one after
+another in this process and the `ray` executor runs them as Ray tasks in parallel. Both call
+`run_job` on the same record, so the files they write are the same.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str  # stable id, e.g. "unlearn/capitals", "baseline/run", "eval/spunge"
+    label: str  # what the progress view shows
+    function: str  # "package.module:function", called with `kwargs`
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    cpus: float = 1.0  # Ray resources (the local executor ignores them)
+    gpus: float = 0.0
+
+
+def run_job(job: Job, threads: int | None = None) -> dict[str, Any]:
+    """Run `job` in this process; `threads` sets torch's intra-op thread count first (Ray workers)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    module_name, _, name = job.function.partition(":")
+    function = getattr(importlib.import_module(module_name), name)
+    started = time.perf_counter()
+    result = function(**job.kwargs) or {}
+    return {**result, "key": job.key, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def resolved_model(model_ref: str, model_path: str):
+    """The base model on this machine: the driver's directory when it is here, else resolved again (a Ray node)."""
+    from spunge_merge.models import ResolvedModel, resolve_model
+
+    path = Path(model_path)
+    if (path / "config.json").is_file():
+        return ResolvedModel(ref=model_ref, path=path)
+    return resolve_model(model_ref)
+
+
+def train(*, method: str, model_ref: str, model_path: str, forget: list[str], out: str, config: dict[str, Any],
+          retain: list[str] | None = None, text_column: str | None = None, force: bool = False) -> dict[str, Any]:
+    """One unlearning run (TVN or RMU) through the method's public function; progress bars off (the pipeline shows its own)."""
+    from spunge_merge.provenance import read_provenance
+
+    model = resolved_model(model_ref, model_path)
+    sources = [Path(p) for p in forget]
+    if method == "tvn":
+        from spunge_merge.unlearn.tvn import train_tvn
+
+        outcomes = train_tvn(model, sources[0], out, config, text_column=text_column, force=force, progress=False)
+    elif method == "rmu":
+        from spunge_merge.unlearn.rmu import RMUConfig, train_rmu
+
+        source = sources[0] if len(sources) == 1 else sources
+        outcomes = train_rmu(model, source, [Path(p) for p in retain or []], out, RMUConfig.model_validate(config),
+                             text_column=text_column, force=force, progress=False)
+    else:  # the pipeline schema only lets tvn and rmu through
+        raise ValueError(f"unknown unlearning method {method!r}")
+    record = read_provenance(outcomes[0].path) or {}
+    return {"skipped": all(o.skipped for o in outcomes), "steps": (record.get("result") or {}).get("steps"),
+            "path": str(outcomes[0].path)}

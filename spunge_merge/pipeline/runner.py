@@ -1,0 +1,201 @@
+"""`run_pipeline`: run a pipeline file's stages in order into one run directory, then write the report.
+
+One run directory holds everything (see `stages`); a second `spunge run` of the same file finds
+every stage up to date and does no work, a run whose settings changed redoes only the stages
+downstream of the change, and a run that was killed resumes where it stopped. Two runs cannot
+share a run directory at the same time (an advisory lock, released by the OS even after `kill -9`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spunge_merge.config import load_yaml
+from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import atomic_write_text, read_json, write_json
+from spunge_merge.models import resolve_model
+from spunge_merge.pipeline.executors import make_executor
+from spunge_merge.pipeline.progress import LOG_FILE, RunView, log
+from spunge_merge.pipeline.schema import STAGES, Pipeline, parse_pipeline, resolve_path
+from spunge_merge.pipeline.stages import STAGE_FUNCTIONS, Context
+from spunge_merge.pipeline.state import STATE_DIR, StateStore
+
+REPORT_FILE = "report.md"
+REPORT_JSON = "report.json"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    report: Path | None
+    merged: dict[str, Path]  # label -> merged model dir
+    baseline: dict[str, Path]
+    seconds: float
+    ran: list[str]  # stages that did work (not skipped)
+    jobs: list[str]  # keys of the jobs and tasks that did work
+    text: str  # the report's Markdown
+
+
+def default_run_dir(pipeline: Pipeline) -> Path:
+    return Path(pipeline.run_dir) if pipeline.run_dir else Path("runs") / pipeline.name
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path):
+    lock_path = run_dir / STATE_DIR / "lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SpungeError(f"{run_dir} is in use by another `spunge run` (lock {lock_path})") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def run_pipeline(
+    pipeline_file: str | Path,
+    *,
+    run_dir: str | Path | None = None,
+    only: str | None = None,
+    force: bool = False,
+    executor: str | None = None,
+    ray_address: str | None = None,
+    live: bool | None = None,
+    console=None,
+) -> RunSummary:
+    """Run (or resume) the pipeline in `pipeline_file`; see the module docstring."""
+    pipeline_file = Path(pipeline_file)
+    raw = load_yaml(pipeline_file)
+    pipeline = parse_pipeline(raw, str(pipeline_file))
+    if only is not None and only not in STAGES:
+        raise SpungeError(f"--only {only}: no such stage (stages: {', '.join(STAGES)})")
+    if only == "baseline" and not pipeline.baseline.enabled:
+        raise SpungeError("--only baseline: the baseline is disabled in this pipeline (baseline.enabled: false)")
+    if only == "push" and pipeline.push is None:
+        raise SpungeError("--only push: this pipeline has no push section")
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(pipeline)
+    executor_name = executor or pipeline.executor
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(run_dir):
+        atomic_write_text(run_dir / "pipeline.yaml", pipeline_file.read_text(encoding="utf-8"))
+        model = resolve_model(resolve_path(pipeline.model, pipeline_file.resolve().parent))
+        stages = [s for s in STAGES if (s != "baseline" or pipeline.baseline.enabled) and (s != "push" or pipeline.push)]
+        with RunView(run_dir, stages, title=f"spunge run {pipeline.name} → {run_dir}", live=live, console=console) as view:
+            view.note(f"pipeline {pipeline_file} ({pipeline.unlearn.method}, {executor_name} executor); log: {run_dir / LOG_FILE}")
+            engine = make_executor(executor_name, address=ray_address or pipeline.ray.address, runtime_env=pipeline.ray.runtime_env)
+            ctx = Context(pipeline=pipeline, base_dir=pipeline_file.resolve().parent, run_dir=run_dir, model=model,
+                          state=StateStore(run_dir), view=view, executor=engine, force=force, only=only)
+            try:
+                for stage in stages:
+                    STAGE_FUNCTIONS[stage](ctx)
+                    if only == stage:
+                        break
+            except SpungeError as exc:
+                log.error("stopped: %s", exc)
+                raise
+            except BaseException as exc:
+                log.exception("stopped: %s", type(exc).__name__)
+                raise
+            finally:
+                engine.close()
+        seconds = time.perf_counter() - started
+        ran = list(ctx.info.get("ran", []))
+        report = None
+        text = ""
+        if (run_dir / "eval").is_dir() and "eval" in _completed(ctx):
+            text = write_report(ctx, seconds=seconds, ran=ran)
+            report = run_dir / REPORT_FILE
+    return RunSummary(run_dir=run_dir, report=report, merged=dict(ctx.labels.get("spunge", {})),
+                      baseline=dict(ctx.labels.get("baseline", {})), seconds=seconds, ran=ran,
+                      jobs=list(ctx.info.get("jobs_run", [])), text=text)
+
+
+def _completed(ctx: Context) -> set[str]:
+    return {s for s in STAGES if (ctx.state.get(f"stage/{s}") or {}).get("status") == "done"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+
+
+def _knowledge_section(ctx: Context, labels: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    from spunge_merge.data.loading import load_subsets
+    from spunge_merge.evaluate.knowledge import KNOWLEDGE_FILE, knowledge_table
+
+    results = {}
+    for label in labels:
+        path = ctx.run_dir / "eval" / label / KNOWLEDGE_FILE
+        if path.is_file():
+            results[label] = read_json(path)
+    if not results:
+        return "", {}
+    forget = [str(s.value) for s in load_subsets(ctx.run_dir / "split")]
+    table = knowledge_table(results, forget=forget)
+    lines = ["## Knowledge: held-out facts completed correctly, per domain", "",
+             f"Forgotten (split and unlearned): {', '.join(forget)}. Greedy completion; a fact counts when the completion "
+             "starts with its answer.", "", table]
+    figures = {label: {d: e["accuracy"] for d, e in r["domains"].items()} for label, r in results.items()}
+    return "\n".join(lines), figures
+
+
+def write_report(ctx: Context, *, seconds: float, ran: list[str]) -> str:
+    """`report.md` and `report.json` in the run directory; returns the Markdown."""
+    pipeline = ctx.pipeline
+    labels = ctx.info.get("eval_models") or {}
+    parts = [f"# {pipeline.name}: Spunge vs. un-split baseline", ""]
+    if pipeline.description:
+        parts += [pipeline.description.strip(), ""]
+    split_info = (ctx.state.get("stage/split") or {}).get("info", {})
+    parts += [f"- base model: `{pipeline.model}`; method: **{pipeline.unlearn.method}**; "
+              f"merge: {pipeline.merge.method}, λ = {', '.join(f'{v:g}' for v in pipeline.merge.lambdas)}",
+              f"- subsets (rows): {split_info.get('detail', '-')}"]
+    budget = ((ctx.state.get("stage/baseline") or {}).get("info") or {}).get("budget")
+    if budget:
+        if budget.get("mode") == "matched":
+            runs = " + ".join(f"{name} {steps}" for name, steps in (budget.get("split_runs") or {}).items())
+            changed = ", ".join(f"{k} {v}" for k, v in (budget.get("changed") or {}).items())
+            parts.append(f"- budget: same optimizer steps — split runs {runs} = {budget.get('split_total')}; baseline planned "
+                         f"{budget.get('baseline_planned')}, ran {budget.get('baseline_steps')}"
+                         + (f" (its settings changed for that: {changed})" if changed else ""))
+        else:
+            parts.append(f"- budget: the baseline's settings as given; it ran {budget.get('baseline_steps')} steps")
+    parts.append("")
+    knowledge_md, knowledge = _knowledge_section(ctx, labels)
+    if knowledge_md:
+        parts += [knowledge_md, ""]
+    compare_md = ctx.run_dir / "eval" / "compare" / "compare.md"
+    compare = None
+    if compare_md.is_file():  # the eval stage's table, its headings one level down
+        lines = compare_md.read_text(encoding="utf-8").strip().splitlines()
+        parts += ["#" + line if line.startswith("#") else line for line in lines] + [""]
+        compare = read_json(ctx.run_dir / "eval" / "compare" / "compare.json")
+    parts += ["## Where things are", "", "| model | directory | evaluations |", "|---|---|---|"]
+    for label, path in labels.items():
+        parts.append(f"| {label} | `{path}` | `{ctx.run_dir / 'eval' / label}` |")
+    timings = {s: (ctx.state.get(f"stage/{s}") or {}).get("seconds") for s in STAGES}
+    spent = ", ".join(f"{s} {t:.0f} s" for s, t in timings.items() if t is not None)
+    parts += ["", f"Run directory `{ctx.run_dir}`; log `{ctx.run_dir / LOG_FILE}`. Time per stage (when it last did its work): "
+              f"{spent}. This invocation took {seconds:.0f} s"
+              + (f" (stages that did work: {', '.join(ran)})." if ran else " (nothing to do: every stage was up to date)."), ""]
+    text = "\n".join(parts)
+    atomic_write_text(ctx.run_dir / REPORT_FILE, text)
+    write_json(ctx.run_dir / REPORT_JSON, {"kind": "pipeline-report", "name": pipeline.name, "models": labels,
+                                           "knowledge": knowledge, "compare": compare, "budget": budget,
+                                           "seconds": round(seconds, 1), "stage_seconds": timings, "stages_run": ran})
+    return text

@@ -1,0 +1,320 @@
+"""The pipeline file: one YAML describing split → unlearn → merge → eval (+ baseline, push).
+
+Validated by pydantic models that are frozen and reject unknown keys, so a typo is an error
+that names its key (`unlearn.config.lr: ...`), never a silently ignored setting. The method's
+hyperparameters (`unlearn.config`, `unlearn.overrides.<subset>`, `baseline.config`) are checked
+against the method's own settings class (TVNConfig, RMUConfig) when the file is loaded, before
+any work starts.
+
+Relative paths in the file are relative to the file's own directory (so a recipe runs from any
+working directory); a value that is not an existing path relative to it (a Hub id, a model alias)
+is kept as written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml
+from spunge_merge.errors import SpungeError
+
+STAGES = ("split", "unlearn", "baseline", "merge", "eval", "push")
+MODEL_ROLES = ("base", "baseline", "spunge")
+
+
+def _as_list(value: Any) -> Any:
+    """Accept a scalar where a list is expected (`lambda: 1.0` → `[1.0]`)."""
+    if value is None or isinstance(value, list | tuple):
+        return value
+    return [value]
+
+
+class DataRef(FrozenConfig):
+    """A table of texts: a local file (jsonl/json/csv/parquet/txt), a saved `datasets` dir, or a Hub id.
+
+    `where` filters rows (same grammar as `spunge split --where`); `limit` keeps the first rows
+    after filtering (for quick runs).
+    """
+
+    path: str = Field(..., description="File, directory or Hub dataset id.")
+    config: str | None = Field(None, description="Hub dataset configuration name (e.g. cyber-forget-corpus).")
+    hub_split: str = Field("train", description="Split to read from a Hub dataset or a DatasetDict.")
+    where: list[str] = Field(default_factory=list, description="Row filters COLUMN OP VALUE, all must hold.")
+    text_column: str = Field("text", description="Column holding the text.")
+    limit: int | None = Field(None, ge=1, description="Keep at most this many rows (after filtering).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _where_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+class SplitSection(FrozenConfig):
+    """Either split one table by a column (`data` + `by`), or give one data source per subset (`subsets`)."""
+
+    data: DataRef | None = Field(None, description="The unlearning data to split.")
+    by: str | None = Field(None, description="Attribute column whose values define the subsets (e.g. target_group).")
+    values: list[str] | None = Field(None, description="Values to keep, in this order (default: all).")
+    subsets: dict[str, DataRef] | None = Field(None, description="Pre-split data: subset name → data source.")
+    attribute: str = Field("subset", description="Name recorded as the attribute when `subsets` is used.")
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _values_list(cls, value: Any) -> Any:
+        value = _as_list(value)
+        return [str(v) for v in value] if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if self.subsets is not None:
+            if self.data is not None or self.by is not None:
+                raise ValueError("give either `subsets`, or `data` with `by`, not both")
+            if len(self.subsets) < 1:
+                raise ValueError("`subsets` is empty")
+        elif self.data is None or self.by is None:
+            raise ValueError("give `data` and `by` (the column to split on), or `subsets`")
+        return self
+
+
+class Resources(FrozenConfig):
+    """What one unlearning job needs: Ray schedules each job with these (the local executor ignores them)."""
+
+    cpus: float = Field(1.0, gt=0, description="CPU cores per job (also its torch thread count under Ray).")
+    gpus: float = Field(0.0, ge=0, description="GPUs per job (1 on a multi-GPU box: one subset per GPU).")
+
+
+class UnlearnSection(FrozenConfig):
+    method: Literal["tvn", "rmu"] = Field(..., description="Unlearning method.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (TVNConfig / RMUConfig keys).")
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                 description="Per-subset changes to `config`, keyed by subset name or value.")
+    retain: list[DataRef] | None = Field(None, description="Retain data (RMU): one source for every run.")
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _retain_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @model_validator(mode="after")
+    def _retain_for_rmu(self):
+        if self.method == "rmu" and not self.retain:
+            raise ValueError("RMU needs `retain` data (e.g. wikitext)")
+        if self.method == "tvn" and self.retain:
+            raise ValueError("TVN uses no retain data; remove `retain`")
+        return self
+
+
+class MergeSection(FrozenConfig):
+    method: str = Field("ties", description="mergekit merge method (paper: ties).")
+    density: float | None = Field(None, gt=0, le=1, description="TIES density: fraction of each task vector kept.")
+    weight: float | None = Field(None, description="Weight of every run in the merge.")
+    lambdas: list[float] = Field([1.0], alias="lambda", min_length=1,
+                                 description="Scale λ of the merged task vector; a list builds one model per λ without retraining.")
+    normalize: bool | None = Field(None, description="TIES normalize (divide by the sum of weights).")
+    dtype: str | None = Field(None, description="dtype of the merged model (default: the merge stage's).")
+    parameters: dict[str, Any] | None = Field(None, description="Extra mergekit parameters, passed through.")
+    cuda: bool | None = Field(None, description="Merge on the GPU (default: when one is available).")
+
+    @field_validator("lambdas", mode="before")
+    @classmethod
+    def _lambda_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+class BaselineSection(FrozenConfig):
+    """The same method on the un-split union of the subsets, evaluated the same way (the paper's comparison)."""
+
+    enabled: bool = Field(True, description="Train and evaluate the baseline.")
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="Changes to `unlearn.config` for the un-split run (paper TVN: lr 2e-5).")
+    budget: Literal["matched", "config"] = Field(
+        "matched", description="matched: as many optimizer steps as all split runs together; config: the settings as given.")
+    lambdas: list[float] | None = Field(
+        None, alias="lambda", description="Scales λ, one baseline model each, no retraining: TVN = the negation scale (default: the "
+                                          "config's lam); RMU = base + λ·(run − base) (default: the run itself).")
+    rmu_corpora: Literal["alternating", "union"] = Field(
+        "alternating", description="RMU only: alternating = the reference's multi-corpus run (one control vector per subset, "
+                                   "a batch of each in turn); union = one corpus of all subsets' texts.")
+
+    @field_validator("lambdas", mode="before")
+    @classmethod
+    def _lambda_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+class EvalSection(FrozenConfig):
+    """Which evaluations run on which models. Each section is passed to its function as keyword
+    arguments (`evaluate_knowledge`, `evaluate_perplexity`, `evaluate_toxicity`, `evaluate_fluency`,
+    `evaluate_harness`, `compare_results`); their names are checked against the function when the
+    file loads. `perplexity.data` may also be a data source with filters (path, where, ...)."""
+
+    models: list[Literal["base", "baseline", "spunge"]] = Field(list(MODEL_ROLES), description="Models to evaluate.")
+    device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
+    knowledge: dict[str, Any] | None = Field(None, description="evaluate_knowledge keyword arguments (facts, where, ...).")
+    toxicity: dict[str, Any] | None = Field(None, description="evaluate_toxicity keyword arguments.")
+    perplexity: dict[str, Any] | None = Field(None, description="evaluate_perplexity keyword arguments.")
+    fluency: dict[str, Any] | None = Field(None, description="evaluate_fluency keyword arguments (needs toxicity's generations).")
+    harness: dict[str, Any] | None = Field(None, description="evaluate_harness keyword arguments.")
+    compare: dict[str, Any] = Field(default_factory=dict, description="compare_results keyword arguments.")
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not any((self.knowledge, self.toxicity, self.perplexity, self.fluency, self.harness)):
+            raise ValueError("no evaluation chosen: give at least one of knowledge, toxicity, perplexity, fluency, harness")
+        if self.fluency is not None and self.toxicity is None:
+            raise ValueError("fluency scores the toxicity generations: add a `toxicity` section")
+        return self
+
+
+class PushSection(FrozenConfig):
+    repo_id: str = Field(..., description="Hub repository for the merged model (user/name).")
+    lam: float | None = Field(None, alias="lambda", description="Which merged model (its λ) to push (default: the first).")
+    private: bool = True
+    revision: str | None = None
+    create_pr: bool = False
+    commit_message: str | None = None
+    dry_run: bool = Field(False, description="Check everything and list the files, upload nothing.")
+    datasets: list[str] | None = Field(None, description="Hub dataset ids for the model card's metadata.")
+    exclude: list[str] | None = Field(None, description="Globs of files to leave out of the upload.")
+
+
+class RaySection(FrozenConfig):
+    address: str | None = Field(None, description="Ray cluster address (`auto`, `ray://host:10001`); none = start a local Ray.")
+    runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env passed to ray.init.")
+
+
+class Pipeline(FrozenConfig):
+    """A whole Spunge experiment (see module docstring)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name; the default run dir is runs/<name>.")
+    description: str | None = None
+    model: str = Field(..., description="Base model: alias (smollm2-135m), local directory, or Hub id.")
+    run_dir: str | None = Field(None, description="Where everything is written (default: runs/<name> under the current directory).")
+    executor: Literal["local", "ray"] = "local"
+    ray: RaySection = Field(default_factory=RaySection)
+    split: SplitSection
+    unlearn: UnlearnSection
+    merge: MergeSection = Field(default_factory=MergeSection)
+    baseline: BaselineSection = Field(default_factory=BaselineSection)
+    eval: EvalSection
+    push: PushSection | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.baseline.rmu_corpora != "alternating" and self.unlearn.method != "rmu":
+            raise ValueError("baseline.rmu_corpora applies to RMU only")
+        if self.push is not None and self.push.lam is not None and self.push.lam not in self.merge.lambdas:
+            raise ValueError(f"push.lambda {self.push.lam} is not one of merge.lambda {self.merge.lambdas}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+
+
+def method_config_class(method: str):
+    """The settings class of an unlearning method (imported lazily: it pulls in torch)."""
+    if method == "tvn":
+        from spunge_merge.unlearn.tvn import TVNConfig
+
+        return TVNConfig
+    from spunge_merge.unlearn.rmu import RMUConfig
+
+    return RMUConfig
+
+
+def _prefixed(exc: ValidationError, prefix: str, source: str) -> str:
+    problems = []
+    for error in exc.errors():
+        location = ".".join([prefix, *(str(part) for part in error["loc"])])
+        problems.append(f"{location}: {error['msg']}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def check_method_configs(pipeline: Pipeline, source: str) -> None:
+    """Validate `unlearn.config`, each override and `baseline.config` against the method's settings class."""
+    cls = method_config_class(pipeline.unlearn.method)
+    checks = [("unlearn.config", dict(pipeline.unlearn.config))]
+    for name, changes in pipeline.unlearn.overrides.items():
+        checks.append((f"unlearn.overrides.{name}", {**pipeline.unlearn.config, **changes}))
+    checks.append(("baseline.config", {**pipeline.unlearn.config, **pipeline.baseline.config}))
+    for prefix, values in checks:
+        try:
+            cls.model_validate(values)
+        except ValidationError as exc:
+            raise SpungeError(_prefixed(exc, prefix, source)) from exc
+    if pipeline.split.values is not None:
+        names = set(pipeline.split.values)
+        unknown = sorted(set(pipeline.unlearn.overrides) - names)
+        if unknown:
+            listed = ", ".join(pipeline.split.values)
+            raise SpungeError(f"{source}: unlearn.overrides.{unknown[0]}: no such subset (split.values: {listed})")
+    if pipeline.split.subsets is not None:
+        unknown = sorted(set(pipeline.unlearn.overrides) - set(pipeline.split.subsets))
+        if unknown:
+            listed = ", ".join(pipeline.split.subsets)
+            raise SpungeError(f"{source}: unlearn.overrides.{unknown[0]}: no such subset (split.subsets: {listed})")
+
+
+def _check_eval_kwargs(pipeline: Pipeline, source: str) -> None:
+    """Each eval section may only use the keyword arguments its function accepts, and must give the required ones."""
+    from spunge_merge.pipeline import evals
+
+    for section in ("knowledge", "toxicity", "perplexity", "fluency", "harness", "compare"):
+        given = getattr(pipeline.eval, section)
+        if given is None:
+            continue
+        allowed = evals.accepted_keywords(section)
+        if allowed is None:  # the function is not importable in this installation; it fails when it runs
+            continue
+        unknown = sorted(set(given) - allowed)
+        if unknown:
+            raise SpungeError(f"{source}: eval.{section}.{unknown[0]}: unknown setting (allowed: {', '.join(sorted(allowed))})")
+        missing = sorted(evals.required_keywords(section) - set(given))
+        if missing:
+            raise SpungeError(f"{source}: eval.{section}.{missing[0]}: required")
+    data = (pipeline.eval.perplexity or {}).get("data")
+    if isinstance(data, dict):
+        try:
+            DataRef.model_validate(data)
+        except ValidationError as exc:
+            raise SpungeError(_prefixed(exc, "eval.perplexity.data", source)) from exc
+
+
+def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
+    """Validate an already-parsed mapping (errors name the key path)."""
+    if not isinstance(data, dict):
+        raise SpungeError(f"{source}: expected a mapping of sections at the top level (model, split, unlearn, ...)")
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as exc:
+        raise SpungeError(format_validation_error(exc, source)) from exc
+    check_method_configs(pipeline, source)
+    _check_eval_kwargs(pipeline, source)
+    return pipeline
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and validate a pipeline YAML file."""
+    path = Path(path)
+    return parse_pipeline(load_yaml(path), str(path))
+
+
+def resolve_path(value: str, base_dir: Path) -> str:
+    """A path written in the file, made absolute against the file's directory when it names a local path."""
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return str(candidate)
+    relative = base_dir / candidate
+    if relative.exists() or value.startswith(("./", "../")):
+        return str(relative.resolve())
+    return value
