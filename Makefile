@@ -24,10 +24,10 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	OMP_NUM_THREADS=2 $(BIN)/spunge demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/spunge demo
 
 test: $(BIN)/.installed
-	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check spunge_merge tests bench
