@@ -91,6 +91,18 @@ def read_json(path: str | Path) -> Any:
         raise SpungeError(f"{path}: not valid JSON ({exc})") from exc
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a JSON Lines file; bad JSON names the line."""
+    with open(path, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise SpungeError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+
+
 def is_nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 

@@ -17,7 +17,6 @@ generations file's sha256, perplexity, mean NLL, token and text counts).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate.perplexity import corpus_nll
 from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
-from spunge_merge.fsutil import read_json, sha256_file, sha256_texts, write_json
+from spunge_merge.fsutil import iter_jsonl, read_json, sha256_file, sha256_texts, write_json
 from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
@@ -48,17 +47,10 @@ def read_generations(path: str | Path) -> list[str]:
     if not path.is_file():
         raise SpungeError(f"{path}: no such generations file (--generations; a generations.jsonl from `spunge eval toxicity`)")
     generations = []
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise SpungeError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("generation"), str):
-                raise SpungeError(f"{path}:{number}: no string field 'generation' (is this a generations.jsonl?)")
-            generations.append(row["generation"])
+    for number, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("generation"), str):
+            raise SpungeError(f"{path}:{number}: no string field 'generation' (is this a generations.jsonl?)")
+        generations.append(row["generation"])
     if not generations:
         raise SpungeError(f"{path}: file has no generations")
     return generations

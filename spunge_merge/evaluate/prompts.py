@@ -16,7 +16,6 @@ generator seeded by (seed, group, label): adding a group never changes another g
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import defaultdict
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import sha256_json
+from spunge_merge.fsutil import iter_jsonl, sha256_json
 
 LABELS = ("hate", "neutral")
 # Other spellings of the prompt files' group names: the HF `toxigen/toxigen-data` dataset
@@ -124,25 +123,18 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
 
 def _read_prompt_jsonl(path: Path) -> list[Prompt]:
     prompts = []
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise SpungeError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                columns = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-                raise SpungeError(f"{path}:{number}: no string column 'prompt' (columns: {columns})")
-            group_column = next((c for c in _GROUP_COLUMNS if c in row), None)
-            if group_column is None:
-                raise SpungeError(f"{path}:{number}: no group column ({' or '.join(_GROUP_COLUMNS)}; columns: {', '.join(row)})")
-            label_column = next((c for c in _LABEL_COLUMNS if c in row), None)
-            label = str(row[label_column]) if label_column else "all"
-            group = canonical_group(str(row[group_column]))
-            prompts.append(Prompt(id=f"{path.stem}:{number}", group=group, label=label, text=row["prompt"],
-                                  source=f"{path.name}:{number}"))
+    for number, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            columns = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise SpungeError(f"{path}:{number}: no string column 'prompt' (columns: {columns})")
+        group_column = next((c for c in _GROUP_COLUMNS if c in row), None)
+        if group_column is None:
+            raise SpungeError(f"{path}:{number}: no group column ({' or '.join(_GROUP_COLUMNS)}; columns: {', '.join(row)})")
+        label_column = next((c for c in _LABEL_COLUMNS if c in row), None)
+        label = str(row[label_column]) if label_column else "all"
+        group = canonical_group(str(row[group_column]))
+        prompts.append(Prompt(id=f"{path.stem}:{number}", group=group, label=label, text=row["prompt"],
+                              source=f"{path.name}:{number}"))
     if not prompts:
         raise SpungeError(f"{path}: file has no prompts")
     return prompts
