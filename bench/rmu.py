@@ -7,7 +7,7 @@ speed    steps/s and peak RSS of spunge's RMU and of a reference-style implement
 quality  for RMU run directories: mean cosine similarity between the run's and the base model's
          layer-ℓ activations on held-out forget rows (each row alone, no padding), and WikiText
          perplexity of base and run on held-out text (non-overlapping windows), plus the retain
-         cosine on those windows. Used for the smollm2 sweep (see /work/notes/rmu-bench.md).
+         cosine on those windows. Used for the smollm2 sweep (BENCHMARKS.md, RMU section).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/rmu.py speed --steps 4
     OMP_NUM_THREADS=1 .venv/bin/python bench/rmu.py quality RUN_DIR --heldout-forget F.jsonl --ppl-text T.txt
