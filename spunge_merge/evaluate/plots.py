@@ -11,8 +11,21 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spunge_merge.fsutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _write_png(figure: Figure, path: str | Path) -> Path:
+    """Render `figure` to PNG in memory, then write it atomically (no half-written image)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def _groups_in_order(series: dict[str, dict[str, float]]) -> list[str]:
@@ -64,11 +77,7 @@ def radar_plot(series: dict[str, dict[str, float]], path: str | Path, *, title: 
                   frameon=False)
     if subtitle:
         figure.text(0.5, 0.015, subtitle, ha="center", fontsize=8, wrap=True)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _write_png(figure, path)
 
 
 def frontier_plot(result: dict, path: str | Path, *, title: str = "Toxicity-utility frontier") -> Path:
@@ -144,8 +153,4 @@ def frontier_plot(result: dict, path: str | Path, *, title: str = "Toxicity-util
     if result.get("judge"):
         footer += f"\njudge: {result['judge']}"
     figure.text(0.5, 0.012, footer, ha="center", fontsize=7.5, wrap=True)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _write_png(figure, path)
