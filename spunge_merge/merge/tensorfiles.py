@@ -20,7 +20,6 @@ from pathlib import Path
 from spunge_merge.errors import SpungeError
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
-SINGLE_WEIGHTS = "model.safetensors"
 _MAX_HEADER = 100 * 1024 * 1024  # the library's own limit
 
 DTYPE_SIZES = {
@@ -110,7 +109,9 @@ def _parse_header(path: Path, size: int) -> dict[str, TensorSlot]:
 
 
 def weight_files(model_dir: str | Path) -> dict[str, Path]:
-    """Tensor name -> safetensors file of a model directory (its index, else its one file)."""
+    """Tensor name -> safetensors file of a model directory (its index, else its safetensors files).
+
+    Shared by the merge and by RMU's partial loading: both read tensors straight from the files."""
     model_dir = Path(model_dir)
     index = model_dir / WEIGHTS_INDEX
     if index.is_file():
@@ -119,13 +120,13 @@ def weight_files(model_dir: str | Path) -> dict[str, Path]:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SpungeError(f"{index}: not a valid safetensors index ({exc})") from exc
         return {name: model_dir / file for name, file in weight_map.items()}
-    single = model_dir / SINGLE_WEIGHTS
-    if single.is_file():
-        return dict.fromkeys(read_header(single), single)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:  # unindexed: normally the one `model.safetensors`
+        return {name: file for file in files for name in read_header(file)}
     if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
         raise SpungeError(f"{model_dir}: holds only pickled weights (*.bin); spunge reads safetensors only "
                           "(convert with transformers: save_pretrained(..., safe_serialization=True))")
-    raise SpungeError(f"{model_dir}: no {SINGLE_WEIGHTS} or {WEIGHTS_INDEX}")
+    raise SpungeError(f"{model_dir}: no *.safetensors weights and no {WEIGHTS_INDEX}")
 
 
 def model_slots(model_dir: str | Path) -> dict[str, TensorSlot]:

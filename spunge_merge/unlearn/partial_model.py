@@ -9,33 +9,12 @@ is a quarter of the weights and none of the LM head.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
+from spunge_merge.merge.tensorfiles import weight_files
 from spunge_merge.models import ResolvedModel
-
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-
-
-def checkpoint_index(model_dir: Path) -> dict[str, Path]:
-    """Tensor name → safetensors file holding it, for a model directory (sharded or not)."""
-    from safetensors import safe_open
-
-    model_dir = Path(model_dir)
-    index_file = model_dir / SAFETENSORS_INDEX
-    if index_file.is_file():
-        weight_map = json.loads(index_file.read_text(encoding="utf-8")).get("weight_map", {})
-        return {name: model_dir / file for name, file in weight_map.items()}
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise SpungeError(f"{model_dir}: no *.safetensors weights (RMU reads safetensors only)")
-    index: dict[str, Path] = {}
-    for file in files:
-        with safe_open(file, framework="pt") as handle:
-            index.update({name: file for name in handle.keys()})
-    return index
 
 
 def model_depth(config) -> int:
@@ -101,7 +80,7 @@ def load_partial_decoder(resolved: ResolvedModel, last_layer: int, *, dtype, dev
         raise SpungeError(f"--layer {last_layer} is beyond the depth of {resolved.ref}: it has {depth} decoder "
                           f"layers (0..{depth - 1})")
     model = build_decoder(truncated_config(config, last_layer), dtype=dtype, device=device)
-    index = checkpoint_index(resolved.path)
+    index = weight_files(resolved.path)
     prefix = getattr(model, "base_model_prefix", "") or ""
     names: dict[str, str] = {}
     for name in model.state_dict():

@@ -38,6 +38,7 @@ from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, link_or_copy
+from spunge_merge.merge.tensorfiles import weight_files
 from spunge_merge.models import ResolvedModel, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
 from spunge_merge.unlearn.base import (
@@ -49,7 +50,7 @@ from spunge_merge.unlearn.base import (
     run_subsets,
     seed_everything,
 )
-from spunge_merge.unlearn.partial_model import checkpoint_index, load_partial_decoder, model_depth
+from spunge_merge.unlearn.partial_model import load_partial_decoder, model_depth
 
 DELTA_FILE = "delta.safetensors"
 RUN_KIND = "rmu-delta"
@@ -198,7 +199,7 @@ def select_tensors(resolved: ResolvedModel, config: RMUConfig) -> Selection:
     depth = model_depth(AutoConfig.from_pretrained(resolved.path))
     if config.layer >= depth:
         raise SpungeError(f"--layer {config.layer} is beyond the depth of {resolved.ref}: it has {depth} decoder layers (0..{depth - 1})")
-    names = sorted(checkpoint_index(resolved.path))
+    names = sorted(weight_files(resolved.path))
     chosen: list[tuple[int, str]] = []
     if config.param_regex is not None:
         pattern = re.compile(config.param_regex)
@@ -793,7 +794,7 @@ def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, ou
         raise SpungeError(f"{run_dir} was trained on a different base model than {resolved.ref} (fingerprint mismatch); "
                           "pass the base model it was trained on")
     delta = load_file(str(run_dir / DELTA_FILE))
-    index = checkpoint_index(resolved.path)
+    index = weight_files(resolved.path)
     unknown = sorted(set(delta) - set(index))
     if unknown:
         raise SpungeError(f"{run_dir}/{DELTA_FILE}: tensor {unknown[0]} is not in {resolved.ref}")
