@@ -32,7 +32,7 @@ from typing import Any
 
 from spunge_merge.data.loading import SPLIT_MANIFEST, Subset, load_subsets
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, read_json, sha256_file, sha256_json, write_json
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, iter_jsonl, read_json, sha256_file, sha256_json, write_json
 from spunge_merge.models import ResolvedModel
 from spunge_merge.pipeline import evals, inputs
 from spunge_merge.pipeline.executors import LocalExecutor
@@ -447,7 +447,7 @@ def baseline_train_work(ctx: Context, subsets: list[Subset]) -> tuple[Work, dict
     if ctx.pipeline.baseline.budget == "matched":
         retain_texts = None
         if section.method == "rmu":
-            retain_texts = [json.loads(line)["text"] for line in ctx.retain_file.read_text(encoding="utf-8").splitlines() if line]
+            retain_texts = [row["text"] for _, row in iter_jsonl(ctx.retain_file)]
         config, record = matched_budget(section.method, subset_configs(ctx, subsets), config, subsets, retain_texts,
                                         alternating=ctx.pipeline.baseline.rmu_corpora == "alternating")
         budget.update(record)
