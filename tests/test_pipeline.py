@@ -335,6 +335,34 @@ def test_cli_reports_a_broken_pipeline_in_one_line_with_exit_code_2(tmp_path):
     assert "merge.densty: Extra inputs are not permitted" in result.output and "Traceback" not in result.output
 
 
+def test_set_changes_one_setting_for_one_run_and_the_run_directory_records_it(workspace, tmp_path):
+    pipeline = tvn_pipeline(workspace["root"])
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(pipeline), "--run-dir", str(run_dir), "--only", "split",
+                                 "--set", "split.values=[gamma, beta]", "--set", "baseline.config.lr=2e-5"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((run_dir / "split" / "manifest.json").read_text())
+    assert [s["value"] for s in manifest["subsets"]] == ["gamma", "beta"]
+    recorded = load_pipeline(run_dir / "pipeline.yaml")  # the settings as run, not the file's text
+    assert recorded.split.values == ["gamma", "beta"] and recorded.baseline.config == {"lr": 2e-5}
+    assert recorded.unlearn.overrides == {"beta": {"lr": 2e-2}}  # untouched settings kept
+    assert yaml.safe_load(pipeline.read_text())["split"].get("values") is None  # the file itself is unchanged
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("merge.lambda", "--set 'merge.lambda': expected KEY.PATH=VALUE"),
+    ("merge..lambda=1", "expected KEY.PATH=VALUE"),
+    ("name.x=1", "--set name.x: name is not a mapping"),
+    ("merge.densty=0.5", "merge.densty: Extra inputs are not permitted"),
+    ("merge.lambda=[1, ", "--set merge.lambda: value is not valid YAML"),
+])
+def test_set_errors_name_the_key_and_exit_2(workspace, tmp_path, assignment, message):
+    result = runner.invoke(app, ["run", str(tvn_pipeline(workspace["root"])), "--run-dir", str(tmp_path / "r"), "--set", assignment])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_only_refuses_a_stage_whose_predecessors_have_not_run(workspace, tmp_path):
     with pytest.raises(SpungeError, match="stage 'split' before it has not run"):
         run_pipeline(tvn_pipeline(workspace["root"]), run_dir=tmp_path / "fresh", only="merge", live=False)
@@ -346,8 +374,9 @@ PIPELINE_RECIPES = {"demo", "toxigen-smollm2-tvn", "toxigen-smollm2-rmu", "toxig
 
 def test_every_pipeline_recipe_validates_and_the_demo_recipe_is_the_shipped_demo():
     # recipes/ also holds method settings files (`spunge unlearn rmu --config`): a pipeline has model, split and unlearn.
-    recipes = [p for p in sorted((REPO / "recipes").glob("*.yaml")) if {"model", "split", "unlearn"} <= set(yaml.safe_load(p.read_text()))]
-    assert PIPELINE_RECIPES <= {p.stem for p in recipes}
+    files = sorted((REPO / "recipes").glob("*.yaml")) + sorted((REPO / "bench").glob("*.yaml"))
+    recipes = [p for p in files if {"model", "split", "unlearn"} <= set(yaml.safe_load(p.read_text()))]
+    assert PIPELINE_RECIPES | {"toxigen_smollm2", "toxigen_smollm2_rmu"} <= {p.stem for p in recipes}
     for recipe in recipes:
         load_pipeline(recipe)
     shipped = load_pipeline(REPO / "spunge_merge" / "demo" / "pipeline.yaml")

@@ -38,13 +38,17 @@ def run_command(
                                     "Default: the file's ray.address, else a local Ray instance."),
     run_dir: Path = typer.Option(None, "--run-dir", help="Where everything is written. Default: the file's run_dir, "
                                  "else runs/<name> under the current directory."),
+    overrides: list[str] = typer.Option(None, "--set", help="Change one setting of the file for this run: KEY.PATH=VALUE, "
+                                        "VALUE read as YAML (e.g. --set baseline.config.lr=2e-5 --set 'eval.models=[baseline]'). "
+                                        "Repeatable; the run directory's pipeline.yaml records the settings as run."),
 ) -> None:
     """Run a whole Spunge experiment from one file: split, unlearn each subset, unlearn the un-split baseline with
     the same budget, merge, evaluate base vs. baseline vs. Spunge, and optionally push. Resumable: a rerun skips
     every stage whose inputs and settings are unchanged, and an interrupted stage restarts cleanly."""
     if executor is not None and executor not in ("local", "ray"):
         raise typer.BadParameter("use local or ray", param_hint="--executor")
-    summary = run_pipeline(pipeline, run_dir=run_dir, only=only, force=force, executor=executor, ray_address=ray_address)
+    summary = run_pipeline(pipeline, run_dir=run_dir, only=only, force=force, executor=executor, ray_address=ray_address,
+                           overrides=overrides)
     _print_summary(summary)
 
 

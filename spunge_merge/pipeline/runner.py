@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spunge_merge.config import load_yaml
+import yaml
+
+from spunge_merge.config import apply_overrides, load_yaml
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text, read_json, write_json
 from spunge_merge.models import resolve_model
@@ -77,10 +79,11 @@ def run_pipeline(
     ray_address: str | None = None,
     live: bool | None = None,
     console=None,
+    overrides: list[str] | None = None,
 ) -> RunSummary:
     """Run (or resume) the pipeline in `pipeline_file`; see the module docstring."""
     pipeline_file = Path(pipeline_file)
-    raw = load_yaml(pipeline_file)
+    raw = apply_overrides(load_yaml(pipeline_file), list(overrides or []), str(pipeline_file))
     pipeline = parse_pipeline(raw, str(pipeline_file))
     if only is not None and only not in STAGES:
         raise SpungeError(f"--only {only}: no such stage (stages: {', '.join(STAGES)})")
@@ -93,7 +96,11 @@ def run_pipeline(
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     with _locked(run_dir):
-        atomic_write_text(run_dir / "pipeline.yaml", pipeline_file.read_text(encoding="utf-8"))
+        effective = pipeline_file.read_text(encoding="utf-8")
+        if overrides:  # the file as run: its text would not say what --set changed
+            settings = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+            effective = f"# {pipeline_file} with --set {' --set '.join(overrides)}\n{settings}"
+        atomic_write_text(run_dir / "pipeline.yaml", effective)
         model = resolve_model(resolve_path(pipeline.model, pipeline_file.resolve().parent))
         stages = [s for s in STAGES if (s != "baseline" or pipeline.baseline.enabled) and (s != "push" or pipeline.push)]
         with RunView(run_dir, stages, title=f"spunge run {pipeline.name} → {run_dir}", live=live, console=console) as view:
