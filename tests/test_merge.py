@@ -435,3 +435,48 @@ def test_bad_input_is_refused_with_nothing_written(case, expected, tiny_model, r
     else:
         assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+# --------------------------------------------------------------------------- copying unchanged tensors
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_adjacent_tensors_are_copied_in_one_call_and_land_intact(tmp_path, monkeypatch, kernel_copy):
+    from spunge_merge.merge import shards
+    from spunge_merge.merge.tensorfiles import model_slots
+
+    torch.manual_seed(0)
+    source = {f"t{i}": torch.randn(8 + i, 5) for i in range(6)}
+    (tmp_path / "src").mkdir()
+    save_file(source, tmp_path / "src" / "model.safetensors", metadata={"format": "pt"})
+    slots = model_slots(tmp_path / "src")
+    in_file_order = sorted(slots, key=lambda n: slots[n].start)
+    chosen = [n for n in in_file_order if n != in_file_order[3]]  # a gap: two runs of adjacent tensors
+    calls = []
+    real = shards.copy_file_bytes
+    monkeypatch.setattr(shards, "copy_file_bytes", lambda *args: (calls.append(args[4]), real(*args)))
+    if not kernel_copy:  # a file system without copy_file_range: the read/write fallback
+        monkeypatch.delattr(os, "copy_file_range")
+    (tmp_path / "out").mkdir()
+    writer = shards.ShardWriter(tmp_path / "out", header_reserve=shards.header_bound((n, 2) for n in chosen),
+                                max_shard_bytes=10**9)
+    writer.copy_tensors([(name, slots[name]) for name in chosen])
+    writer.finish()
+    assert calls == [sum(slots[n].nbytes for n in chosen[:3]), sum(slots[n].nbytes for n in chosen[3:])]
+    copied = load_file(tmp_path / "out" / "model-00001-of-00001.safetensors")
+    assert sorted(copied) == sorted(chosen)
+    for name in chosen:
+        assert torch.equal(copied[name], source[name]), name
+
+    # a shard limit inside a run splits the copy where the new file starts
+    calls.clear()
+    (tmp_path / "small").mkdir()
+    writer = shards.ShardWriter(tmp_path / "small", header_reserve=shards.header_bound((n, 2) for n in chosen),
+                                max_shard_bytes=2 * slots[chosen[0]].nbytes + 1)
+    writer.copy_tensors([(name, slots[name]) for name in chosen])
+    files = writer.finish()
+    assert len(set(files.values())) > 2 and len(calls) == len(set(files.values()))
+    merged = {}
+    for file in sorted(set(files.values())):
+        merged.update(load_file(tmp_path / "small" / file))
+    assert all(torch.equal(merged[n], source[n]) for n in chosen)

@@ -253,8 +253,18 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
         with tqdm(total=len(names), desc="merge", unit="tensor", disable=not progress, leave=False) as bar, \
                 linear_time_pruning(), _Computation(jobs, options) as results:
             late = []
-            for name, slot, in_dtype, out_dtype, args, check in planner.copies:
+            plain = [c for c in planner.copies if not c[5] and not _converts(c[1], c[2], c[3])]
+            for run in back_to_back(plain):  # byte-for-byte copies, a run of adjacent tensors at a time
                 computed += results.write_ready(writer, bar)  # computed tensors as they come, between copies
+                began = time.perf_counter()
+                writer.copy_tensors([(name, slot) for name, slot, *_ in run])
+                copied += len(run)
+                bar.update(len(run))
+                copying += time.perf_counter() - began
+            for name, slot, in_dtype, out_dtype, args, check in planner.copies:
+                if not check and not _converts(slot, in_dtype, out_dtype):
+                    continue  # copied above
+                computed += results.write_ready(writer, bar)
                 began = time.perf_counter()
                 if _copy_tensor(writer, name, slot, in_dtype, out_dtype, buffer, check):
                     copied += 1
@@ -395,12 +405,9 @@ def _copy_tensor(writer: ShardWriter, name: str, slot: TensorSlot, in_dtype: str
     """Write the base tensor as mergekit would return it; False (nothing written) if it holds a -0.0."""
     from mergekit.common import dtype_from_name
 
-    load_dtype = dtype_from_name(in_dtype) if in_dtype else None
-    save_dtype = dtype_from_name(out_dtype) if out_dtype else None
-    converts = (load_dtype is not None and dtype_code(load_dtype) != slot.dtype) or (
-        save_dtype is not None and dtype_code(save_dtype) != (dtype_code(load_dtype) if load_dtype is not None else slot.dtype))
-    if converts:
-        return _copy_converted(writer, name, slot, load_dtype, save_dtype)
+    if _converts(slot, in_dtype, out_dtype):
+        return _copy_converted(writer, name, slot, dtype_from_name(in_dtype) if in_dtype else None,
+                               dtype_from_name(out_dtype) if out_dtype else None)
     if not check:  # known free of -0.0: the bytes need not be looked at
         writer.copy_tensor(name, slot)
         return True
@@ -411,6 +418,26 @@ def _copy_tensor(writer: ShardWriter, name: str, slot: TensorSlot, in_dtype: str
             return False
         handle.write(chunk)
     return True
+
+
+def _converts(slot: TensorSlot, in_dtype: str | None, out_dtype: str | None) -> bool:
+    """Does mergekit load (in_dtype) or save (out_dtype) this base tensor in a dtype other than its file's?"""
+    from mergekit.common import dtype_from_name
+
+    loaded = dtype_code(dtype_from_name(in_dtype)) if in_dtype else slot.dtype
+    return loaded != slot.dtype or (out_dtype is not None and dtype_code(dtype_from_name(out_dtype)) != loaded)
+
+
+def back_to_back(copies: list[tuple]) -> list[list[tuple]]:
+    """Copies (entries whose second item is a TensorSlot) in file order, grouped into runs of adjacent byte ranges."""
+    runs: list[list[tuple]] = []
+    for entry in sorted(copies, key=lambda c: (c[1].file, c[1].start)):
+        last = runs[-1][-1][1] if runs else None
+        if last is not None and last.file == entry[1].file and last.end == entry[1].start:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    return runs
 
 
 def _copy_converted(writer: ShardWriter, name: str, slot: TensorSlot, load_dtype, save_dtype) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import write_json
 from spunge_merge.merge.tensorfiles import DTYPE_SIZES, WEIGHTS_INDEX
 
@@ -70,7 +71,7 @@ class ShardWriter:
         if nbytes != math.prod(shape) * DTYPE_SIZES[dtype]:
             raise ValueError(f"{name}: {nbytes} bytes do not match {dtype} {list(shape)}")
         shard = self.shards[-1] if self.shards else None
-        if shard is None or (shard.entries and shard.size + nbytes > self.max_shard_bytes):
+        if shard is None or self._full(nbytes):
             self._close_current()
             shard = _Shard(self.out_dir / f".{self.basename}-shard-{len(self.shards) + 1}.partial")
             self.shards.append(shard)
@@ -83,6 +84,11 @@ class ShardWriter:
         self._handle.seek(8 + self.reserve + start)
         return self._handle
 
+    def _full(self, nbytes: int) -> bool:
+        """Would a tensor of `nbytes` start a new file?"""
+        shard = self.shards[-1] if self.shards else None
+        return shard is None or bool(shard.entries and shard.size + nbytes > self.max_shard_bytes)
+
     def cancel_last(self) -> None:
         """Forget the tensor begun last (its bytes are cut off the file)."""
         name, start = self._last
@@ -94,8 +100,24 @@ class ShardWriter:
 
     def copy_tensor(self, name: str, slot) -> None:
         """Append a tensor copied by byte range from another safetensors file (in the kernel where it can)."""
-        handle = self.begin(name, slot.dtype, slot.shape, slot.nbytes)
-        copy_bytes(slot, handle)
+        self.copy_tensors([(name, slot)])
+
+    def copy_tensors(self, items: list[tuple[str, Any]]) -> None:
+        """Append tensors copied by byte range, each run of tensors that lie back to back in one source file
+        (as a model's unchanged tensors do) in one copy: one open and one system call instead of one per
+        tensor, and one hand-back of the GIL, which a merge computing on another thread holds most of the time."""
+        run: list[Any] = []  # [file, source start, destination handle, destination offset, bytes]
+        for name, slot in items:
+            if run and (self._full(slot.nbytes) or slot.file != run[0] or slot.start != run[1] + run[4]):
+                copy_file_bytes(*run)
+                run = []
+            handle = self.begin(name, slot.dtype, slot.shape, slot.nbytes)
+            if run:
+                run[4] += slot.nbytes
+            else:
+                run = [slot.file, slot.start, handle, handle.tell(), slot.nbytes]
+        if run:
+            copy_file_bytes(*run)
 
     def write_tensor(self, name: str, tensor) -> None:
         """Append a torch tensor (any device, any layout)."""
@@ -157,29 +179,32 @@ def torch_uint8():
     return torch.uint8
 
 
-def copy_bytes(slot, handle) -> None:
-    """Copy a tensor's bytes to where `handle` (an open binary file) stands: `os.copy_file_range` moves them
-    inside the kernel (no trip through Python); a plain read/write loop where that is not available."""
-    from spunge_merge.merge.tensorfiles import read_chunks
-
+def copy_file_bytes(source_file: str, start: int, handle, destination: int, nbytes: int) -> None:
+    """Copy `nbytes` from `source_file` at `start` into the open binary file `handle` at `destination`, leaving
+    `handle` after them: `os.copy_file_range` moves them inside the kernel (no trip through Python); a plain
+    read/write loop where that is not available."""
     handle.flush()
-    destination = handle.tell()
-    with open(slot.file, "rb", buffering=0) as source:
-        done = 0
+    done = 0
+    with open(source_file, "rb", buffering=0) as source:
         try:
-            while done < slot.nbytes:
-                copied = os.copy_file_range(source.fileno(), handle.fileno(), slot.nbytes - done,
-                                            slot.start + done, destination + done)
+            while done < nbytes:
+                copied = os.copy_file_range(source.fileno(), handle.fileno(), nbytes - done, start + done, destination + done)
                 if copied <= 0:
                     break
                 done += copied
         except (AttributeError, OSError):  # no copy_file_range here (platform, file system): copy through memory
             pass
-    handle.seek(destination + done)
-    if done < slot.nbytes:
-        rest = slot.__class__(slot.file, slot.name, slot.dtype, slot.shape, slot.start + done, slot.end)
-        for chunk in read_chunks(rest, bytearray(min(16 << 20, rest.nbytes))):
-            handle.write(chunk)
+        handle.seek(destination + done)
+        if done < nbytes:
+            source.seek(start + done)
+            buffer = bytearray(min(16 << 20, nbytes - done))
+            view = memoryview(buffer)
+            while done < nbytes:
+                got = source.readinto(view[:min(len(buffer), nbytes - done)])
+                if not got:
+                    raise SpungeError(f"{source_file}: corrupt or truncated safetensors file (ends before byte {start + nbytes})")
+                handle.write(view[:got])
+                done += got
 
 
 def write_single_tensor_file(path: Path, slot, buffer: bytearray) -> bool:
