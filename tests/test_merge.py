@@ -480,3 +480,22 @@ def test_adjacent_tensors_are_copied_in_one_call_and_land_intact(tmp_path, monke
     for file in sorted(set(files.values())):
         merged.update(load_file(tmp_path / "small" / file))
     assert all(torch.equal(merged[n], source[n]) for n in chosen)
+
+
+def test_several_compute_threads_give_the_same_tensors_bit_for_bit(tiny_model, runs, tmp_path, monkeypatch):
+    outputs = {}
+    for threads in ("1", "4"):
+        monkeypatch.setenv("SPUNGE_MERGE_THREADS", threads)
+        out = merge_runs(str(tiny_model), runs["tvn"], tmp_path / f"threads-{threads}", density=0.3, views_dir=runs["views"],
+                         progress=False)
+        record = json.loads((out / "spunge.json").read_text())["result"]
+        assert record["computed"] == 16  # the q/v projections every adapter changed
+        outputs[threads] = read_model(out)
+    assert sorted(outputs["1"]) == sorted(outputs["4"])
+    for name, tensor in outputs["1"].items():
+        assert torch.equal(tensor.view(torch.int32), outputs["4"][name].view(torch.int32)), name
+
+    monkeypatch.setenv("SPUNGE_MERGE_THREADS", "many")
+    result = cli("--base", tiny_model, *runs["tvn"], "--out", tmp_path / "bad", "--views-dir", runs["views"], "--no-progress")
+    assert result.exit_code == 2 and "SPUNGE_MERGE_THREADS='many': expected a whole number" in result.output
+    assert not (tmp_path / "bad").exists()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -290,48 +291,56 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
 
 
 class _Computation:
-    """mergekit's executor on a worker thread, so the merged tensors are computed while others are copied.
+    """mergekit's executor on worker threads, so the merged tensors are computed while others are copied.
 
-    Results pass through a short queue (memory: a few tensors); the files read for each tensor are
-    unmapped once it is done.
+    The tensors are dealt round-robin to `COMPUTE_THREADS` executors (torch releases the GIL in its
+    kernels, and mergekit's loaders lock around their files). Results pass through a short queue
+    (memory: a few tensors); the files read for each tensor are unmapped once it is done.
     """
 
     _DONE = object()
 
-    def __init__(self, jobs: list[_Job], options):
+    def __init__(self, jobs: list[_Job], options, threads: int | None = None):
         self.jobs = jobs
         self.options = options
         self.by_task: dict[Any, list[_Job]] = {}
         for job in jobs:
             self.by_task.setdefault(job.task, []).append(job)
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.thread = threading.Thread(target=self._work, name="spunge-merge-compute", daemon=True)
+        tasks = list(self.by_task)
+        on_cpu = str(options.device).startswith("cpu")
+        count = max(1, min(threads or (compute_threads() if on_cpu else 1), len(tasks)))
+        self.queue: queue.Queue = queue.Queue(maxsize=2 * count)
+        self.threads = [threading.Thread(target=self._work, args=(tasks[i::count],), name=f"spunge-merge-compute-{i}",
+                                         daemon=True) for i in range(count)]
+        self.running = len(self.threads) if jobs else 0
         self.finished = not jobs
         self.stop = threading.Event()
-        self.seconds = 0.0  # the worker's time from start to its last tensor
+        self.started = time.perf_counter()
+        self.seconds = 0.0  # from the start to the last tensor computed
 
     def __enter__(self):
         if self.jobs:
-            self.thread.start()
+            self.started = time.perf_counter()
+            for thread in self.threads:
+                thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
-        while self.thread.is_alive():  # let a blocked worker finish
+        while any(thread.is_alive() for thread in self.threads):  # let a blocked worker finish
             with contextlib.suppress(queue.Empty):
                 self.queue.get(timeout=0.1)
         return False
 
-    def _work(self) -> None:
+    def _work(self, targets: list) -> None:
         import torch
         from mergekit.graph import Executor
         from mergekit.io.tasks import LoaderCache
 
-        started = time.perf_counter()
         try:
             cache = LoaderCache()  # one instance per thread; the loaders themselves are shared
             cache.setup(options=self.options)
-            executor = Executor(targets=list(self.by_task), math_device=torch.device(self.options.device),
+            executor = Executor(targets=targets, math_device=torch.device(self.options.device),
                                 storage_device=torch.device("cpu"))
             for task, value in executor.run(quiet=True):
                 cache.flush_all()  # unmap what this tensor read
@@ -339,7 +348,7 @@ class _Computation:
                 del value
                 if self.stop.is_set():
                     return
-            self.seconds = time.perf_counter() - started
+            self.seconds = max(self.seconds, time.perf_counter() - self.started)
             self._put(self._DONE)
         except BaseException as exc:  # handed to the main thread
             self._put(exc)
@@ -352,7 +361,8 @@ class _Computation:
 
     def _write(self, item, writer: ShardWriter, bar) -> int:
         if item is self._DONE:
-            self.finished = True
+            self.running -= 1
+            self.finished = self.running == 0
             return 0
         if isinstance(item, BaseException):
             self.finished = True
@@ -384,6 +394,21 @@ class _Computation:
         while not self.finished:
             count += self._write(self.queue.get(), writer, bar)
         return count
+
+
+def compute_threads() -> int:
+    """Threads computing merged tensors: $SPUNGE_MERGE_THREADS, else as many as half the cores hold at
+    torch's intra-op thread count (the copying thread and the page cache need the rest): one with torch
+    using every core, one per two cores with OMP_NUM_THREADS=1."""
+    import torch
+
+    value = os.environ.get("SPUNGE_MERGE_THREADS")
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise SpungeError(f"SPUNGE_MERGE_THREADS={value!r}: expected a whole number of threads") from None
+    return max(1, (os.cpu_count() or 2) // (2 * max(1, torch.get_num_threads())))
 
 
 def _torch_dtype(name: str):
