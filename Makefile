@@ -51,7 +51,7 @@ $(JUDGE)/config.json: | $(BIN)/.bench-installed
 
 bench-setup: $(BIN)/.bench-installed $(JUDGE)/config.json
 
-# Issue 8: Spunge vs. the un-split baseline on ToxiGen with smollm2-135m, TVN and RMU, equal learning
+# ToxiGen benchmark: Spunge vs. the un-split baseline on ToxiGen with smollm2-135m, TVN and RMU, equal learning
 # rates and the paper's (split runs at 5x the baseline's), each a λ sweep; then the frontiers.
 # `make -j2 bench-toxigen` runs two pipelines at a time (one thread each). Every stage is resumable:
 # a rerun redoes only what is missing or changed.

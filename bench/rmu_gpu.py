@@ -6,7 +6,7 @@ two full models, a forward hook on layer ℓ, three full forwards (all 32 layers
 and a backward per step. Spunge builds only embeddings + layers 0..7 and runs its own
 `RMUTrainer.step`. Each runs in its own process so `torch.cuda.max_memory_allocated` is its own.
 
-Issue #9 targets: spunge ≥ 4x the reference's steps/s and ≤ 1/5 of its peak memory.
+Targets: spunge ≥ 4x the reference's steps/s and ≤ 1/5 of its peak memory.
 Measured on an H200 before this work: reference 0.201 s/step, 36.05 GiB; cut after ℓ 0.060 s/step, 10.21 GiB.
 
     python bench/rmu_gpu.py                      # ~2-4 min on one H100/H200

@@ -1,4 +1,4 @@
-"""Start a run directory from another one's finished split and per-subset unlearning runs (issue 8's paper setting).
+"""Start a run directory from another one's finished split and per-subset unlearning runs (the ToxiGen benchmark's paper setting).
 
 The paper's setting differs from the equal-learning-rate one only in the un-split baseline's learning
 rate, so both settings must compare against the very same per-group runs and merged models: this copies

@@ -1,4 +1,4 @@
-"""Issue 8's read-out: Spunge vs. the un-split baseline on ToxiGen, as toxicity-utility frontiers.
+"""The ToxiGen benchmark's read-out: Spunge vs. the un-split baseline on ToxiGen, as toxicity-utility frontiers.
 
 Reads the four run directories that `make bench-toxigen` fills (TVN and RMU, each with the baseline at
 the split runs' learning rate and, in `<method>-paper`, at a fifth of it as in the paper; Spunge's
