@@ -144,14 +144,15 @@ def main() -> None:
             label = f"ppl+{round(100 * (ratio - 1))}pct"
             out = runs / f"frontier-{method}-{label}"
             frontier = frontier_results(arms, out, base=base, metric="retain_ppl", target=ratio * base_ppl,
-                                        match="interpolate", reference="baseline")
+                                        match="interpolate", reference="baseline", force=True)
             entry["targets"][label] = {"frontier": str(out / "frontier.md"), "plot": str(out / "frontier.png"), **headline(frontier)}
             tables = (out / "frontier.md").read_text(encoding="utf-8").split("## Frontier points")[0]
             lines += [f"## {method.upper()}, operating point: retain perplexity {100 * (ratio - 1):+.0f} % over the base", "", tables]
             if ratio == TARGETS[-1]:
                 lines += ["## Frontier points", "", (out / "frontier.md").read_text(encoding="utf-8").split("## Frontier points")[1]]
                 nearest = {arm: nearest_point(frontier, arm) for arm in arms}
-                radar = compare_results({"base": base, **nearest}, runs / f"radar-{method}", reference_label="baseline")
+                radar = compare_results({"base": base, **nearest}, runs / f"radar-{method}", reference_label="baseline",
+                                        force=True)
                 entry["radar"] = {"plot": str(runs / f"radar-{method}" / "compare_radar.png"),
                                   "points": {r["label"]: r["model"] for r in radar["rows"]}}
         entry["degenerate_pct"] = {arm: {str(path): degenerate_share(path) for path in paths} for arm, paths in arms.items()}

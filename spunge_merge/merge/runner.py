@@ -397,9 +397,9 @@ class _Computation:
 
 
 def compute_threads() -> int:
-    """Threads computing merged tensors: $SPUNGE_MERGE_THREADS, else as many as half the cores hold at
-    torch's intra-op thread count (the copying thread and the page cache need the rest): one with torch
-    using every core, one per two cores with OMP_NUM_THREADS=1."""
+    """Threads computing merged tensors: $SPUNGE_MERGE_THREADS, else as many as the cores hold at torch's
+    intra-op thread count, at most 8: one when torch uses every core, one per core with OMP_NUM_THREADS=1
+    (the copying thread spends its time in the kernel, so it does not need a core of its own)."""
     import torch
 
     value = os.environ.get("SPUNGE_MERGE_THREADS")
@@ -408,7 +408,7 @@ def compute_threads() -> int:
             return max(1, int(value))
         except ValueError:
             raise SpungeError(f"SPUNGE_MERGE_THREADS={value!r}: expected a whole number of threads") from None
-    return max(1, (os.cpu_count() or 2) // (2 * max(1, torch.get_num_threads())))
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, torch.get_num_threads())))
 
 
 def _torch_dtype(name: str):
