@@ -254,17 +254,17 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
         with tqdm(total=len(names), desc="merge", unit="tensor", disable=not progress, leave=False) as bar, \
                 linear_time_pruning(), _Computation(jobs, options) as results:
             late = []
-            plain = [c for c in planner.copies if not c[5] and not _converts(c[1], c[2], c[3])]
-            for run in back_to_back(plain):  # byte-for-byte copies, a run of adjacent tensors at a time
+            plain, other = [], []  # byte-for-byte copies / copies that convert or must be checked for -0.0
+            for copy in planner.copies:
+                (other if copy[5] or _converts(copy[1], copy[2], copy[3]) else plain).append(copy)
+            for run in back_to_back(plain):  # a run of adjacent tensors at a time
                 computed += results.write_ready(writer, bar)  # computed tensors as they come, between copies
                 began = time.perf_counter()
                 writer.copy_tensors([(name, slot) for name, slot, *_ in run])
                 copied += len(run)
                 bar.update(len(run))
                 copying += time.perf_counter() - began
-            for name, slot, in_dtype, out_dtype, args, check in planner.copies:
-                if not check and not _converts(slot, in_dtype, out_dtype):
-                    continue  # copied above
+            for name, slot, in_dtype, out_dtype, args, check in other:
                 computed += results.write_ready(writer, bar)
                 began = time.perf_counter()
                 if _copy_tensor(writer, name, slot, in_dtype, out_dtype, buffer, check):
@@ -293,7 +293,7 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
 class _Computation:
     """mergekit's executor on worker threads, so the merged tensors are computed while others are copied.
 
-    The tensors are dealt round-robin to `COMPUTE_THREADS` executors (torch releases the GIL in its
+    The tensors are dealt round-robin to `compute_threads()` executors (torch releases the GIL in its
     kernels, and mergekit's loaders lock around their files). Results pass through a short queue
     (memory: a few tensors); the files read for each tensor are unmapped once it is done.
     """

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import write_json
-from spunge_merge.merge.tensorfiles import DTYPE_SIZES, WEIGHTS_INDEX
+from spunge_merge.merge.tensorfiles import DTYPE_SIZES, WEIGHTS_INDEX, TensorSlot, read_chunks
 
 _TORCH_CODES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
@@ -194,22 +193,16 @@ def copy_file_bytes(source_file: str, start: int, handle, destination: int, nbyt
                 done += copied
         except (AttributeError, OSError):  # no copy_file_range here (platform, file system): copy through memory
             pass
-        handle.seek(destination + done)
-        if done < nbytes:
-            source.seek(start + done)
-            buffer = bytearray(min(16 << 20, nbytes - done))
-            view = memoryview(buffer)
-            while done < nbytes:
-                got = source.readinto(view[:min(len(buffer), nbytes - done)])
-                if not got:
-                    raise SpungeError(f"{source_file}: corrupt or truncated safetensors file (ends before byte {start + nbytes})")
-                handle.write(view[:got])
-                done += got
+    handle.seek(destination + done)
+    if done < nbytes:
+        rest = TensorSlot(source_file, f"bytes {start}-{start + nbytes}", "U8", (nbytes - done,), start + done, start + nbytes)
+        for chunk in read_chunks(rest, bytearray(min(16 << 20, rest.nbytes))):
+            handle.write(chunk)
 
 
 def write_single_tensor_file(path: Path, slot, buffer: bytearray) -> bool:
     """A safetensors file holding one tensor copied by byte range from another file; True if it holds a -0.0."""
-    from spunge_merge.merge.tensorfiles import has_negative_zero, read_chunks
+    from spunge_merge.merge.tensorfiles import has_negative_zero
 
     entry = {"dtype": slot.dtype, "shape": list(slot.shape), "data_offsets": [0, slot.nbytes]}
     header = json.dumps({"__metadata__": _METADATA, slot.name: entry}, separators=(",", ":")).encode("utf-8")
