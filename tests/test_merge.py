@@ -312,12 +312,20 @@ def test_disk_per_attribute_is_the_changed_tensors(tmp_path):
     assert (out / "model.safetensors.index.json").is_file()
 
 
-def test_linear_time_pruning_keeps_exactly_what_mergekit_keeps():
+def test_linear_time_pruning_keeps_exactly_what_mergekit_keeps(monkeypatch):
+    from mergekit import sparsify
     from mergekit.sparsify import RescaleNorm
-    from mergekit.sparsify import magnitude as mergekit_magnitude
 
     from spunge_merge.merge.pruning import magnitude
 
+    mergekit_magnitude = sparsify.magnitude
+    handed_over = []  # the cases spunge leaves to mergekit's own argsort
+
+    def counted(tensor, density, rescale_norm=None):
+        handed_over.append(tensor)
+        return mergekit_magnitude(tensor, density, rescale_norm)
+
+    monkeypatch.setattr(sparsify, "magnitude", counted)
     generator = torch.Generator().manual_seed(0)
     normal = torch.randn(64, 48, generator=generator)
     sparse = normal * (torch.rand(64, 48, generator=generator) < 0.3)  # the boundary falls among zeros
@@ -325,13 +333,54 @@ def test_linear_time_pruning_keeps_exactly_what_mergekit_keeps():
     odd = normal.clone()
     odd[0, :5] = float("nan")
     odd[1, :5] = -0.0
-    for tensor in (normal, sparse, tied, normal.to(torch.bfloat16), odd):
+    nans = normal.clone()
+    nans[:40] = float("nan")  # more NaNs than any k below: the k-th largest is a NaN
+    fast = (normal, sparse, odd)
+    for tensor in (*fast, tied, nans, normal.to(torch.bfloat16)):  # bf16: 3,072 values on 128 levels an octave, ties likely
         for density in (0.05, 0.2, 0.5, 0.9, 1.0):
             for norm in (None, RescaleNorm.l1):
+                handed_over.clear()
                 ours = magnitude(tensor, density, norm)
                 theirs = mergekit_magnitude(tensor, density, norm)
                 assert ours.dtype == theirs.dtype
                 assert torch.equal(ours.view(-1).view(torch.uint8), theirs.view(-1).view(torch.uint8)), (tensor.dtype, density, norm)
+                if density < 1 and any(tensor is t for t in fast):
+                    assert not handed_over, (tensor.dtype, density)  # answered by the selection, not a sort
+                if density <= 0.5 and tensor is tied:  # (at 0.9 the boundary falls among its zeros)
+                    assert handed_over
+
+
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "breadcrumbs_ties", "dare_ties"])
+def test_linear_time_pruning_gives_mergekit_bits_through_the_whole_merge(method):
+    """The whole of mergekit's merge_group, with spunge's pruning, against mergekit's as shipped."""
+    from mergekit.merge_methods import get
+    from mergekit.merge_methods.base import TensorGroup
+
+    from spunge_merge.merge.pruning import linear_time_pruning
+
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(48, 40, generator=generator)
+    base[0, :4] = -0.0
+    runs = [base + 0.05 * torch.randn(48, 40, generator=generator) for _ in range(3)]
+    runs[0][1] = base[1]  # a row left alone: zeros in the task vector
+    runs[1][2, :3] = float("nan")
+    runs[2][3] = base[3] - (runs[0][3] - base[3])  # opposite signs: the consensus decides
+    merge = get(method)
+    for dtype in (torch.float32, torch.bfloat16):
+        group = TensorGroup.from_tensors([t.to(dtype) for t in (base, *runs)], base_index=0)
+        for weights, density, normalize, lam, int8 in [((1.0, 1.0, 1.0), 0.2, True, 1.0, False),
+                                                       ((1.0, -0.5, 2.0), 0.5, False, 1.5, False),
+                                                       ((0.3, 0.3, 0.4), 0.9, True, 1.0, True)]:
+            params = {"weight": dict(enumerate(weights, 1)), "density": dict.fromkeys(range(1, 4), density),
+                      "gamma": dict.fromkeys(range(1, 4), 0.01), "normalize": normalize, "lambda": lam,
+                      "int8_mask": int8, "rescale": method == "dare_ties"}
+            torch.manual_seed(7)  # DARE drops at random
+            theirs = merge.merge_group(group, **params)
+            torch.manual_seed(7)
+            with linear_time_pruning():
+                ours = merge.merge_group(group, **params)
+            assert ours.dtype == theirs.dtype
+            assert torch.equal(ours.view(-1).view(torch.uint8), theirs.view(-1).view(torch.uint8)), (dtype, weights, int8)
 
 
 # --------------------------------------------------------------------------- recipes
@@ -499,3 +548,48 @@ def test_several_compute_threads_give_the_same_tensors_bit_for_bit(tiny_model, r
     result = cli("--base", tiny_model, *runs["tvn"], "--out", tmp_path / "bad", "--views-dir", runs["views"], "--no-progress")
     assert result.exit_code == 2 and "SPUNGE_MERGE_THREADS='many': expected a whole number" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_one_compute_thread_waits_while_the_main_thread_copies(tmp_path):
+    """While the main thread copies, one of two workers waits (the copy needs a core); then both share what is left."""
+    import threading
+    import time
+
+    from mergekit.graph import Task
+    from mergekit.options import MergeOptions
+    from tqdm import tqdm
+
+    from spunge_merge.merge.runner import _Computation, _Job
+    from spunge_merge.merge.shards import ShardWriter
+
+    ran = []  # (tensor, thread, copies finished?)
+    computation = None
+
+    class Slow(Task[torch.Tensor]):
+        index: int
+
+        def arguments(self):
+            return {}
+
+        def execute(self):
+            ran.append((self.index, threading.current_thread().name, computation.copied.is_set()))
+            time.sleep(0.05)
+            return torch.full((2,), float(self.index))
+
+    jobs = [_Job(f"t{i}", Slow(index=i), None, False) for i in range(6)]
+    writer = ShardWriter(tmp_path, header_reserve=4096)
+    computation = _Computation(jobs, MergeOptions(), threads=2, copying=True)
+    with tqdm(disable=True) as bar, computation:
+        written = 0
+        while written < 2:  # "copying" meanwhile
+            written += computation.write_ready(writer, bar)
+            time.sleep(0.005)
+        computation.copies_done()
+        written += computation.write_rest(writer, bar)
+    writer.finish(index=True)
+    assert written == 6 and sorted(index for index, *_ in ran) == list(range(6))
+    assert all(thread.endswith("-0") for _, thread, copied in ran if not copied)
+    assert any(thread.endswith("-1") for _, thread, _ in ran)
+    tensors = read_model(tmp_path)
+    assert all(torch.equal(tensors[f"t{i}"], torch.full((2,), float(i))) for i in range(6))
+

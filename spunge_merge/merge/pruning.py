@@ -3,21 +3,26 @@
 mergekit keeps the top-k magnitudes of a task vector by fully sorting it (`argsort`), which is most
 of the time of a TIES merge on CPU. The kept set is the same whatever the algorithm when the k-th
 largest magnitude is not tied with a dropped one, and a selection (numpy's introselect) finds it in
-linear time. So:
+linear time. `np.partition` leaves every value below the k-th largest to its left, so a tie across
+the boundary is a value on the left equal to it. So:
 
 - no tie at the boundary: keep |τ| >= the k-th largest magnitude (the same set argsort keeps);
 - boundary at 0: keep |τ| > 0 (argsort also keeps some zeros, but a kept zero and a dropped zero
   both give the same ±0 in `τ * mask`);
-- any other tie (NaNs included: they never compare >= the threshold, so the count is off) or a tensor
-  not on the CPU: mergekit's own function decides.
+- NaNs (numpy and torch both sort them above every number): a NaN gives NaN in `τ * mask` whether
+  kept or not, so only the count of numbers kept matters, and the k-th largest accounts for them;
+- any other tie, a k-th largest that is itself NaN, or a tensor not on the CPU: mergekit's own
+  function decides (which of tied values torch's unstable argsort keeps is its own choice).
 
 The mask then goes through mergekit's own `rescaled_masked_tensor`, and everything else in the merge
-is mergekit's; the tests check the whole output bit for bit against `mergekit-yaml`.
+is mergekit's; the tests check this function and whole `merge_group` calls against mergekit's, and the
+whole output bit for bit against `mergekit-yaml`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Iterator
 
@@ -27,6 +32,7 @@ _LOCK = threading.Lock()
 def magnitude(tensor, density: float, rescale_norm=None):
     """Drop-in for `mergekit.sparsify.magnitude` (same arguments, bit-identical result)."""
     import numpy as np
+    import torch
     from mergekit import sparsify as mk
 
     numel = tensor.numel()
@@ -35,16 +41,17 @@ def magnitude(tensor, density: float, rescale_norm=None):
     k = max(1, int(density * numel))
     if k >= numel:
         return mk.magnitude(tensor, density=density, rescale_norm=rescale_norm)
-    magnitudes = tensor.abs().reshape(-1).float()
-    threshold = float(np.partition(magnitudes.numpy(), numel - k)[numel - k])  # the k-th largest (introselect)
+    magnitudes = tensor.abs().reshape(-1).float().numpy()
+    selected = np.partition(magnitudes, numel - k)  # the k largest on the right, the rest on the left
+    threshold = selected[numel - k]
+    mask = np.empty(numel, dtype=np.float32)
     if threshold == 0.0:
-        keep = magnitudes > 0  # (a NaN, kept or not, gives NaN: NaN * 0 is NaN)
+        np.greater(magnitudes, 0.0, out=mask)
+    elif math.isnan(threshold) or selected[: numel - k].max() == threshold:
+        return mk.magnitude(tensor, density=density, rescale_norm=rescale_norm)
     else:
-        keep = magnitudes >= threshold
-        if int(keep.sum()) != k:  # a tie at the boundary (or NaNs): which ones argsort keeps is mergekit's call
-            return mk.magnitude(tensor, density=density, rescale_norm=rescale_norm)
-    mask = keep.to(tensor.dtype).reshape_as(tensor)
-    return mk.rescaled_masked_tensor(tensor, mask, rescale_norm)
+        np.greater_equal(magnitudes, threshold, out=mask)
+    return mk.rescaled_masked_tensor(tensor, torch.from_numpy(mask).to(tensor.dtype).reshape(tensor.shape), rescale_norm)
 
 
 @contextlib.contextmanager

@@ -11,10 +11,11 @@ needs. What spunge adds:
   what they changed; for other models the bytes are compared. `x + 0.0` turns a -0.0 into +0.0, so a
   base tensor holding one is computed instead (the base pool knows which; otherwise the copy looks):
   the output is bit for bit what `mergekit-yaml` writes.
-- **Overlap and streaming.** The merged tensors are computed on one worker thread (mergekit's
-  executor, magnitude pruning in linear time: `pruning.py`) while the main thread copies; tensors go
-  to disk one at a time (`shards.ShardWriter`; mergekit's writer holds up to 5 GB per shard in
-  memory). Loaders are flushed after each tensor: memory stays at a few tensors whatever the model size.
+- **Overlap and streaming.** The merged tensors are computed on worker threads (mergekit's executor,
+  one per tensor; magnitude pruning in linear time: `pruning.py`)
+  while the main thread copies; tensors go to disk one at a time (`shards.ShardWriter`; mergekit's
+  writer holds up to 5 GB per shard in memory). Loaders are flushed after each tensor: memory stays
+  at a few tensors whatever the model size.
 
 Recipes that use slices, modules or tokenizer merging are handed to `mergekit.merge.run_merge`
 unchanged (same result, mergekit's memory profile).
@@ -164,12 +165,17 @@ def _planner_class():
         def __init__(self, *args, slots, changed_by, negative_zeros: set[str] | None, copyable: bool, **kwargs):
             super().__init__(*args, **kwargs)
             self.copies: list[tuple[str, TensorSlot, str | None, str | None, tuple, bool]] = []
-            self._slots, self._changed_by, self._copyable, self._same = slots, changed_by, copyable, {}
+            # keyed by the references' text: the planner holds copies of the recipe's references, and comparing
+            # those pydantic models field by field was most of the planning time
+            self._slots = {str(ref): found for ref, found in slots.items()}
+            self._changed_by = {str(ref): names for ref, names in changed_by.items()}
+            self._copyable, self._same = copyable, {}
             self._negative_zeros = negative_zeros
 
         def plan_tensor(self, weight, weights_in, models, cfg_reader):
-            source = self._copy_source(weights_in, models, cfg_reader.base_model) if self._copyable else None
-            if weight.optional and not any(name in self._slots[ref] for ref, w in zip(models, weights_in, strict=True)
+            keys = [str(ref) for ref in models]
+            source = self._copy_source(weights_in, keys, cfg_reader.base_model) if self._copyable else None
+            if weight.optional and not any(name in self._slots[key] for key, w in zip(keys, weights_in, strict=True)
                                            for name in (w.name, *(w.aliases or ()))):
                 source = None  # mergekit skips an optional weight no input holds under its own name (a tied lm_head)
             if source is None:
@@ -187,29 +193,30 @@ def _planner_class():
             weight, task = self._tensors[before]
             return _Job(weight.name, task, weight.force_dtype or self.config.out_dtype, weight.optional)
 
-        def _copy_source(self, weights_in, models, base_ref):
-            if base_ref is None or base_ref not in models or self._tokenizer_task is not None:
+        def _copy_source(self, weights_in, keys: list[str], base_ref):
+            base_key = str(base_ref) if base_ref is not None else None
+            if base_key is None or base_key not in keys or self._tokenizer_task is not None:
                 return None
-            base_weight = weights_in[models.index(base_ref)]
-            base_name = _resolve(self._slots[base_ref], base_weight)
+            base_weight = weights_in[keys.index(base_key)]
+            base_name = _resolve(self._slots[base_key], base_weight)
             if base_name is None:
                 return None
-            base_slot = self._slots[base_ref][base_name]
-            for ref, weight in zip(models, weights_in, strict=True):
-                if ref == base_ref:
+            base_slot = self._slots[base_key][base_name]
+            for key, weight in zip(keys, weights_in, strict=True):
+                if key == base_key:
                     continue
-                name = _resolve(self._slots[ref], weight)
+                name = _resolve(self._slots[key], weight)
                 if name is None:
                     return None
-                if ref in self._changed_by:  # a view over this base: what it did not change is the base's by construction
-                    if name != base_name or name in self._changed_by[ref]:
+                if key in self._changed_by:  # a view over this base: what it did not change is the base's by construction
+                    if name != base_name or name in self._changed_by[key]:
                         return None
                     continue
-                slot = self._slots[ref][name]
-                key = (slot.file, slot.start, base_slot.file, base_slot.start)
-                if key not in self._same:
-                    self._same[key] = same_bytes(slot, base_slot)
-                if not self._same[key]:
+                slot = self._slots[key][name]
+                pair = (slot.file, slot.start, base_slot.file, base_slot.start)
+                if pair not in self._same:
+                    self._same[pair] = same_bytes(slot, base_slot)
+                if not self._same[pair]:
                     return None
             return base_slot, base_weight.force_dtype or self.config.dtype
 
@@ -252,7 +259,7 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
     planned = time.perf_counter()
     try:
         with tqdm(total=len(names), desc="merge", unit="tensor", disable=not progress, leave=False) as bar, \
-                linear_time_pruning(), _Computation(jobs, options) as results:
+                linear_time_pruning(), _Computation(jobs, options, copying=True) as results:
             late = []
             plain, other = [], []  # byte-for-byte copies / copies that convert or must be checked for -0.0
             for copy in planner.copies:
@@ -273,6 +280,7 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
                 else:
                     late.append(planner.plan_later(args))
                 copying += time.perf_counter() - began
+            results.copies_done()
             computed += results.write_rest(writer, bar)
             computing = results.seconds
             if late:
@@ -293,33 +301,40 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
 class _Computation:
     """mergekit's executor on worker threads, so the merged tensors are computed while others are copied.
 
-    The tensors are dealt round-robin to `compute_threads()` executors (torch releases the GIL in its
-    kernels, and mergekit's loaders lock around their files). Results pass through a short queue
+    The workers take the tensors one at a time from a shared queue (one mergekit executor per tensor), so
+    they finish together whatever each tensor costs. While the main thread copies it needs a core of its
+    own: with `copying`, one of two or more workers starts only at `copies_done()`. torch releases the GIL
+    in its kernels, and mergekit's loaders lock around their files. Results pass through a short queue
     (memory: a few tensors); the files read for each tensor are unmapped once it is done.
     """
 
-    _DONE = object()
+    _DONE = object()  # a worker's last result
+    _CLOSED = object()  # no more tensors to take
 
-    def __init__(self, jobs: list[_Job], options, threads: int | None = None):
-        self.jobs = jobs
+    def __init__(self, jobs: list[_Job], options, threads: int | None = None, *, copying: bool = False):
         self.options = options
-        self.by_task: dict[Any, list[_Job]] = {}
+        self.by_task: dict[Any, list[_Job]] = {}  # jobs of equal tasks (tied weights) are computed once
         for job in jobs:
             self.by_task.setdefault(job.task, []).append(job)
-        tasks = list(self.by_task)
         on_cpu = str(options.device).startswith("cpu")
-        count = max(1, min(threads or (compute_threads() if on_cpu else 1), len(tasks)))
+        count = max(1, min(threads or (compute_threads() if on_cpu else 1), len(self.by_task)))
+        self.pending: queue.SimpleQueue = queue.SimpleQueue()
+        for task in [*self.by_task, *[self._CLOSED] * count]:
+            self.pending.put(task)
         self.queue: queue.Queue = queue.Queue(maxsize=2 * count)
-        self.threads = [threading.Thread(target=self._work, args=(tasks[i::count],), name=f"spunge-merge-compute-{i}",
-                                         daemon=True) for i in range(count)]
-        self.running = len(self.threads) if jobs else 0
-        self.finished = not jobs
+        self.copied = threading.Event()
+        if not copying:
+            self.copied.set()
+        self.threads = [threading.Thread(target=self._work, args=(count > 1 and i == count - 1,),
+                                         name=f"spunge-merge-compute-{i}", daemon=True) for i in range(count)]
+        self.running = len(self.threads) if self.by_task else 0
+        self.finished = not self.by_task
         self.stop = threading.Event()
         self.started = time.perf_counter()
         self.seconds = 0.0  # from the start to the last tensor computed
 
     def __enter__(self):
-        if self.jobs:
+        if self.by_task:
             self.started = time.perf_counter()
             for thread in self.threads:
                 thread.start()
@@ -327,28 +342,37 @@ class _Computation:
 
     def __exit__(self, *exc):
         self.stop.set()
+        self.copied.set()
         while any(thread.is_alive() for thread in self.threads):  # let a blocked worker finish
             with contextlib.suppress(queue.Empty):
                 self.queue.get(timeout=0.1)
         return False
 
-    def _work(self, targets: list) -> None:
+    def copies_done(self) -> None:
+        """The main thread has finished copying: its core goes to the computation."""
+        self.copied.set()
+
+    def _work(self, after_copies: bool) -> None:
         import torch
         from mergekit.graph import Executor
         from mergekit.io.tasks import LoaderCache
 
         try:
+            if after_copies:
+                self.copied.wait()
             cache = LoaderCache()  # one instance per thread; the loaders themselves are shared
             cache.setup(options=self.options)
-            executor = Executor(targets=targets, math_device=torch.device(self.options.device),
-                                storage_device=torch.device("cpu"))
-            for task, value in executor.run(quiet=True):
-                cache.flush_all()  # unmap what this tensor read
-                self._put((task, value))
-                del value
-                if self.stop.is_set():
-                    return
-            self.seconds = max(self.seconds, time.perf_counter() - self.started)
+            while not self.stop.is_set():
+                target = self.pending.get()
+                if target is self._CLOSED:
+                    break
+                executor = Executor(targets=[target], math_device=torch.device(self.options.device),
+                                    storage_device=torch.device("cpu"))
+                for task, value in executor.run(quiet=True):
+                    cache.flush_all()  # unmap what this tensor read
+                    self._put((task, value))
+                    del value
+                self.seconds = max(self.seconds, time.perf_counter() - self.started)
             self._put(self._DONE)
         except BaseException as exc:  # handed to the main thread
             self._put(exc)
@@ -399,7 +423,7 @@ class _Computation:
 def compute_threads() -> int:
     """Threads computing merged tensors: $SPUNGE_MERGE_THREADS, else as many as the cores hold at torch's
     intra-op thread count, at most 8: one when torch uses every core, one per core with OMP_NUM_THREADS=1
-    (the copying thread spends its time in the kernel, so it does not need a core of its own)."""
+    (one of two or more waits while the main thread copies: see `_Computation`)."""
     import torch
 
     value = os.environ.get("SPUNGE_MERGE_THREADS")
