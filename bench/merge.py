@@ -1,30 +1,38 @@
 """Benchmark `spunge merge` against `mergekit-yaml` and the I/O floor, on smollm2-135m with five runs.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/merge.py [--workdir DIR] [--runs 5] [--skip-mergekit]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/merge.py [--workdir DIR] [--runs 5] [--repeats 5] [--skip-mergekit]
 
 The runs are synthetic, in the exact formats of the unlearn stages: RMU deltas (new values of
 model.layers.{5,6,7}.mlp.down_proj.weight, base + Gaussian noise) and negated TVN adapters (peft LoRA,
-r=16 on q_proj and v_proj of all 30 layers, random A and B, B scaled by -1). Merge timings do not depend
-on the values. Every measured command runs in its own process; wall time and peak RSS come from
-os.wait4 on that process. For each kind of run it prints:
+r=16 on q_proj and v_proj of all 30 layers, random A and B, B scaled by -1). Merge timings depend on
+the values only where a task vector's k-th largest magnitude is tied (mergekit's own sort then
+decides: see spunge_merge/merge/pruning.py). Every measured command runs in its own process; wall
+time and peak RSS come from os.wait4 on that process. For each kind of run it prints:
 
 - spunge, cold: `spunge merge` with no views yet (builds the base pool and the five views, then merges);
-- spunge: the same merge again with views built (a re-merge with other settings), end to end, and the
-  time of `merge_runs` itself inside that process (after Python and library imports);
+- spunge: the same merge again with views built (a re-merge with other settings), --repeats times, end
+  to end, and the time of `merge_runs` itself inside that process (after Python and library imports),
+  best and median;
 - mergekit-yaml on the very recipe spunge wrote (`OUT/mergekit_config.yml`), and whether every output
   tensor is bit-identical to spunge's;
 - the I/O floor: reading the bytes a merge must read (the base, plus each run's changed tensors) and
-  writing the output's bytes, timed inside a bare Python process (page cache warm, as for the others);
-- peak RSS of spunge with 2 runs against 5.
+  writing the output's bytes, timed inside a bare Python process (page cache warm, as for the others),
+  --repeats times, best and median;
+- peak RSS of spunge with 2 runs against 5;
+
+and, last, one TIES `merge_group` call on an RMU tensor as mergekit ships it and with spunge's pruning.
+To compare two versions of spunge on a noisy machine, use bench/merge_ab.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,14 +122,11 @@ def spunge_merge(base: str, runs: list[Path], out: Path, views: Path) -> dict:
     return {**result, "record": json.loads((out / "spunge.json").read_text())["result"]}
 
 
-def io_floor(base_file: Path, changed: list[Path], scratch: Path) -> dict:
+def io_floor(base_file: Path, changed: list[Path], scratch: Path, repeats: int) -> dict:
     payload = json.dumps({"base": str(base_file), "changed": [str(p) for p in changed], "out": str(scratch / "floor.bin")})
-    best = None
-    for _ in range(3):  # best of three: the floor is what the machine can do
-        result = measure([PYTHON, "-c", _FLOOR_CHILD, payload])
-        seconds = json.loads(result["stdout"])["seconds"]
-        best = seconds if best is None else min(best, seconds)
-    return {"seconds": best, "read_mb": (base_file.stat().st_size + sum(p.stat().st_size for p in changed)) / 1e6,
+    times = sorted(json.loads(measure([PYTHON, "-c", _FLOOR_CHILD, payload])["stdout"])["seconds"] for _ in range(repeats))
+    return {"seconds": times[0], "median": statistics.median(times), "times": times,
+            "read_mb": (base_file.stat().st_size + sum(p.stat().st_size for p in changed)) / 1e6,
             "write_mb": base_file.stat().st_size / 1e6}
 
 
@@ -175,6 +180,46 @@ def make_runs(base, workdir: Path, count: int) -> dict[str, list[Path]]:
     return runs
 
 
+def ties_step(base, runs: list[Path], repeats: int) -> dict:
+    """mergekit's TIES `merge_group` on one RMU tensor (layer 5 down_proj, every run), as mergekit ships it
+    and within spunge's `linear_time_pruning`, in this process: milliseconds per call (median) and
+    whether the two give the same bits."""
+    import time
+
+    import torch
+    from mergekit.merge_methods import get
+    from mergekit.merge_methods.base import TensorGroup
+    from safetensors import safe_open
+
+    from spunge_merge.merge.pruning import linear_time_pruning
+
+    name = f"model.layers.{RMU_LAYERS[0]}.mlp.down_proj.weight"
+    with safe_open(str(base.path / "model.safetensors"), framework="pt") as handle:
+        tensors = [handle.get_tensor(name)]
+    for run in runs:
+        with safe_open(str(run / "delta.safetensors"), framework="pt") as handle:
+            tensors.append(handle.get_tensor(name))
+    group = TensorGroup.from_tensors(tensors, base_index=0)
+    ids = range(1, len(tensors))
+    params = {"weight": dict.fromkeys(ids, 1.0), "density": dict.fromkeys(ids, 0.2), "normalize": True, "lambda": 1.0,
+              "int8_mask": False, "rescale": False}
+    merge = get("ties")
+    timings = {}
+    outputs = {}
+    for label, context in (("mergekit", contextlib.nullcontext), ("spunge", linear_time_pruning)):
+        with context():
+            outputs[label] = merge.merge_group(group, **params)
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                merge.merge_group(group, **params)
+                times.append(time.perf_counter() - started)
+        timings[label] = statistics.median(times) * 1000
+    same = torch.equal(outputs["mergekit"].view(torch.int32), outputs["spunge"].view(torch.int32))
+    return {"tensor": name, "numel": tensors[0].numel(), "runs": len(runs), "ms": timings, "identical": same,
+            "torch_threads": torch.get_num_threads()}
+
+
 def identical(a: Path, b: Path) -> tuple[int, int]:
     """(bit-identical tensors, all tensors) between two model directories."""
     from safetensors import safe_open
@@ -210,6 +255,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "spunge-bench-merge")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-mergekit", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5, help="merges with views built, and I/O floor measurements, per kind")
     args = parser.parse_args()
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads is None:
@@ -233,14 +279,21 @@ def main() -> None:
     for kind in ("rmu", "tvn"):
         views = workdir / f"views-cold-{kind}"
         cold = spunge_merge(str(base.path), runs[kind], workdir / "out" / f"{kind}-cold", views)
-        # views built: twice, keeping the faster (the machine is shared; the minimum is the least noisy estimate)
-        tries = [spunge_merge(str(base.path), runs[kind], workdir / "out" / f"{kind}-spunge{suffix}", views) for suffix in ("", "-again")]
+        # views built: --repeats times, each merge and the floor measured as often, best and median reported
+        # (the machine is shared: the minimum is what it can do, the median what it usually does)
+        tries = []
+        for attempt in range(args.repeats):
+            target = workdir / "out" / f"{kind}-spunge{'-again' if attempt else ''}"
+            shutil.rmtree(target, ignore_errors=True)
+            tries.append(spunge_merge(str(base.path), runs[kind], target, views))
         warm = min(tries, key=lambda r: r["command"])
+        warm = {**warm, "rss_mb": max(t["rss_mb"] for t in tries),
+                "tries": [{"command": t["command"], "wall": t["wall"], "rss_mb": t["rss_mb"], **t["record"]} for t in tries]}
         two = spunge_merge(str(base.path), runs[kind][:2], workdir / "out" / f"{kind}-two", views)
         out = workdir / "out" / f"{kind}-spunge"
         view_dirs = [Path(m["model"]) for m in json.loads((out / "spunge.json").read_text())["runs"]]
         changed = [v / "changed.safetensors" for v in view_dirs]
-        floor = io_floor(base.path / "model.safetensors", changed, workdir / "out")
+        floor = io_floor(base.path / "model.safetensors", changed, workdir / "out", args.repeats)
         own_mb = sum(p.stat().st_size for v in view_dirs for p in v.iterdir() if p.is_file() and not p.is_symlink()) / 1e6 / len(view_dirs)
         row = {"kind": kind, "runs": len(runs[kind]), "cold": cold, "warm": warm, "two": two, "floor": floor,
                "record": warm["record"], "view_mb": own_mb}
@@ -250,34 +303,52 @@ def main() -> None:
             row["identical"] = identical(out, workdir / "out" / f"{kind}-mergekit")
         rows.append(row)
         _print(row)
+    step = ties_step(base, runs["rmu"], repeats=max(5, 4 * args.repeats))
+    print(f"## mergekit's TIES on one tensor ({step['tensor']}, {step['numel']:,} values, {step['runs']} runs, "
+          f"{step['torch_threads']} torch thread): as shipped {step['ms']['mergekit']:.1f} ms, within spunge's "
+          f"linear_time_pruning {step['ms']['spunge']:.1f} ms ({step['ms']['mergekit'] / step['ms']['spunge']:.2f}x), "
+          f"bit-identical: {step['identical']}")
+    rows.append({"kind": "ties-step", **step})
     (workdir / "results.json").write_text(json.dumps(rows, indent=2, default=str))
     print(f"\nraw figures: {workdir / 'results.json'}")
 
 
 def _print(row: dict) -> None:
     kind, cold, warm, floor, two = row["kind"].upper(), row["cold"], row["warm"], row["floor"], row["two"]
+    tries, n = warm["tries"], len(warm["tries"])
+
+    def best_median(key: str) -> str:
+        values = [t[key] for t in tries]
+        return f"{min(values):.2f} | {statistics.median(values):.2f}"
+
     print(f"## {kind}: {row['record']['computed']} tensors merged by mergekit, {row['record']['copied_from_base']} copied from the base; "
           f"view on disk per run: {row['view_mb']:.1f} MB")
-    print("| measure | wall (s) | peak RSS (MB) |")
-    print("|---|---:|---:|")
-    print(f"| spunge merge, cold (builds base pool + views), end to end | {cold['wall']:.2f} | {cold['rss_mb']:.0f} |")
-    print(f"| spunge merge, views built, end to end (best of 2) | {warm['wall']:.2f} | {warm['rss_mb']:.0f} |")
-    record = row["record"]
-    print(f"| spunge merge, views built: the command after imports | {warm['command']:.2f} | |")
-    print(f"| ... of which planning (mergekit's planner, copy checks) | {record['seconds_planning']:.2f} | |")
-    print(f"| ... of which tensors (copy + mergekit TIES + write) | {record['seconds_tensors']:.2f} | |")
-    print(f"| ...... copying the unchanged tensors (main thread) | {record['seconds_copying']:.2f} | |")
-    print(f"| ...... mergekit computing the changed ones (worker thread, meanwhile) | {record['seconds_computing']:.2f} | |")
+    print(f"| measure | wall (s), best of {n} | median of {n} | peak RSS (MB) |")
+    print("|---|---:|---:|---:|")
+    print(f"| spunge merge, cold (builds base pool + views), end to end | {cold['wall']:.2f} | | {cold['rss_mb']:.0f} |")
+    print(f"| spunge merge, views built, end to end | {best_median('wall')} | {warm['rss_mb']:.0f} |")
+    print(f"| spunge merge, views built: the command after imports | {best_median('command')} | |")
+    print(f"| ... of which planning (mergekit's planner, copy checks) | {best_median('seconds_planning')} | |")
+    print(f"| ... of which tensors (copy + mergekit TIES + write) | {best_median('seconds_tensors')} | |")
+    print(f"| ...... copying the unchanged tensors (main thread) | {best_median('seconds_copying')} | |")
+    print(f"| ...... mergekit computing the changed ones (worker threads, meanwhile) | {best_median('seconds_computing')} | |")
     if "mergekit" in row:
         mk = row["mergekit"]
-        print(f"| mergekit-yaml on spunge's recipe, end to end | {mk['wall']:.2f} | {mk['rss_mb']:.0f} |")
-        print(f"| mergekit-yaml, the command after imports | {mk['command']:.2f} | |")
-    print(f"| I/O floor: read {floor['read_mb']:.0f} MB + write {floor['write_mb']:.0f} MB (best of 3) | {floor['seconds']:.2f} | |")
-    print(f"| spunge merge, 2 runs instead of {row['runs']}, views built, end to end | {two['wall']:.2f} | {two['rss_mb']:.0f} |")
+        print(f"| mergekit-yaml on spunge's recipe, end to end | {mk['wall']:.2f} | | {mk['rss_mb']:.0f} |")
+        print(f"| mergekit-yaml, the command after imports | {mk['command']:.2f} | | |")
+    io = f"read {floor['read_mb']:.0f} MB + write {floor['write_mb']:.0f} MB"
+    print(f"| I/O floor: {io} | {floor['seconds']:.2f} | {floor['median']:.2f} | |")
+    print(f"| spunge merge, 2 runs instead of {row['runs']}, views built, end to end | {two['wall']:.2f} | | {two['rss_mb']:.0f} |")
     print()
-    print(f"- copying the unchanged tensors / I/O floor: {record['seconds_copying'] / floor['seconds']:.2f}x; "
-          f"tensor phase / I/O floor: {record['seconds_tensors'] / floor['seconds']:.2f}x; "
-          f"command after imports / I/O floor: {warm['command'] / floor['seconds']:.2f}x")
+
+    def ratio(key: str) -> str:
+        values = [t[key] for t in tries]
+        return f"{min(values) / floor['seconds']:.2f}x best, {statistics.median(values) / floor['median']:.2f}x median"
+
+    print(f"- against the I/O floor (best against best, median against median): copying the unchanged tensors "
+          f"{ratio('seconds_copying')}; tensor phase {ratio('seconds_tensors')}; command after imports {ratio('command')}")
+    print(f"- tensor phase / I/O floor, each of the {n} merges against the floor's median: "
+          + ", ".join(f"{t['seconds_tensors'] / floor['median']:.2f}x" for t in tries))
     load = os.getloadavg()
     print(f"- load average (1, 5, 15 min) after this kind: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}")
     if "mergekit" in row:
@@ -287,7 +358,8 @@ def _print(row: dict) -> None:
               f"{mk['wall'] / warm['wall']:.1f}x end to end ({mk['wall'] / cold['wall']:.1f}x when spunge also builds its views); "
               f"peak RSS spunge / mergekit: {warm['rss_mb'] / mk['rss_mb']:.2f}")
         print(f"- output tensors bit-identical to mergekit-yaml's: {same}/{total}")
-    print(f"- peak RSS 2 runs -> {row['runs']} runs: {two['rss_mb']:.0f} -> {warm['rss_mb']:.0f} MB\n")
+    print(f"- peak RSS 2 runs -> {row['runs']} runs: {two['rss_mb']:.0f} -> {warm['rss_mb']:.0f} MB (the most of the {n} merges; "
+          f"their median {statistics.median(t['rss_mb'] for t in tries):.0f} MB)\n")
 
 
 if __name__ == "__main__":
