@@ -12,10 +12,10 @@ needs. What spunge adds:
   base tensor holding one is computed instead (the base pool knows which; otherwise the copy looks):
   the output is bit for bit what `mergekit-yaml` writes.
 - **Overlap and streaming.** The merged tensors are computed on worker threads (mergekit's executor,
-  one per tensor; magnitude pruning in linear time: `pruning.py`)
-  while the main thread copies; tensors go to disk one at a time (`shards.ShardWriter`; mergekit's
-  writer holds up to 5 GB per shard in memory). Loaders are flushed after each tensor: memory stays
-  at a few tensors whatever the model size.
+  one per tensor; magnitude pruning in linear time: `pruning.py`) while the main thread copies;
+  tensors go to disk one at a time (`shards.ShardWriter`; mergekit's writer holds up to 5 GB per
+  shard in memory). Loaders are flushed after each tensor: memory stays at a few tensors whatever
+  the model size.
 
 Recipes that use slices, modules or tokenizer merging are handed to `mergekit.merge.run_merge`
 unchanged (same result, mergekit's memory profile).
