@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--merges", type=int, default=9, help="merges per process (the first is not counted)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "spunge-bench-merge")
     args = parser.parse_args()
+    if args.rounds * (args.merges - 1) < 2:  # quartiles need two counted merges per version and kind
+        parser.error("--rounds x (--merges - 1) must be at least 2")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     sys.path.insert(0, str(ROOT / "bench"))
