@@ -1,0 +1,135 @@
+"""The unlearning-method contract: what a method declares once, and the registry that is the only way in.
+
+Every place that needs to know something about a method (the CLI's `spunge unlearn NAME`, the
+pipeline schema, the jobs, the baseline's budget and model builder, the merge's view of a run, the
+model card, the docs) asks the registry for the method's `UnlearningMethod` record and reads the
+answer from it. No code outside a method's own module compares a method's name.
+
+A method module builds one record and passes it to `register`; built-in methods are imported on
+first use (they pull in torch). A third-party or test method registers itself the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from spunge_merge.errors import SpungeError
+
+if TYPE_CHECKING:
+    from spunge_merge.config import FrozenConfig
+    from spunge_merge.models import ResolvedModel
+
+# What one run directory holds, which decides how merge and the baseline turn it into a model:
+#   peft-adapter     adapter_config.json + adapter_model.safetensors; the adapter *is* the unlearned
+#                    update (TVN stores its negation in it); λ scales the adapter's update.
+#   tensor-delta     delta.safetensors with the new values of the tensors that changed (RMU, --full);
+#                    λ scales (new − base).
+#   full-checkpoint  a complete model directory (config.json + safetensors).
+OutputKind = Literal["peft-adapter", "tensor-delta", "full-checkpoint"]
+RetainNeed = Literal["required", "optional", "none"]
+
+BUILTIN_METHODS = ("tvn", "rmu")
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One call of a method's `train`: a single run, or one run per subset of a split directory.
+
+    `forget` holds one data file or split directory, or several files (the reference's alternating
+    multi-corpus RMU run takes one corpus per file). `retain` is empty for methods that need none.
+    """
+
+    model: ResolvedModel
+    forget: Sequence[Path]
+    out: Path
+    config: FrozenConfig
+    retain: Sequence[Path] = ()
+    text_column: str | None = None
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class BaselineBudget:
+    """The un-split run's settings, changed so that it takes as many optimizer steps as all split runs."""
+
+    config: FrozenConfig
+    record: dict[str, Any]  # split_runs, split_total, baseline_planned, changed (shown in report.md)
+
+
+@dataclass(frozen=True)
+class UnlearningMethod:
+    """Everything the rest of spunge may know about a method.
+
+    - `config_class`: frozen pydantic settings; each field's `description` is the CLI help and the
+      docs table, its constraints the one definition of the valid range.
+    - `output_kind(config)`: the kind of run directory `train` writes with these settings.
+    - `train(request)`: the runs, through `unlearn.base.execute_run`/`run_subsets` (resumable, atomic).
+    - `planned_steps(config, forget_rows, retain_rows)`: optimizer steps a run will take.
+    - `match_baseline(split_configs, split_rows, baseline, retain_rows, corpora)`: settings for the
+      un-split run at the split runs' total step budget (`corpora`: "union" or "alternating").
+    - `to_model(base, run, lam, out, scratch)`: a full model directory from one run at scale λ
+      (None: the run's own); `scratch` is a private folder for intermediate files.
+    - `default_lambda(config)`: the scale a run is applied at when none is given.
+    """
+
+    name: str
+    summary: str
+    description: str
+    config_class: type[FrozenConfig]
+    retain: RetainNeed
+    output_kind: Callable[[Any], OutputKind]
+    train: Callable[[TrainRequest], list[Any]]
+    planned_steps: Callable[[Any, int, int | None], int]
+    match_baseline: Callable[..., BaselineBudget]
+    to_model: Callable[[ResolvedModel, Path, float | None, Path, Path], Path]
+    default_lambda: Callable[[Any], float | None] = lambda config: None  # noqa: E731 - a default, not a definition
+    baseline_corpora: tuple[str, ...] = ("union",)  # how the un-split run may take the subsets
+
+    def validate_config(self, values: dict[str, Any], source: str):
+        """The method's settings from a mapping, with errors naming `source` and the key."""
+        from pydantic import ValidationError
+
+        from spunge_merge.config import format_validation_error
+
+        try:
+            return self.config_class.model_validate(values)
+        except ValidationError as exc:
+            raise SpungeError(format_validation_error(exc, source)) from exc
+
+
+_REGISTRY: dict[str, UnlearningMethod] = {}
+
+
+def register(method: UnlearningMethod) -> UnlearningMethod:
+    """Make `method` available by name (`spunge unlearn NAME`, `unlearn.method: NAME` in pipelines)."""
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests that register a toy method clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+def get_method(name: str) -> UnlearningMethod:
+    """The registered method; a built-in one is imported on first use."""
+    if name not in _REGISTRY and name in BUILTIN_METHODS:
+        importlib.import_module(f"spunge_merge.unlearn.{name}")
+    if name not in _REGISTRY:
+        raise SpungeError(f"unknown unlearning method '{name}' (available: {', '.join(method_names())})")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    """Every method spunge knows: the built-in ones and any registered since."""
+    return sorted(set(BUILTIN_METHODS) | set(_REGISTRY))
+
+
+def all_methods() -> list[UnlearningMethod]:
+    """Every method's record, built-in ones imported."""
+    return [get_method(name) for name in method_names()]
