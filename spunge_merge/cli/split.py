@@ -9,11 +9,22 @@ from rich.console import Console
 from rich.table import Table
 
 from spunge_merge.data.discovery import build_by
+from spunge_merge.data.discovery.spec import ClassifierSpec, ClusterSpec
 from spunge_merge.data.split import split_dataset
 
 _BY_HELP = ("What defines the subsets: a column (e.g. target_group); `cluster` (k-means over sentence embeddings, "
             "K by silhouette) or `cluster:K`; `classifier:MODEL` (a local text-classification model; zero-shot with "
             "--labels). `column:NAME` splits on a column literally named cluster or classifier.")
+
+
+
+def _help(applies: str, spec, field: str, form: str | None = None, default: str | None = None) -> str:
+    """An option's help is the setting's own description (one definition), with its default."""
+    info = spec.model_fields[field]
+    if default is None:
+        default = "none" if info.default is None else info.default
+        default = "-".join(map(str, default)) if isinstance(default, tuple) else default
+    return f"{applies}: {info.description} ({f'{form}; ' if form else ''}default: {default})"
 
 
 def split_command(
@@ -27,20 +38,17 @@ def split_command(
     fmt: str = typer.Option("jsonl", "--format", help="Subset file format: jsonl or parquet."),
     hub_split: str = typer.Option("train", "--split", help="Dataset split to read when DATA is a Hub id or a DatasetDict."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
-    seed: int = typer.Option(None, "--seed", help="cluster: k-means seed; the same seed gives the same split [default: 0]."),
-    k_range: str = typer.Option(None, "--k-range", help="cluster: K values tried when K is not given, LOW-HIGH [default: 2-8]."),
-    embedding_model: str = typer.Option(None, "--embedding-model",
-                                        help="cluster: sentence encoder (alias, directory, Hub id) [default: all-minilm-l6-v2]."),
-    labels: str = typer.Option(None, "--labels", help="classifier: comma-separated candidate labels (zero-shot; needs an NLI model)."),
-    min_confidence: float = typer.Option(None, "--min-confidence",
-                                         help="classifier: labels below this probability are unsure [default: 0.5]."),
-    unsure: str = typer.Option(None, "--unsure", help="classifier: keep (unsure rows form the subset 'unsure') or drop [default: keep]."),
-    hypothesis: str = typer.Option(None, "--hypothesis",
-                                   help="classifier, zero-shot: hypothesis template [default: 'This example is {}.']."),
-    truth: str = typer.Option(None, "--truth", help="cluster/classifier: a column of true labels; report ARI and purity against it."),
-    label_column: str = typer.Option(None, "--label-column",
-                                     help="cluster/classifier: name of the new label column [default: cluster / predicted_label]."),
-    batch_size: int = typer.Option(None, "--batch-size", help="cluster/classifier: texts per model batch [default: 32]."),
+    seed: int = typer.Option(None, "--seed", help=_help("cluster", ClusterSpec, "seed")),
+    k_range: str = typer.Option(None, "--k-range", help=_help("cluster", ClusterSpec, "k_range", "LOW-HIGH")),
+    embedding_model: str = typer.Option(None, "--embedding-model", help=_help("cluster", ClusterSpec, "model")),
+    labels: str = typer.Option(None, "--labels", help=_help("classifier", ClassifierSpec, "labels", "comma-separated")),
+    min_confidence: float = typer.Option(None, "--min-confidence", help=_help("classifier", ClassifierSpec, "threshold")),
+    unsure: str = typer.Option(None, "--unsure", help=_help("classifier", ClassifierSpec, "unsure")),
+    hypothesis: str = typer.Option(None, "--hypothesis", help=_help("classifier", ClassifierSpec, "hypothesis")),
+    truth: str = typer.Option(None, "--truth", help=_help("cluster/classifier", ClusterSpec, "truth")),
+    label_column: str = typer.Option(None, "--label-column", help=_help("cluster/classifier", ClusterSpec, "column",
+                                                                        default="cluster / predicted_label")),
+    batch_size: int = typer.Option(None, "--batch-size", help=_help("cluster/classifier", ClusterSpec, "batch_size")),
     report: bool = typer.Option(True, "--report/--no-report",
                                 help="cluster/classifier: write report.md and map.png (2-D map by subset) into --out."),
 ) -> None:
