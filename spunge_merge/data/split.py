@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge import __version__
+from spunge_merge.data.discovery import ClassifierBy, ClusterBy, discover, is_discovery
 from spunge_merge.data.loading import SPLIT_MANIFEST, load_table, source_sha256
 from spunge_merge.data.where import Condition, parse_condition
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, write_json
+from spunge_merge.fsutil import atomic_output_dir, check_output_dir, write_json
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NUMERIC_DTYPES = ("int", "uint", "float", "double", "decimal")
@@ -45,6 +46,7 @@ class SplitResult:
     counts: dict[str, int]  # value -> rows
     rows_in: int
     rows_after_filter: int
+    discovery: Any = None  # the `Discovery` when the attribute was discovered (clusters, classifier)
 
 
 def apply_filters(table, conditions: list[Condition], source: str):
@@ -65,7 +67,7 @@ def apply_filters(table, conditions: list[Condition], source: str):
 def split_dataset(
     source: str | Path,
     *,
-    by: str,
+    by: str | ClusterBy | ClassifierBy,
     out: str | Path,
     where: list[str] | tuple[str, ...] = (),
     values: list[str] | None = None,
@@ -73,14 +75,21 @@ def split_dataset(
     fmt: str = "jsonl",
     force: bool = False,
     hub_split: str = "train",
+    progress: bool = True,
+    report: bool = True,
 ) -> SplitResult:
-    """Filter `source`, then write one file per value of column `by` (see module docstring)."""
+    """Filter `source`, then write one file per value of column `by` (see module docstring).
+
+    `by` may instead say how to discover the attribute (`ClusterBy`, `ClassifierBy`): the rows
+    left after filtering are labelled into a new column, which is then split on like any other;
+    the manifest records how (`discovery`), and `report` adds report.md and map.png.
+    """
     if fmt not in ("jsonl", "parquet"):
         raise SpungeError(f"unknown format '{fmt}' (use jsonl or parquet)")
     conditions = [parse_condition(expr) for expr in where]
     table = load_table(source, split=hub_split)
     columns = table.column_names
-    if by not in columns:
+    if not is_discovery(by) and by not in columns:
         raise SpungeError(f"{source}: no column '{by}' (columns: {', '.join(columns)})")
     if text_column is None:
         text_column = "text" if "text" in columns else None
@@ -90,6 +99,13 @@ def split_dataset(
     table = apply_filters(table, conditions, str(source))
     if len(table) == 0:
         raise SpungeError(f"{source}: no rows left after the filters {' AND '.join(c.source for c in conditions)}")
+    discovery = None
+    if is_discovery(by):
+        check_output_dir(Path(out), force=force)  # before the costly part, not after
+        discovery = discover(table, by, text_column=text_column, source=str(source), progress=progress, report=report)
+        table = table.add_column(discovery.column, discovery.labels)
+        by = discovery.column
+        values = values if values is not None else discovery.order
 
     attribute = [None if v is None else str(v) for v in table[by]]
     counts = Counter(v for v in attribute if v is not None)
@@ -132,6 +148,9 @@ def split_dataset(
             "rows_without_value": sum(v is None for v in attribute),
             "values": chosen,
             "subsets": subsets,
+            **({"discovery": discovery.record} if discovery is not None else {}),
         })
+        if discovery is not None and report:
+            discovery.write_report(tmp)
     return SplitResult(out=Path(out), column=by, counts={v: counts[v] for v in chosen},
-                       rows_in=rows_in, rows_after_filter=len(table))
+                       rows_in=rows_in, rows_after_filter=len(table), discovery=discovery)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml
+from spunge_merge.data.discovery.spec import ClassifierBy, ClusterBy, build_by
 from spunge_merge.errors import SpungeError
 
 STAGES = ("split", "unlearn", "baseline", "merge", "eval", "push")
@@ -58,13 +59,29 @@ class DataRef(FrozenConfig):
 
 
 class SplitSection(FrozenConfig):
-    """Either split one table by a column (`data` + `by`), or give one data source per subset (`subsets`)."""
+    """Either split one table by a column (`data` + `by`), or give one data source per subset (`subsets`).
+
+    `by` may also discover the attribute: `cluster` / `{cluster: {k: 5}}` (k-means over sentence
+    embeddings) or `{classifier: {model: DIR, labels: [...], threshold: 0.5}}` (see docs/discovery.md).
+    """
 
     data: DataRef | None = Field(None, description="The unlearning data to split.")
-    by: str | None = Field(None, description="Attribute column whose values define the subsets (e.g. target_group).")
+    by: str | ClusterBy | ClassifierBy | None = Field(
+        None, description="Attribute column whose values define the subsets (e.g. target_group), "
+                          "or {cluster: {...}} / {classifier: {...}} to discover it.")
     values: list[str] | None = Field(None, description="Values to keep, in this order (default: all).")
     subsets: dict[str, DataRef] | None = Field(None, description="Pre-split data: subset name → data source.")
     attribute: str = Field("subset", description="Name recorded as the attribute when `subsets` is used.")
+
+    @field_validator("by", mode="before")
+    @classmethod
+    def _by_form(cls, value: Any) -> Any:
+        if value is None or isinstance(value, ClusterBy | ClassifierBy):
+            return value
+        try:
+            return build_by(value, source="split.by")
+        except SpungeError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("values", mode="before")
     @classmethod

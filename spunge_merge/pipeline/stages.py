@@ -257,10 +257,11 @@ def _split_by_column(ctx: Context) -> None:
     if ref.config is not None or ref.limit is not None:  # Hub configuration or a row limit: write the rows first
         source = ctx.inputs_dir / "forget.jsonl"
         inputs.write_rows(ref, ctx.base_dir, source)
-        split_dataset(source, by=section.by, out=ctx.split_dir, values=section.values, text_column="text", force=True)
-    else:
+        split_dataset(source, by=section.by, out=ctx.split_dir, values=section.values, text_column="text", force=True,
+                      progress=False)
+    else:  # `by` a column, or how to discover one (clusters, a classifier): split_dataset handles both
         split_dataset(ctx.path(ref.path), by=section.by, out=ctx.split_dir, where=ref.where, values=section.values,
-                      text_column=ref.text_column, force=True, hub_split=ref.hub_split)
+                      text_column=ref.text_column, force=True, hub_split=ref.hub_split, progress=False)
 
 
 def _split_from_sources(ctx: Context) -> None:
