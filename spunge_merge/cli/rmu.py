@@ -12,6 +12,8 @@ from spunge_merge.config import build_config
 
 _LISTS = "One value for every forget corpus, or a comma-separated list with one per --forget corpus."
 
+METHOD_COMMAND = True  # `spunge unlearn` uses this hand-written command (options kept from before the registry)
+
 
 def _split_list(value: str | None):
     """'6.5' → '6.5'; '6.5,20' → ['6.5', '20'] (pydantic converts and validates the items)."""
@@ -121,6 +123,7 @@ def materialize_command(
     typer.echo(f"Wrote {path}")
 
 
-def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    groups["unlearn"].command("rmu")(rmu_command)
+def register(app: typer.Typer, groups: dict[str, typer.Typer], method) -> None:
+    """Called by `cli.unlearn` with this method's registry record."""
+    groups["unlearn"].command(method.name, short_help=method.summary)(rmu_command)
     app.command("materialize")(materialize_command)

@@ -19,6 +19,8 @@ _SETTINGS = ("rank", "lora_alpha", "lora_dropout", "target_modules", "lr", "epoc
              "grad_accum", "max_length", "warmup", "lr_scheduler", "weight_decay", "max_grad_norm", "lam", "seed",
              "device", "dtype", "eval_samples")
 
+METHOD_COMMAND = True  # `spunge unlearn` uses this hand-written command (options kept from before the registry)
+
 
 def _d(name: str):
     """The option's default, read from TVNConfig so --help and the library cannot drift apart."""
@@ -114,6 +116,7 @@ def negate_command(
         typer.echo(f"{run}: λ = {lam}")
 
 
-def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    groups["unlearn"].command("tvn")(tvn_command)
+def register(app: typer.Typer, groups: dict[str, typer.Typer], method) -> None:
+    """Called by `cli.unlearn` with this method's registry record."""
+    groups["unlearn"].command(method.name, short_help=method.summary)(tvn_command)
     app.command("negate")(negate_command)

@@ -11,6 +11,7 @@ retraining.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, link_or_copy, write_json
 from spunge_merge.models import ALIASES, ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
 from spunge_merge.provenance import PROVENANCE_FILE, fingerprint, is_complete, read_provenance, write_provenance
-from spunge_merge.unlearn import lm_data
+from spunge_merge.unlearn import budget, lm_data, registry
 from spunge_merge.unlearn.base import (
     RUNS_MANIFEST,
     RunOutcome,
@@ -37,10 +38,11 @@ from spunge_merge.unlearn.base import (
     list_runs,
     pick_device,
     pick_dtype,
-    register_method,
     run_subsets,
     seed_everything,
 )
+from spunge_merge.unlearn.outputs import apply_adapter
+from spunge_merge.unlearn.registry import TrainRequest, UnlearningMethod
 
 log = logging.getLogger(__name__)
 
@@ -469,11 +471,38 @@ def train_tvn(
     return [run_one(subsets[0], out)]
 
 
-@register_method(METHOD)
-class TVN:
-    """Registry entry: `get_method("tvn").train(...)` is `train_tvn`; `.negate` changes λ afterwards."""
+# --------------------------------------------------------------------------------------------
+# The method's record: what the CLI, the pipeline, the baseline and the model card know of TVN.
 
-    config_class = TVNConfig
-    kind = KIND
-    train = staticmethod(train_tvn)
-    negate = staticmethod(negate_output)
+
+def _train_request(request: TrainRequest) -> list[RunOutcome]:
+    if len(request.forget) != 1:
+        raise SpungeError(f"TVN takes one forget data file or split directory, got {len(request.forget)}")
+    return train_tvn(request.model, request.forget[0], request.out, request.config, text_column=request.text_column,
+                     force=request.force, progress=request.progress)
+
+
+def run_to_model(base: ResolvedModel, run: Path, lam: float | None, out: Path, scratch: Path) -> Path:
+    """The trained adapter negated at λ (a copy in `scratch`; None: as the run holds it), merged into the base."""
+    adapter = Path(run) if lam is None else negate_run(run, lam, out=scratch, force=True)
+    return apply_adapter(base, adapter, Path(out))
+
+
+registry.register(UnlearningMethod(
+    name=METHOD,
+    summary="Task vector negation: fine-tune a LoRA adapter on the forget text, then subtract it (× λ).",
+    description=(
+        "**Task vector negation (TVN)**: a LoRA adapter is fine-tuned on the subset's text (learning to produce it), "
+        "then the adapter is negated (its update scaled by −λ) and added to the base model, which moves the model "
+        "away from that behaviour (Ilharco et al., 2023)."
+    ),
+    config_class=TVNConfig,
+    retain="none",
+    output_kind=lambda config: "peft-adapter",
+    train=_train_request,
+    planned_steps=budget.planned_steps,
+    match_baseline=functools.partial(budget.match_steps, TVNConfig),
+    to_model=run_to_model,
+    default_lambda=lambda config: config.lam,
+    baseline_corpora=("union",),
+))
