@@ -226,3 +226,29 @@ def test_no_module_outside_a_methods_own_compares_its_name():
                     line = text.count("\n", 0, match.start()) + 1
                     found.append(f"{relative}:{line}: {match.group(0)}")
     assert not found, "method names compared outside their modules:\n" + "\n".join(found)
+
+
+def test_a_peft_adapter_run_becomes_base_plus_lambda_times_its_update(tiny_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from spunge_merge.models import ResolvedModel
+    from spunge_merge.unlearn.outputs import peft_adapter_to_model
+
+    torch.manual_seed(0)
+    lm = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    for name, parameter in lm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter)  # peft starts B at zero; give the adapter an update
+    lm.save_pretrained(tmp_path / "run")
+    adapter = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    a = adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+    b = adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+    base = ResolvedModel(str(tiny_model), tiny_model)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    original = load_file(tiny_model / "model.safetensors")[name]
+    for lam in (None, 0.5):
+        out = peft_adapter_to_model(base, tmp_path / "run", lam, tmp_path / f"model-{lam}", tmp_path / f"scratch-{lam}")
+        merged = load_file(next(out.glob("*.safetensors")))[name]
+        torch.testing.assert_close(merged, original + (1.0 if lam is None else lam) * (4 / 2) * b @ a, rtol=0, atol=1e-5)
+        assert read_provenance(out)["kind"] == "materialized-model"

@@ -12,6 +12,7 @@ first use (they pull in torch). A third-party or test method registers itself th
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 OutputKind = Literal["peft-adapter", "tensor-delta", "full-checkpoint"]
 RetainNeed = Literal["required", "optional", "none"]
 
-BUILTIN_METHODS = ("tvn", "rmu")
+# Built-in methods: `spunge_merge/unlearn/<name>.py`, imported on first use. A name whose module is not
+# in this installation is left out, so a method lands by adding its module (and its name here).
+BUILTIN_METHODS = ("tvn", "rmu", "ga", "graddiff", "npo", "simnpo")
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def unregister(name: str) -> None:
 
 def get_method(name: str) -> UnlearningMethod:
     """The registered method; a built-in one is imported on first use."""
-    if name not in _REGISTRY and name in BUILTIN_METHODS:
+    if name not in _REGISTRY and name in _builtin_names():
         importlib.import_module(f"spunge_merge.unlearn.{name}")
     if name not in _REGISTRY:
         raise SpungeError(f"unknown unlearning method '{name}' (available: {', '.join(method_names())})")
@@ -143,7 +146,11 @@ def get_method(name: str) -> UnlearningMethod:
 
 def method_names() -> list[str]:
     """Every method spunge knows: the built-in ones and any registered since."""
-    return sorted(set(BUILTIN_METHODS) | set(_REGISTRY))
+    return sorted(set(_builtin_names()) | set(_REGISTRY))
+
+
+def _builtin_names() -> list[str]:
+    return [name for name in BUILTIN_METHODS if importlib.util.find_spec(f"spunge_merge.unlearn.{name}") is not None]
 
 
 def all_methods() -> list[UnlearningMethod]:
