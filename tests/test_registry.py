@@ -252,3 +252,13 @@ def test_a_peft_adapter_run_becomes_base_plus_lambda_times_its_update(tiny_model
         merged = load_file(next(out.glob("*.safetensors")))[name]
         torch.testing.assert_close(merged, original + (1.0 if lam is None else lam) * (4 / 2) * b @ a, rtol=0, atol=1e-5)
         assert read_provenance(out)["kind"] == "materialized-model"
+
+
+def test_every_registered_method_documents_every_setting_and_has_a_seed():
+    for method in registry.all_methods():
+        fields = method.config_class.model_fields
+        undocumented = [name for name, field in fields.items() if not (field.description or "").strip()]
+        assert not undocumented, f"{method.name}: settings without a description (their --help is empty): {undocumented}"
+        assert fields["seed"].annotation is int, method.name
+        assert method.summary and method.description and method.baseline_corpora
+        assert method.output_kind(method.config_class()) in ("peft-adapter", "tensor-delta", "full-checkpoint")

@@ -52,6 +52,7 @@ class TrainRequest:
     config: FrozenConfig | Mapping[str, Any]  # a mapping is validated by the method's config_class
     retain: Sequence[Path] = ()
     text_column: str | None = None
+    retain_text_column: str | None = None
     force: bool = False
     progress: bool = True
 

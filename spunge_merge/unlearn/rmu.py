@@ -104,20 +104,21 @@ class RMUConfig(FrozenConfig):
     steering_coeff: float | str | list[float | str] = Field(
         6.5, description="c: a number, or auto[:β] = β × mean layer-ℓ norm on forget data; one per forget corpus allowed.")
     alpha: float | list[float] = Field(1200.0, description="Retain weight α; one per forget corpus allowed (paper 1200, script 100).")
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(4, ge=1)
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate (betas 0.9/0.999, eps 1e-6, no weight decay, as the "
+                                              "reference's transformers.AdamW); paper and reference: 5e-5.")
+    batch_size: int = Field(4, ge=1, description="Texts per forget batch and per retain batch.")
     max_num_batches: int = Field(150, ge=1, description="Steps per epoch at most (WMDP README 150, script default 80).")
     forget_max_length: int | list[int] = Field(512, description="Forget truncation in tokens; one per forget corpus allowed.")
-    retain_max_length: int = Field(512, ge=1)
+    retain_max_length: int = Field(512, ge=1, description="Retain truncation in tokens.")
     min_chars: int = Field(0, ge=0, description="Drop texts of at most this many characters (reference --min_len, default 0).")
     epochs: int = Field(1, ge=1, description="Passes over the batches (reference 1; the Spunge paper's variant 2).")
     early_stop_cosine: float | None = Field(
         None, gt=-1.0, lt=1.0, description="Stop when the forget-batch cosine to initial activations drops below this (paper C.1: 0.5).")
     early_stop_window: int = Field(1, ge=1, description="Compare the mean cosine of the last N forget batches (1: the paper's rule).")
     mask_padding: bool = Field(False, description="Exclude padding tokens from both losses (open-unlearning's port).")
-    seed: int = 42
-    device: str = "auto"
-    dtype: str = "auto"
+    seed: int = Field(42, description="Seed of the control vector(s) and everything else (reference: 42).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    dtype: str = Field("auto", description="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
     cache_prefix: bool = Field(False, description="Keep frozen-prefix activations across epochs (memory for speed).")
 
     @field_validator("steering_coeff")
@@ -794,7 +795,7 @@ def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, ou
 def _train_request(request: TrainRequest) -> list[RunOutcome]:
     forget = request.forget[0] if len(request.forget) == 1 else list(request.forget)
     return train_rmu(request.model, forget, list(request.retain), request.out, request.config, text_column=request.text_column,
-                     force=request.force, progress=request.progress)
+                     retain_text_column=request.retain_text_column, force=request.force, progress=request.progress)
 
 
 def _batches(texts: Sequence[str], config: RMUConfig) -> int:

@@ -59,13 +59,14 @@ _NOT_IN_FINGERPRINT = frozenset({"lam", "eval_samples", "device", "dtype"})
 class TVNConfig(FrozenConfig):
     """TVN hyperparameters; defaults follow the paper (Kadhe et al. 2024) where it gives a value."""
 
-    rank: int = Field(16, ge=1, description="LoRA rank r (paper: 16).")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha; the update is scaled by alpha/r (paper: 16).")
-    lora_dropout: float = Field(0.01, ge=0.0, lt=1.0, description="Dropout on the LoRA input (paper: 0.01).")
+    rank: int = Field(16, ge=1, description="LoRA rank r. Paper: 16.", json_schema_extra={"cli_flags": ["--rank", "-r"]})
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha; the update is scaled by alpha/r. Paper: 16.")
+    lora_dropout: float = Field(0.01, ge=0.0, lt=1.0, description="Dropout on the LoRA input. Paper: 0.01.")
     target_modules: list[str] | Literal["all-linear"] | None = Field(
-        None, description="Module names to adapt; None = peft's default for the architecture (q_proj, v_proj for Llama).")
-    lr: float = Field(2e-5, gt=0.0, description="AdamW learning rate (paper: 2e-5 on the whole set, 1e-4 on split subsets).")
-    epochs: int = Field(1, ge=1, description="Passes over the forget texts (paper: 1).")
+        None, description="Module names to adapt (q_proj,v_proj), or all-linear; unset = peft's default for the architecture "
+                          "(q_proj, v_proj for Llama).")
+    lr: float = Field(2e-5, gt=0.0, description="AdamW learning rate. Paper: 2e-5 on the whole set, 1e-4 on split subsets.")
+    epochs: int = Field(1, ge=1, description="Passes over the forget texts. Paper: 1.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (None = all epochs).")
     batch_size: int = Field(8, ge=1, description="Texts per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -75,7 +76,8 @@ class TVNConfig(FrozenConfig):
         "cosine", description="Learning-rate schedule (transformers.get_scheduler).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the LoRA weights.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping norm (None = no clipping).")
-    lam: float = Field(1.0, ge=0.0, description="λ: how much of the task vector is subtracted (paper: 1.0).")
+    lam: float = Field(1.0, ge=0.0, description="λ in θ_u = θ_init − λ·(alpha/r)·B·A: how much of the task vector is subtracted; "
+                       "change it later with `spunge negate`. Paper: 1.0.", json_schema_extra={"cli_flags": ["--lambda"]})
     seed: int = Field(42, description="Seed for LoRA init, dropout and shuffling.")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
     dtype: str = Field("auto", description="Base model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
