@@ -93,7 +93,7 @@ def _shown_default(value: Any) -> Any:
 
 def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
     """The click command of `spunge unlearn <method.name>`, generated from the record."""
-    settings: dict[str, tuple[str, str]] = {}  # python parameter name -> (field name, kind)
+    settings: dict[str, tuple[str, str, str, list]] = {}  # python parameter name -> (field, kind, flag, bounds)
     params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
 
     def add(name: str, annotation: Any, option: Any) -> None:
