@@ -31,19 +31,18 @@ PAPER_URL = "https://arxiv.org/abs/2406.11780"
 # a GGUF file, so the upstream README with its `license:` is not on disk).
 KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
 
-METHOD_DESCRIPTIONS = {
-    "tvn": (
-        "**Task vector negation (TVN)**: a LoRA adapter is fine-tuned on the subset's text (learning to produce it), "
-        "then the adapter is negated (its update scaled by −λ) and added to the base model, which moves the model "
-        "away from that behaviour (Ilharco et al., 2023)."
-    ),
-    "rmu": (
-        "**Representation misdirection for unlearning (RMU)**: the MLP weights of a few layers are updated so that "
-        "the hidden states on the subset's text are pushed towards a fixed random direction (scaled by a steering "
-        "coefficient), while a retain loss keeps the hidden states on benign text close to the base model's "
-        "(Li et al., 2024, WMDP)."
-    ),
-}
+
+def method_descriptions(methods: list[str]) -> list[str]:
+    """Each registered method's paragraph (its registry record's `description`); unknown names are left out.
+
+    The registry is read, not imported at the top: it is the one place a method is described, and
+    reading it imports no method's training code."""
+    from spunge_merge.unlearn import registry
+
+    known = set(registry.method_names())
+    return [registry.get_method(name).description for name in methods if name in known]
+
+
 MERGE_DESCRIPTIONS = {
     "ties": (
         "TIES-merging (Yadav et al., 2023) takes each unlearned model's difference from the base (its task vector), "
@@ -101,7 +100,7 @@ def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: I
         runs_table=_runs_table(runs),
         config_tables=_config_tables(runs),
         methods=methods,
-        method_descriptions=[METHOD_DESCRIPTIONS[m] for m in methods if m in METHOD_DESCRIPTIONS],
+        method_descriptions=method_descriptions(methods),
         columns=columns,
         total_rows=sum(run["rows"] or 0 for run in runs),
         data_sources=data["sources"],

@@ -17,7 +17,7 @@ from spunge_merge.cli import app
 from spunge_merge.config import build_config
 from spunge_merge.data.split import split_dataset
 from spunge_merge.errors import SpungeError
-from spunge_merge.unlearn.base import METHODS
+from spunge_merge.unlearn import registry
 from spunge_merge.unlearn.rmu import RMUConfig, materialize, train_rmu
 
 runner = CliRunner()
@@ -299,7 +299,8 @@ def test_auto_steering_scales_the_mean_layer_norm_of_the_forget_data(tiny_model,
 
 
 def test_registered_and_recipe_is_a_valid_config(tmp_path):
-    assert METHODS["rmu"].config_class is RMUConfig
+    method = registry.get_method("rmu")
+    assert method.config_class is RMUConfig and method.retain == "required" and method.output_kind(RMUConfig()) == "tensor-delta"
     recipe = build_config(RMUConfig, config_file=RECIPE)
     assert recipe.layer >= max(recipe.update_layers)
     overridden = build_config(RMUConfig, config_file=RECIPE, overrides={"lr": 1e-4, "alpha": None})

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from spunge_merge.cli import app
 from spunge_merge.data.split import split_dataset
 from spunge_merge.errors import SpungeError
-from spunge_merge.unlearn import lm_data
+from spunge_merge.unlearn import lm_data, registry
 from spunge_merge.unlearn import tvn as tvn_module
-from spunge_merge.unlearn.base import METHODS, list_runs
+from spunge_merge.unlearn.base import list_runs
 from spunge_merge.unlearn.tvn import TVNConfig, negate_output, negate_run, train_tvn
 
 runner = CliRunner()
@@ -150,7 +150,8 @@ def test_spunge_json_records_what_made_the_run(tiny_model, forget_file, trained_
     os.umask(umask)
     for weights in (trained_run / "adapter_model.safetensors", trained_run / "unnegated" / "adapter_model.safetensors"):
         assert stat.S_IMODE(weights.stat().st_mode) == 0o666 & ~umask  # readable like any other file, not 0600
-    assert METHODS["tvn"].config_class is TVNConfig and METHODS["tvn"].train is train_tvn
+    method = registry.get_method("tvn")
+    assert method.config_class is TVNConfig and method.retain == "none" and method.output_kind(TVNConfig()) == "peft-adapter"
 
 
 def test_split_mode_resume_and_relambda(tiny_model, tiny_dataset, tmp_path, monkeypatch):

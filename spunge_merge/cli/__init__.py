@@ -1,6 +1,7 @@
 """The `spunge` command line (Typer): one module per stage, no logic beyond parsing and printing.
 
-Each stage module in `STAGE_MODULES` exposes `register(app, groups)` and adds its commands.
+Each stage module in `STAGE_MODULES` exposes `register(app, groups)` and adds its commands;
+`unlearn` adds one command per registered unlearning method (see `cli/unlearn.py`).
 A `SpungeError` raised anywhere below is printed as one line and exits with code 2.
 """
 
@@ -13,9 +14,10 @@ import typer
 from typer.core import TyperGroup
 
 from spunge_merge import __version__
+from spunge_merge.cli.unlearn import UnlearnGroup
 from spunge_merge.errors import SpungeError
 
-STAGE_MODULES = ("split", "tvn", "rmu", "merge", "evaluate", "push", "run")
+STAGE_MODULES = ("split", "unlearn", "merge", "evaluate", "push", "run")
 
 
 class _SpungeGroup(TyperGroup):
@@ -37,8 +39,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-unlearn_app = typer.Typer(help="Unlearn a forget set (or each subset of a split) from a base model.",
-                          no_args_is_help=True)
+unlearn_app = typer.Typer(cls=UnlearnGroup, help="Unlearn a forget set (or each subset of a split) from a base model, "
+                          "with one of the registered methods.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate models: toxicity, fluency, perplexity, harness, comparisons.",
                        no_args_is_help=True)
 app.add_typer(unlearn_app, name="unlearn")

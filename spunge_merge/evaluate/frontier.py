@@ -123,8 +123,8 @@ def lambda_from_record(record: dict | None) -> tuple[float | None, str | None]:
         lam = ((record.get(section) or {}).get("parameters") or {}).get("lambda")
         if isinstance(lam, int | float):
             return float(lam), f"{record.get('kind')} {section}.parameters.lambda"
-    if record.get("kind") == "materialized-model" and record.get("method") == "rmu":
-        return 1.0, "materialized-model rmu run (unscaled)"
+    if record.get("kind") == "materialized-model" and "updated_tensors" in (record.get("run") or {}):
+        return 1.0, "materialized-model of a tensor-delta run (unscaled)"
     return None, None
 
 

@@ -1,8 +1,10 @@
 """The per-attribute runs a merge takes: what each one is, which base it came from, how to name it.
 
-A run is what `spunge unlearn` wrote for one subset: a negated TVN adapter (peft format, kind
-"tvn-adapter"), an RMU delta (`delta.safetensors` with the new values of the tensors RMU changed,
-kind "rmu-delta"), or a full checkpoint (config.json + safetensors). An unlearn output directory
+A run is what `spunge unlearn` wrote for one subset, in one of the output kinds of the method
+contract (`unlearn.registry.OutputKind`), recognised by its files and never by the method that made
+it: a peft adapter (adapter_config.json + adapter_model.safetensors, whose update is the unlearned
+change, e.g. TVN's negated adapter), a tensor delta (`delta.safetensors` with the new values of the
+tensors that changed, e.g. RMU's), or a full checkpoint (config.json + safetensors). An unlearn output directory
 holding several runs is expanded through its manifest. Runs recorded against another base model
 (the base fingerprint in their `spunge.json`) are refused before any work.
 """
@@ -21,9 +23,9 @@ from spunge_merge.models import ResolvedModel
 from spunge_merge.provenance import read_provenance
 from spunge_merge.unlearn.base import RUNS_MANIFEST, list_runs
 
-TVN_ADAPTER = "tvn-adapter"
-RMU_DELTA = "rmu-delta"
-CHECKPOINT = "checkpoint"
+PEFT_ADAPTER = "peft-adapter"
+TENSOR_DELTA = "tensor-delta"
+CHECKPOINT = "full-checkpoint"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DELTA_FILE = "delta.safetensors"
@@ -49,7 +51,7 @@ class RunInput:
         attribute = record.get("attribute") if isinstance(record.get("attribute"), dict) else None
         data = record.get("data") if isinstance(record.get("data"), dict) else {}
         rows = data.get("rows")
-        if rows is None and isinstance(data.get("forget"), list):  # RMU records its forget subsets (and retain data)
+        if rows is None and isinstance(data.get("forget"), list):  # a run that records its forget corpora (and retain data)
             rows = sum(int(part.get("rows_used", part.get("rows")) or 0) for part in data["forget"] if isinstance(part, dict)) or None
         if rows is None:
             rows = listing.get("rows")
@@ -75,15 +77,12 @@ def _small_result(result: Any) -> dict[str, Any] | None:
     return {k: v for k, v in result.items() if not (isinstance(v, list) and len(v) > 16)}
 
 
-def run_kind(path: Path, record: dict[str, Any] | None) -> str:
-    """TVN adapter, RMU delta or full checkpoint, from the recorded kind or the files present."""
-    kind = (record or {}).get("kind")
-    if kind in (TVN_ADAPTER, RMU_DELTA):
-        return kind
+def run_kind(path: Path, record: dict[str, Any] | None = None) -> str:
+    """The run's output kind, from the files it holds (whatever method wrote them)."""
     if (path / ADAPTER_CONFIG).is_file():
-        return TVN_ADAPTER
+        return PEFT_ADAPTER
     if (path / DELTA_FILE).is_file():
-        return RMU_DELTA
+        return TENSOR_DELTA
     if (path / "config.json").is_file():
         return CHECKPOINT
     raise SpungeError(f"{path}: not a run of `spunge unlearn` (no {ADAPTER_CONFIG}, {DELTA_FILE} or config.json)")

@@ -38,8 +38,8 @@ from spunge_merge.merge.inputs import (
     ADAPTER_WEIGHTS,
     CHECKPOINT,
     DELTA_FILE,
-    RMU_DELTA,
     SIDE_FILES,
+    TENSOR_DELTA,
     RunInput,
     check_architecture,
     check_same_base,
@@ -85,7 +85,7 @@ def check_checkpoint(model_dir: Path, base: ResolvedModel) -> None:
 
 
 def _run_files(run: RunInput) -> dict[str, Path]:
-    names = [ADAPTER_CONFIG, ADAPTER_WEIGHTS] if run.kind != RMU_DELTA else [DELTA_FILE]
+    names = [ADAPTER_CONFIG, ADAPTER_WEIGHTS] if run.kind != TENSOR_DELTA else [DELTA_FILE]
     files = {name: run.path / name for name in names}
     for path in files.values():
         if not path.is_file():
@@ -100,7 +100,7 @@ def view_key(run: RunInput, base: ResolvedModel) -> str:
 
 
 def materialize_view(run: RunInput, base: ResolvedModel, views_dir: Path) -> Path:
-    """Build (or reuse) the view of one TVN adapter or RMU delta over `base`."""
+    """Build (or reuse) the view of one peft adapter or tensor delta over `base`."""
     files = _run_files(run)
     for name, path in files.items():
         if name.endswith(".safetensors"):
@@ -113,7 +113,7 @@ def materialize_view(run: RunInput, base: ResolvedModel, views_dir: Path) -> Pat
     base_slots = model_slots(base.path)
     pool, pool_files = base_pool(base, views_dir)
     with atomic_output_dir(out, force=True) as tmp:
-        if run.kind == RMU_DELTA:
+        if run.kind == TENSOR_DELTA:
             changed = _link_delta(files[DELTA_FILE], tmp / CHANGED_FILE, base_slots, base)
         else:
             changed = _materialize_lora(files[ADAPTER_CONFIG], files[ADAPTER_WEIGHTS], tmp / CHANGED_FILE, base_slots, base)

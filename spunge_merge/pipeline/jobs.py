@@ -50,24 +50,23 @@ def resolved_model(model_ref: str, model_path: str):
 
 
 def train(*, method: str, model_ref: str, model_path: str, forget: list[str], out: str, config: dict[str, Any],
-          retain: list[str] | None = None, text_column: str | None = None, force: bool = False) -> dict[str, Any]:
-    """One unlearning run (TVN or RMU) through the method's public function; progress bars off (the pipeline shows its own)."""
+          retain: list[str] | None = None, text_column: str | None = None, force: bool = False,
+          method_module: str | None = None) -> dict[str, Any]:
+    """One unlearning run through the method's registry record; progress bars off (the pipeline shows its own).
+
+    The job names the method, not its record, so it pickles; `method_module` (the module that registers
+    it) is imported first where the name is not known yet (a Ray worker running a third-party method).
+    """
     from spunge_merge.provenance import read_provenance
+    from spunge_merge.unlearn import registry
 
-    model = resolved_model(model_ref, model_path)
-    sources = [Path(p) for p in forget]
-    if method == "tvn":
-        from spunge_merge.unlearn.tvn import train_tvn
-
-        outcomes = train_tvn(model, sources[0], out, config, text_column=text_column, force=force, progress=False)
-    elif method == "rmu":
-        from spunge_merge.unlearn.rmu import RMUConfig, train_rmu
-
-        source = sources[0] if len(sources) == 1 else sources
-        outcomes = train_rmu(model, source, [Path(p) for p in retain or []], out, RMUConfig.model_validate(config),
-                             text_column=text_column, force=force, progress=False)
-    else:  # the pipeline schema only lets tvn and rmu through
-        raise ValueError(f"unknown unlearning method {method!r}")
-    record = read_provenance(outcomes[0].path) or {}
-    return {"skipped": all(o.skipped for o in outcomes), "steps": (record.get("result") or {}).get("steps"),
+    if method_module and method not in registry.method_names():
+        importlib.import_module(method_module)
+    record = registry.get_method(method)
+    request = registry.TrainRequest(model=resolved_model(model_ref, model_path), forget=[Path(p) for p in forget], out=Path(out),
+                                    config=record.config_class.model_validate(config), retain=[Path(p) for p in retain or []],
+                                    text_column=text_column, force=force, progress=False)
+    outcomes = record.train(request)
+    first = read_provenance(outcomes[0].path) or {}
+    return {"skipped": all(o.skipped for o in outcomes), "steps": (first.get("result") or {}).get("steps"),
             "path": str(outcomes[0].path)}

@@ -3,7 +3,7 @@
 Validated by pydantic models that are frozen and reject unknown keys, so a typo is an error
 that names its key (`unlearn.config.lr: ...`), never a silently ignored setting. The method's
 hyperparameters (`unlearn.config`, `unlearn.overrides.<subset>`, `baseline.config`) are checked
-against the method's own settings class (TVNConfig, RMUConfig) when the file is loaded, before
+against the method's own settings class (its registry record's `config_class`) when the file is loaded, before
 any work starts.
 
 Relative paths in the file are relative to the file's own directory (so a recipe runs from any
@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml
 from spunge_merge.data.discovery.spec import ClassifierBy, ClusterBy, build_by
 from spunge_merge.errors import SpungeError
+from spunge_merge.unlearn import registry
 
 STAGES = ("split", "unlearn", "baseline", "merge", "eval", "push")
 MODEL_ROLES = ("base", "baseline", "spunge")
@@ -109,12 +110,19 @@ class Resources(FrozenConfig):
 
 
 class UnlearnSection(FrozenConfig):
-    method: Literal["tvn", "rmu"] = Field(..., description="Unlearning method.")
-    config: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (TVNConfig / RMUConfig keys).")
+    method: str = Field(..., description="Unlearning method: a registered name (`spunge unlearn --help` lists them).")
+    config: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (keys of the method's settings class).")
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                  description="Per-subset changes to `config`, keyed by subset name or value.")
-    retain: list[DataRef] | None = Field(None, description="Retain data (RMU): one source for every run.")
+    retain: list[DataRef] | None = Field(None, description="Retain data, for methods that use it: one source for every run.")
     resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in registry.method_names():
+            raise ValueError(f"unknown unlearning method '{value}' (available: {', '.join(registry.method_names())})")
+        return value
 
     @field_validator("retain", mode="before")
     @classmethod
@@ -122,11 +130,12 @@ class UnlearnSection(FrozenConfig):
         return _as_list(value)
 
     @model_validator(mode="after")
-    def _retain_for_rmu(self):
-        if self.method == "rmu" and not self.retain:
-            raise ValueError("RMU needs `retain` data (e.g. wikitext)")
-        if self.method == "tvn" and self.retain:
-            raise ValueError("TVN uses no retain data; remove `retain`")
+    def _retain_as_the_method_needs(self):
+        need = registry.get_method(self.method).retain
+        if need == "required" and not self.retain:
+            raise ValueError(f"method '{self.method}' needs `retain` data (e.g. wikitext)")
+        if need == "none" and self.retain:
+            raise ValueError(f"method '{self.method}' uses no retain data; remove `retain`")
         return self
 
 
@@ -158,9 +167,10 @@ class BaselineSection(FrozenConfig):
     lambdas: list[float] | None = Field(
         None, alias="lambda", description="Scales λ, one baseline model each, no retraining: TVN = the negation scale (default: the "
                                           "config's lam); RMU = base + λ·(run − base) (default: the run itself).")
-    rmu_corpora: Literal["alternating", "union"] = Field(
-        "alternating", description="RMU only: alternating = the reference's multi-corpus run (one control vector per subset, "
-                                   "a batch of each in turn); union = one corpus of all subsets' texts.")
+    rmu_corpora: Literal["alternating", "union"] | None = Field(
+        None, description="How the un-split run takes the subsets, where the method offers a choice (RMU: alternating = the "
+                          "reference's multi-corpus run, one control vector per subset, a batch of each in turn; union = one "
+                          "corpus of all subsets' texts). Default: the method's first (RMU alternating, others union).")
 
     @field_validator("lambdas", mode="before")
     @classmethod
@@ -227,8 +237,10 @@ class Pipeline(FrozenConfig):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.baseline.rmu_corpora != "alternating" and self.unlearn.method != "rmu":
-            raise ValueError("baseline.rmu_corpora applies to RMU only")
+        offered = registry.get_method(self.unlearn.method).baseline_corpora
+        if self.baseline.rmu_corpora is not None and self.baseline.rmu_corpora not in offered:
+            raise ValueError(f"baseline.rmu_corpora: method '{self.unlearn.method}' runs the baseline on the subsets "
+                             f"as {' or '.join(offered)} only")
         if self.push is not None and self.push.lam is not None and self.push.lam not in self.merge.lambdas:
             raise ValueError(f"push.lambda {self.push.lam} is not one of merge.lambda {self.merge.lambdas}")
         return self
@@ -238,15 +250,9 @@ class Pipeline(FrozenConfig):
 # Loading
 
 
-def method_config_class(method: str):
-    """The settings class of an unlearning method (imported lazily: it pulls in torch)."""
-    if method == "tvn":
-        from spunge_merge.unlearn.tvn import TVNConfig
-
-        return TVNConfig
-    from spunge_merge.unlearn.rmu import RMUConfig
-
-    return RMUConfig
+def baseline_corpora(pipeline: Pipeline) -> str:
+    """How the un-split run takes the subsets: as given, else the method's default."""
+    return pipeline.baseline.rmu_corpora or registry.get_method(pipeline.unlearn.method).baseline_corpora[0]
 
 
 def _prefixed(exc: ValidationError, prefix: str, source: str) -> str:
@@ -259,7 +265,7 @@ def _prefixed(exc: ValidationError, prefix: str, source: str) -> str:
 
 def check_method_configs(pipeline: Pipeline, source: str) -> None:
     """Validate `unlearn.config`, each override and `baseline.config` against the method's settings class."""
-    cls = method_config_class(pipeline.unlearn.method)
+    cls = registry.get_method(pipeline.unlearn.method).config_class
     checks = [("unlearn.config", dict(pipeline.unlearn.config))]
     for name, changes in pipeline.unlearn.overrides.items():
         checks.append((f"unlearn.overrides.{name}", {**pipeline.unlearn.config, **changes}))

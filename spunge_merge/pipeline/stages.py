@@ -14,7 +14,7 @@ Layout of a run directory:
     split/                one file per attribute value + manifest.json (spunge split's layout)
     unlearn/<name>/       one run per subset + manifest.json (kind unlearn-runs)
     baseline/run/         the same method on the un-split union (same budget)
-    baseline/models/<l>/  full models of the baseline (per negation λ for TVN)
+    baseline/models/<l>/  full models of the baseline, one per λ (the method's `to_model`)
     merge/<label>/        merged model per merge λ (spunge, or spunge-lam<λ>)
     eval/<label>/         every evaluation of one model; eval/compare/ the comparison
     report.md             the final tables; pipeline.log the log; .spunge-state/ the records
@@ -23,7 +23,6 @@ Layout of a run directory:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,9 +37,10 @@ from spunge_merge.pipeline import evals, inputs
 from spunge_merge.pipeline.executors import LocalExecutor
 from spunge_merge.pipeline.jobs import Job, resolved_model
 from spunge_merge.pipeline.progress import RunView
-from spunge_merge.pipeline.schema import DataRef, Pipeline, method_config_class, resolve_path
+from spunge_merge.pipeline.schema import DataRef, Pipeline, baseline_corpora, resolve_path
 from spunge_merge.pipeline.state import STATE_DIR, StateStore
 from spunge_merge.provenance import fingerprint
+from spunge_merge.unlearn import registry
 
 FORMAT = 1  # bump when the layout or the meaning of a fingerprint changes
 
@@ -332,7 +332,8 @@ def _train_job(ctx: Context, key: str, label: str, forget: list[str], out: Path,
     return Job(key=key, label=label, function="spunge_merge.pipeline.jobs:train",
                kwargs={"method": section.method, "model_ref": ctx.model.ref, "model_path": str(ctx.model.path),
                        "forget": forget, "out": str(out), "config": config,
-                       "retain": [str(ctx.retain_file)] if section.retain else None, "force": force},
+                       "retain": [str(ctx.retain_file)] if section.retain else None, "force": force,
+                       "method_module": getattr(registry.get_method(section.method).train, "__module__", None)},
                cpus=section.resources.cpus, gpus=section.resources.gpus)
 
 
@@ -387,72 +388,21 @@ def stage_unlearn(ctx: Context) -> dict[str, Any]:
 # baseline
 
 
-def matched_budget(method: str, configs: dict[str, dict[str, Any]], baseline: dict[str, Any], subsets: list[Subset],
-                   retain_texts: list[str] | None, *, alternating: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The baseline's settings changed so that it takes as many optimizer steps as all split runs together.
-
-    TVN: steps = epochs × ⌈⌈rows/batch⌉/grad_accum⌉ (capped by max_steps); the baseline gets
-    `max_steps` = the split runs' total and enough epochs to reach it. RMU (the reference's
-    schedule): steps per epoch = min(max_num_batches, forget batches, retain batches), where the
-    alternating multi-corpus run counts the batches of its smallest corpus; the baseline gets
-    `max_num_batches` (and, when that is not enough, more epochs) to reach the total, within
-    epochs - 1 steps. Returns (settings, budget record). RMU's early stop can still end either arm sooner.
-    """
-    cls = method_config_class(method)
-    if method == "tvn":
-        from spunge_merge.unlearn.lm_data import optimizer_steps
-
-        per_run = {}
-        for subset in subsets:
-            cfg = cls.model_validate(configs[subset.name])
-            per_run[subset.name] = optimizer_steps(len(subset.texts), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                                   epochs=cfg.epochs, max_steps=cfg.max_steps)
-        total = sum(per_run.values())
-        cfg = cls.model_validate(baseline)
-        rows = sum(len(s.texts) for s in subsets)
-        per_epoch = optimizer_steps(rows, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, epochs=1)
-        adjusted = dict(baseline)
-        if optimizer_steps(rows, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
-                           max_steps=cfg.max_steps) != total:
-            adjusted["epochs"] = max(cfg.epochs, math.ceil(total / per_epoch))
-            adjusted["max_steps"] = total
-        planned = optimizer_steps(rows, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, epochs=adjusted.get("epochs", cfg.epochs),
-                                  max_steps=adjusted.get("max_steps", cfg.max_steps))
-    else:
-        def batches(texts: list[str], cfg) -> int:
-            return math.ceil(sum(1 for t in texts if len(t) > cfg.min_chars) / cfg.batch_size)
-
-        per_run = {}
-        for subset in subsets:
-            cfg = cls.model_validate(configs[subset.name])
-            per_run[subset.name] = min(cfg.max_num_batches, batches(list(subset.texts), cfg), batches(retain_texts, cfg)) * cfg.epochs
-        total = sum(per_run.values())
-        cfg = cls.model_validate(baseline)
-        if alternating:
-            forget_batches = min(batches(list(s.texts), cfg) for s in subsets)
-        else:
-            forget_batches = batches([t for s in subsets for t in s.texts], cfg)
-        capacity = min(forget_batches, batches(retain_texts, cfg))
-        epochs = max(cfg.epochs, math.ceil(total / capacity))
-        adjusted = {**baseline, "max_num_batches": math.ceil(total / epochs), "epochs": epochs}
-        planned = min(adjusted["max_num_batches"], capacity) * epochs
-    changes = {k: v for k, v in adjusted.items() if baseline.get(k) != v}
-    return adjusted, {"split_runs": per_run, "split_total": total, "baseline_planned": planned, "changed": changes}
-
-
 def baseline_train_work(ctx: Context, subsets: list[Subset]) -> tuple[Work, dict[str, Any]]:
-    """The un-split run: TVN on the union of the subsets, RMU alternating over them (the reference's multi-corpus run)."""
+    """The un-split run: the method on the union of the subsets, or alternating over them (one data file each)
+    where the method offers it; with `budget: matched` at the split runs' total steps (the method's `match_baseline`)."""
     section = ctx.pipeline.unlearn
+    method = registry.get_method(section.method)
+    corpora = baseline_corpora(ctx.pipeline)
     config = {**section.config, **ctx.pipeline.baseline.config}
     budget: dict[str, Any] = {"mode": ctx.pipeline.baseline.budget}
     if ctx.pipeline.baseline.budget == "matched":
-        retain_texts = None
-        if section.method == "rmu":
-            retain_texts = [row["text"] for _, row in iter_jsonl(ctx.retain_file)]
-        config, record = matched_budget(section.method, subset_configs(ctx, subsets), config, subsets, retain_texts,
-                                        alternating=ctx.pipeline.baseline.rmu_corpora == "alternating")
-        budget.update(record)
-    union_run = section.method == "tvn" or ctx.pipeline.baseline.rmu_corpora == "union"
+        retain_texts = [row["text"] for _, row in iter_jsonl(ctx.retain_file)] if section.retain else None
+        matched = method.match_baseline(subset_configs(ctx, subsets), {s.name: list(s.texts) for s in subsets}, config,
+                                        retain_texts, corpora)
+        config = dict(matched.config)
+        budget.update(matched.record)
+    union_run = corpora == "union"
     part = fingerprint(format=FORMAT, method=section.method, config=config, data=[s.sha256 for s in subsets],
                        model=ctx.model.fingerprint, retain=_retain_fp(ctx), union=union_run)
     out = ctx.baseline_dir / "run"
@@ -472,9 +422,9 @@ def baseline_train_work(ctx: Context, subsets: list[Subset]) -> tuple[Work, dict
 
 
 def baseline_lambdas(ctx: Context, config: dict[str, Any]) -> list[float | None]:
-    if ctx.pipeline.unlearn.method != "tvn":
-        return list(ctx.pipeline.baseline.lambdas or [None])
-    return list(ctx.pipeline.baseline.lambdas or [method_config_class("tvn").model_validate(config).lam])
+    """The scales the baseline is built at: as given, else the method's default (None: the run as trained)."""
+    method = registry.get_method(ctx.pipeline.unlearn.method)
+    return list(ctx.pipeline.baseline.lambdas or [method.default_lambda(method.config_class.model_validate(config))])
 
 
 def stage_baseline(ctx: Context) -> dict[str, Any]:
@@ -494,8 +444,7 @@ def stage_baseline(ctx: Context) -> dict[str, Any]:
             return Job(key=f"baseline/{label}", label=label, function="spunge_merge.pipeline.stages:build_baseline_model",
                        kwargs={"method": ctx.pipeline.unlearn.method, "model_ref": ctx.model.ref, "model_path": str(ctx.model.path),
                                "run": str(train.outputs[0]), "lam": lam, "out": str(out),
-                               "adapter_out": str(ctx.baseline_dir / "adapters" / label),
-                               "views_dir": str(ctx.baseline_dir / ".views")})
+                               "scratch": str(ctx.baseline_dir / "scratch" / label)})
 
         model_works.append(Work(stage="baseline", key=f"baseline/{label}", label=f"model {label}", parts={"model": part},
                                 outputs=[out], build=build, local=True))
@@ -516,58 +465,10 @@ def stage_baseline(ctx: Context) -> dict[str, Any]:
 
 
 def build_baseline_model(*, method: str, model_ref: str, model_path: str, run: str, lam: float | None, out: str,
-                         adapter_out: str, views_dir: str) -> dict[str, Any]:
-    """A full model directory of the baseline at scale λ, without retraining.
-
-    TVN: the trained adapter negated with λ (`negate_run` on a copy), merged into the base.
-    RMU: the run's new tensors written into the base (λ unset or 1), else base + λ·(run − base)
-    by mergekit's task arithmetic, the same scaling `merge.lambda` applies to the Spunge model.
-    """
-    base = resolved_model(model_ref, model_path)
-    if method == "rmu":
-        if lam is None or lam == 1.0:
-            from spunge_merge.unlearn.rmu import materialize
-
-            materialize(base, run, out, force=True)
-        else:
-            from spunge_merge.merge import merge_runs
-
-            merge_runs(base, [run], out, method="task_arithmetic", weight=1.0, lam=lam, force=True, views_dir=views_dir,
-                       progress=False)
-        return {"path": out, "lambda": lam}
-    from spunge_merge.unlearn.tvn import negate_run
-
-    adapter = negate_run(run, lam, out=adapter_out, force=True)
-    materialize_adapter(base, adapter, Path(out))
+                         scratch: str) -> dict[str, Any]:
+    """A full model directory of the baseline at scale λ, without retraining: the method's `to_model`."""
+    registry.get_method(method).to_model(resolved_model(model_ref, model_path), Path(run), lam, Path(out), Path(scratch))
     return {"path": out, "lambda": lam}
-
-
-def materialize_adapter(base: ResolvedModel, adapter_dir: Path, out: Path) -> Path:
-    """base + adapter as a plain model directory (peft's merge_and_unload), in the base's own dtype."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    from spunge_merge.models import load_tokenizer
-    from spunge_merge.provenance import read_provenance, write_provenance
-
-    record = read_provenance(adapter_dir) or {}
-    with atomic_output_dir(out, force=True) as tmp:
-        lm = AutoModelForCausalLM.from_pretrained(base.path, dtype="auto")
-        merged = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
-        merged.save_pretrained(tmp, safe_serialization=True)
-        load_tokenizer(base).save_pretrained(tmp)
-        try:
-            GenerationConfig.from_pretrained(base.path).save_pretrained(tmp)
-        except OSError:
-            pass  # the base has no generation_config.json
-        write_provenance(tmp, kind="materialized-model", fingerprint=fingerprint(adapter=record.get("fingerprint"),
-                                                                               lam=(record.get("result") or {}).get("lambda"),
-                                                                               base=base.fingerprint),
-                         method="tvn", base_model=base.describe(), config=record.get("config"),
-                         run={"path": str(adapter_dir), "fingerprint": record.get("fingerprint")},
-                         data=record.get("data"), attribute=record.get("attribute"),
-                         result={k: v for k, v in (record.get("result") or {}).items() if k != "losses"})
-    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Unlearning methods, one module each, registered by name in `base.METHODS`."""
+"""Unlearning methods, one module each, declared through `registry` (the method contract)."""

@@ -1,5 +1,5 @@
-"""What every unlearning method shares: a registry, devices and dtypes, seeding, and the
-per-subset fan-out with resume.
+"""What every unlearning method shares: devices and dtypes, seeding, and the per-subset fan-out
+with resume. (Methods are declared in `registry`.)
 
 A method turns (base model, forget subset, settings) into a run directory holding its
 result and a `spunge.json`. `run_subsets` calls it once per subset of a split directory,
@@ -9,7 +9,6 @@ always from the same base model, skipping runs that are already complete, and wr
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,31 +22,6 @@ from spunge_merge.fsutil import atomic_output_dir, is_nonempty_dir, read_json, w
 from spunge_merge.provenance import is_complete, read_provenance
 
 RUNS_MANIFEST = "manifest.json"
-METHODS: dict[str, Any] = {}
-
-
-def register_method(name: str):
-    """Class decorator: make a method available by name (`spunge unlearn NAME`, pipelines)."""
-
-    def decorate(cls):
-        METHODS[name] = cls
-        cls.name = name
-        return cls
-
-    return decorate
-
-
-BUILTIN_METHODS = ("tvn", "rmu")
-
-
-def get_method(name: str):
-    """The registered method class; built-in methods are imported on first use (they pull in torch)."""
-    if name not in METHODS and name in BUILTIN_METHODS:
-        importlib.import_module(f"spunge_merge.unlearn.{name}")
-    if name not in METHODS:
-        available = sorted(set(METHODS) | set(BUILTIN_METHODS))
-        raise SpungeError(f"unknown unlearning method '{name}' (available: {', '.join(available)})")
-    return METHODS[name]
 
 
 def pick_device(spec: str = "auto"):

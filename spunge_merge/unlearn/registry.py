@@ -12,7 +12,8 @@ first use (they pull in torch). A third-party or test method registers itself th
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+import importlib.util
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 OutputKind = Literal["peft-adapter", "tensor-delta", "full-checkpoint"]
 RetainNeed = Literal["required", "optional", "none"]
 
-BUILTIN_METHODS = ("tvn", "rmu")
+# Built-in methods: `spunge_merge/unlearn/<name>.py`, imported on first use. A name whose module is not
+# in this installation is left out, so a method lands by adding its module (and its name here).
+BUILTIN_METHODS = ("tvn", "rmu", "ga", "graddiff", "npo", "simnpo")
 
 
 @dataclass(frozen=True)
@@ -46,18 +49,23 @@ class TrainRequest:
     model: ResolvedModel
     forget: Sequence[Path]
     out: Path
-    config: FrozenConfig
+    config: FrozenConfig | Mapping[str, Any]  # a mapping is validated by the method's config_class
     retain: Sequence[Path] = ()
     text_column: str | None = None
+    retain_text_column: str | None = None
     force: bool = False
     progress: bool = True
 
 
 @dataclass(frozen=True)
 class BaselineBudget:
-    """The un-split run's settings, changed so that it takes as many optimizer steps as all split runs."""
+    """The un-split run's settings, changed so that it takes as many optimizer steps as all split runs.
 
-    config: FrozenConfig
+    `config` is a mapping of `config_class` keys (the pipeline fingerprints and ships it to a job as
+    is): the baseline's settings as given, with the changes the budget needs.
+    """
+
+    config: dict[str, Any]
     record: dict[str, Any]  # split_runs, split_total, baseline_planned, changed (shown in report.md)
 
 
@@ -65,16 +73,28 @@ class BaselineBudget:
 class UnlearningMethod:
     """Everything the rest of spunge may know about a method.
 
+    - `name`: what `spunge unlearn NAME` and a pipeline's `unlearn.method` call it.
+    - `summary`: one line, shown by `spunge unlearn --help`.
+    - `description`: the model card's paragraph on the method (markdown, with its reference).
     - `config_class`: frozen pydantic settings; each field's `description` is the CLI help and the
-      docs table, its constraints the one definition of the valid range.
+      docs table, its constraints the one definition of the valid range. It has a `seed: int` field.
+    - `retain`: whether a run needs retain data ("required"), may use it ("optional") or takes none.
     - `output_kind(config)`: the kind of run directory `train` writes with these settings.
-    - `train(request)`: the runs, through `unlearn.base.execute_run`/`run_subsets` (resumable, atomic).
-    - `planned_steps(config, forget_rows, retain_rows)`: optimizer steps a run will take.
-    - `match_baseline(split_configs, split_rows, baseline, retain_rows, corpora)`: settings for the
-      un-split run at the split runs' total step budget (`corpora`: "union" or "alternating").
+    - `train(request)`: the runs, through `unlearn.base.execute_run`/`run_subsets` (resumable, atomic);
+      returns their `RunOutcome`s. `request.config` may be a mapping: validate it with `config_class`.
+    - `planned_steps(config, forget_texts, retain_texts)`: optimizer steps one run will take (texts,
+      not counts: a method may drop some, e.g. RMU's `min_chars`).
+    - `match_baseline(split_configs, split_texts, baseline, retain_texts, corpora)`: settings for the
+      un-split run at the split runs' total step budget. `split_configs` and `split_texts` are keyed by
+      subset name (settings as mappings); `baseline` is the un-split run's settings as given (a
+      mapping); `corpora` is one of `baseline_corpora`.
     - `to_model(base, run, lam, out, scratch)`: a full model directory from one run at scale λ
-      (None: the run's own); `scratch` is a private folder for intermediate files.
-    - `default_lambda(config)`: the scale a run is applied at when none is given.
+      (None: the run's own); `scratch` is a private folder for intermediate files. `unlearn.outputs`
+      has one for each output kind.
+    - `default_lambda(config)`: the scale a run is applied at when none is given (None: the run's own).
+    - `baseline_corpora`: how the un-split run may take the subsets: "union" (one corpus of all texts,
+      one data file) or "alternating" (one corpus per subset, several data files in one `train`);
+      the first is the default.
     """
 
     name: str
@@ -84,7 +104,7 @@ class UnlearningMethod:
     retain: RetainNeed
     output_kind: Callable[[Any], OutputKind]
     train: Callable[[TrainRequest], list[Any]]
-    planned_steps: Callable[[Any, int, int | None], int]
+    planned_steps: Callable[[Any, Sequence[str], Sequence[str] | None], int]
     match_baseline: Callable[..., BaselineBudget]
     to_model: Callable[[ResolvedModel, Path, float | None, Path, Path], Path]
     default_lambda: Callable[[Any], float | None] = lambda config: None  # noqa: E731 - a default, not a definition
@@ -118,7 +138,7 @@ def unregister(name: str) -> None:
 
 def get_method(name: str) -> UnlearningMethod:
     """The registered method; a built-in one is imported on first use."""
-    if name not in _REGISTRY and name in BUILTIN_METHODS:
+    if name not in _REGISTRY and name in _builtin_names():
         importlib.import_module(f"spunge_merge.unlearn.{name}")
     if name not in _REGISTRY:
         raise SpungeError(f"unknown unlearning method '{name}' (available: {', '.join(method_names())})")
@@ -127,7 +147,11 @@ def get_method(name: str) -> UnlearningMethod:
 
 def method_names() -> list[str]:
     """Every method spunge knows: the built-in ones and any registered since."""
-    return sorted(set(BUILTIN_METHODS) | set(_REGISTRY))
+    return sorted(set(_builtin_names()) | set(_REGISTRY))
+
+
+def _builtin_names() -> list[str]:
+    return [name for name in BUILTIN_METHODS if importlib.util.find_spec(f"spunge_merge.unlearn.{name}") is not None]
 
 
 def all_methods() -> list[UnlearningMethod]:

@@ -37,20 +37,21 @@ from pydantic import Field, field_validator, model_validator
 from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, link_or_copy
 from spunge_merge.merge.tensorfiles import weight_files
 from spunge_merge.models import ResolvedModel, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
+from spunge_merge.unlearn import registry
 from spunge_merge.unlearn.base import (
     RunOutcome,
     execute_run,
     pick_device,
     pick_dtype,
-    register_method,
     run_subsets,
     seed_everything,
 )
+from spunge_merge.unlearn.outputs import delta_to_model
 from spunge_merge.unlearn.partial_model import load_partial_decoder, model_depth
+from spunge_merge.unlearn.registry import BaselineBudget, TrainRequest, UnlearningMethod
 
 DELTA_FILE = "delta.safetensors"
 RUN_KIND = "rmu-delta"
@@ -103,20 +104,21 @@ class RMUConfig(FrozenConfig):
     steering_coeff: float | str | list[float | str] = Field(
         6.5, description="c: a number, or auto[:β] = β × mean layer-ℓ norm on forget data; one per forget corpus allowed.")
     alpha: float | list[float] = Field(1200.0, description="Retain weight α; one per forget corpus allowed (paper 1200, script 100).")
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(4, ge=1)
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate (betas 0.9/0.999, eps 1e-6, no weight decay, as the "
+                                              "reference's transformers.AdamW); paper and reference: 5e-5.")
+    batch_size: int = Field(4, ge=1, description="Texts per forget batch and per retain batch.")
     max_num_batches: int = Field(150, ge=1, description="Steps per epoch at most (WMDP README 150, script default 80).")
     forget_max_length: int | list[int] = Field(512, description="Forget truncation in tokens; one per forget corpus allowed.")
-    retain_max_length: int = Field(512, ge=1)
+    retain_max_length: int = Field(512, ge=1, description="Retain truncation in tokens.")
     min_chars: int = Field(0, ge=0, description="Drop texts of at most this many characters (reference --min_len, default 0).")
     epochs: int = Field(1, ge=1, description="Passes over the batches (reference 1; the Spunge paper's variant 2).")
     early_stop_cosine: float | None = Field(
         None, gt=-1.0, lt=1.0, description="Stop when the forget-batch cosine to initial activations drops below this (paper C.1: 0.5).")
     early_stop_window: int = Field(1, ge=1, description="Compare the mean cosine of the last N forget batches (1: the paper's rule).")
     mask_padding: bool = Field(False, description="Exclude padding tokens from both losses (open-unlearning's port).")
-    seed: int = 42
-    device: str = "auto"
-    dtype: str = "auto"
+    seed: int = Field(42, description="Seed of the control vector(s) and everything else (reference: 42).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    dtype: str = Field("auto", description="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
     cache_prefix: bool = Field(False, description="Keep frozen-prefix activations across epochs (memory for speed).")
 
     @field_validator("steering_coeff")
@@ -763,18 +765,12 @@ def train_rmu(model: str | Path | ResolvedModel, forget: str | Path | Sequence[s
 # ----------------------------------------------------------------------------------------------
 # Base + delta → full model directory
 
-_SKIPPED_FILES = (".bin", ".pt", ".pth", ".gguf", ".ckpt", ".msgpack", ".h5")
-
-
 def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """A full HF model directory: `base` with the tensors of `run_dir/delta.safetensors` replaced.
 
     Shards holding no updated tensor are hard-linked (or copied); the others are rewritten.
     `base` None means the base model named in the run's spunge.json.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     run_dir = Path(run_dir)
     record = read_provenance(run_dir)
     if record is None or not (run_dir / DELTA_FILE).is_file():
@@ -789,47 +785,65 @@ def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, ou
         if not base:
             raise SpungeError(f"{run_dir}/spunge.json names no base model; pass --model")
     resolved = base if isinstance(base, ResolvedModel) else resolve_model(base)
-    expected = (record.get("base_model") or {}).get("fingerprint")
-    if expected and expected != resolved.fingerprint:
-        raise SpungeError(f"{run_dir} was trained on a different base model than {resolved.ref} (fingerprint mismatch); "
-                          "pass the base model it was trained on")
-    delta = load_file(str(run_dir / DELTA_FILE))
-    index = weight_files(resolved.path)
-    unknown = sorted(set(delta) - set(index))
-    if unknown:
-        raise SpungeError(f"{run_dir}/{DELTA_FILE}: tensor {unknown[0]} is not in {resolved.ref}")
-    touched = {index[name] for name in delta}
-    out = Path(out)
-    with atomic_output_dir(out, force=force) as tmp:
-        for item in sorted(resolved.path.iterdir()):
-            if not item.is_file() or item.name.startswith("spunge") or item.suffix in _SKIPPED_FILES:
-                continue
-            if item not in touched:
-                link_or_copy(item, tmp / item.name)
-                continue
-            with safe_open(item, framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-            for name, value in delta.items():
-                if index[name] == item:
-                    if tuple(value.shape) != tuple(tensors[name].shape):
-                        raise SpungeError(f"{DELTA_FILE}: {name} has shape {tuple(value.shape)}, the base has {tuple(tensors[name].shape)}")
-                    tensors[name] = value.to(tensors[name].dtype)
-            save_file(tensors, str(tmp / item.name), metadata={**metadata, "format": metadata.get("format", "pt")})
-        write_provenance(tmp, kind="materialized-model", fingerprint=fingerprint(run=record.get("fingerprint"), base=resolved.fingerprint),
-                         method="rmu", base_model=resolved.describe(), config=record.get("config"),
-                         run={"path": str(run_dir), "fingerprint": record.get("fingerprint"), "attribute": record.get("attribute"),
-                              "updated_tensors": sorted(delta)},
-                         data=record.get("data"), attribute=record.get("attribute"),
-                         result={k: v for k, v in record.get("result", {}).items() if k != "history"})
-    return out
+    return delta_to_model(resolved, run_dir, None, Path(out), force=force)
 
 
-@register_method("rmu")
-class RMU:
-    """Registry entry: `get_method("rmu").train(...)` is `train_rmu`, `.materialize` builds a full model."""
+# ----------------------------------------------------------------------------------------------
+# The method's record: what the CLI, the pipeline, the baseline and the model card know of RMU.
 
-    config_class = RMUConfig
-    kind = RUN_KIND
-    train = staticmethod(train_rmu)
-    materialize = staticmethod(materialize)
+
+def _train_request(request: TrainRequest) -> list[RunOutcome]:
+    forget = request.forget[0] if len(request.forget) == 1 else list(request.forget)
+    return train_rmu(request.model, forget, list(request.retain), request.out, request.config, text_column=request.text_column,
+                     retain_text_column=request.retain_text_column, force=request.force, progress=request.progress)
+
+
+def _batches(texts: Sequence[str], config: RMUConfig) -> int:
+    return math.ceil(sum(1 for t in texts if len(t) > config.min_chars) / config.batch_size)
+
+
+def planned_steps(config: RMUConfig, forget_texts: Sequence[str], retain_texts: Sequence[str] | None) -> int:
+    """The reference's schedule: min(max_num_batches, forget batches, retain batches) per epoch."""
+    return min(config.max_num_batches, _batches(forget_texts, config), _batches(retain_texts or [], config)) * config.epochs
+
+
+def match_baseline(split_configs: Mapping[str, Mapping[str, Any]], split_texts: Mapping[str, Sequence[str]],
+                   baseline: Mapping[str, Any], retain_texts: Sequence[str] | None, corpora: str) -> BaselineBudget:
+    """The baseline gets `max_num_batches` (and, when that is not enough, more epochs) to reach the split runs'
+    total, within epochs − 1 steps. The alternating multi-corpus run counts the batches of its smallest corpus.
+    Early stopping can still end either arm sooner."""
+    per_run = {name: planned_steps(RMUConfig.model_validate(split_configs[name]), texts, retain_texts)
+               for name, texts in split_texts.items()}
+    total = sum(per_run.values())
+    cfg = RMUConfig.model_validate(baseline)
+    if corpora == "alternating":
+        forget_batches = min(_batches(texts, cfg) for texts in split_texts.values())
+    else:
+        forget_batches = _batches([t for texts in split_texts.values() for t in texts], cfg)
+    capacity = min(forget_batches, _batches(retain_texts or [], cfg))
+    epochs = max(cfg.epochs, math.ceil(total / capacity))
+    adjusted = {**baseline, "max_num_batches": math.ceil(total / epochs), "epochs": epochs}
+    planned = min(adjusted["max_num_batches"], capacity) * epochs
+    changes = {k: v for k, v in adjusted.items() if baseline.get(k) != v}
+    return BaselineBudget(config=adjusted, record={"split_runs": per_run, "split_total": total, "baseline_planned": planned,
+                                                   "changed": changes})
+
+
+registry.register(UnlearningMethod(
+    name="rmu",
+    summary="Representation misdirection: steer a layer's activations on forget text to a random vector, keep retain text's.",
+    description=(
+        "**Representation misdirection for unlearning (RMU)**: the MLP weights of a few layers are updated so that "
+        "the hidden states on the subset's text are pushed towards a fixed random direction (scaled by a steering "
+        "coefficient), while a retain loss keeps the hidden states on benign text close to the base model's "
+        "(Li et al., 2024, WMDP)."
+    ),
+    config_class=RMUConfig,
+    retain="required",
+    output_kind=lambda config: "tensor-delta",
+    train=_train_request,
+    planned_steps=planned_steps,
+    match_baseline=match_baseline,
+    to_model=delta_to_model,
+    baseline_corpora=("alternating", "union"),
+))

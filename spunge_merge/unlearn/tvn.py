@@ -11,6 +11,7 @@ retraining.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, link_or_copy, write_json
 from spunge_merge.models import ALIASES, ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
 from spunge_merge.provenance import PROVENANCE_FILE, fingerprint, is_complete, read_provenance, write_provenance
-from spunge_merge.unlearn import lm_data
+from spunge_merge.unlearn import budget, lm_data, registry
 from spunge_merge.unlearn.base import (
     RUNS_MANIFEST,
     RunOutcome,
@@ -37,10 +38,11 @@ from spunge_merge.unlearn.base import (
     list_runs,
     pick_device,
     pick_dtype,
-    register_method,
     run_subsets,
     seed_everything,
 )
+from spunge_merge.unlearn.outputs import apply_adapter
+from spunge_merge.unlearn.registry import TrainRequest, UnlearningMethod
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,14 @@ _NOT_IN_FINGERPRINT = frozenset({"lam", "eval_samples", "device", "dtype"})
 class TVNConfig(FrozenConfig):
     """TVN hyperparameters; defaults follow the paper (Kadhe et al. 2024) where it gives a value."""
 
-    rank: int = Field(16, ge=1, description="LoRA rank r (paper: 16).")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha; the update is scaled by alpha/r (paper: 16).")
-    lora_dropout: float = Field(0.01, ge=0.0, lt=1.0, description="Dropout on the LoRA input (paper: 0.01).")
+    rank: int = Field(16, ge=1, description="LoRA rank r. Paper: 16.", json_schema_extra={"cli_flags": ["--rank", "-r"]})
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha; the update is scaled by alpha/r. Paper: 16.")
+    lora_dropout: float = Field(0.01, ge=0.0, lt=1.0, description="Dropout on the LoRA input. Paper: 0.01.")
     target_modules: list[str] | Literal["all-linear"] | None = Field(
-        None, description="Module names to adapt; None = peft's default for the architecture (q_proj, v_proj for Llama).")
-    lr: float = Field(2e-5, gt=0.0, description="AdamW learning rate (paper: 2e-5 on the whole set, 1e-4 on split subsets).")
-    epochs: int = Field(1, ge=1, description="Passes over the forget texts (paper: 1).")
+        None, description="Module names to adapt (q_proj,v_proj), or all-linear; unset = peft's default for the architecture "
+                          "(q_proj, v_proj for Llama).")
+    lr: float = Field(2e-5, gt=0.0, description="AdamW learning rate. Paper: 2e-5 on the whole set, 1e-4 on split subsets.")
+    epochs: int = Field(1, ge=1, description="Passes over the forget texts. Paper: 1.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (None = all epochs).")
     batch_size: int = Field(8, ge=1, description="Texts per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -73,7 +76,8 @@ class TVNConfig(FrozenConfig):
         "cosine", description="Learning-rate schedule (transformers.get_scheduler).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the LoRA weights.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping norm (None = no clipping).")
-    lam: float = Field(1.0, ge=0.0, description="λ: how much of the task vector is subtracted (paper: 1.0).")
+    lam: float = Field(1.0, ge=0.0, description="λ in θ_u = θ_init − λ·(alpha/r)·B·A: how much of the task vector is subtracted; "
+                       "change it later with `spunge negate`. Paper: 1.0.", json_schema_extra={"cli_flags": ["--lambda"]})
     seed: int = Field(42, description="Seed for LoRA init, dropout and shuffling.")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
     dtype: str = Field("auto", description="Base model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
@@ -469,11 +473,38 @@ def train_tvn(
     return [run_one(subsets[0], out)]
 
 
-@register_method(METHOD)
-class TVN:
-    """Registry entry: `get_method("tvn").train(...)` is `train_tvn`; `.negate` changes λ afterwards."""
+# --------------------------------------------------------------------------------------------
+# The method's record: what the CLI, the pipeline, the baseline and the model card know of TVN.
 
-    config_class = TVNConfig
-    kind = KIND
-    train = staticmethod(train_tvn)
-    negate = staticmethod(negate_output)
+
+def _train_request(request: TrainRequest) -> list[RunOutcome]:
+    if len(request.forget) != 1:
+        raise SpungeError(f"TVN takes one forget data file or split directory, got {len(request.forget)}")
+    return train_tvn(request.model, request.forget[0], request.out, request.config, text_column=request.text_column,
+                     force=request.force, progress=request.progress)
+
+
+def run_to_model(base: ResolvedModel, run: Path, lam: float | None, out: Path, scratch: Path) -> Path:
+    """The trained adapter negated at λ (a copy in `scratch`; None: as the run holds it), merged into the base."""
+    adapter = Path(run) if lam is None else negate_run(run, lam, out=scratch, force=True)
+    return apply_adapter(base, adapter, Path(out))
+
+
+registry.register(UnlearningMethod(
+    name=METHOD,
+    summary="Task vector negation: fine-tune a LoRA adapter on the forget text, then subtract it (× λ).",
+    description=(
+        "**Task vector negation (TVN)**: a LoRA adapter is fine-tuned on the subset's text (learning to produce it), "
+        "then the adapter is negated (its update scaled by −λ) and added to the base model, which moves the model "
+        "away from that behaviour (Ilharco et al., 2023)."
+    ),
+    config_class=TVNConfig,
+    retain="none",
+    output_kind=lambda config: "peft-adapter",
+    train=_train_request,
+    planned_steps=budget.planned_steps,
+    match_baseline=functools.partial(budget.match_steps, TVNConfig),
+    to_model=run_to_model,
+    default_lambda=lambda config: config.lam,
+    baseline_corpora=("union",),
+))
