@@ -115,14 +115,71 @@ def test_aggregate_means_and_differences_equal_the_seeds_own_results(seeded_run)
         assert entry["resampled"] == "seeds and items"
         assert entry["reading"] == ("level" if entry["low"] <= 0 <= entry["high"] else entry["reading"])
     assert differences["retain PPL"]["resampled"] == "seeds"
+    assert differences["retain PPL"]["mean"] == pytest.approx(np.mean(
+        [result(s, "spunge", "perplexity.json")["perplexity"] - result(s, "baseline", "perplexity.json")["perplexity"]
+         for s in SEEDS]))
     text = (run_dir / "report.md").read_text()
     assert "over 2 seeds" in text and report["verdict"] in text
+
+
+def test_fact_level_differences_are_paired_and_resampled_within_domains(seeded_run, tmp_path):
+    """The tiny model knows no fact; give the two arms known verdicts per fact and recompute the aggregate."""
+    import shutil
+
+    from spunge_merge.pipeline import load_pipeline
+    from spunge_merge.pipeline.seeds import aggregate_seeds
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(seeded_run["run_dir"], run_dir)
+    verdicts = {  # seed -> label -> domain -> per-fact correct (same facts, same order in both arms)
+        0: {"spunge": {"alpha": [0, 0], "beta": [0, 1], "delta": [1, 1]}, "baseline": {"alpha": [1, 0], "beta": [1, 1], "delta": [1, 0]}},
+        1: {"spunge": {"alpha": [0, 1], "beta": [0, 0], "delta": [1, 0]}, "baseline": {"alpha": [1, 1], "beta": [0, 1], "delta": [0, 0]}},
+    }
+    for seed, labels in verdicts.items():
+        for label, domains in labels.items():
+            eval_dir = run_dir / "seeds" / str(seed) / "eval" / label
+            rows = [json.loads(line) for line in (eval_dir / "knowledge.jsonl").read_text().splitlines()]
+            position = {d: 0 for d in domains}
+            for row in rows:
+                row["correct"] = bool(domains[row["domain"]][position[row["domain"]]])
+                position[row["domain"]] += 1
+            write_jsonl(eval_dir / "knowledge.jsonl", rows)
+            result = json.loads((eval_dir / "knowledge.json").read_text())
+            for domain, flags in domains.items():
+                result["domains"][domain].update(correct=sum(flags), accuracy=sum(flags) / len(flags))
+            (eval_dir / "knowledge.json").write_text(json.dumps(result))
+    content = aggregate_seeds(run_dir, load_pipeline(seeded_run["pipeline"]), SEEDS, seconds=0.0, ran=[])
+    differences = {d["figure"]: d for d in content["differences"]}
+    forget_gaps = {s: {d: [100.0 * (a - b) for a, b in zip(verdicts[s]["spunge"][d], verdicts[s]["baseline"][d], strict=True)]
+                       for d in ("alpha", "beta")} for s in SEEDS}
+    expected = np.mean([np.mean([np.mean(g) for g in forget_gaps[s].values()]) for s in SEEDS])
+    assert expected == pytest.approx(-50.0) and differences["forget avg"]["mean"] == pytest.approx(expected)
+    again = hierarchical_bootstrap([forget_gaps[s] for s in SEEDS], n=2000, seed=0)
+    assert (differences["forget avg"]["low"], differences["forget avg"]["high"]) == pytest.approx((again["low"], again["high"]))
+    assert differences["knowledge: delta"]["mean"] == pytest.approx(np.mean([50.0, 50.0]))
+    assert content["models"]["spunge"]["keep avg"]["values"] == {"0": 100.0, "1": 50.0}
+    assert differences["forget avg"]["reading"] == ("helps" if differences["forget avg"]["high"] < 0 else "level")
 
 
 def test_a_second_run_does_nothing(seeded_run):
     summary = run_pipeline(seeded_run["pipeline"], run_dir=seeded_run["run_dir"], live=False)
     assert summary.ran == [] and summary.jobs == []
     assert json.loads((seeded_run["run_dir"] / "report.json").read_text())["stages_run"] == []
+
+
+def test_the_demo_prints_the_seed_table_the_headline_differences_and_the_verdict(seeded_run):
+    from spunge_merge.demo import demo_text
+
+    report = json.loads((seeded_run["run_dir"] / "report.json").read_text())
+    text = demo_text(report, report="REPORT")
+    forget = next(d for d in report["differences"] if d["figure"] == "forget avg")
+    row = next(line for line in text.splitlines() if line.startswith("| forget avg |"))
+    assert f"{forget['low']:+.1f} to {forget['high']:+.1f}".replace("-", "−") in row and forget["reading"] in row
+    assert "| keep avg |" in text and "| retain PPL |" not in text  # the demo shows the two knowledge averages
+    assert report["verdict"] in text and "REPORT" in text
+    for label in ("base", "baseline", "spunge"):
+        assert any(line.startswith(f"| {label} |") for line in text.splitlines())
+    assert demo_text({}) == ""
 
 
 @pytest.mark.parametrize("seeds, message", [([], "give at least one seed"), ([1, 1], "seed 1 is listed twice"),
