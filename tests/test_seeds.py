@@ -174,7 +174,10 @@ def test_the_demo_prints_the_seed_table_the_headline_differences_and_the_verdict
     text = demo_text(report, report="REPORT")
     forget = next(d for d in report["differences"] if d["figure"] == "forget avg")
     row = next(line for line in text.splitlines() if line.startswith("| forget avg |"))
-    assert f"{forget['low']:+.1f} to {forget['high']:+.1f}".replace("-", "−") in row and forget["reading"] in row
+    def shown(value):  # a difference to 0.1 point, signed unless it rounds to 0
+        return "0.0" if round(value, 1) == 0 else f"{value:+.1f}".replace("-", "−")
+
+    assert f"{shown(forget['low'])} to {shown(forget['high'])}" in row and forget["reading"] in row
     assert "| keep avg |" in text and "| retain PPL |" not in text  # the demo shows the two knowledge averages
     assert report["verdict"] in text and "REPORT" in text
     for label in ("base", "baseline", "spunge"):

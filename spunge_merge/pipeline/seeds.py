@@ -297,11 +297,14 @@ def paired_differences(spunge: tuple[float, dict | None], baseline: tuple[float,
     return [a - b], "seeds"
 
 
+TIE = 1e-9  # differences this close to 0 are 0 (float noise of averaging equal verdicts)
+
+
 def verdict_word(low: float, high: float, better: str) -> str:
     """helps / hurts when the whole interval lies on one side of 0, else level."""
-    if low > 0:
+    if low > TIE:
         return "helps" if better == "higher" else "hurts"
-    if high < 0:
+    if high < -TIE:
         return "helps" if better == "lower" else "hurts"
     return "level"
 
@@ -367,10 +370,12 @@ PHRASES = {  # figure: (helps, hurts, level)
 
 
 def number(value: float, unit: str, *, signed: bool = False) -> str:
-    text = f"{value:+.1f}" if signed else (f"{value:.0f}" if unit == "%" else f"{value:.2f}")
-    if signed and unit != "%":
-        text = f"{value:+.2f}"
-    return text.replace("-", "−")
+    """Percentages as whole numbers (differences to 0.1 point), other figures to 0.01; a signed 0 is plain 0."""
+    digits = (1 if signed else 0) if unit == "%" else 2
+    value = round(value, digits) + 0.0  # + 0.0 turns −0.0 into 0.0
+    if signed and value != 0:
+        return f"{value:+.{digits}f}".replace("-", "−")
+    return f"{value:.{digits}f}".replace("-", "−")
 
 
 def difference_text(entry: dict[str, Any]) -> str:
