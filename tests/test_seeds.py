@@ -185,6 +185,18 @@ def test_the_demo_prints_the_seed_table_the_headline_differences_and_the_verdict
     assert demo_text({}) == ""
 
 
+def test_adding_a_seed_runs_only_that_seed(seeded_run, workspace, tmp_path):  # noqa: F811
+    import shutil
+
+    run_dir = tmp_path / "moved"
+    shutil.copytree(seeded_run["run_dir"], run_dir)  # a moved run directory stays resumable
+    summary = run_pipeline(seeded_pipeline(workspace["root"], [*SEEDS, 5]), run_dir=run_dir, live=False)
+    assert all(summary.per_seed[s].ran == [] for s in SEEDS)
+    assert summary.per_seed[5].ran == ["unlearn", "baseline", "merge", "eval"] and "eval/base" not in summary.per_seed[5].jobs
+    assert json.loads((run_dir / "report.json").read_text())["seeds"] == [*SEEDS, 5]
+    assert json.loads((run_dir / "seeds" / "5" / "unlearn" / "alpha" / "spunge.json").read_text())["config"]["seed"] == 5
+
+
 @pytest.mark.parametrize("seeds, message", [([], "give at least one seed"), ([1, 1], "seed 1 is listed twice"),
                                             ([0, 1.5], "seeds.1"), (["a"], "seeds.0"), ("0", "seeds")])
 def test_a_bad_seeds_value_is_one_line_naming_seeds_and_writes_nothing(workspace, tmp_path, seeds, message):  # noqa: F811
