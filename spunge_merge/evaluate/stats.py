@@ -1,4 +1,5 @@
-"""Rates with honest error bars: a toxicity percentage of 20 generations means little without one.
+"""Rates and differences with honest error bars: a toxicity percentage of 20 generations, or one
+training seed's advantage, means little without one.
 
 The Wilson score interval is used because, unlike the normal approximation, it stays inside
 [0, 1] and keeps sensible coverage at small n and at rates near 0 % or 100 %, which is where
@@ -8,6 +9,8 @@ unlearned models land.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 Z_95 = 1.959963984540054  # two-sided 95 % quantile of the standard normal
 
@@ -35,3 +38,77 @@ def rate_summary(successes: int, n: int) -> dict:
         "pct": round(100.0 * successes / n, 4) if n else None,
         "ci95": [round(100.0 * low, 4), round(100.0 * high, 4)],
     }
+
+
+def hierarchical_bootstrap(
+    diffs_by_seed: Sequence[Sequence[float] | Mapping[str, Sequence[float]]],
+    *,
+    n: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Mean of per-seed paired differences with a percentile interval that counts both sources of noise.
+
+    A run's figure moves with its training seed *and* with the prompts it happened to be scored on;
+    resampling only the prompts hides the first, averaging only the seeds hides the second. Each
+    replicate draws the seeds with replacement, then, independently for every drawn seed, that seed's
+    items (paired differences, one per prompt or fact) with replacement, and averages.
+
+    `diffs_by_seed[i]` is seed i's differences: a flat sequence (the seed's value is their mean), or
+    a mapping stratum → differences (each stratum resampled within itself; the seed's value is the
+    unweighted mean of the stratum means, a macro average such as "accuracy averaged over domains").
+    A seed with one item contributes a fixed value (a figure without per-item data).
+
+    Reproducible for a fixed `seed`. With a single seed no seed draw is made, so the interval is the
+    plain paired bootstrap `rng.integers(0, m, size=(n, m))` of numpy's `default_rng(seed)`.
+    Returns `{mean, low, high, n_seeds, items, resamples, confidence, seed}`.
+    """
+    import numpy as np
+
+    if not diffs_by_seed:
+        raise ValueError("no seeds to bootstrap")
+    if n < 1:
+        raise ValueError(f"n={n}: need at least one resample")
+    seeds = [_strata(entry, index) for index, entry in enumerate(diffs_by_seed)]
+    values = np.array([np.mean([stratum.mean() for stratum in strata]) for strata in seeds])
+    rng = np.random.default_rng(seed)
+    k = len(seeds)
+    if k == 1:
+        replicate = _resampled_values(seeds[0], n, rng)
+    else:
+        picks = rng.integers(0, k, size=(n, k))
+        draws = np.zeros((n, k))
+        for position in range(k):
+            for index, strata in enumerate(seeds):
+                rows = np.flatnonzero(picks[:, position] == index)
+                if rows.size:
+                    draws[rows, position] = _resampled_values(strata, rows.size, rng)
+        replicate = draws.mean(axis=1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(replicate, [tail, 100.0 - tail])
+    return {"mean": float(values.mean()), "low": float(low), "high": float(high), "n_seeds": k,
+            "items": [int(sum(s.size for s in strata)) for strata in seeds], "resamples": n, "confidence": confidence,
+            "seed": seed}
+
+
+def _strata(entry: Sequence[float] | Mapping[str, Sequence[float]], index: int) -> list:
+    import numpy as np
+
+    groups = list(entry.values()) if isinstance(entry, Mapping) else [entry]
+    arrays = [np.asarray(group, dtype=float) for group in groups]
+    if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
+        raise ValueError(f"seed {index}: every stratum needs at least one difference")
+    return arrays
+
+
+def _resampled_values(strata: list, count: int, rng) -> Any:
+    """`count` bootstrap values of one seed: each stratum's items resampled, stratum means averaged."""
+    import numpy as np
+
+    total = np.zeros(count)
+    for stratum in strata:
+        if stratum.size == 1:
+            total += stratum[0]
+        else:
+            total += stratum[rng.integers(0, stratum.size, size=(count, stratum.size))].mean(axis=1)
+    return total / len(strata)

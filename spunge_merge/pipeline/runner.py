@@ -91,6 +91,11 @@ def run_pipeline(
         raise SpungeError("--only baseline: the baseline is disabled in this pipeline (baseline.enabled: false)")
     if only == "push" and pipeline.push is None:
         raise SpungeError("--only push: this pipeline has no push section")
+    if pipeline.seeds is not None:  # one run per seed, then the aggregate: pipeline/seeds.py
+        from spunge_merge.pipeline.seeds import run_seeds
+
+        return run_seeds(pipeline_file, pipeline, run_dir=run_dir, only=only, force=force, executor=executor,
+                         ray_address=ray_address, live=live, console=console, overrides=overrides)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(pipeline)
     executor_name = executor or pipeline.executor
     started = time.perf_counter()

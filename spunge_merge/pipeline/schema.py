@@ -14,9 +14,9 @@ is kept as written.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
 from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml
 from spunge_merge.data.discovery.spec import ClassifierBy, ClusterBy, build_by
@@ -234,6 +234,18 @@ class Pipeline(FrozenConfig):
     baseline: BaselineSection = Field(default_factory=BaselineSection)
     eval: EvalSection
     push: PushSection | None = None
+    seeds: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(
+        None, description="Run every arm once per seed (unlearning seeds set to each) into run_dir/seeds/<seed>/, and "
+                          "report means, spreads and Spunge − baseline intervals over seeds and prompts (see docs/seeds.md).")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and not value:
+            raise ValueError("give at least one seed, or leave `seeds` out for a single run")
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"seed {next(s for s in value if value.count(s) > 1)} is listed twice")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self):
