@@ -39,7 +39,7 @@ from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, link_or_copy
 from spunge_merge.merge.tensorfiles import weight_files
-from spunge_merge.models import ResolvedModel, load_tokenizer, resolve_model
+from spunge_merge.models import ResolvedModel, check_safetensors, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
 from spunge_merge.unlearn.base import (
     RunOutcome,
@@ -793,6 +793,7 @@ def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, ou
     if expected and expected != resolved.fingerprint:
         raise SpungeError(f"{run_dir} was trained on a different base model than {resolved.ref} (fingerprint mismatch); "
                           "pass the base model it was trained on")
+    check_safetensors(run_dir / DELTA_FILE)
     delta = load_file(str(run_dir / DELTA_FILE))
     index = weight_files(resolved.path)
     unknown = sorted(set(delta) - set(index))
