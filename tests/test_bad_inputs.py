@@ -343,17 +343,24 @@ CASES = [
     case("tvn-model-no-weights", "unlearn tvn --model {noweights_model} --forget {data} --out {out}", "{noweights_model} has no weights"),
     case("tvn-model-index-missing-shard", "unlearn tvn --model {index_model} --forget {data} --out {out}",
          "lists model-00002-of-00002.safetensors, which is missing"),
-    case("tvn-lambda-nan", "unlearn tvn --model {model} --forget {data} --out {out} --lambda nan", "--lambda nan: Input should be a finite number"),
-    case("tvn-lambda-inf", "unlearn tvn --model {model} --forget {data} --out {out} --lambda inf", "--lambda inf: Input should be a finite number"),
+    case("tvn-lambda-nan", "unlearn tvn --model {model} --forget {data} --out {out} --lambda nan",
+         "--lambda nan: Input should be a finite number"),
+    case("tvn-lambda-inf", "unlearn tvn --model {model} --forget {data} --out {out} --lambda inf",
+         "--lambda inf: Input should be a finite number"),
     case("tvn-lambda-negative", "unlearn tvn --model {model} --forget {data} --out {out} --lambda -1", "--lambda must be >= 0"),
     case("tvn-lr-zero", "unlearn tvn --model {model} --forget {data} --out {out} --lr 0", "--lr 0.0: Input should be greater than 0"),
     case("tvn-lr-nan", "unlearn tvn --model {model} --forget {data} --out {out} --lr nan", "--lr nan: Input should be a finite number"),
     case("tvn-rank-zero", "unlearn tvn --model {model} --forget {data} --out {out} --rank 0", "--rank 0: Input should be greater than"),
-    case("tvn-dropout-one", "unlearn tvn --model {model} --forget {data} --out {out} --lora-dropout 1", "--lora-dropout 1.0: Input should be less than 1"),
-    case("tvn-warmup-nan", "unlearn tvn --model {model} --forget {data} --out {out} --warmup nan", "--warmup nan: Input should be a finite"),
-    case("tvn-max-length-one", "unlearn tvn --model {model} --forget {data} --out {out} --max-length 1", "--max-length 1: Input should be greater than or equal to 2"),
-    case("tvn-scheduler", "unlearn tvn --model {model} --forget {data} --out {out} --lr-scheduler wavy", "--lr-scheduler wavy: Input should be"),
-    case("tvn-grad-norm-inf", "unlearn tvn --model {model} --forget {data} --out {out} --max-grad-norm inf", "--max-grad-norm inf: Input should be a finite"),
+    case("tvn-dropout-one", "unlearn tvn --model {model} --forget {data} --out {out} --lora-dropout 1",
+         "--lora-dropout 1.0: Input should be less than 1"),
+    case("tvn-warmup-nan", "unlearn tvn --model {model} --forget {data} --out {out} --warmup nan",
+         "--warmup nan: Input should be a finite"),
+    case("tvn-max-length-one", "unlearn tvn --model {model} --forget {data} --out {out} --max-length 1",
+         "--max-length 1: Input should be greater than or equal to 2"),
+    case("tvn-scheduler", "unlearn tvn --model {model} --forget {data} --out {out} --lr-scheduler wavy",
+         "--lr-scheduler wavy: Input should be"),
+    case("tvn-grad-norm-inf", "unlearn tvn --model {model} --forget {data} --out {out} --max-grad-norm inf",
+         "--max-grad-norm inf: Input should be a finite"),
     case("tvn-batch-size-text", "unlearn tvn --model {model} --forget {data} --out {out} --batch-size many", "'--batch-size'"),
     case("tvn-config-bad-yaml", "unlearn tvn --model {model} --forget {data} --out {out} --config {badyaml}", "{badyaml}: not valid YAML"),
     case("tvn-config-unknown-key", "unlearn tvn --model {model} --forget {data} --out {out} --config {unknownkey}",
@@ -379,9 +386,12 @@ CASES = [
          "{badconfig_model}/config.json: not valid JSON"),
     case("rmu-model-missing-layers", "unlearn rmu --model {partial_model} --forget {data} --retain {retain} --out {out} "
          "--device cpu --max-num-batches 1", "model.layers.3"),
-    case("rmu-alpha-nan", "unlearn rmu --model {model} --forget {data} --retain {retain} --out {out} --alpha nan", "--alpha nan: Input should be a finite number"),
-    case("rmu-lr-nan", "unlearn rmu --model {model} --forget {data} --retain {retain} --out {out} --lr nan", "--lr nan: Input should be a finite"),
-    case("rmu-lr-negative", "unlearn rmu --model {model} --forget {data} --retain {retain} --out {out} --lr -1", "--lr -1.0: Input should be greater"),
+    case("rmu-alpha-nan", "unlearn rmu --model {model} --forget {data} --retain {retain} --out {out} --alpha nan",
+         "--alpha nan: Input should be a finite number"),
+    case("rmu-lr-nan", "unlearn rmu --model {model} --forget {data} --retain {retain} --out {out} --lr nan",
+         "--lr nan: Input should be a finite"),
+    case("rmu-lr-negative", "unlearn rmu --model {model} --forget {data} --retain {retain} --out {out} --lr -1",
+         "--lr -1.0: Input should be greater"),
     case("rmu-cosine-nan", "unlearn rmu --model {model} --forget {data} --retain {retain} --out {out} --early-stop-cosine nan",
          "--early-stop-cosine nan: Input should be a finite number"),
     case("rmu-layer-too-deep", "unlearn rmu --model {model} --forget {data} --retain {retain} --out {out} --layer 99 --device cpu",
@@ -421,10 +431,13 @@ CASES = [
     # ------------------------------------------------------------------ merge
     case("merge-lambda-nan", "merge {rmu_runs} --base {model} --out {out} --lambda nan", "--lambda nan: Input should be a finite number"),
     case("merge-lambda-inf", "merge {rmu_runs} --base {model} --out {out} --lambda inf", "--lambda inf: Input should be a finite number"),
-    case("merge-lambda-negative", "merge {rmu_runs} --base {model} --out {out} --lambda -1", "--lambda -1.0: Input should be greater than or equal to 0"),
+    case("merge-lambda-negative", "merge {rmu_runs} --base {model} --out {out} --lambda -1",
+         "--lambda -1.0: Input should be greater than or equal to 0"),
     case("merge-density-zero", "merge {rmu_runs} --base {model} --out {out} --density 0", "--density 0.0: Input should be greater than 0"),
-    case("merge-density-above-one", "merge {rmu_runs} --base {model} --out {out} --density 1.5", "--density 1.5: Input should be less than or equal to 1"),
-    case("merge-density-nan", "merge {rmu_runs} --base {model} --out {out} --density nan", "--density nan: Input should be a finite number"),
+    case("merge-density-above-one", "merge {rmu_runs} --base {model} --out {out} --density 1.5",
+         "--density 1.5: Input should be less than or equal to 1"),
+    case("merge-density-nan", "merge {rmu_runs} --base {model} --out {out} --density nan",
+         "--density nan: Input should be a finite number"),
     case("merge-density-one-of-two", "merge {rmu_runs} --base {model} --out {out} --density 0.5 --density 2", "--density[1] 2.0"),
     case("merge-weight-inf", "merge {rmu_runs} --base {model} --out {out} --weight inf", "--weight inf: Input should be a finite number"),
     case("merge-dtype-float8", "merge {rmu_runs} --base {model} --out {out} --dtype float8", "--dtype 'float8'"),
@@ -443,7 +456,8 @@ CASES = [
          "{rmu_truncated}/delta.safetensors: corrupt or truncated"),
     case("merge-run-missing", "merge {nofile} --base {model} --out {out}", "{nofile}"),
     case("merge-recipe-lambda-nan", "merge --recipe {recipe_nan} --out {out}", "{recipe_nan}: parameters.lambda: Input should be a finite"),
-    case("merge-recipe-lambda-negative", "merge --recipe {recipe_neg} --out {out}", "{recipe_neg}: parameters.lambda: Input should be greater"),
+    case("merge-recipe-lambda-negative", "merge --recipe {recipe_neg} --out {out}",
+         "{recipe_neg}: parameters.lambda: Input should be greater"),
     case("merge-recipe-density", "merge --recipe {recipe_dens} --out {out}", "{recipe_dens}: models[0].parameters.density"),
     case("merge-recipe-broken-yaml", "merge --recipe {recipe_broken} --out {out}", "{recipe_broken}: not valid YAML"),
     case("merge-recipe-and-lambda", "merge --recipe {recipe_nan} --out {out} --lambda 1", "drop --lambda"),
@@ -491,7 +505,8 @@ CASES = [
     case("run-broken-yaml", "run {pipe_broken} --run-dir {out}", "{pipe_broken}: not valid YAML"),
     case("run-not-a-mapping", "run {pipe_list} --run-dir {out}", "{pipe_list}: expected a mapping"),
     case("run-unknown-key", "run {pipe_unknown_top} --run-dir {out}", "{pipe_unknown_top}: bogus: Extra inputs"),
-    case("run-merge-lambda-negative", "run {pipe_lam_neg} --run-dir {out}", "{pipe_lam_neg}: merge.lambda.0: Input should be greater than or equal to 0"),
+    case("run-merge-lambda-negative", "run {pipe_lam_neg} --run-dir {out}",
+         "{pipe_lam_neg}: merge.lambda.0: Input should be greater than or equal to 0"),
     case("run-merge-lambda-nan", "run {pipe_lam_nan} --run-dir {out}", "{pipe_lam_nan}: merge.lambda.0: Input should be a finite number"),
     case("run-merge-lambda-inf", "run {pipe_lam_inf} --run-dir {out}", "merge.lambda.0: Input should be a finite number"),
     case("run-merge-density-zero", "run {pipe_dens0} --run-dir {out}", "{pipe_dens0}: merge.density: Input should be greater than 0"),
@@ -516,10 +531,12 @@ CASES = [
     case("run-set-lambda-negative", "run {pipeline} --run-dir {out} --set merge.lambda=-1",
          "--set merge.lambda=-1: merge.lambda.0: Input should be greater than or equal to 0"),
     case("run-set-lambda-nan", "run {pipeline} --run-dir {out} --set merge.lambda=.nan", "--set merge.lambda=.nan: merge.lambda.0"),
-    case("run-set-density", "run {pipeline} --run-dir {out} --set merge.density=2", "--set merge.density=2: merge.density: Input should be less than or equal to 1"),
+    case("run-set-density", "run {pipeline} --run-dir {out} --set merge.density=2",
+         "--set merge.density=2: merge.density: Input should be less than or equal to 1"),
     case("run-set-lr-nan", "run {pipeline} --run-dir {out} --set unlearn.config.lr=.nan",
          "--set unlearn.config.lr=.nan: unlearn.config.lr: Input should be a finite number"),
-    case("run-set-config-typo", "run {pipeline} --run-dir {out} --set unlearn.config.rnak=4", "--set unlearn.config.rnak=4: unlearn.config.rnak"),
+    case("run-set-config-typo", "run {pipeline} --run-dir {out} --set unlearn.config.rnak=4",
+         "--set unlearn.config.rnak=4: unlearn.config.rnak"),
     case("run-set-whole-section", "run {pipeline} --run-dir {out} --set merge={density:0}", "--set merge={density:0}: merge.density"),
     case("run-set-mapping", ["run", "{pipeline}", "--run-dir", "{out}", "--set", "merge={lambda: [1, -2]}"],
          "--set merge={lambda: [1, -2]}: merge.lambda.1: Input should be greater than or equal to 0"),
@@ -648,3 +665,45 @@ def test_tied_embeddings_are_not_reported_missing(tmp_path):
     tied = build_tiny_llama(tmp_path / "tied", layers=2, tie_word_embeddings=True)
     lm = load_causal_lm(resolve_model(tied))
     assert lm.lm_head.weight.data_ptr() == lm.model.embed_tokens.weight.data_ptr()
+
+
+def test_allow_pickle_on_the_command_line_scores_the_real_weights(world, tmp_path):
+    """`spunge --allow-pickle` loads the pickle; its perplexity is the safetensors twin's, not a random model's."""
+    scores = {}
+    for label, model, flags in (("safetensors", world["model"], []), ("pickle", world["pickle_model"], ["--allow-pickle"])):
+        out = tmp_path / label
+        result = runner.invoke(app, [*flags, "eval", "perplexity", "--model", str(model), "--data", str(world["retain"]),
+                                     "--out", str(out), "--device", "cpu", "--max-length", "32", "--stride", "16"])
+        assert result.exit_code == 0, result.output
+        scores[label] = json.loads((out / "perplexity.json").read_text())["perplexity"]
+    assert scores["pickle"] == pytest.approx(scores["safetensors"], rel=1e-6)
+    refused = runner.invoke(app, ["eval", "perplexity", "--model", str(world["pickle_model"]), "--data", str(world["retain"]),
+                                  "--out", str(tmp_path / "again"), "--device", "cpu"])
+    assert refused.exit_code == 2 and "--allow-pickle" in refused.output  # the flag lasts one command, not the process
+
+
+def test_a_write_error_names_what_was_written_not_the_input(world, tmp_path, monkeypatch):
+    import datasets
+
+    from spunge_merge.data.loading import load_table
+    from spunge_merge.errors import SpungeError
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x", encoding="utf-8")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", blocker / "cache")
+    with pytest.raises(SpungeError) as error:
+        load_table(world["data"])
+    message = str(error.value)
+    assert message.startswith(f"cannot write {blocker / 'cache'}") and "cannot parse" not in message
+
+
+def test_merge_ranges_are_defined_once():
+    """The pipeline's merge section and `spunge merge` validate each setting with the same declaration."""
+    from spunge_merge.merge.settings import MergeOptions, MergeSettings
+    from spunge_merge.pipeline.schema import MergeSection
+
+    assert issubclass(MergeSection, MergeOptions) and issubclass(MergeSettings, MergeOptions)
+    for name in ("method", "density", "weight", "normalize", "dtype"):
+        assert name not in MergeSection.__dict__.get("__annotations__", {}), name
+        assert name not in MergeSettings.__dict__.get("__annotations__", {}), name
+    assert MergeSection.model_fields["lambdas"].annotation.__args__[0] is MergeSettings.model_fields["lam"].annotation.__args__[0]

@@ -92,7 +92,8 @@ def merge_command(
     from spunge_merge.merge import merge_recipe, merge_runs
 
     if recipe is not None:
-        clashing = [_OPTION_NAMES.get(name, f"--{name.replace('_', '-')}") for name in _RUN_OPTIONS if _given(ctx, name)] + (["RUN"] if runs else [])
+        clashing = [_OPTION_NAMES.get(name, f"--{name.replace('_', '-')}") for name in _RUN_OPTIONS if _given(ctx, name)]
+        clashing += ["RUN"] if runs else []
         if clashing:
             raise SpungeError(f"--recipe takes the models and parameters from the recipe; drop {', '.join(clashing)}")
         result = merge_recipe(recipe, out, cuda=cuda, force=force, seed=seed, shard_size=shard_bytes, views_dir=views_dir,
