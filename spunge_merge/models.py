@@ -315,34 +315,46 @@ def load_causal_lm(model: ResolvedModel, *, dtype=None, device=None):
     """
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
     check_model_dir(model.path)
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # its load report is a warning; spunge raises on what it reports
-    hf_logging.disable_progress_bar()  # a bar per load, then an error line, would bury the error
     try:
-        lm, info = AutoModelForCausalLM.from_pretrained(
-            model.path, dtype=dtype or torch.float32, use_safetensors=None if _allow_pickle else True,
-            output_loading_info=True)
+        with quiet_loading():
+            lm, info = AutoModelForCausalLM.from_pretrained(
+                model.path, dtype=dtype or torch.float32, use_safetensors=None if _allow_pickle else True,
+                output_loading_info=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         text = str(exc).strip()
         reason = text.splitlines()[0][:300] if text else type(exc).__name__
         raise SpungeError(f"model directory {model.path}: transformers cannot load it ({reason})") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     check_loading_info(info, model.path)
     if device is not None:
         lm = lm.to(device)
     return lm.eval()
 
 
-def check_loading_info(info: dict, path: Path) -> None:
-    """SpungeError when transformers reports tensors it did not find in (or did not expect from) the files."""
-    for key, what in (("missing_keys", "lacks"), ("mismatched_keys", "has wrongly shaped"),
-                      ("unexpected_keys", "holds tensors the architecture does not have, e.g.")):
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' load report (a warning) and weight-loading bar, off: spunge checks the report
+    itself (`check_loading_info`), and a bar followed by an error line would bury the error."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def check_loading_info(info: dict, path: Path, *, unexpected: bool = True) -> None:
+    """SpungeError when transformers reports tensors it did not find in (or, with `unexpected`, did not
+    expect from) the files."""
+    checks = [("missing_keys", "lacks"), ("mismatched_keys", "has wrongly shaped")]
+    if unexpected:
+        checks.append(("unexpected_keys", "holds tensors the architecture does not have, e.g."))
+    for key, what in checks:
         names = sorted(str(item[0] if isinstance(item, tuple) else item) for item in info.get(key) or [])
         if names:
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

@@ -24,6 +24,7 @@ import torch
 import yaml
 from conftest import build_tiny_llama
 from safetensors.torch import load_file, save_file
+from test_eval_toxicity import build_tiny_judge
 from test_merge import make_rmu_run, make_tvn_runs, write_manifest
 from typer.testing import CliRunner
 
@@ -222,6 +223,14 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
     broken_result.mkdir()
     (broken_result / "toxicity.json").write_text('{"groups": ', encoding="utf-8")
     w["brokenresult"] = broken_result
+    judge = build_tiny_judge(evals / "judge", tiny_model)
+    headless = _copy_model(judge, evals / "judge-headless")
+    save_file({k: v for k, v in load_file(judge / "model.safetensors").items() if not k.startswith("score.")},
+              headless / "model.safetensors", metadata={"format": "pt"})
+    w["judge"], w["headless_judge"] = judge, headless
+    truncated_judge = _copy_model(judge, evals / "judge-truncated")
+    (truncated_judge / "model.safetensors").write_bytes((judge / "model.safetensors").read_bytes()[:-8])
+    w["truncated_judge"] = truncated_judge
 
     push = root / "push"
     secret = _copy_model(tiny_model, push / "with-secret")
@@ -479,6 +488,10 @@ CASES = [
          "{pickle_model} has only pickled weights"),
     case("tox-model-truncated", "eval toxicity --model {truncated_model} --prompts {prompts} --out {out} --device cpu",
          "{truncated_model}/model.safetensors: corrupt or truncated"),
+    case("tox-judge-without-head", "eval toxicity --model {model} --prompts {prompts} --classifier {headless_judge} --out {out} "
+         "--device cpu", "{headless_judge} lacks score.weight"),
+    case("tox-judge-truncated", "eval toxicity --model {model} --prompts {prompts} --classifier {truncated_judge} --out {out} "
+         "--device cpu", "{truncated_judge}/model.safetensors: corrupt or truncated"),
     case("tox-prompts-missing", "eval toxicity --model {model} --prompts {nofile} --out {out} --device cpu", "{nofile}"),
     case("fluency-generations-missing", "eval fluency --generations {nofile} --judge {model} --out {out}", "{nofile}"),
     case("fluency-generations-bad-line", "eval fluency --generations {badgens} --judge {model} --out {out} --device cpu",
