@@ -720,3 +720,14 @@ def test_merge_ranges_are_defined_once():
         assert name not in MergeSection.__dict__.get("__annotations__", {}), name
         assert name not in MergeSettings.__dict__.get("__annotations__", {}), name
     assert MergeSection.model_fields["lambdas"].annotation.__args__[0] is MergeSettings.model_fields["lam"].annotation.__args__[0]
+
+
+def test_a_safe_value_that_looks_like_another_values_hashed_name_gets_its_own_name():
+    import hashlib as _hashlib
+
+    from spunge_merge.data.split import subset_names
+
+    lookalike = "a_b-" + _hashlib.sha256(b"a/b").hexdigest()[:8]  # what `a/b` is named on its own
+    names = subset_names([lookalike, "a/b", "a_b"])
+    assert len({n.casefold() for n in names.values()}) == 3
+    assert all("/" not in n and not n.startswith(".") for n in names.values())

@@ -26,7 +26,7 @@ _NUMERIC_DTYPES = ("int", "uint", "float", "double", "decimal")
 
 _NAME_MAX = 120  # characters of a subset's file stem (well under the 255-byte file-name limit)
 _KEEP = 80  # characters of the sanitised value kept before the hash
-_HASH = 12  # hex characters of sha256(value): 48 bits
+_HASH = 8  # hex characters of sha256(value), as before (names of existing splits stay the same)
 
 
 def _value_hash(value: str, length: int = _HASH) -> str:
@@ -51,13 +51,15 @@ def subset_names(values: list[Any]) -> dict[Any, str]:
     """`safe_name` of each value, made distinct even on a case-insensitive file system (macOS,
     Windows): names equal but for case get the value's hash too (`Women`, `women`)."""
     names = {value: safe_name(value) for value in values}
-    for length in (_HASH, 64):
+    for length in (_HASH, 64, None):
         groups: dict[str, list[Any]] = {}
         for value, name in names.items():
             groups.setdefault(name.casefold(), []).append(value)
         clashing = [value for group in groups.values() if len(group) > 1 for value in group]
         if not clashing:
             return names
+        if length is None:
+            break
         for value in clashing:
             stem = _UNSAFE.sub("_", str(value)).lstrip(".") or "_"
             names[value] = f"{stem[:_KEEP]}-{_value_hash(str(value), length)}"
