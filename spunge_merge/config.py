@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from spunge_merge.errors import SpungeError
 
@@ -21,18 +21,96 @@ ConfigT = TypeVar("ConfigT", bound="FrozenConfig")
 
 
 class FrozenConfig(BaseModel):
-    """Immutable, typo-proof settings: unknown keys are errors, not silently ignored."""
+    """Immutable, typo-proof settings: unknown keys are errors, not silently ignored.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    No float setting of spunge takes NaN or ±inf (a NaN λ or density would write NaN weights and
+    report success), so every settings class refuses them; a field's constraints are the one
+    definition of its valid range, read by the CLI, the library and the pipeline file alike.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem, each naming the key path (`unlearn.lr: ...`)."""
-    problems = []
+# λ, the scale of a task vector wherever one is applied (TVN negation, a merge, a baseline): one range.
+Lambda = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def check_lambda(value: float, option: str = "--lambda") -> float:
+    """`value` as a valid λ (finite, >= 0), or SpungeError naming `option`."""
+    try:
+        return TypeAdapter(Lambda).validate_python(value)
+    except ValidationError as exc:
+        raise SpungeError(f"{option} {value!r}: λ must be a finite number >= 0 ({exc.errors()[0]['msg'].lower()}); "
+                          "0 keeps the base model, 1 applies the whole task vector") from exc
+
+
+class Overridden(dict):
+    """A parsed YAML mapping after `--set`: remembers which key path each `--set` changed,
+    so an error in a value given on the command line names the `--set`, not the file."""
+
+    assignments: dict[tuple[str, ...], str]
+
+
+yaml.add_representer(Overridden, yaml.representer.SafeRepresenter.represent_dict, Dumper=yaml.SafeDumper)
+
+
+def reattribute(message: str, source: str, data: Any) -> str:
+    """A `SOURCE: KEY.PATH: problem` message re-addressed to the `--set` that gave KEY.PATH, if one did."""
+    head = f"{source}: "
+    if not message.startswith(head) or not getattr(data, "assignments", None):
+        return message
+    rest = message[len(head):]
+    key = rest.split(":", 1)[0].strip()
+    if not key or " " in key:
+        return message
+    return f"{blame(key.split('.'), source, data)}: {rest}"
+
+
+def blame(location: tuple | list, source: str, data: Any = None) -> str:
+    """`--set KEY=VALUE` when the key path at `location` (or a key under it) came from a `--set` in `data`, else `source`."""
+    assignments = getattr(data, "assignments", None) or {}
+    path = tuple(str(part) for part in location)
+    for keys, assignment in reversed(list(assignments.items())):
+        shared = min(len(keys), len(path))
+        if shared and keys[:shared] == path[:shared]:
+            return f"--set {assignment}"
+    return source
+
+
+# pydantic names the member of a `float | list[float]` union that failed (`density.constrained-float`,
+# `alpha.list[float]`); a user reads the key alone.
+_UNION_TAG = re.compile(r"^(constrained-)?(float|int|str|bool|list|dict|tuple|function-\w+)(\[.*\])?$")
+_OTHER_MEMBER = ("list_type", "dict_type", "tuple_type", "string_type", "float_type", "int_type")
+
+
+def validation_problems(exc: ValidationError) -> list[dict]:
+    """pydantic's errors without union-member noise: the tags leave the key path, and a member that
+    failed only because the value had another shape ("should be a valid list") is dropped."""
+    errors = []
     for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and _UNION_TAG.match(part)))
+        errors.append({**error, "loc": loc})
+    kept = [e for e in errors if not (e["type"] in _OTHER_MEMBER and
+                                      any(o is not e and o["loc"][:len(e["loc"])] == e["loc"] and o["type"] not in _OTHER_MEMBER
+                                          for o in errors))]
+    unique = {}
+    for error in kept:
+        unique.setdefault((error["loc"], error["msg"]), error)
+    return list(unique.values())
+
+
+def format_validation_error(exc: ValidationError, source: str, data: Any = None, prefix: tuple = ()) -> str:
+    """One line for all problems, each naming the key path (`unlearn.lr: ...`) and where it was written
+    (the file, or the `--set` that gave it when `data` came from `apply_overrides`)."""
+    problems = []
+    blamed = []
+    for error in validation_problems(exc):
+        loc = (*prefix, *error["loc"])
+        location = ".".join(str(part) for part in loc) or "(top level)"
         problems.append(f"{location}: {error['msg']}")
-    return f"{source}: " + "; ".join(problems)
+        blamed.append(blame(loc, source, data))
+    where = blamed[0] if len(set(blamed)) == 1 and blamed else source
+    return f"{where}: " + "; ".join(problems)
 
 
 class _Loader(yaml.SafeLoader):
@@ -72,7 +150,8 @@ def apply_overrides(data: Any, assignments: list[str], source: str) -> Any:
         return data
     if not isinstance(data, dict):
         raise SpungeError(f"{source}: --set needs a mapping at the top level")
-    data = copy.deepcopy(data)
+    data = Overridden(copy.deepcopy(data))
+    data.assignments = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         parts = key.strip().split(".")
@@ -91,6 +170,7 @@ def apply_overrides(data: Any, assignments: list[str], source: str) -> Any:
                 raise SpungeError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a mapping in {source}")
             node = child
         node[parts[-1]] = value
+        data.assignments[tuple(parts)] = assignment.strip()
     return data
 
 
@@ -99,8 +179,13 @@ def build_config(
     *,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    option_names: dict[str, str] | None = None,
 ) -> ConfigT:
-    """Settings from an optional YAML file, then CLI overrides (None means "not given")."""
+    """Settings from an optional YAML file, then CLI overrides (None means "not given").
+
+    An invalid value names where it came from: the option (`--lr 0: ...`; `option_names` maps a
+    key to its option when they differ, default `--lambda` for `lam`) or the file and key."""
+    option_names = {"lam": "--lambda", **(option_names or {})}
     values: dict[str, Any] = {}
     source = "settings"
     if config_file is not None:
@@ -111,8 +196,24 @@ def build_config(
             raise SpungeError(f"{config_file}: expected a mapping of settings at the top level")
         values.update(loaded)
         source = str(config_file)
-    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    values.update(given)
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
-        raise SpungeError(format_validation_error(exc, source)) from exc
+        problems = []
+        for error in validation_problems(exc):
+            key = str(error["loc"][0]) if error["loc"] else ""
+            location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            if key in given:  # a command-line option: name it as typed
+                option = (option_names or {}).get(key, f"--{key.replace('_', '-')}")
+                problems.append(f"{option} {_shown(given[key])}: {error['msg']}")
+            else:
+                problems.append(f"{source}: {location}: {error['msg']}")
+        raise SpungeError("; ".join(problems)) from exc
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)

@@ -198,7 +198,9 @@ def _download_from_hub(repo_id: str) -> Path:
 
 
 def resolve_model(ref: str | Path) -> ResolvedModel:
-    """Turn what the user typed into a local model directory (see module docstring)."""
+    """Turn what the user typed into a local model directory (see module docstring).
+
+    The directory is checked (`check_model_dir`) before any stage starts work on it."""
     text = str(ref)
     if text in ALIASES:
         return ResolvedModel(ref=text, path=ALIASES[text]())
@@ -208,15 +210,110 @@ def resolve_model(ref: str | Path) -> ResolvedModel:
     if path.exists():
         if not path.is_dir():
             raise SpungeError(f"model path {path} is a file; give the model's directory")
-        if not (path / "config.json").is_file():
-            raise SpungeError(f"model directory {path} has no config.json")
+        check_model_dir(path)
         return ResolvedModel(ref=text, path=path.resolve())
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1
     if looks_local or not _HUB_ID.match(text):
         raise SpungeError(
             f"model '{text}' not found: no such directory, not an alias ({', '.join(ALIASES)}), not a Hub id"
         )
-    return ResolvedModel(ref=text, path=_download_from_hub(text))
+    downloaded = _download_from_hub(text)
+    check_model_dir(downloaded)
+    return ResolvedModel(ref=text, path=downloaded)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks before loading: a model that cannot be read whole is an error, never a random init.
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_SAFETENSORS_INDEX = "model.safetensors.index.json"
+_allow_pickle = False
+
+
+def allow_pickle(enabled: bool) -> None:
+    """Let model loads read pickled weights (`spunge --allow-pickle ...`): unpickling runs code from the file."""
+    global _allow_pickle
+    _allow_pickle = bool(enabled)
+
+
+def pickle_allowed() -> bool:
+    return _allow_pickle
+
+
+def check_safetensors(file: Path) -> None:
+    """The file's header is intact and its tensor data all present (a truncated download is caught here,
+    by reading the header only); SpungeError naming the file otherwise."""
+    import json
+    import struct
+
+    def corrupt(reason: str) -> SpungeError:
+        return SpungeError(f"{file}: corrupt or truncated safetensors file ({reason}); download or write it again")
+
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            if size < 8:
+                raise corrupt(f"{size} bytes, shorter than the 8-byte header length")
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > size - 8:
+                raise corrupt(f"header length {length} does not fit in a file of {size} bytes")
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        raise SpungeError(f"{file}: cannot read ({exc.strerror or exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise corrupt("header is not valid JSON") from exc
+    if not isinstance(header, dict):
+        raise corrupt("header is not a JSON object")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = entry["data_offsets"]
+            end = max(end, int(stop))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise corrupt(f"bad header entry for tensor '{name}'") from exc
+        if int(begin) > int(stop):
+            raise corrupt(f"tensor '{name}' has byte range {begin}..{stop}")
+    if 8 + length + end > size:
+        raise corrupt(f"the header describes {end} bytes of tensor data, the file holds {size - 8 - length}")
+
+
+def check_model_dir(path: Path) -> None:
+    """A readable config.json, and safetensors weights that are intact (pickles only with --allow-pickle)."""
+    from spunge_merge.fsutil import read_json
+
+    config = read_json(path / "config.json") if (path / "config.json").exists() else None
+    if config is None:
+        raise SpungeError(f"model directory {path} has no config.json")
+    if not isinstance(config, dict):
+        raise SpungeError(f"{path / 'config.json'}: expected a JSON object (a transformers model config)")
+    if not isinstance(config.get("model_type"), str) and not config.get("architectures"):
+        raise SpungeError(f"{path / 'config.json'}: no 'model_type' key; not a transformers model config")
+    index = path / _SAFETENSORS_INDEX
+    if index.exists():
+        record = read_json(index)
+        weight_map = record.get("weight_map") if isinstance(record, dict) else None
+        if not isinstance(weight_map, dict):
+            raise SpungeError(f"{index}: no 'weight_map' mapping; not a safetensors index")
+        files = sorted({path / str(name) for name in weight_map.values()})
+        for file in files:
+            if not file.is_file():
+                raise SpungeError(f"{index}: lists {file.name}, which is missing from {path}")
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        if not pickles:
+            raise SpungeError(f"model directory {path} has no weights (*.safetensors)")
+        if not _allow_pickle:
+            raise SpungeError(
+                f"model directory {path} has only pickled weights ({pickles[0]}); unpickling can run code from the file, "
+                "so spunge reads safetensors only: convert it (transformers: save_pretrained(..., safe_serialization=True)) "
+                "or pass --allow-pickle before the command (spunge --allow-pickle ...)")
+        return
+    for file in files:
+        check_safetensors(file)
 
 
 def load_tokenizer(model: ResolvedModel):
@@ -230,11 +327,60 @@ def load_tokenizer(model: ResolvedModel):
 
 
 def load_causal_lm(model: ResolvedModel, *, dtype=None, device=None):
-    """A transformers causal LM from the resolved directory, in eval mode."""
+    """A transformers causal LM from the resolved directory, in eval mode.
+
+    The one way spunge loads a model's weights: pickles only with --allow-pickle, and every
+    tensor of the architecture must come from the files. transformers initialises missing
+    tensors randomly and only logs it; a model half random would train and score as if real.
+    """
     import torch
     from transformers import AutoModelForCausalLM
-
-    lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype or torch.float32)
+    check_model_dir(model.path)
+    try:
+        with quiet_loading():
+            lm, info = AutoModelForCausalLM.from_pretrained(
+                model.path, dtype=dtype or torch.float32, use_safetensors=None if _allow_pickle else True,
+                output_loading_info=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:300] if text else type(exc).__name__
+        raise SpungeError(f"model directory {model.path}: transformers cannot load it ({reason})") from exc
+    check_loading_info(info, model.path)
     if device is not None:
         lm = lm.to(device)
     return lm.eval()
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' load report (a warning) and weight-loading bar, off: spunge checks the report
+    itself (`check_loading_info`), and a bar followed by an error line would bury the error."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def check_loading_info(info: dict, path: Path, *, unexpected: bool = True) -> None:
+    """SpungeError when transformers reports tensors it did not find in (or, with `unexpected`, did not
+    expect from) the files."""
+    checks = [("missing_keys", "lacks"), ("mismatched_keys", "has wrongly shaped")]
+    if unexpected:
+        checks.append(("unexpected_keys", "holds tensors the architecture does not have, e.g."))
+    for key, what in checks:
+        names = sorted(str(item[0] if isinstance(item, tuple) else item) for item in info.get(key) or [])
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise SpungeError(f"model directory {path} {what} {shown} (its weights do not match its config.json); "
+                              "refusing to use a partly random model")
+    errors = info.get("error_msgs") or []
+    if errors:
+        raise SpungeError(f"model directory {path}: {str(errors[0]).splitlines()[0][:300]}")
+

@@ -13,6 +13,11 @@ import click
 import typer
 from typer.core import TyperGroup
 
+try:  # typer >= 0.20 carries its own copy of click; its commands raise that copy's errors
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import UsageError
+
 from spunge_merge import __version__
 from spunge_merge.cli.unlearn import UnlearnGroup
 from spunge_merge.errors import SpungeError
@@ -29,6 +34,11 @@ class _SpungeGroup(TyperGroup):
         except SpungeError as exc:
             typer.secho(f"Error: {exc}", err=True, fg="red")
             raise typer.Exit(code=2) from None
+        except UsageError as exc:  # a bad option of a command: one line too, with where to read about it
+            command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            message = " ".join(exc.format_message().split())
+            typer.secho(f"Error: {message} (see: {command} --help)", err=True, fg="red")
+            raise typer.Exit(code=exc.exit_code) from None
 
 
 app = typer.Typer(
@@ -58,8 +68,14 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Let every command of this call load models whose "
+                                      "weights are only pickles (pytorch_model.bin). Unpickling can run code from the file: "
+                                      "use it only for files you trust. Without it such models are refused."),
 ) -> None:
     """Split, Unlearn, Merge: attribute-aware LLM unlearning."""
+    from spunge_merge.models import allow_pickle as set_allow_pickle
+
+    set_allow_pickle(allow_pickle)
 
 
 for _stage in STAGE_MODULES:

@@ -11,7 +11,9 @@ import typer
 import yaml
 
 from spunge_merge.errors import SpungeError
+from spunge_merge.merge.settings import MERGE_DTYPES
 
+_OPTION_NAMES = {"lam": "--lambda", "param": "--param"}
 _RUN_OPTIONS = ("base", "method", "density", "weight", "lam", "normalize", "dtype", "param", "recipe_out", "dry_run")
 
 
@@ -51,14 +53,15 @@ def merge_command(
     out: Path = typer.Option(Path("merged"), "--out", "-o", help="Output model directory."),
     method: str = typer.Option("ties", "--method", help="Any mergekit merge method: ties, task_arithmetic, dare_ties, "
                                "breadcrumbs_ties, della, linear, ... Paper (SPUNGE): ties."),
-    density: list[float] = typer.Option(None, "--density", help="Fraction of each task vector kept (TIES' top-k by magnitude); "
-                                        "once for all runs or once per run. Default 0.2 (TIES paper: k = 20 %)."),
+    density: list[float] = typer.Option(None, "--density", help="Fraction of each task vector kept (TIES' top-k by magnitude), "
+                                        "in (0, 1]; once for all runs or once per run. Default 0.2 (TIES paper: k = 20 %)."),
     weight: list[float] = typer.Option(None, "--weight", help="Weight of each run's task vector; once for all runs or once per "
                                        "run. Default 1.0. mergekit applies it before sign election."),
-    lam: float = typer.Option(None, "--lambda", help="λ scaling the merged task vector: θ = θ_base + λ·τ. Default 1.0 (TIES paper)."),
+    lam: float = typer.Option(None, "--lambda", help="λ >= 0 scaling the merged task vector: θ = θ_base + λ·τ (0 gives the base). "
+                             "Default 1.0 (TIES paper)."),
     normalize: bool = typer.Option(None, "--normalize/--no-normalize", help="Divide by the summed weights of the agreeing models "
                                    "(TIES' disjoint mean). Default: the method's (true for ties)."),
-    dtype: str = typer.Option(None, "--dtype", help="Merge dtype (float32, bfloat16, float16). Default: the base weights' dtype."),
+    dtype: str = typer.Option(None, "--dtype", help=f"Merge dtype: {', '.join(MERGE_DTYPES)}. Default: the base weights' dtype."),
     param: list[str] = typer.Option(None, "--param", help="Extra mergekit parameter KEY=VALUE, repeatable "
                                     "(int8_mask=true, rescale=false, epsilon=0.1, gamma=0.01)."),
     recipe: Path = typer.Option(None, "--recipe", help="Run this mergekit recipe (e.g. one written by --recipe-out and edited) "
@@ -89,7 +92,8 @@ def merge_command(
     from spunge_merge.merge import merge_recipe, merge_runs
 
     if recipe is not None:
-        clashing = [f"--{name.replace('_', '-')}" for name in _RUN_OPTIONS if _given(ctx, name)] + (["RUN"] if runs else [])
+        clashing = [_OPTION_NAMES.get(name, f"--{name.replace('_', '-')}") for name in _RUN_OPTIONS if _given(ctx, name)]
+        clashing += ["RUN"] if runs else []
         if clashing:
             raise SpungeError(f"--recipe takes the models and parameters from the recipe; drop {', '.join(clashing)}")
         result = merge_recipe(recipe, out, cuda=cuda, force=force, seed=seed, shard_size=shard_bytes, views_dir=views_dir,

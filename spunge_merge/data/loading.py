@@ -7,6 +7,8 @@ subsets of a split directory (`load_subsets`).
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from spunge_merge.fsutil import read_json, sha256_file, sha256_texts
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 SPLIT_MANIFEST = "manifest.json"
+_WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR)
 
 
 def _check_utf8(path: Path) -> None:
@@ -35,6 +38,42 @@ def _root_reason(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _raise_write_error(exc: BaseException, source: Path) -> None:
+    """A failure to write (datasets' cache: permissions, full disk) names what was written, not the input file."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS and Path(str(exc.filename or "")) != source:
+            where = exc.filename or "the datasets cache (HF_DATASETS_CACHE)"
+            raise SpungeError(f"cannot write {where} while reading {source}: {exc.strerror or exc}") from exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _locate_json_error(path: Path) -> None:
+    """Name the first bad line of a JSON Lines file (datasets reports a byte position of its own chunk)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            first = next((line for line in text.splitlines() if line.strip()), "")
+            try:
+                json.loads(first)
+            except json.JSONDecodeError:  # one JSON document, broken
+                raise SpungeError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
+        else:
+            if not isinstance(document, (list, dict)):
+                raise SpungeError(f"{path}: expected a list of JSON objects or JSON Lines, got a {type(document).__name__}")
+            return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SpungeError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
+        if not isinstance(value, dict):
+            raise SpungeError(f"{path}:{number}: expected one JSON object per line, got a {type(value).__name__}")
 
 
 @contextlib.contextmanager
@@ -72,16 +111,19 @@ def load_table(source: str | Path, *, split: str = "train"):
         builder = FILE_FORMATS.get(path.suffix.lower())
         if builder is None:
             raise SpungeError(f"{path}: unsupported file type '{path.suffix}' (use {', '.join(FILE_FORMATS)})")
+        if path.stat().st_size == 0:
+            raise SpungeError(f"{path}: file is empty")
         if builder != "parquet":
             _check_utf8(path)
+            if not path.read_bytes().strip():
+                raise SpungeError(f"{path}: holds only blank lines, no rows")
         try:
-            if path.stat().st_size == 0:
-                raise SpungeError(f"{path}: file is empty")
             with _quiet_datasets():
                 return datasets.load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True)
-        except SpungeError:
-            raise
         except Exception as exc:
+            _raise_write_error(exc, path)
+            if builder == "json":
+                _locate_json_error(path)
             raise SpungeError(f"{path}: cannot parse as {builder} ({_root_reason(exc)})") from exc
     looks_like_path = text.startswith((".", "/", "~")) or path.suffix.lower() in FILE_FORMATS
     if looks_like_path or not re.match(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$", text):

@@ -25,13 +25,46 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NUMERIC_DTYPES = ("int", "uint", "float", "double", "decimal")
 
 
+_NAME_MAX = 120  # characters of a subset's file stem (well under the 255-byte file-name limit)
+_KEEP = 80  # characters of the sanitised value kept before the hash
+_HASH = 8  # hex characters of sha256(value), as before (names of existing splits stay the same)
+
+
+def _value_hash(value: str, length: int = _HASH) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:length]
+
+
 def safe_name(value: Any) -> str:
-    """A file-system name for an attribute value that can never leave the output directory."""
-    name = _UNSAFE.sub("_", str(value)).lstrip(".") or "_"
-    if name != str(value):
-        # Keep distinct values distinct after sanitising (`a/b` vs `a_b`).
-        name = f"{name[:80]}-{hashlib.sha256(str(value).encode()).hexdigest()[:8]}"
-    return name[:120]
+    """A file-system name for an attribute value that can never leave the output directory.
+
+    A value that is a safe name already is kept as it is; any value whose name had to be changed
+    (characters replaced, a leading dot dropped, or cut to length) gets a hash of the *full* value,
+    so two values never share a name (e.g. 300 x's and 300 x's + 'y', or `a/b` and `a_b`).
+    """
+    text = str(value)
+    name = _UNSAFE.sub("_", text).lstrip(".") or "_"
+    if name != text or len(name) > _NAME_MAX:
+        name = f"{name[:_KEEP]}-{_value_hash(text)}"
+    return name
+
+
+def subset_names(values: list[Any]) -> dict[Any, str]:
+    """`safe_name` of each value, made distinct even on a case-insensitive file system (macOS,
+    Windows): names equal but for case get the value's hash too (`Women`, `women`)."""
+    names = {value: safe_name(value) for value in values}
+    for length in (_HASH, 64, None):
+        groups: dict[str, list[Any]] = {}
+        for value, name in names.items():
+            groups.setdefault(name.casefold(), []).append(value)
+        clashing = [value for group in groups.values() if len(group) > 1 for value in group]
+        if not clashing:
+            return names
+        if length is None:
+            break
+        for value in clashing:
+            stem = _UNSAFE.sub("_", str(value)).lstrip(".") or "_"
+            names[value] = f"{stem[:_KEEP]}-{_value_hash(str(value), length)}"
+    raise SpungeError(f"cannot give distinct file names to the values {sorted(map(str, names))[:3]}...")
 
 
 def _is_numeric(feature: Any) -> bool:
@@ -122,7 +155,7 @@ def split_dataset(
     if not chosen:
         raise SpungeError(f"{source}: column '{by}' has no values after filtering")
 
-    names = {value: safe_name(value) for value in chosen}
+    names = subset_names(chosen)
     subsets = []
     with atomic_output_dir(out, force=force) as tmp:
         for value in chosen:
@@ -130,10 +163,13 @@ def split_dataset(
             subset = table.select(indices)
             file_name = f"{names[value]}.{fmt}"
             target = tmp / file_name
-            if fmt == "jsonl":
-                subset.to_json(str(target), lines=True, force_ascii=False)
-            else:
-                subset.to_parquet(str(target))
+            try:
+                if fmt == "jsonl":
+                    subset.to_json(str(target), lines=True, force_ascii=False)
+                else:
+                    subset.to_parquet(str(target))
+            except OSError as exc:  # the output's fault (full disk, permissions), never the input's
+                raise SpungeError(f"cannot write {Path(out) / file_name}: {exc.strerror or exc}") from exc
             subsets.append({"value": value, "name": names[value], "file": file_name, "rows": len(indices)})
         write_json(tmp / SPLIT_MANIFEST, {
             "kind": "split",

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import read_json, sha256_json
+from spunge_merge.models import check_loading_info, check_safetensors, quiet_loading
 
 DEFAULT_CLASSIFIER = "tomh/toxigen_roberta"
 JUDGE_CARD = "judge_card.json"
@@ -127,11 +128,18 @@ class HFClassifierJudge:
                               "pytorch_model.bin (a pickle: only for a source you trust)")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                self.path, dtype=torch.float32, use_safetensors=has_safetensors).to(self.device).eval()
+            for file in self.path.glob("*.safetensors"):
+                check_safetensors(file)
+            with quiet_loading():
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    self.path, dtype=torch.float32, use_safetensors=has_safetensors, output_loading_info=True)
         except (OSError, ValueError) as exc:
             raise SpungeError(f"classifier {self.ref}: cannot load it as a sequence-classification model "
                               f"({str(exc).strip().splitlines()[0][:200]})") from exc
+        # A checkpoint without its classification head would judge with a random one: refuse it.
+        # (Unexpected tensors, e.g. an unused pooler, are left out and harmless.)
+        check_loading_info(info, self.path, unexpected=False)
+        self.model = model.to(self.device).eval()
         self.max_length = min(max_length, getattr(self.tokenizer, "model_max_length", max_length) or max_length)
 
     @property

@@ -12,12 +12,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from spunge_merge.config import build_config
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, is_nonempty_dir
 from spunge_merge.merge.inputs import expand_runs, is_model_dir
-from spunge_merge.merge.recipe import MergeSettings, build_recipe, load_recipe, recipe_text, validate_recipe
+from spunge_merge.merge.recipe import build_recipe, load_recipe, recipe_text, validate_recipe
 from spunge_merge.merge.runner import MERGED_KIND, RECIPE_FILE, MergeStats, check_output, merge_options, run_recipe_into
+from spunge_merge.merge.settings import check_recipe_ranges, merge_settings
 from spunge_merge.merge.tensorfiles import model_slots
 from spunge_merge.merge.views import describe_model_dir, model_for_run, model_identity
 from spunge_merge.models import ALIASES, ResolvedModel, resolve_model
@@ -59,10 +59,8 @@ def merge_runs(
     weight take one value for all runs or one per run. `parameters` adds mergekit parameters
     (e.g. {"int8_mask": True}). `dtype` defaults to the base's weights' dtype.
     """
-    settings = build_config(MergeSettings, overrides={
-        "method": method, "density": density, "weight": weight, "lam": lam, "normalize": normalize,
-        "dtype": dtype, "parameters": dict(parameters or {}),
-    })
+    settings = merge_settings(method=method, density=density, weight=weight, lam=lam, normalize=normalize, dtype=dtype,
+                              parameters=dict(parameters or {}))
     resolved = base if isinstance(base, ResolvedModel) else resolve_model(base)
     base_slots = model_slots(resolved.path)
     if settings.dtype is None:
@@ -116,6 +114,7 @@ def merge_recipe(
     if notes:
         text = recipe_text(data, [f"rewritten by spunge from {recipe}:", *notes])
     config = validate_recipe(data, str(recipe))
+    check_recipe_ranges(config, str(recipe))
     base = None
     if config.base_model is not None and Path(config.base_model.model.path).is_dir():
         base = ResolvedModel(str(config.base_model), Path(config.base_model.model.path).resolve())

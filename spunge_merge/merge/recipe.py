@@ -13,29 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from spunge_merge import __version__
-from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml
+from spunge_merge.config import format_validation_error, load_yaml
 from spunge_merge.errors import SpungeError
+from spunge_merge.merge.settings import DEFAULT_METHOD, MergeSettings  # noqa: F401 - re-exported
 
-DEFAULT_METHOD = "ties"
 DEFAULT_DENSITY = 0.2  # TIES paper (Yadav et al. 2023): keep the top k = 20 % of each task vector
 DEFAULT_WEIGHT = 1.0
 DEFAULT_LAMBDA = 1.0  # TIES paper's default scaling of the merged task vector
 ISSUE_213 = "https://github.com/arcee-ai/mergekit/issues/213"
-
-
-class MergeSettings(FrozenConfig):
-    """What `spunge merge RUN...` turns into a recipe (None = not given: the method's default)."""
-
-    method: str = DEFAULT_METHOD
-    density: float | list[float] | None = None
-    weight: float | list[float] | None = None
-    lam: float | None = None
-    normalize: bool | None = None
-    dtype: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 def merge_method(name: str, source: str = "--method"):

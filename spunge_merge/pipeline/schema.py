@@ -18,9 +18,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
-from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml
+from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml, reattribute
 from spunge_merge.data.discovery.spec import ClassifierBy, ClusterBy, build_by
 from spunge_merge.errors import SpungeError
+from spunge_merge.merge.settings import Lambda, MergeOptions
 from spunge_merge.unlearn import registry
 
 STAGES = ("split", "unlearn", "baseline", "merge", "eval", "push")
@@ -139,15 +140,11 @@ class UnlearnSection(FrozenConfig):
         return self
 
 
-class MergeSection(FrozenConfig):
-    method: str = Field("ties", description="mergekit merge method (paper: ties).")
-    density: float | None = Field(None, gt=0, le=1, description="TIES density: fraction of each task vector kept.")
-    weight: float | None = Field(None, description="Weight of every run in the merge.")
-    lambdas: list[float] = Field([1.0], alias="lambda", min_length=1,
-                                 description="Scale λ of the merged task vector; a list builds one model per λ without retraining.")
-    normalize: bool | None = Field(None, description="TIES normalize (divide by the sum of weights).")
-    dtype: str | None = Field(None, description="dtype of the merged model (default: the merge stage's).")
-    parameters: dict[str, Any] | None = Field(None, description="Extra mergekit parameters, passed through.")
+class MergeSection(MergeOptions):
+    """The merge settings of `spunge merge` (`MergeOptions`: one definition of each range), with a list of λ."""
+
+    lambdas: list[Lambda] = Field([1.0], alias="lambda", min_length=1,
+                                  description="Scale λ >= 0 of the merged task vector; a list builds one model per λ without retraining.")
     cuda: bool | None = Field(None, description="Merge on the GPU (default: when one is available).")
 
     @field_validator("lambdas", mode="before")
@@ -332,9 +329,12 @@ def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
     try:
         pipeline = Pipeline.model_validate(data)
     except ValidationError as exc:
-        raise SpungeError(format_validation_error(exc, source)) from exc
-    check_method_configs(pipeline, source)
-    _check_eval_kwargs(pipeline, source)
+        raise SpungeError(format_validation_error(exc, source, data)) from exc
+    try:
+        check_method_configs(pipeline, source)
+        _check_eval_kwargs(pipeline, source)
+    except SpungeError as exc:  # a value given by --set is blamed on the --set, not on the file
+        raise SpungeError(reattribute(str(exc), source, data)) from exc
     return pipeline
 
 

@@ -32,13 +32,13 @@ _SKIPPED_FILES = (".bin", ".pt", ".pth", ".gguf", ".ckpt", ".msgpack", ".h5")
 def apply_adapter(base: ResolvedModel, adapter_dir: Path, out: Path) -> Path:
     """base + adapter as a plain model directory (peft's merge_and_unload), in the base's own dtype."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
-    from spunge_merge.models import load_tokenizer
+    from spunge_merge.models import load_causal_lm, load_tokenizer
 
     record = read_provenance(adapter_dir) or {}
     with atomic_output_dir(out, force=True) as tmp:
-        lm = AutoModelForCausalLM.from_pretrained(base.path, dtype="auto")
+        lm = load_causal_lm(base, dtype="auto")
         merged = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(base).save_pretrained(tmp)
@@ -93,6 +93,7 @@ def delta_to_model(base: ResolvedModel, run: Path, lam: float | None, out: Path,
     from safetensors.torch import load_file, save_file
 
     from spunge_merge.merge.tensorfiles import weight_files
+    from spunge_merge.models import check_safetensors
 
     run = Path(run)
     if not (run / DELTA_FILE).is_file():
@@ -102,6 +103,7 @@ def delta_to_model(base: ResolvedModel, run: Path, lam: float | None, out: Path,
     if expected and expected != base.fingerprint:
         raise SpungeError(f"{run} was trained on a different base model than {base.ref} (fingerprint mismatch); "
                           "pass the base model it was trained on")
+    check_safetensors(run / DELTA_FILE)
     delta = load_file(str(run / DELTA_FILE))
     index = weight_files(base.path)
     unknown = sorted(set(delta) - set(index))

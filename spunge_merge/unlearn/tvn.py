@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from spunge_merge.config import FrozenConfig, build_config
+from spunge_merge.config import FrozenConfig, Lambda, build_config, check_lambda
 from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, link_or_copy, write_json
-from spunge_merge.models import ALIASES, ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
+from spunge_merge.models import ALIASES, ResolvedModel, check_safetensors, load_causal_lm, load_tokenizer, resolve_model
 from spunge_merge.provenance import PROVENANCE_FILE, fingerprint, is_complete, read_provenance, write_provenance
 from spunge_merge.unlearn import budget, lm_data, registry
 from spunge_merge.unlearn.base import (
@@ -76,8 +76,8 @@ class TVNConfig(FrozenConfig):
         "cosine", description="Learning-rate schedule (transformers.get_scheduler).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the LoRA weights.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping norm (None = no clipping).")
-    lam: float = Field(1.0, ge=0.0, description="λ in θ_u = θ_init − λ·(alpha/r)·B·A: how much of the task vector is subtracted; "
-                       "change it later with `spunge negate`. Paper: 1.0.", json_schema_extra={"cli_flags": ["--lambda"]})
+    lam: Lambda = Field(1.0, description="λ in θ_u = θ_init − λ·(alpha/r)·B·A: how much of the task vector is subtracted; "
+                        "change it later with `spunge negate`. Paper: 1.0.", json_schema_extra={"cli_flags": ["--lambda"]})
     seed: int = Field(42, description="Seed for LoRA init, dropout and shuffling.")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
     dtype: str = Field("auto", description="Base model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
@@ -159,8 +159,7 @@ def negated_tensors(unnegated: Mapping[str, Any], lam: float) -> dict[str, Any]:
     """The adapter's tensors with every lora_B (and lora_embedding_B) multiplied by −λ."""
     import torch
 
-    if lam < 0:
-        raise SpungeError(f"--lambda must be >= 0 (got {lam}); λ scales how much of the task vector is subtracted")
+    lam = check_lambda(lam)
     out, scaled = {}, 0
     for key, tensor in unnegated.items():
         if _LORA_B.search(key):
@@ -179,6 +178,7 @@ def _write_negated(unnegated_dir: Path, target_dir: Path, lam: float) -> None:
     source = unnegated_dir / ADAPTER_WEIGHTS
     if not source.is_file():
         raise SpungeError(f"{source}: missing; the un-negated adapter is needed to negate again")
+    check_safetensors(source)
     # Bytes through atomic_write_bytes: safetensors' save_file creates files with mode 0600.
     atomic_write_bytes(target_dir / ADAPTER_WEIGHTS, save(negated_tensors(load_file(source), lam), metadata={"format": "pt"}))
 
@@ -206,8 +206,7 @@ def negate_run(run_dir: str | Path, lam: float, out: str | Path | None = None, *
     record = read_provenance(run_dir)
     if record is None or record.get("kind") != KIND:
         raise SpungeError(f"{run_dir} is not a TVN run (no spunge.json of kind '{KIND}')")
-    if lam < 0:
-        raise SpungeError(f"--lambda must be >= 0 (got {lam})")
+    lam = check_lambda(lam)
     if not (run_dir / UNNEGATED / ADAPTER_WEIGHTS).is_file():
         raise SpungeError(f"{run_dir / UNNEGATED / ADAPTER_WEIGHTS}: missing; cannot negate again without it")
     target = Path(out) if out is not None else run_dir
@@ -228,8 +227,7 @@ def negate_output(path: str | Path, lam: float, out: str | Path | None = None, *
     path = Path(path)
     if not path.is_dir():
         raise SpungeError(f"{path}: no such run directory")
-    if lam < 0:
-        raise SpungeError(f"--lambda must be >= 0 (got {lam})")
+    lam = check_lambda(lam)
     runs = list_runs(path)
     if runs == [path]:
         return [negate_run(path, lam, out, force=force)]
