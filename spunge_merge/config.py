@@ -107,7 +107,7 @@ def format_validation_error(exc: ValidationError, source: str, data: Any = None,
     for error in validation_problems(exc):
         loc = (*prefix, *error["loc"])
         location = ".".join(str(part) for part in loc) or "(top level)"
-        problems.append(f"{location}: {error['msg']}")
+        problems.append(f"{location}: {error['msg'].removeprefix('Value error, ')}")
         blamed.append(blame(loc, source, data))
     where = blamed[0] if len(set(blamed)) == 1 and blamed else source
     return f"{where}: " + "; ".join(problems)

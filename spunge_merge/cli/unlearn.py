@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import operator
 import types
 import typing
@@ -164,8 +165,8 @@ _BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", ope
 
 def _check_bounds(flag: str, value: Any, bounds: list) -> None:
     """A number given on the command line outside the field's range, named by its option."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return  # NaN and ±inf are refused by the settings class itself, as "not a finite number"
     for bound in bounds:
         for attribute, (words, holds) in _BOUNDS.items():
             limit = getattr(bound, attribute, None)

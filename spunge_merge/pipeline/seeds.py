@@ -40,8 +40,9 @@ from spunge_merge.config import apply_overrides, load_yaml
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text, iter_jsonl, read_json, write_json
 from spunge_merge.pipeline.runner import REPORT_FILE, REPORT_JSON, RunSummary, default_run_dir, run_pipeline
-from spunge_merge.pipeline.schema import Pipeline, method_config_class
+from spunge_merge.pipeline.schema import Pipeline
 from spunge_merge.pipeline.state import STATE_DIR, StateStore
+from spunge_merge.unlearn import registry
 
 SEEDS_DIR = "seeds"
 SPLIT_KEY = "stage/split"
@@ -59,7 +60,7 @@ class SeedsSummary(RunSummary):
 
 def seed_overrides(pipeline: Pipeline, seed: int) -> list[str]:
     """`--set` assignments that make one seed's single run: no `seeds`, every unlearning seed set to `seed`."""
-    cls = method_config_class(pipeline.unlearn.method)
+    cls = registry.get_method(pipeline.unlearn.method).config_class
     if "seed" not in cls.model_fields:
         raise SpungeError(f"seeds: unlearn.method {pipeline.unlearn.method} has no `seed` setting to vary")
     assignments = ["seeds=null", f"unlearn.config.seed={seed}", f"baseline.config.seed={seed}"]
