@@ -37,7 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, link_or_copy
+from spunge_merge.fsutil import atomic_output_dir, copy_file
 from spunge_merge.merge.tensorfiles import weight_files
 from spunge_merge.models import ResolvedModel, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
@@ -769,7 +769,9 @@ _SKIPPED_FILES = (".bin", ".pt", ".pth", ".gguf", ".ckpt", ".msgpack", ".h5")
 def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """A full HF model directory: `base` with the tensors of `run_dir/delta.safetensors` replaced.
 
-    Shards holding no updated tensor are hard-linked (or copied); the others are rewritten.
+    Shards holding no updated tensor are reflinked where the filesystem can (else copied), the others
+    rewritten, config and tokenizer files copied: no output file shares an inode with the base, so
+    a `save_pretrained` into the output never edits the base model.
     `base` None means the base model named in the run's spunge.json.
     """
     from safetensors import safe_open
@@ -805,7 +807,7 @@ def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, ou
             if not item.is_file() or item.name.startswith("spunge") or item.suffix in _SKIPPED_FILES:
                 continue
             if item not in touched:
-                link_or_copy(item, tmp / item.name)
+                copy_file(item, tmp / item.name)
                 continue
             with safe_open(item, framework="pt") as handle:
                 metadata = handle.metadata() or {}
