@@ -119,8 +119,15 @@ def _tree_bytes(root: Path) -> int:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory (a full disk: SpungeError naming `path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
+    if path.is_dir():
+        raise SpungeError(f"cannot write {path}: it is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
+    except OSError as exc:
+        if is_space_error(exc):
+            raise space_error(path, exc, needed=len(data)) from exc
+        raise SpungeError(f"cannot write {path}: {exc.strerror or exc} ({exc.filename or path.parent})") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

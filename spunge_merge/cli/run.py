@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -41,14 +42,18 @@ def run_command(
     overrides: list[str] = typer.Option(None, "--set", help="Change one setting of the file for this run: KEY.PATH=VALUE, "
                                         "VALUE read as YAML (e.g. --set baseline.config.lr=2e-5 --set 'eval.models=[baseline]'). "
                                         "Repeatable; the run directory's pipeline.yaml records the settings as run."),
+    accept_changes: bool = typer.Option(False, "--accept-changes", help="The run directory was run with other settings "
+                                        "(its pipeline.yaml): redo the stages the differences affect. Without it such a "
+                                        "run is refused, listing the differences and the stages they would redo."),
 ) -> None:
     """Run a whole Spunge experiment from one file: split, unlearn each subset, unlearn the un-split baseline with
     the same budget, merge, evaluate base vs. baseline vs. Spunge, and optionally push. Resumable: a rerun skips
     every stage whose inputs and settings are unchanged, and an interrupted stage restarts cleanly."""
     if executor is not None and executor not in ("local", "ray"):
         raise typer.BadParameter("use local or ray", param_hint="--executor")
-    summary = run_pipeline(pipeline, run_dir=run_dir, only=only, force=force, executor=executor, ray_address=ray_address,
-                           overrides=overrides)
+    with _interruptible(run_dir):
+        summary = run_pipeline(pipeline, run_dir=run_dir, only=only, force=force, executor=executor, ray_address=ray_address,
+                               overrides=overrides, accept_changes=accept_changes)
     _print_summary(summary)
 
 
@@ -56,12 +61,27 @@ def demo_command(
     run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Where the demo writes its models and report."),
     force: bool = typer.Option(False, "--force", help="Redo every stage even when up to date."),
     executor: str = typer.Option("local", "--executor", help="local or ray."),
+    accept_changes: bool = typer.Option(False, "--accept-changes", help="Redo what differs when the run directory was "
+                                        "made by another version of the demo."),
 ) -> None:
     """The offline demo: remove two knowledge domains (capitals, chemical symbols) from smollm2-135m with RMU while
     keeping three (languages, opposites, landmarks), split by domain vs. un-split, and compare per-domain accuracy on
     held-out facts. Runs on a CPU in minutes; the data ships with spunge."""
-    summary = run_pipeline(DEMO_PIPELINE, run_dir=run_dir, force=force, executor=executor)
+    with _interruptible(run_dir):
+        summary = run_pipeline(DEMO_PIPELINE, run_dir=run_dir, force=force, executor=executor, accept_changes=accept_changes)
     _print_summary(summary)
+
+
+@contextlib.contextmanager
+def _interruptible(run_dir: Path | None):
+    """Ctrl-C: one line (where the run stopped, how to resume) and exit code 130, as a shell expects; no traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        where = f" {run_dir}" if run_dir is not None else ""
+        typer.secho(f"Interrupted: the run directory{where} keeps what finished; rerun the same command to resume "
+                    "(jobs that had not started are marked 'not started')", err=True, fg="yellow")
+        raise typer.Exit(code=130) from None
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:

@@ -156,7 +156,7 @@ def _prepare_user_recipe(data: dict, source: str, views_dir: Path | None) -> tup
             continue
         base_text, _, adapter = model.partition("+") if "+" in model else (data.get("base_model"), "", model)
         path = Path(adapter).expanduser()
-        if path.is_absolute() and not path.exists():
+        if not path.exists() and (path.is_absolute() or adapter.startswith(("./", "../"))):
             raise SpungeError(_missing_model_hint(source, i, path))
         if not path.is_dir() or is_model_dir(path):
             rewritten.append(entry)
@@ -183,6 +183,11 @@ def _missing_model_hint(source: str, index: int, path: Path) -> str:
         instead = str(portable) if portable.is_file() else f"the {PORTABLE_RECIPE_FILE} beside the merged model"
         return (f"{source}: models[{index}] {path} is a merge view that no longer exists (views are a cache); "
                 f"run the recipe that names the runs instead: spunge merge --recipe {instead} --out DIR")
+    if not path.is_absolute():
+        made_by = " (an RMU run made into a model by `spunge materialize`, see the recipe's comments)" \
+            if path.name.endswith("-materialized") else ""
+        return (f"{source}: models[{index}] {path}: no such directory{made_by}; relative paths are read from the current "
+                f"directory ({Path.cwd().name}): run from the folder that holds the runs")
     return f"{source}: models[{index}] {path}: no such directory"
 
 
