@@ -97,7 +97,7 @@ def space_error(output: Path, exc: BaseException, *, needed: int | None = None, 
         else "no space left on device"
     parts = []
     if needed is not None:
-        parts.append(f"it needs {human_bytes(needed)}")
+        parts.append(f"it needs about {human_bytes(needed)}")
     elif written is not None:
         parts.append(f"it needs more than the {human_bytes(written)} written before the failure")
     free = free_bytes(output.parent)
@@ -222,10 +222,12 @@ def _restore_modes(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_output_dir(out: str | Path, *, force: bool = False, expected_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary directory that replaces `out` only if the block succeeds.
 
-    On any exception the temporary is removed and `out` is left as it was.
+    On any exception the temporary is removed and `out` is left as it was. A full disk or a file-size
+    limit becomes a SpungeError naming `out` and `expected_bytes` (the output's size, when the caller
+    knows it), else what had been written.
     """
     out = Path(out)
     check_output_dir(out, force=force)
@@ -252,7 +254,7 @@ def atomic_output_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]
         written = _tree_bytes(tmp) if space else 0
         shutil.rmtree(tmp, ignore_errors=True)
         if space:
-            raise space_error(out, exc, written=written) from exc
+            raise space_error(out, exc, needed=expected_bytes, written=written) from exc
         raise
 
 

@@ -136,6 +136,20 @@ def test_materialize_shares_no_inode_with_the_base_and_writes_stay_in_the_output
     assert GenerationConfig.from_pretrained(base).max_new_tokens == 7
 
 
+def test_a_pipeline_baseline_model_shares_no_inode_with_the_base(world, tmp_path):
+    from transformers import GenerationConfig
+
+    from spunge_merge.models import ResolvedModel
+    from spunge_merge.pipeline.stages import materialize_adapter
+
+    base = ResolvedModel(str(world["base"]), world["base"])
+    before = tree_hashes(world["base"])
+    out = materialize_adapter(base, world["tvn"][0], tmp_path / "baseline")
+    assert not inodes(out) & (inodes(world["base"]) | inodes(world["tvn"][0]))
+    GenerationConfig(max_new_tokens=42).save_pretrained(out)
+    assert tree_hashes(world["base"]) == before
+
+
 def test_negate_into_another_folder_and_views_share_no_inode_with_their_inputs(world, tmp_path):
     from spunge_merge.unlearn.tvn import negate_output
 
@@ -473,6 +487,7 @@ def _push_failing(how: str):
     return setup
 
 
+TOO_LARGE = "file too large for this filesystem or its limits (it needs about"
 CASES = [
     # spunge run: where it writes, and what it would redo
     Case("run-dir-is-a-file", lambda w, t: (["run", str(_pipeline(t / "ws")[0]), "--run-dir", str(_file(t / "run"))], t / "run",
@@ -481,8 +496,10 @@ CASES = [
                                                t / "f", [t / "ws"]), "cannot create it"),
     Case("run-seed-differs-from-recorded", _run_case("all", **{"unlearn.config.seed": 1}),
          "unlearn.config.seed: 0 -> 1. This would redo: unlearn, baseline, merge, eval"),
-    Case("run-merge-lambda-differs", _run_case("all", **{"merge.lambda": [0.5]}), "merge.lambda: [1.0] -> [0.5]. This would redo: merge, eval"),
-    Case("run-model-differs", _run_case("all", model="./other"), "model: ./model -> ./other. This would redo: split, unlearn, baseline, merge, eval"),
+    Case("run-merge-lambda-differs", _run_case("all", **{"merge.lambda": [0.5]}),
+         "merge.lambda: [1.0] -> [0.5]. This would redo: merge, eval"),
+    Case("run-model-differs", _run_case("all", model="./other"),
+         "model: ./model -> ./other. This would redo: split, unlearn, baseline, merge, eval"),
     Case("run-setting-removed", _run_case("all", **{"merge.density": None}), "merge.density: 0.5 -> (not set)"),
     Case("run-setting-added", _run_case("all", **{"unlearn.config.epochs": 3}), "unlearn.config.epochs: (not set) -> 3"),
     Case("run-only-with-other-settings", _run_case("only", **{"merge.density": 0.9}), "merge.density: 0.5 -> 0.9"),
@@ -491,7 +508,7 @@ CASES = [
     Case("materialize-out-not-empty", _materialize_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),
     Case("materialize-out-is-the-base", _materialize_into(lambda w, t: w["base"]), "is not empty; pass --force"),
     Case("materialize-out-under-a-file", _materialize_into(lambda w, t: _file(t / "f") / "out"), "cannot write to"),
-    Case("materialize-file-too-large", _materialize_into(lambda w, t: t / "out"), "file too large", file_size_limit=60_000),
+    Case("materialize-file-too-large", _materialize_into(lambda w, t: t / "out"), TOO_LARGE, file_size_limit=60_000),
     # spunge merge: --out, --recipe-out, --views-dir, a recipe whose views were deleted
     Case("merge-out-is-a-file", _merge_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),
     Case("merge-out-not-empty", _merge_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),
@@ -501,7 +518,7 @@ CASES = [
     Case("merge-views-dir-is-a-file", _views_dir_is_a_file, "cannot write to"),
     Case("merge-recipe-views-deleted", _deleted_views, "is a merge view that no longer exists (views are a cache); run the recipe "
          "that names the runs instead: spunge merge --recipe"),
-    Case("merge-file-too-large", _merge_into(lambda w, t: t / "out"), "file too large", file_size_limit=60_000),
+    Case("merge-file-too-large", _merge_into(lambda w, t: t / "out"), TOO_LARGE, file_size_limit=60_000),
     # spunge negate --out
     Case("negate-out-is-a-file", _negate_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),
     Case("negate-out-not-empty", _negate_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),

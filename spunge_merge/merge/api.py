@@ -17,8 +17,15 @@ from spunge_merge.config import build_config
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, is_nonempty_dir
 from spunge_merge.merge.inputs import expand_runs, is_model_dir
-from spunge_merge.merge.recipe import (PORTABLE_RECIPE_FILE, MergeSettings, build_recipe, load_recipe, portable_recipe, recipe_text,
-                                      validate_recipe)
+from spunge_merge.merge.recipe import (
+    PORTABLE_RECIPE_FILE,
+    MergeSettings,
+    build_recipe,
+    load_recipe,
+    portable_recipe,
+    recipe_text,
+    validate_recipe,
+)
 from spunge_merge.merge.runner import MERGED_KIND, RECIPE_FILE, MergeStats, check_output, merge_options, run_recipe_into
 from spunge_merge.merge.tensorfiles import model_slots
 from spunge_merge.merge.views import describe_model_dir, model_for_run, model_identity
@@ -212,7 +219,8 @@ def _execute(config, text: str, out: Path, *, base: ResolvedModel | None, cuda: 
     models = [entry.model for entry in config.models or []]
     runs = [describe_model_dir(local_dirs[ref]) for ref in models if ref != config.base_model]
     base_record = _base_record(config, local_dirs, base, runs)
-    with atomic_output_dir(out, force=True) as tmp:
+    size = max((sum(slot.nbytes for slot in model.values()) for model in slots.values()), default=None)
+    with atomic_output_dir(out, force=True, expected_bytes=size) as tmp:
         stats = run_recipe_into(tmp, config, text, local_dirs, options=options, source=source, progress=progress, slots=slots)
         atomic_write_text(tmp / RECIPE_FILE, text)
         _write_portable(tmp, text, local_dirs, base_record)

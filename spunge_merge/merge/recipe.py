@@ -283,8 +283,9 @@ def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -
 
     `described` maps each model reference of `data` to what it stands for (`merge.views.describe_model_dir`:
     its `kind` and run `path`); `base` is the merged model's base record (`ref`, `path`). Model paths are
-    written relative to the folder that holds the runs (e.g. a pipeline's `unlearn/`); a TVN adapter becomes mergekit's own `BASE+ADAPTER`; an RMU delta, which mergekit
-    cannot read, becomes the directory `spunge materialize` writes, with the command to make it.
+    written relative to the folder that holds the runs (e.g. a pipeline's `unlearn/`); a TVN adapter becomes
+    mergekit's own `BASE+ADAPTER`; an RMU delta, which mergekit cannot read, becomes the directory
+    `spunge materialize` writes, with the command to make it.
     """
     import os
 
@@ -292,7 +293,7 @@ def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -
     runs = [Path(entry["path"]).resolve() for ref, entry in described.items()
             if ref != base_ref and isinstance(entry, dict) and entry.get("path")]
     if base_ref and _portable_base(base, None)[1] and isinstance(base, dict) and base.get("path") \
-            and not _portable_base(base, None)[0] in _aliases():
+            and _portable_base(base, None)[0] not in _aliases():
         runs.append(Path(base["path"]).resolve())  # a local base beside the runs travels with them
     root = Path(os.path.commonpath([str(p.parent) for p in runs])) if runs else None
     if root is not None and root == Path(root.anchor):

@@ -550,7 +550,9 @@ def materialize_adapter(base: ResolvedModel, adapter_dir: Path, out: Path) -> Pa
     from spunge_merge.provenance import read_provenance, write_provenance
 
     record = read_provenance(adapter_dir) or {}
-    with atomic_output_dir(out, force=True) as tmp:
+    size = sum(p.stat().st_size for p in base.path.glob("*.safetensors"))  # named in a disk-full error
+    # Every file here is written anew (save_pretrained), none linked: writing into it never reaches the base.
+    with atomic_output_dir(out, force=True, expected_bytes=size) as tmp:
         lm = AutoModelForCausalLM.from_pretrained(base.path, dtype="auto")
         merged = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)

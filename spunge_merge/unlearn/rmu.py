@@ -802,7 +802,8 @@ def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, ou
         raise SpungeError(f"{run_dir}/{DELTA_FILE}: tensor {unknown[0]} is not in {resolved.ref}")
     touched = {index[name] for name in delta}
     out = Path(out)
-    with atomic_output_dir(out, force=force) as tmp:
+    size = sum(p.stat().st_size for p in resolved.path.iterdir() if p.is_file() and p.suffix not in _SKIPPED_FILES)
+    with atomic_output_dir(out, force=force, expected_bytes=size) as tmp:
         for item in sorted(resolved.path.iterdir()):
             if not item.is_file() or item.name.startswith("spunge") or item.suffix in _SKIPPED_FILES:
                 continue
