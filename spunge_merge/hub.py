@@ -263,7 +263,7 @@ def plan_push(model_dir: str | Path, repo_id: str, *, allow_pickle: bool = False
     for line, kind in find_secrets(card, known=known_secrets):
         problems.append(f"the model card (README.md, built from spunge.json):{line} contains what looks like {kind}")
     uploads = _without_local_paths(uploads, model_dir)
-    card = scrub_local_paths(card, path_replacements(model_dir))
+    card = scrub_local_paths(card, path_replacements(model_dir))  # built from spunge.json: every path scrubbed
     card_bytes = card.encode("utf-8")
     uploads.append(UploadFile("README.md", len(card_bytes), content=card_bytes))
     uploads.sort(key=lambda f: f.path_in_repo)
@@ -276,6 +276,11 @@ def plan_push(model_dir: str | Path, repo_id: str, *, allow_pickle: bool = False
 
 # --------------------------------------------------------------------------- no local paths in what is published
 
+# Published as they are: a vocabulary may hold tokens such as "/usr" that only look like paths.
+_VERBATIM = {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "special_tokens_map.json",
+             "chat_template.jinja", "chat_template.json"}
+# spunge's own records: any absolute path in them is this machine's (other text files: the known folders only).
+_RECORDS = {"spunge.json", MERGEKIT_RECIPE, PORTABLE_RECIPE}
 # An absolute path: not inside a URL or a relative path (nothing path-like right before the slash).
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~$<>:/\\-])/(?:[\w.@+=,-]+/)*[\w.@+=,-]+/?")
 
@@ -316,12 +321,14 @@ def _read_record(model_dir: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def scrub_local_paths(text: str, replacements: list[tuple[str, str]]) -> str:
-    """`text` with every local absolute path replaced: known folders by their portable names, any other
-    absolute path whose top folder exists on this machine by `<local>/NAME` (its last component)."""
+def scrub_local_paths(text: str, replacements: list[tuple[str, str]], *, every_path: bool = True) -> str:
+    """`text` with local absolute paths replaced: the known folders by their portable names, and (with
+    `every_path`) any other absolute path whose top folder exists on this machine by `<local>/NAME`."""
     for local, public in replacements:
         if len(local) > 1:
             text = re.sub(re.escape(local) + r"(?![\w.@+=,-])", lambda _m, public=public: public, text)
+    if not every_path:
+        return text
 
     def generic(match: re.Match) -> str:
         path = match.group(0)
@@ -339,12 +346,13 @@ def _without_local_paths(uploads: list[UploadFile], model_dir: Path) -> list[Upl
     portable = model_dir / PORTABLE_RECIPE
     published = []
     for upload in uploads:
-        if upload.binary or upload.local_path is None or upload.size > _SCAN_LIMIT:
+        if upload.binary or upload.local_path is None or upload.size > _SCAN_LIMIT or upload.path_in_repo in _VERBATIM:
             published.append(upload)
             continue
         source = portable if upload.path_in_repo == MERGEKIT_RECIPE and portable.is_file() else upload.local_path
         original = upload.local_path.read_bytes()
-        text = scrub_local_paths(source.read_text(encoding="utf-8", errors="replace"), replacements)
+        text = scrub_local_paths(source.read_text(encoding="utf-8", errors="replace"), replacements,
+                                 every_path=upload.path_in_repo in _RECORDS)
         data = text.encode("utf-8")
         published.append(upload if data == original else UploadFile(upload.path_in_repo, len(data), content=data))
     return published

@@ -259,8 +259,12 @@ def test_portable_rmu_recipe_says_to_materialize_and_runs_once_that_is_done(worl
 
 def test_a_push_publishes_no_local_absolute_path(world, hub, tmp_path):
     model_dir = _copy_merged(world, tmp_path)
+    vocabulary = json.loads((model_dir / "tokenizer.json").read_text())
+    vocabulary["model"]["vocab"]["/tmp"] = len(vocabulary["model"]["vocab"])  # a token that looks like a path
+    (model_dir / "tokenizer.json").write_text(json.dumps(vocabulary))
     result = CliRunner().invoke(app, ["push", str(model_dir), "--repo", REPO])
     assert result.exit_code == 0, result.output
+    assert hub.files(REPO)["tokenizer.json"] == (model_dir / "tokenizer.json").read_bytes()  # vocabularies: as they are
     forbidden = {str(world["root"]), str(tmp_path), os.path.realpath(world["root"]), str(Path.home()), os.environ["SPUNGE_CACHE"]}
     files = hub.files(REPO)
     assert {"spunge.json", "mergekit_config.yml", "mergekit_config.portable.yml", "README.md"} <= set(files)
