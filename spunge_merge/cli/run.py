@@ -32,7 +32,8 @@ def run_command(
     pipeline: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline YAML file (see recipes/ for commented examples)."),
     only: str = typer.Option(None, "--only", help=f"Run only this stage ({', '.join(STAGES)}); the stages before it must "
                              "already be up to date in the run directory."),
-    force: bool = typer.Option(False, "--force", help="Redo the stages that run (all, or the --only one) even when up to date."),
+    force: bool = typer.Option(False, "--force", help="Redo the stages that run (all, or the --only one) even when up to date "
+                              "(and accept settings that differ from the run directory's record, as --accept-changes)."),
     executor: str = typer.Option(None, "--executor", help="local (one process, one job after another) or ray (each "
                                  "per-attribute job a Ray task). Default: the file's `executor`, else local."),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster to join (auto, ray://HOST:10001). "
