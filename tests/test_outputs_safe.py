@@ -521,7 +521,7 @@ CASES = [
     Case("merge-recipe-out-under-a-file", _recipe_out(lambda w, t: _file(t / "f") / "recipe.yml"), "cannot write"),
     Case("merge-views-dir-is-a-file", _views_dir_is_a_file, "cannot write to"),
     Case("merge-recipe-views-deleted", _deleted_views, "is a merge view that no longer exists (views are a cache); run the recipe "
-         "that names the runs instead: spunge merge --recipe"),
+         "that names the runs instead: cd "),
     Case("merge-file-too-large", _merge_into(lambda w, t: t / "out"), TOO_LARGE, file_size_limit=60_000),
     # spunge negate --out
     Case("negate-out-is-a-file", _negate_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),

@@ -23,6 +23,7 @@ from spunge_merge.merge.recipe import (
     build_recipe,
     load_recipe,
     portable_recipe,
+    portable_root,
     recipe_text,
     validate_recipe,
 )
@@ -187,9 +188,13 @@ def _missing_model_hint(source: str, index: int, path: Path) -> str:
     portable = Path(source).parent / PORTABLE_RECIPE_FILE
     view = path.name.split("-")[-1] if "-" in path.name else ""
     if portable.is_file() or "merge-views" in path.parts or ".views" in path.parts or re.fullmatch(r"[0-9a-f]{12}", view):
-        instead = str(portable) if portable.is_file() else f"the {PORTABLE_RECIPE_FILE} beside the merged model"
+        instead = str(portable.resolve()) if portable.is_file() else f"the {PORTABLE_RECIPE_FILE} beside the merged model"
+        record = read_provenance(Path(source).parent) or {}
+        runs = [Path(run["path"]) for run in record.get("runs") or [] if isinstance(run, dict) and isinstance(run.get("path"), str)]
+        folder = portable_root(runs, record.get("base_model") if isinstance(record.get("base_model"), dict) else None)
+        where = f"cd {folder} && " if folder is not None and folder.is_dir() else "from the folder that holds the runs: "
         return (f"{source}: models[{index}] {path} is a merge view that no longer exists (views are a cache); "
-                f"run the recipe that names the runs instead: spunge merge --recipe {instead} --out DIR")
+                f"run the recipe that names the runs instead: {where}spunge merge --recipe {instead} --out DIR")
     if not path.is_absolute():
         made_by = " (an RMU run made into a model by `spunge materialize`, see the recipe's comments)" \
             if path.name.endswith("-materialized") else ""

@@ -277,6 +277,21 @@ def _portable_base(base: dict | None, root: Path | None) -> tuple[str | None, li
     return target.name, [f"base_model {target.name}: the base model's directory; put it in the folder you run this recipe from."]
 
 
+def portable_root(runs: list[Path], base: dict | None) -> Path | None:
+    """The folder the portable recipe's paths are relative to: the one holding the runs (and a local base,
+    neither a Hub model nor a spunge alias, which travels with them); None for the filesystem root."""
+    import os
+
+    folders = [Path(run).resolve().parent for run in runs]
+    name, notes = _portable_base(base, None)
+    if isinstance(base, dict) and base.get("path") and notes and name not in _aliases():
+        folders.append(Path(base["path"]).resolve().parent)  # a local base beside the runs travels with them
+    if not folders:
+        return None
+    root = Path(os.path.commonpath([str(folder) for folder in folders]))
+    return None if root == Path(root.anchor) else root
+
+
 def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -> str:
     """The recipe `data` (whose models name this machine's views and checkpoints) rewritten so that
     mergekit-yaml runs it on another machine from the runs alone.
@@ -292,12 +307,7 @@ def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -
     base_ref = str(data.get("base_model")) if data.get("base_model") is not None else None
     runs = [Path(entry["path"]).resolve() for ref, entry in described.items()
             if ref != base_ref and isinstance(entry, dict) and entry.get("path")]
-    if base_ref and _portable_base(base, None)[1] and isinstance(base, dict) and base.get("path") \
-            and _portable_base(base, None)[0] not in _aliases():
-        runs.append(Path(base["path"]).resolve())  # a local base beside the runs travels with them
-    root = Path(os.path.commonpath([str(p.parent) for p in runs])) if runs else None
-    if root is not None and root == Path(root.anchor):
-        root = None
+    root = portable_root(runs, base if base_ref else None)
 
     def relative(path: str | Path) -> str:
         target = Path(path).resolve()
