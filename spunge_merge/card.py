@@ -24,6 +24,7 @@ from spunge_merge.provenance import PROVENANCE_FILE
 
 SPUNGE_TAGS = ["spunge", "unlearning", "mergekit", "merge"]
 MERGEKIT_RECIPE = "mergekit_config.yml"
+PORTABLE_RECIPE = "mergekit_config.portable.yml"  # names the runs, not this machine's merge views (merge/recipe.py)
 EVAL_FILES = ("toxicity.json", "knowledge.json", "perplexity.json", "fluency.json", "harness.json", "compare.json")
 PAPER_URL = "https://arxiv.org/abs/2406.11780"
 
@@ -204,9 +205,10 @@ def _run_view(run: dict, record: dict) -> dict:
 
 
 def _recipe_text(model_dir: Path, record: dict) -> str:
-    path = model_dir / MERGEKIT_RECIPE
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
+    """The portable recipe when the merge wrote one (the recipe as run names merge views on this machine)."""
+    for name in (PORTABLE_RECIPE, MERGEKIT_RECIPE):
+        if (model_dir / name).is_file():
+            return (model_dir / name).read_text(encoding="utf-8")
     merge = record.get("merge") if isinstance(record.get("merge"), dict) else {}
     for candidate in (merge.get("recipe"), record.get("recipe")):
         if isinstance(candidate, str) and candidate.strip():
@@ -556,7 +558,7 @@ The merge method was not recorded.
 {{ table(recipe_models_table) }}
 {% endif %}
 {% if recipe_text %}
-The exact mergekit recipe (`mergekit_config.yml`; the model paths are those of the machine that ran the merge):
+The mergekit recipe (`mergekit_config.yml`; model paths are relative to the folder that held the runs, see its comments):
 
 ```yaml
 {{ recipe_text }}

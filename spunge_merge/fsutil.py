@@ -7,6 +7,8 @@ the end, so an interrupted run never leaves a directory that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -54,11 +56,78 @@ def sha256_texts(texts: list[str]) -> str:
     return digest.hexdigest()
 
 
+_SPACE_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def human_bytes(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"
+
+
+def is_space_error(exc: BaseException) -> bool:
+    """A full disk, a quota or a file-size limit, also when a library (safetensors, torch) wraps the OSError."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _SPACE_ERRORS:
+            return True
+        text = str(exc)
+        if "os error 28" in text or "os error 27" in text or "No space left on device" in text or "File too large" in text:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space on the filesystem holding `path` (its nearest existing parent), None when unknown."""
+    for candidate in [Path(path), *Path(path).parents]:
+        if candidate.exists():
+            with contextlib.suppress(OSError):
+                info = os.statvfs(candidate)
+                return info.f_bavail * info.f_frsize
+            return None
+    return None
+
+
+def space_error(output: Path, exc: BaseException, *, needed: int | None = None, written: int | None = None) -> SpungeError:
+    """The one-line error for a write that ran out of room: which output, how much it needed, what is free."""
+    reason = "file too large for this filesystem or its limits" if getattr(exc, "errno", None) == errno.EFBIG or "too large" in str(exc) \
+        else "no space left on device"
+    parts = []
+    if needed is not None:
+        parts.append(f"it needs about {human_bytes(needed)}")
+    elif written is not None:
+        parts.append(f"it needs more than the {human_bytes(written)} written before the failure")
+    free = free_bytes(output.parent)
+    if free is not None:
+        parts.append(f"{human_bytes(free)} free there")
+    return SpungeError(f"cannot write {output}: {reason} ({'; '.join(parts)}); free some space or choose another location")
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for entry in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        with contextlib.suppress(OSError):
+            info = entry.lstat()
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same directory."""
+    """Write `data` to `path` through a temporary file in the same directory (a full disk: SpungeError naming `path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
+    if path.is_dir():
+        raise SpungeError(f"cannot write {path}: it is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
+    except OSError as exc:
+        if is_space_error(exc):
+            raise space_error(path, exc, needed=len(data)) from exc
+        raise SpungeError(f"cannot write {path}: {exc.strerror or exc} ({exc.filename or path.parent})") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -66,9 +135,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if not isinstance(exc, SpungeError) and is_space_error(exc):
+            raise space_error(path, exc, needed=len(data)) from exc
         raise
 
 
@@ -151,10 +222,12 @@ def _restore_modes(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_output_dir(out: str | Path, *, force: bool = False, expected_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary directory that replaces `out` only if the block succeeds.
 
-    On any exception the temporary is removed and `out` is left as it was.
+    On any exception the temporary is removed and `out` is left as it was. A full disk or a file-size
+    limit becomes a SpungeError naming `out` and `expected_bytes` (the output's size, when the caller
+    knows it), else what had been written.
     """
     out = Path(out)
     check_output_dir(out, force=force)
@@ -176,14 +249,54 @@ def atomic_output_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as exc:
+        space = not isinstance(exc, SpungeError) and is_space_error(exc)
+        written = _tree_bytes(tmp) if space else 0
         shutil.rmtree(tmp, ignore_errors=True)
+        if space:
+            raise space_error(out, exc, needed=expected_bytes, written=written) from exc
         raise
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link `src` to `dst` when the filesystem allows it, else copy (never a full rewrite when avoidable)."""
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def reflink(src: Path, dst: Path) -> bool:
+    """Make `dst` a copy-on-write clone of `src` (btrfs, XFS, bcachefs, ...); False where the filesystem has none.
+
+    A clone is a file of its own (its own inode): writing into it never changes `src`, yet it
+    costs no data blocks until one of them is written.
+    """
     try:
-        os.link(src, dst)
+        with open(src, "rb") as source, open(dst, "wb") as target:
+            fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
     except OSError:
-        shutil.copy2(src, dst)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dst)
+        return False
+    return True
+
+
+def copy_file(src: str | Path, dst: str | Path, *, allow_reflink: bool = True) -> str:
+    """Copy `src` to a new, independent file `dst`: a reflink where the filesystem has them, else a byte copy
+    (`shutil.copyfile`: `copy_file_range`/`sendfile` in the kernel). Returns "reflink" or "copy".
+
+    Why never a hard link: an output that shares an inode with an input lets any later write into the
+    output (a `save_pretrained`, an editor) change the input, e.g. the base model in the cache.
+    """
+    src, dst = Path(src), Path(dst)
+    if allow_reflink and reflink(src, dst):
+        how = "reflink"
+    else:
+        try:
+            shutil.copyfile(src, dst)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dst)
+            if is_space_error(exc):
+                raise space_error(dst, exc, needed=src.stat().st_size) from exc
+            raise
+        how = "copy"
+    with contextlib.suppress(OSError):
+        os.chmod(dst, 0o666 & ~_umask())
+    return how

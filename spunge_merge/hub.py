@@ -16,13 +16,14 @@ it is only ever handed to `HfApi`, never printed, logged or written.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from spunge_merge.card import build_model_card
+from spunge_merge.card import MERGEKIT_RECIPE, PORTABLE_RECIPE, build_model_card
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text
 
@@ -261,6 +262,8 @@ def plan_push(model_dir: str | Path, repo_id: str, *, allow_pickle: bool = False
             problems.append("a safetensors header's metadata contains what looks like a credential")
     for line, kind in find_secrets(card, known=known_secrets):
         problems.append(f"the model card (README.md, built from spunge.json):{line} contains what looks like {kind}")
+    uploads = _without_local_paths(uploads, model_dir)
+    card = scrub_local_paths(card, path_replacements(model_dir))  # built from spunge.json: every path scrubbed
     card_bytes = card.encode("utf-8")
     uploads.append(UploadFile("README.md", len(card_bytes), content=card_bytes))
     uploads.sort(key=lambda f: f.path_in_repo)
@@ -269,6 +272,90 @@ def plan_push(model_dir: str | Path, repo_id: str, *, allow_pickle: bool = False
         raise SpungeError(f"refusing to push {model_dir}: {shown}")
     summary = {"architecture": architecture, **weights}
     return PushPlan(model_dir=model_dir, repo_id=repo_id, files=uploads, card=card, summary=summary)
+
+
+# --------------------------------------------------------------------------- no local paths in what is published
+
+# Published as they are: a vocabulary may hold tokens such as "/usr" that only look like paths.
+_VERBATIM = {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "special_tokens_map.json",
+             "chat_template.jinja", "chat_template.json"}
+# spunge's own records: any absolute path in them is this machine's (other text files: the known folders only).
+_RECORDS = {"spunge.json", MERGEKIT_RECIPE, PORTABLE_RECIPE}
+# An absolute path: not inside a URL or a relative path (nothing path-like right before the slash).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~$<>:/\\-])/(?:[\w.@+=,-]+/)*[\w.@+=,-]+/?")
+
+
+def path_replacements(model_dir: Path) -> list[tuple[str, str]]:
+    """(local absolute path, what the published text says instead), longest first: the model directory,
+    the runs' folder (as in the portable recipe), the base model, spunge's cache, the home directory."""
+    from spunge_merge.models import cache_root
+
+    record = _read_record(model_dir)
+    pairs: dict[str, str] = {str(model_dir.resolve()): "."}
+    runs = [Path(run["path"]) for run in record.get("runs") or [] if isinstance(run, dict) and isinstance(run.get("path"), str)
+            and Path(run["path"]).is_absolute()]
+    if runs:
+        folder = Path(os.path.commonpath([str(run.parent) for run in runs]))
+        if folder != Path(folder.anchor):
+            pairs[str(folder)] = "."
+    base = record.get("base_model") if isinstance(record.get("base_model"), dict) else {}
+    if isinstance(base.get("path"), str) and Path(base["path"]).is_absolute():
+        from spunge_merge.card import _base_model  # the card's naming of the base (Hub id, alias)
+
+        named = _base_model(record)
+        pairs[base["path"]] = named["hub_id"] or (base.get("ref") if base.get("ref") and not Path(str(base["ref"])).is_absolute()
+                                                  else f"<base model>/{Path(base['path']).name}")
+    pairs[str(cache_root())] = "$SPUNGE_CACHE"
+    pairs[str(Path.home())] = "~"
+    for key in list(pairs):  # the same folders as the resolved paths name them
+        with_real = os.path.realpath(key)
+        pairs.setdefault(with_real, pairs[key])
+    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+
+
+def _read_record(model_dir: Path) -> dict:
+    try:
+        record = json.loads((model_dir / "spunge.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def scrub_local_paths(text: str, replacements: list[tuple[str, str]], *, every_path: bool = True) -> str:
+    """`text` with local absolute paths replaced: the known folders by their portable names, and (with
+    `every_path`) any other absolute path whose top folder exists on this machine by `<local>/NAME`."""
+    for local, public in replacements:
+        if len(local) > 1:
+            text = re.sub(re.escape(local) + r"(?![\w.@+=,-])", lambda _m, public=public: public, text)
+    if not every_path:
+        return text
+
+    def generic(match: re.Match) -> str:
+        path = match.group(0)
+        top = path.strip("/").split("/")[0]
+        if top and Path("/" + top).is_dir():
+            return "<local>/" + Path(path.rstrip("/")).name
+        return path
+    return _ABSOLUTE_PATH.sub(generic, text)
+
+
+def _without_local_paths(uploads: list[UploadFile], model_dir: Path) -> list[UploadFile]:
+    """The text files as published: local paths scrubbed, and `mergekit_config.yml` replaced by the portable recipe
+    (the recipe as run names merge views that exist only on this machine)."""
+    replacements = path_replacements(model_dir)
+    portable = model_dir / PORTABLE_RECIPE
+    published = []
+    for upload in uploads:
+        if upload.binary or upload.local_path is None or upload.size > _SCAN_LIMIT or upload.path_in_repo in _VERBATIM:
+            published.append(upload)
+            continue
+        source = portable if upload.path_in_repo == MERGEKIT_RECIPE and portable.is_file() else upload.local_path
+        original = upload.local_path.read_bytes()
+        text = scrub_local_paths(source.read_text(encoding="utf-8", errors="replace"), replacements,
+                                 every_path=upload.path_in_repo in _RECORDS)
+        data = text.encode("utf-8")
+        published.append(upload if data == original else UploadFile(upload.path_in_repo, len(data), content=data))
+    return published
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -337,15 +424,20 @@ def push_model(model_dir: str | Path, repo_id: str, *, private: bool = False, re
     }
     if dry_run:
         return result
-    try:
-        atomic_write_text(plan.model_dir / "README.md", plan.card)  # the local dir matches what the Hub gets
-    except OSError as exc:
-        raise SpungeError(f"cannot write the model card to {plan.model_dir / 'README.md'}: {exc.strerror or exc}") from exc
     message = commit_message or f"Upload {plan.model_dir.name} (spunge merged model)"
+    # The card is uploaded from memory; the directory is touched only after the commit exists, so a failed
+    # push (offline, refused, interrupted) leaves every local file as it was.
     with _hub_errors(repo_id):
         repo_url, deleted, info = _upload(plan, token=token, private=private, revision=revision,
                                           create_pr=create_pr, commit_message=message)
     result.update(repo_url=str(repo_url), deleted=deleted, commit_url=info.commit_url, pr_url=info.pr_url)
+    try:
+        atomic_write_text(plan.model_dir / "README.md", plan.card)  # now the local dir matches what the Hub got
+    except (OSError, SpungeError) as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("pushed, but could not update the local model card %s: %s",
+                                            plan.model_dir / "README.md", exc)
     return result
 
 

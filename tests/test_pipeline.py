@@ -194,7 +194,7 @@ def test_second_run_does_no_work_and_a_changed_setting_redoes_only_what_depends_
 
     # A second merge λ: no unlearning again, one new merged model, its evaluation and the new comparison.
     changed = tvn_pipeline(workspace["root"], **{"merge.lambda": [1.0, 0.5]})
-    result = run_pipeline(changed, run_dir=run_dir, live=False)
+    result = run_pipeline(changed, run_dir=run_dir, live=False, accept_changes=True)  # without it: refused (see test_outputs_safe)
     assert result.ran == ["merge", "eval"]
     assert not any(j.startswith(("unlearn/", "baseline/")) for j in result.jobs)
     assert sorted(result.merged) == ["spunge-lam0.5", "spunge-lam1"]

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from spunge_merge.card import build_model_card
 from spunge_merge.cli import app
-from spunge_merge.hub import find_secrets, human_size, push_model
+from spunge_merge.hub import find_secrets, human_size, path_replacements, push_model, scrub_local_paths
 from spunge_merge.provenance import write_provenance
 
 TOKEN = "hf_" + "TestTokenForTheFakeHubOnly" + "x" * 8  # 34 characters after hf_, like a real token
@@ -155,7 +155,14 @@ def test_push_creates_repo_and_commits_every_file_in_one_commit(hub_env, merged_
     assert set(commit.added) == expected and commit.deleted == []
     assert commit.revision == "main" and not commit.create_pr
     for path in expected:
+        if path in ("spunge.json", "mergekit_config.yml"):  # they name local paths: published without them
+            assert str(tmp_path).encode() not in commit.added[path].data, path
+            continue
         assert commit.added[path].data == (merged_dir / path).read_bytes(), path
+    published = json.loads(commit.added["spunge.json"].data)
+    assert published.keys() == json.loads((merged_dir / "spunge.json").read_text()).keys()
+    assert [run["path"] for run in published["runs"]] == [f"./{g}" for g in GROUPS]
+    assert published["base_model"]["path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     # the weights went through the LFS protocol (batch, upload, verify), not inline in the commit
     lines = {line["value"]["path"]: line["key"] for line in hub.requests_to(r"/commit/")[0].ndjson()[1:]}
     assert lines["model.safetensors"] == "lfsFile" and lines["config.json"] == "file"
@@ -256,7 +263,8 @@ def test_dry_run_lists_files_and_card_without_token_or_network(hub_env, merged_d
     assert f"lfs      {human_size(size)}  model.safetensors" in result.output
     assert f"Would commit {len(_expected_files(merged_dir))} files" in result.output
     card_text = result.output.split("----- README.md (model card) -----\n")[1].split("----- end of README.md -----")[0]
-    assert card_text == build_model_card(merged_dir, repo_id=REPO).content
+    local_card = build_model_card(merged_dir, repo_id=REPO).content  # published without this machine's paths
+    assert card_text == scrub_local_paths(local_card, path_replacements(merged_dir)) and str(merged_dir.parent) not in card_text
     assert "Dry run: nothing was uploaded." in result.output
 
     plan = push_model(merged_dir, REPO, dry_run=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -31,7 +32,8 @@ def run_command(
     pipeline: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline YAML file (see recipes/ for commented examples)."),
     only: str = typer.Option(None, "--only", help=f"Run only this stage ({', '.join(STAGES)}); the stages before it must "
                              "already be up to date in the run directory."),
-    force: bool = typer.Option(False, "--force", help="Redo the stages that run (all, or the --only one) even when up to date."),
+    force: bool = typer.Option(False, "--force", help="Redo the stages that run (all, or the --only one) even when up to date "
+                              "(and accept settings that differ from the run directory's record, as --accept-changes)."),
     executor: str = typer.Option(None, "--executor", help="local (one process, one job after another) or ray (each "
                                  "per-attribute job a Ray task). Default: the file's `executor`, else local."),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster to join (auto, ray://HOST:10001). "
@@ -41,14 +43,18 @@ def run_command(
     overrides: list[str] = typer.Option(None, "--set", help="Change one setting of the file for this run: KEY.PATH=VALUE, "
                                         "VALUE read as YAML (e.g. --set baseline.config.lr=2e-5 --set 'eval.models=[baseline]'). "
                                         "Repeatable; the run directory's pipeline.yaml records the settings as run."),
+    accept_changes: bool = typer.Option(False, "--accept-changes", help="The run directory was run with other settings "
+                                        "(its pipeline.yaml): redo the stages the differences affect. Without it such a "
+                                        "run is refused, listing the differences and the stages they would redo."),
 ) -> None:
     """Run a whole Spunge experiment from one file: split, unlearn each subset, unlearn the un-split baseline with
     the same budget, merge, evaluate base vs. baseline vs. Spunge, and optionally push. Resumable: a rerun skips
     every stage whose inputs and settings are unchanged, and an interrupted stage restarts cleanly."""
     if executor is not None and executor not in ("local", "ray"):
         raise typer.BadParameter("use local or ray", param_hint="--executor")
-    summary = run_pipeline(pipeline, run_dir=run_dir, only=only, force=force, executor=executor, ray_address=ray_address,
-                           overrides=overrides)
+    with _interruptible(run_dir):
+        summary = run_pipeline(pipeline, run_dir=run_dir, only=only, force=force, executor=executor, ray_address=ray_address,
+                               overrides=overrides, accept_changes=accept_changes)
     _print_summary(summary)
 
 
@@ -56,6 +62,8 @@ def demo_command(
     run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Where the demo writes its models and report."),
     force: bool = typer.Option(False, "--force", help="Redo every stage even when up to date."),
     executor: str = typer.Option("local", "--executor", help="local or ray."),
+    accept_changes: bool = typer.Option(False, "--accept-changes", help="Redo what differs when the run directory was "
+                                        "made by another version of the demo."),
 ) -> None:
     """The offline demo: remove two knowledge domains (capitals, chemical symbols) from smollm2-135m with RMU while
     keeping three (languages, opposites, landmarks), split by domain vs. un-split, and compare per-domain accuracy on
@@ -63,7 +71,8 @@ def demo_command(
     per seed; the data ships with spunge."""
     from spunge_merge.demo import demo_text
 
-    summary = run_pipeline(DEMO_PIPELINE, run_dir=run_dir, force=force, executor=executor)
+    with _interruptible(run_dir):
+        summary = run_pipeline(DEMO_PIPELINE, run_dir=run_dir, force=force, executor=executor, accept_changes=accept_changes)
     text = demo_text(getattr(summary, "aggregate", {}), report=str(summary.report) if summary.report else None)
     if not text:
         _print_summary(summary)
@@ -71,6 +80,18 @@ def demo_command(
     Console().print(Markdown(text))
     done = f"work done: {', '.join(summary.ran)}" if summary.ran else "nothing to do, every seed was up to date"
     typer.echo(f"Run directory: {summary.run_dir} ({done}; {summary.seconds:.0f} s)")
+
+
+@contextlib.contextmanager
+def _interruptible(run_dir: Path | None):
+    """Ctrl-C: one line (where the run stopped, how to resume) and exit code 130, as a shell expects; no traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        where = f" {run_dir}" if run_dir is not None else ""
+        typer.secho(f"Interrupted: the run directory{where} keeps what finished; rerun the same command to resume "
+                    "(jobs that had not started are marked 'not started')", err=True, fg="yellow")
+        raise typer.Exit(code=130) from None
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:

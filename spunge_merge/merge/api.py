@@ -9,13 +9,22 @@ config, tokenizer, `mergekit_config.yml`, a model card `README.md` and `spunge.j
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, is_nonempty_dir
 from spunge_merge.merge.inputs import expand_runs, is_model_dir
-from spunge_merge.merge.recipe import build_recipe, load_recipe, recipe_text, validate_recipe
+from spunge_merge.merge.recipe import (
+    PORTABLE_RECIPE_FILE,
+    build_recipe,
+    load_recipe,
+    portable_recipe,
+    portable_root,
+    recipe_text,
+    validate_recipe,
+)
 from spunge_merge.merge.runner import MERGED_KIND, RECIPE_FILE, MergeStats, check_output, merge_options, run_recipe_into
 from spunge_merge.merge.settings import check_recipe_ranges, merge_settings
 from spunge_merge.merge.tensorfiles import model_slots
@@ -72,7 +81,9 @@ def merge_runs(
     if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
         raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
     model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
-    comments = ["models (each a per-attribute run; a view = the tensors it changed + links to the base's):"]
+    comments = ["The models below are merge views in a cache (safe to delete, rebuilt by spunge merge); once they are",
+                f"gone, run {PORTABLE_RECIPE_FILE} from the merged model instead: it names the runs themselves.",
+                "models (each a per-attribute run; a view = the tensors it changed + links to the base's):"]
     for i, run in enumerate(inputs):
         described = run.describe()
         attribute = described["attribute"] or {}
@@ -151,6 +162,8 @@ def _prepare_user_recipe(data: dict, source: str, views_dir: Path | None) -> tup
             continue
         base_text, _, adapter = model.partition("+") if "+" in model else (data.get("base_model"), "", model)
         path = Path(adapter).expanduser()
+        if not path.exists() and (path.is_absolute() or adapter.startswith(("./", "../"))):
+            raise SpungeError(_missing_model_hint(source, i, path))
         if not path.is_dir() or is_model_dir(path):
             rewritten.append(entry)
             continue
@@ -166,6 +179,26 @@ def _prepare_user_recipe(data: dict, source: str, views_dir: Path | None) -> tup
         rewritten.append(entry)
     data["models"] = rewritten
     return data, notes
+
+
+def _missing_model_hint(source: str, index: int, path: Path) -> str:
+    """One line for a recipe model that is gone: a deleted merge view names the portable recipe to run instead."""
+    portable = Path(source).parent / PORTABLE_RECIPE_FILE
+    view = path.name.split("-")[-1] if "-" in path.name else ""
+    if portable.is_file() or "merge-views" in path.parts or ".views" in path.parts or re.fullmatch(r"[0-9a-f]{12}", view):
+        instead = str(portable.resolve()) if portable.is_file() else f"the {PORTABLE_RECIPE_FILE} beside the merged model"
+        record = read_provenance(Path(source).parent) or {}
+        runs = [Path(run["path"]) for run in record.get("runs") or [] if isinstance(run, dict) and isinstance(run.get("path"), str)]
+        folder = portable_root(runs, record.get("base_model") if isinstance(record.get("base_model"), dict) else None)
+        where = f"cd {folder} && " if folder is not None and folder.is_dir() else "from the folder that holds the runs: "
+        return (f"{source}: models[{index}] {path} is a merge view that no longer exists (views are a cache); "
+                f"run the recipe that names the runs instead: {where}spunge merge --recipe {instead} --out DIR")
+    if not path.is_absolute():
+        made_by = " (an RMU run made into a model by `spunge materialize`, see the recipe's comments)" \
+            if path.name.endswith("-materialized") else ""
+        return (f"{source}: models[{index}] {path}: no such directory{made_by}; relative paths are read from the current "
+                f"directory ({Path.cwd().name}): run from the folder that holds the runs")
+    return f"{source}: models[{index}] {path}: no such directory"
 
 
 def _local_dir(ref) -> Path:
@@ -189,14 +222,24 @@ def _execute(config, text: str, out: Path, *, base: ResolvedModel | None, cuda: 
     models = [entry.model for entry in config.models or []]
     runs = [describe_model_dir(local_dirs[ref]) for ref in models if ref != config.base_model]
     base_record = _base_record(config, local_dirs, base, runs)
-    with atomic_output_dir(out, force=True) as tmp:
+    size = max((sum(slot.nbytes for slot in model.values()) for model in slots.values()), default=None)
+    with atomic_output_dir(out, force=True, expected_bytes=size) as tmp:
         stats = run_recipe_into(tmp, config, text, local_dirs, options=options, source=source, progress=progress, slots=slots)
         atomic_write_text(tmp / RECIPE_FILE, text)
+        _write_portable(tmp, text, local_dirs, base_record)
         _write_record(tmp, config, text, key, base_record, runs, stats, seed=seed, shard_size=shard_size, cuda=cuda)
         _write_card(tmp, out)
     log.info("merged %d tensors (%d computed, %d copied from the base) in %.1f s into %s",
              stats.tensors, stats.computed, stats.copied, stats.seconds, out)
     return out
+
+
+def _write_portable(tmp: Path, text: str, local_dirs: dict, base_record: dict | None) -> None:
+    """`mergekit_config.portable.yml`: the same merge, naming the runs instead of this machine's views."""
+    import yaml
+
+    described = {str(ref): describe_model_dir(path) for ref, path in local_dirs.items()}
+    atomic_write_text(tmp / PORTABLE_RECIPE_FILE, portable_recipe(yaml.safe_load(text), described, base_record))
 
 
 def _base_record(config, local_dirs, base: ResolvedModel | None, runs: list[dict]) -> dict | None:
@@ -237,7 +280,7 @@ def _write_card(tmp: Path, out: Path) -> None:
     """README.md from the card builder of `spunge push` (so the local and the Hub card are one)."""
     from spunge_merge.card import build_model_card
 
-    build_model_card(tmp, repo_id=str(out)).save(tmp / "README.md")
+    build_model_card(tmp, repo_id=out.name).save(tmp / "README.md")  # no local absolute path in a card
 
 
 __all__ = ["DEFAULT_SHARD_SIZE", "merge_recipe", "merge_runs"]

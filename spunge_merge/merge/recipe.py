@@ -219,3 +219,122 @@ def _check_negative_weights(config, method, source: str) -> None:
                     "weights (spunge's TVN adapters and RMU deltas already carry the unlearning direction), or set "
                     "normalize: false to subtract a task vector with a negative weight"
                 )
+
+
+# --------------------------------------------------------------------------------------------
+# The portable recipe: the runs, not this machine's files
+
+PORTABLE_RECIPE_FILE = "mergekit_config.portable.yml"
+_TVN_KIND, _RMU_KIND, _CHECKPOINT_KIND = "tvn-adapter", "rmu-delta", "checkpoint"  # merge.inputs' run kinds
+
+
+def _local_ref(relative: str) -> str:
+    """A relative path mergekit reads as local: `./` in front, and at least two slashes, since mergekit's
+    model card looks a one-slash name up on the Hub (which fails offline) before it reads the disk."""
+    ref = relative if relative.startswith(("./", "../")) else f"./{relative}"
+    return ref if ref.count("/") >= 2 else ref + "/"
+
+
+def _aliases() -> set[str]:
+    from spunge_merge.models import ALIASES
+
+    return set(ALIASES)
+
+
+def _portable_base(base: dict | None, root: Path | None) -> tuple[str | None, list[str]]:
+    """How the portable recipe names the base: a Hub id, a spunge alias, or a path relative to `root`."""
+    import os
+    import re
+
+    from spunge_merge.models import ALIAS_HUB_IDS, ALIASES
+
+    if not isinstance(base, dict):
+        return None, []
+    ref, path = str(base.get("ref") or ""), base.get("path")
+    if ref in ALIASES:
+        upstream = f" (a dequantized GGUF of {ALIAS_HUB_IDS[ref]}, not byte-identical to it)" if ref in ALIAS_HUB_IDS else ""
+        return ref, [f"base_model {ref} is spunge's built-in alias{upstream}: `spunge merge --recipe` resolves it; for",
+                     f"mergekit-yaml replace every '{ref}' with the directory that `python -c \"from spunge_merge.models import",
+                     f"resolve_model; print(resolve_model('{ref}').path)\"` prints."]
+    looks_hub = bool(re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", ref)) and not Path(ref).expanduser().exists()
+    if looks_hub or (ref and not path):
+        return ref, []
+    target = Path(path or ref).expanduser().resolve()
+    if root is not None and os.path.commonpath([str(target), str(root)]) != os.sep:
+        return _local_ref(os.path.relpath(target, root)), []
+    return target.name, [f"base_model {target.name}: the base model's directory; put it in the folder you run this recipe from."]
+
+
+def portable_root(runs: list[Path], base: dict | None) -> Path | None:
+    """The folder the portable recipe's paths are relative to: the one holding the runs (and a local base,
+    neither a Hub model nor a spunge alias, which travels with them); None for the filesystem root."""
+    import os
+
+    folders = [Path(run).resolve().parent for run in runs]
+    name, notes = _portable_base(base, None)
+    if isinstance(base, dict) and base.get("path") and notes and name not in _aliases():
+        folders.append(Path(base["path"]).resolve().parent)  # a local base beside the runs travels with them
+    if not folders:
+        return None
+    root = Path(os.path.commonpath([str(folder) for folder in folders]))
+    return None if root == Path(root.anchor) else root
+
+
+def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -> str:
+    """The recipe `data` (whose models name this machine's views and checkpoints) rewritten so that
+    mergekit-yaml runs it on another machine from the runs alone.
+
+    `described` maps each model reference of `data` to what it stands for (`merge.views.describe_model_dir`:
+    its `kind` and run `path`); `base` is the merged model's base record (`ref`, `path`). Model paths are
+    written relative to the folder that holds the runs (e.g. a pipeline's `unlearn/`); a TVN adapter becomes
+    mergekit's own `BASE+ADAPTER`; an RMU delta, which mergekit cannot read, becomes the directory
+    `spunge materialize` writes, with the command to make it.
+    """
+    import os
+
+    base_ref = str(data.get("base_model")) if data.get("base_model") is not None else None
+    runs = [Path(entry["path"]).resolve() for ref, entry in described.items()
+            if ref != base_ref and isinstance(entry, dict) and entry.get("path")]
+    root = portable_root(runs, base if base_ref else None)
+
+    def relative(path: str | Path) -> str:
+        target = Path(path).resolve()
+        return _local_ref(target.name if root is None else os.path.relpath(target, root))
+
+    base_name, notes = _portable_base(base, root)
+    materialize_lines: list[str] = []
+    out = {key: value for key, value in data.items() if key not in ("models", "base_model")}
+    if "base_model" in data:
+        out = {"merge_method": data.get("merge_method"), "base_model": base_name or data["base_model"],
+               **{k: v for k, v in out.items() if k != "merge_method"}}
+    models = []
+    for entry in data.get("models") or []:
+        entry = dict(entry)
+        ref = str(entry.get("model"))
+        info = described.get(ref) or {}
+        kind, run_path = info.get("kind"), info.get("path")
+        if ref == str(data.get("base_model")):
+            entry["model"] = base_name or ref
+        elif kind == _TVN_KIND and run_path and base_name:
+            entry["model"] = f"{base_name}+{relative(run_path)}"
+        elif kind == _RMU_KIND and run_path:
+            target = relative(run_path).rstrip("/") + "-materialized/"
+            entry["model"] = target
+            materialize_lines.append(f"  spunge materialize {relative(run_path)} --out {target}"
+                                     + (f" --model {base_name}" if base_name else ""))
+        elif run_path:
+            entry["model"] = relative(run_path)
+        else:
+            entry["model"] = Path(ref).name
+        models.append(entry)
+    out["models"] = models
+    where = f"the folder that holds them (it was named '{root.name}')" if root is not None else "the runs' folder"
+    comments = ["Portable recipe: names the runs, not this machine's files (mergekit_config.yml names merge views,",
+                "which live in a cache and are rebuilt on demand). Model paths are relative to the folder the runs",
+                f"are in: copy them with the same layout and run from {where}:",
+                "  mergekit-yaml THIS_FILE OUT     or     spunge merge --recipe THIS_FILE --out OUT",
+                "TVN adapters use mergekit's BASE+ADAPTER syntax (the adapter is the run folder: its negated LoRA)."]
+    if materialize_lines:
+        comments += ["RMU runs are deltas (delta.safetensors), which mergekit cannot read: make each one a full model",
+                     "first, from the same folder (needs spunge):", *materialize_lines]
+    return recipe_text(out, comments + notes)

@@ -14,13 +14,19 @@ happens to be read right after an unchanged one (mergekit-yaml then silently mer
 links therefore point into a *base pool*: the base's tensors one per file, written once per base
 model and shared by all its views, so no file a view links to holds a tensor that view changed.
 
-- RMU delta: the local file *is* the run's `delta.safetensors` (hard-linked, else copied).
+- RMU delta: the local file is a copy of the run's `delta.safetensors` (a reflink where the filesystem can).
 - TVN adapter: the local file holds W + ΔW for each LoRA target, ΔW = scaling · B·A as peft merges
   it (B already carries −λ), computed one tensor at a time.
 
 Views and pools live under `$SPUNGE_CACHE/merge-views/` (or `--views-dir`), named by a hash of the
 run's files and the base, so a rewritten run gets a new view and an unchanged one is reused.
-Deleting that folder is always safe: it is rebuilt on the next merge.
+Deleting that folder is always safe: it is rebuilt on the next merge (a merged model's
+`mergekit_config.yml` names views, so rerun it from `mergekit_config.portable.yml`, which names the runs).
+
+What a view shares: its weights are symbolic links into the base pool, a private, cache-owned
+folder that only mergekit reads (no user output ever links to it). Everything else in a view
+(config, tokenizer files, generation config, the changed tensors) is its own copy, so even a
+`save_pretrained` into a view cannot reach the base model or a run.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import shutil
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, link_or_copy, read_json, sha256_file, sha256_json, write_json
+from spunge_merge.fsutil import atomic_output_dir, copy_file, read_json, sha256_file, sha256_json, write_json
 from spunge_merge.merge.inputs import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -119,9 +125,9 @@ def materialize_view(run: RunInput, base: ResolvedModel, views_dir: Path) -> Pat
             changed = _materialize_lora(files[ADAPTER_CONFIG], files[ADAPTER_WEIGHTS], tmp / CHANGED_FILE, base_slots, base)
         _write_index(tmp, pool, pool_files, base_slots, changed)
         shutil.copy2(base.path / "config.json", tmp / "config.json")
-        for name in SIDE_FILES:  # tokenizer & co. as links: the view loads like the model it stands for
+        for name in SIDE_FILES:  # tokenizer & co. as copies (small): the view loads like the model it stands for
             if (base.path / name).is_file():
-                _link_large(base.path / name, tmp / name)
+                copy_file(base.path / name, tmp / name)
         write_provenance(tmp, kind=VIEW_KIND, fingerprint=key, method=run.kind, base_model=base.describe(),
                          config={"format": VIEW_FORMAT}, run=run.describe(), changed=sorted(changed), pool=str(pool),
                          result={"changed_tensors": len(changed),
@@ -216,11 +222,11 @@ def _write_index(directory: Path, pool: Path, pool_files: dict[str, str], base_s
 
 
 def _link_large(src: Path, dst: Path) -> None:
-    """A symbolic link (works across file systems); a hard link, then a copy, where links are refused."""
+    """A symbolic link into the base pool (works across file systems); a copy where links are refused."""
     try:
         os.symlink(os.path.abspath(src), dst)
     except OSError:
-        link_or_copy(src, dst)
+        copy_file(src, dst)
 
 
 def _link_delta(delta: Path, target: Path, base_slots: dict[str, TensorSlot], base: ResolvedModel) -> set[str]:
@@ -233,7 +239,7 @@ def _link_delta(delta: Path, target: Path, base_slots: dict[str, TensorSlot], ba
         if slot.shape != base_slots[name].shape:
             raise SpungeError(f"{delta}: tensor '{name}' has shape {list(slot.shape)}, the base model {base.ref} "
                               f"has {list(base_slots[name].shape)} (a run of another model?)")
-    link_or_copy(delta, target)
+    copy_file(delta, target)
     return set(slots)
 
 

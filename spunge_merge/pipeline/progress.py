@@ -9,6 +9,7 @@ directory, which is what to read after a run that was interrupted.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,10 @@ from rich.text import Text
 LOG_FILE = "pipeline.log"
 log = logging.getLogger("spunge_merge.pipeline")
 
-_STYLES = {"pending": "dim", "running": "yellow", "done": "green", "skipped": "cyan", "failed": "red", "queued": "dim"}
-_MARKS = {"pending": "·", "running": "▶", "done": "✔", "skipped": "↷", "failed": "✘", "queued": "…"}
+_STYLES = {"pending": "dim", "running": "yellow", "done": "green", "skipped": "cyan", "failed": "red", "queued": "dim",
+           "not started": "dim", "interrupted": "magenta"}
+_MARKS = {"pending": "·", "running": "▶", "done": "✔", "skipped": "↷", "failed": "✘", "queued": "…", "not started": "·",
+          "interrupted": "■"}
 
 
 @dataclass
@@ -115,12 +118,14 @@ class RunView:
     # -- events ------------------------------------------------------------------------------------
     def stage(self, name: str, status: str, detail: str = "") -> None:
         row = self.rows.setdefault(name, _Row(name))
+        status = self._failure(row, status)
         self._update(row, status, detail)
         self._emit(f"[{name}] {status}" + (f": {detail}" if detail else "") + self._took(row))
 
     def job(self, stage: str, key: str, label: str, status: str, detail: str = "") -> None:
         parent = self.rows.setdefault(stage, _Row(stage))
         row = parent.jobs.setdefault(key, _Row(label))
+        status = self._failure(row, status)
         self._update(row, status, detail)
         self._emit(f"[{stage}] {label}: {status}" + (f" ({detail})" if detail else "") + self._took(row))
 
@@ -131,17 +136,29 @@ class RunView:
 
     # -- internals ---------------------------------------------------------------------------------
     @staticmethod
+    def _failure(row: _Row, status: str) -> str:
+        """What a 'failed' really was: a job that never began did not fail ('not started'), and work stopped
+        by Ctrl-C was 'interrupted' (callers report 'failed' from inside their `except` blocks)."""
+        if status != "failed":
+            return status
+        if row.status in ("pending", "queued"):
+            return "not started"
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            return "interrupted"
+        return status
+
+    @staticmethod
     def _update(row: _Row, status: str, detail: str) -> None:
         if status == "running":
             row.started = time.perf_counter()
             row.seconds = None
-        elif status in ("done", "failed") and row.started is not None:
+        elif status in ("done", "failed", "interrupted") and row.started is not None:
             row.seconds = time.perf_counter() - row.started
         row.status, row.detail = status, detail
 
     @staticmethod
     def _took(row: _Row) -> str:
-        return f" [{row.seconds:.1f} s]" if row.seconds is not None and row.status in ("done", "failed") else ""
+        return f" [{row.seconds:.1f} s]" if row.seconds is not None and row.status in ("done", "failed", "interrupted") else ""
 
     def _emit(self, line: str) -> None:
         log.info(line)

@@ -1,9 +1,16 @@
 """`run_pipeline`: run a pipeline file's stages in order into one run directory, then write the report.
 
 One run directory holds everything (see `stages`); a second `spunge run` of the same file finds
-every stage up to date and does no work, a run whose settings changed redoes only the stages
-downstream of the change, and a run that was killed resumes where it stopped. Two runs cannot
-share a run directory at the same time (an advisory lock, released by the OS even after `kill -9`).
+every stage up to date and does no work, and a run that was killed resumes where it stopped. Two
+runs cannot share a run directory at the same time (an advisory lock, released by the OS even
+after `kill -9`).
+
+A run directory remembers how it was run (`pipeline.yaml`, the settings as run, `--set` included).
+A later run whose settings differ is refused before anything is touched, with the differing keys
+and the stages they would redo, unless `accept_changes` (`--accept-changes`) or `force` says to go
+ahead; then only the stages downstream of the change are redone. Why refuse: retraining silently
+over finished runs, e.g. because a `--set` was forgotten on the second invocation, costs hours and
+loses the results the directory held.
 """
 
 from __future__ import annotations
@@ -30,6 +37,19 @@ from spunge_merge.pipeline.state import STATE_DIR, StateStore
 
 REPORT_FILE = "report.md"
 REPORT_JSON = "report.json"
+RECORDED_PIPELINE = "pipeline.yaml"
+# What a change under each top-level key of the pipeline file can make stale (the fingerprints decide the
+# rest: a stage listed here whose inputs turn out unchanged is still skipped).
+_AFFECTS = {
+    "model": ("split", "unlearn", "baseline", "merge", "eval", "push"),
+    "split": ("split", "unlearn", "baseline", "merge", "eval", "push"),
+    "unlearn": ("unlearn", "baseline", "merge", "eval", "push"),
+    "baseline": ("baseline", "eval", "push"),
+    "merge": ("merge", "eval", "push"),
+    "eval": ("eval", "push"),
+    "push": ("push",),
+}
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -80,8 +100,12 @@ def run_pipeline(
     live: bool | None = None,
     console=None,
     overrides: list[str] | None = None,
+    accept_changes: bool = False,
 ) -> RunSummary:
-    """Run (or resume) the pipeline in `pipeline_file`; see the module docstring."""
+    """Run (or resume) the pipeline in `pipeline_file`; see the module docstring.
+
+    `accept_changes`: go ahead when the settings differ from those the run directory recorded
+    (otherwise SpungeError listing the differences and the stages they would redo)."""
     pipeline_file = Path(pipeline_file)
     raw = apply_overrides(load_yaml(pipeline_file), list(overrides or []), str(pipeline_file))
     pipeline = parse_pipeline(raw, str(pipeline_file))
@@ -95,21 +119,25 @@ def run_pipeline(
         from spunge_merge.pipeline.seeds import run_seeds
 
         return run_seeds(pipeline_file, pipeline, run_dir=run_dir, only=only, force=force, executor=executor,
-                         ray_address=ray_address, live=live, console=console, overrides=overrides)
+                         ray_address=ray_address, live=live, console=console, overrides=overrides,
+                         accept_changes=accept_changes)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(pipeline)
     executor_name = executor or pipeline.executor
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(run_dir)
+    stages = [s for s in STAGES if (s != "baseline" or pipeline.baseline.enabled) and (s != "push" or pipeline.push)]
+    changes = check_recorded_settings(run_dir, raw, stages, accept=accept_changes or force)
     with _locked(run_dir):
         effective = pipeline_file.read_text(encoding="utf-8")
         if overrides:  # the file as run: its text would not say what --set changed
             settings = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
             effective = f"# {pipeline_file} with --set {' --set '.join(overrides)}\n{settings}"
-        atomic_write_text(run_dir / "pipeline.yaml", effective)
+        atomic_write_text(run_dir / RECORDED_PIPELINE, effective)
         model = resolve_model(resolve_path(pipeline.model, pipeline_file.resolve().parent))
-        stages = [s for s in STAGES if (s != "baseline" or pipeline.baseline.enabled) and (s != "push" or pipeline.push)]
         with RunView(run_dir, stages, title=f"spunge run {pipeline.name} → {run_dir}", live=live, console=console) as view:
             view.note(f"pipeline {pipeline_file} ({pipeline.unlearn.method}, {executor_name} executor); log: {run_dir / LOG_FILE}")
+            if changes:
+                view.note(changes)
             engine = make_executor(executor_name, address=ray_address or pipeline.ray.address, runtime_env=pipeline.ray.runtime_env)
             ctx = Context(pipeline=pipeline, base_dir=pipeline_file.resolve().parent, run_dir=run_dir, model=model,
                           state=StateStore(run_dir), view=view, executor=engine, force=force, only=only)
@@ -120,6 +148,9 @@ def run_pipeline(
                         break
             except SpungeError as exc:
                 log.error("stopped: %s", exc)
+                raise
+            except KeyboardInterrupt:
+                log.info("stopped: interrupted (Ctrl-C); a rerun resumes from here")  # the log file; the CLI prints one line
                 raise
             except BaseException as exc:
                 log.exception("stopped: %s", type(exc).__name__)
@@ -136,6 +167,70 @@ def run_pipeline(
     return RunSummary(run_dir=run_dir, report=report, merged=dict(ctx.labels.get("spunge", {})),
                       baseline=dict(ctx.labels.get("baseline", {})), seconds=seconds, ran=ran,
                       jobs=list(ctx.info.get("jobs_run", [])), text=text)
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpungeError(f"--run-dir {run_dir} is a file; give a directory (it is created if missing)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpungeError(f"--run-dir {run_dir}: cannot create it ({exc.strerror or exc})") from exc
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, sub in value.items():
+            flat.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def settings_changes(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, recorded value, new value) for every setting that differs; `_MISSING` for an absent one."""
+    old, new = _flatten(recorded), _flatten(current)
+    return [(key, old.get(key, _MISSING), new.get(key, _MISSING)) for key in sorted(set(old) | set(new))
+            if old.get(key, _MISSING) != new.get(key, _MISSING)]
+
+
+def _shown(value: Any) -> str:
+    if value is _MISSING:
+        return "(not set)"
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def check_recorded_settings(run_dir: Path, raw: dict, stages: list[str], *, accept: bool) -> str:
+    """Compare the settings about to run with the run directory's `pipeline.yaml`.
+
+    Returns a note to show ("" when nothing differs or nothing was recorded); raises SpungeError when
+    they differ, finished work would be redone, and `accept` is false.
+    """
+    path = run_dir / RECORDED_PIPELINE
+    if not path.is_file():
+        return ""
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return f"{path} is not readable YAML; its settings could not be compared with these"
+    changes = settings_changes(recorded, raw)
+    if not changes:
+        return ""
+    redo = [s for s in stages if any(s in _AFFECTS.get(key.split(".")[0], ()) for key, _, _ in changes)]
+    shown = changes[:8]
+    listing = "; ".join(f"{key}: {_shown(old)} -> {_shown(new)}" for key, old, new in shown)
+    if len(changes) > len(shown):
+        listing += f"; (+{len(changes) - len(shown)} more)"
+    state = StateStore(run_dir)
+    finished = [s for s in redo if (state.get(f"stage/{s}") or {}).get("status") in ("done", "started")]
+    if finished and not accept:
+        raise SpungeError(f"{run_dir} was run with other settings ({path}): {listing}. This would redo: "
+                          f"{', '.join(finished)} (where their inputs changed), replacing their results; pass "
+                          "--accept-changes to do that, or give another --run-dir to keep both")
+    what = f"redoing where inputs changed: {', '.join(redo)}" if redo else "no stage depends on them"
+    return f"settings differ from the recorded run ({listing}); {what}"
 
 
 def _completed(ctx: Context) -> set[str]:

@@ -136,12 +136,13 @@ def _copy_record(key: str, source_dir: Path, target_dir: Path) -> bool:
 
 def run_seeds(pipeline_file: str | Path, pipeline: Pipeline, *, run_dir: str | Path | None = None, only: str | None = None,
               force: bool = False, executor: str | None = None, ray_address: str | None = None, live: bool | None = None,
-              console=None, overrides: list[str] | None = None) -> SeedsSummary:
+              console=None, overrides: list[str] | None = None, accept_changes: bool = False) -> SeedsSummary:
     """Run `pipeline` once per seed of `pipeline.seeds` (see the module docstring); `run_pipeline`'s arguments."""
     pipeline_file = Path(pipeline_file)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(pipeline)
     given = list(overrides or [])
-    common = {"force": force, "executor": executor, "ray_address": ray_address, "live": live, "console": console}
+    common = {"force": force, "executor": executor, "ray_address": ray_address, "live": live, "console": console,
+              "accept_changes": accept_changes}
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     with _locked(run_dir):

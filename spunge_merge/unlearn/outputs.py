@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, link_or_copy
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, copy_file
 from spunge_merge.models import ResolvedModel
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
 
@@ -37,7 +37,9 @@ def apply_adapter(base: ResolvedModel, adapter_dir: Path, out: Path) -> Path:
     from spunge_merge.models import load_causal_lm, load_tokenizer
 
     record = read_provenance(adapter_dir) or {}
-    with atomic_output_dir(out, force=True) as tmp:
+    size = sum(p.stat().st_size for p in base.path.glob("*.safetensors"))  # named in a disk-full error
+    # Every file here is written anew (save_pretrained), none linked: writing into it never reaches the base.
+    with atomic_output_dir(out, force=True, expected_bytes=size) as tmp:
         lm = load_causal_lm(base, dtype="auto")
         merged = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -71,7 +73,7 @@ def scale_adapter(run: Path, lam: float, out: Path) -> Path:
     with atomic_output_dir(out, force=True) as tmp:
         for item in Path(run).iterdir():
             if item.is_file() and item.name != ADAPTER_WEIGHTS:
-                link_or_copy(item, tmp / item.name)
+                copy_file(item, tmp / item.name)
         atomic_write_bytes(tmp / ADAPTER_WEIGHTS, save(scaled, metadata={"format": "pt"}))
     return Path(out)
 
@@ -86,7 +88,7 @@ def delta_to_model(base: ResolvedModel, run: Path, lam: float | None, out: Path,
                    force: bool = True) -> Path:
     """The base model with the run's new tensors (λ None or 1), else base + λ·(new − base) in float32.
 
-    Shards holding no changed tensor are hard-linked (or copied); the others are rewritten.
+    Shards holding no changed tensor are copied (a reflink where the filesystem has them); the others are rewritten.
     """
     import torch
     from safetensors import safe_open
@@ -111,12 +113,13 @@ def delta_to_model(base: ResolvedModel, run: Path, lam: float | None, out: Path,
         raise SpungeError(f"{run}/{DELTA_FILE}: tensor {unknown[0]} is not in {base.ref}")
     touched = {index[name] for name in delta}
     scaled = lam is not None and lam != 1.0
-    with atomic_output_dir(Path(out), force=force) as tmp:
+    size = sum(p.stat().st_size for p in base.path.iterdir() if p.is_file() and p.suffix not in _SKIPPED_FILES)
+    with atomic_output_dir(Path(out), force=force, expected_bytes=size) as tmp:
         for item in sorted(base.path.iterdir()):
             if not item.is_file() or item.name.startswith("spunge") or item.suffix in _SKIPPED_FILES:
                 continue
             if item not in touched:
-                link_or_copy(item, tmp / item.name)
+                copy_file(item, tmp / item.name)
                 continue
             with safe_open(item, framework="pt") as handle:
                 metadata = handle.metadata() or {}

@@ -768,7 +768,9 @@ def train_rmu(model: str | Path | ResolvedModel, forget: str | Path | Sequence[s
 def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """A full HF model directory: `base` with the tensors of `run_dir/delta.safetensors` replaced.
 
-    Shards holding no updated tensor are hard-linked (or copied); the others are rewritten.
+    Shards holding no updated tensor are reflinked where the filesystem can (else copied), the others
+    rewritten, config and tokenizer files copied: no output file shares an inode with the base, so
+    a `save_pretrained` into the output never edits the base model.
     `base` None means the base model named in the run's spunge.json.
     """
     run_dir = Path(run_dir)

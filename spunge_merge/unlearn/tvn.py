@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 from spunge_merge.config import FrozenConfig, Lambda, build_config, check_lambda
 from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, link_or_copy, write_json
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, copy_file, write_json
 from spunge_merge.models import ALIASES, ResolvedModel, check_safetensors, load_causal_lm, load_tokenizer, resolve_model
 from spunge_merge.provenance import PROVENANCE_FILE, fingerprint, is_complete, read_provenance, write_provenance
 from spunge_merge.unlearn import budget, lm_data, registry
@@ -184,7 +184,8 @@ def _write_negated(unnegated_dir: Path, target_dir: Path, lam: float) -> None:
 
 
 def _copy_tree_except(src: Path, dst: Path, skip: set[Path]) -> None:
-    """Hard-link (else copy) every file of `src` into `dst`, except the relative paths in `skip`."""
+    """Copy (a reflink where possible) every file of `src` into `dst`, except the relative paths in `skip`:
+    never a hard link, so rewriting the new run cannot change the one it came from."""
     for path in sorted(src.rglob("*")):
         relative = path.relative_to(src)
         if relative in skip:
@@ -193,7 +194,7 @@ def _copy_tree_except(src: Path, dst: Path, skip: set[Path]) -> None:
             (dst / relative).mkdir(parents=True, exist_ok=True)
         else:
             (dst / relative).parent.mkdir(parents=True, exist_ok=True)
-            link_or_copy(path, dst / relative)
+            copy_file(path, dst / relative)
 
 
 def negate_run(run_dir: str | Path, lam: float, out: str | Path | None = None, *, force: bool = False) -> Path:
@@ -241,7 +242,7 @@ def negate_output(path: str | Path, lam: float, out: str | Path | None = None, *
     with atomic_output_dir(out, force=force) as tmp:
         for run in runs:
             negate_run(run, lam, tmp / run.name)
-        link_or_copy(path / RUNS_MANIFEST, tmp / RUNS_MANIFEST)
+        copy_file(path / RUNS_MANIFEST, tmp / RUNS_MANIFEST)
     return [out / run.name for run in runs]
 
 
@@ -373,7 +374,7 @@ class _Trainer:
             target_modules = sorted(adapter_config.target_modules)
         finally:
             self._lm = peft_model.unload()  # the base model with its original layers, for the next subset
-        link_or_copy(tmp / UNNEGATED / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
+        copy_file(tmp / UNNEGATED / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
         _write_negated(tmp / UNNEGATED, tmp, config.lam)
         write_provenance(
             tmp, kind=KIND, fingerprint=fp, method=METHOD,

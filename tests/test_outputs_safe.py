@@ -1,0 +1,579 @@
+"""Outputs never harm inputs, and what spunge writes or publishes works elsewhere.
+
+- no output file shares an inode with the base model or a run (a `save_pretrained` into a
+  materialized model must not edit the base: seen with generation_config.json);
+- the portable recipe beside a merged model runs through mergekit's own `mergekit-yaml` on copied
+  run folders and gives spunge's tensors; nothing a push uploads names a local absolute path;
+- a push that fails leaves the directory byte for byte as it was;
+- a run directory refuses other settings than those it recorded, naming them and what they redo;
+- Ctrl-C during `spunge run`: one line, exit 130, jobs that never began shown as not started;
+- a table of bad output-side invocations: one line, exit code, output location left clean, inputs unchanged.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from fake_hub import FakeHub
+from test_merge import MERGEKIT_YAML, make_rmu_run, make_tvn_runs, read_model, write_manifest
+from typer.testing import CliRunner
+
+from spunge_merge.cli import app
+from spunge_merge.errors import SpungeError
+
+TOKEN = "hf_" + "OutputsSafeTestToken" + "z" * 14
+REPO = "alice/outputs-safe"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """Every file (links followed) under `root` by relative path -> sha256; a file root is one entry."""
+    root = Path(root)
+    if not root.exists():
+        return {"": "missing"}
+    if root.is_file():
+        return {"": hashlib.sha256(root.read_bytes()).hexdigest()}
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and ".spunge-state/lock" not in p.as_posix()}
+
+
+def inodes(root: Path) -> set[tuple[int, int]]:
+    return {(p.stat().st_dev, p.stat().st_ino) for p in Path(root).rglob("*") if p.is_file()}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPUNGE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def world(tiny_model, tmp_path_factory) -> dict:
+    """A writable base (with generation_config.json), RMU and TVN runs, and a TVN merge, all under one folder."""
+    from transformers import GenerationConfig
+
+    root = tmp_path_factory.mktemp("outputs")
+    base = root / "base"
+    shutil.copytree(tiny_model, base)
+    GenerationConfig(max_new_tokens=7, do_sample=False).save_pretrained(base)
+    rmu = [make_rmu_run(base, root / "rmu" / v, seed=i, value=v, rows=5) for i, v in enumerate(("alpha", "beta"))]
+    write_manifest(root / "rmu", rmu)
+    tvn = make_tvn_runs(base, root / "tvn", seeds=(5, 6))
+    write_manifest(root / "tvn", tvn)
+    from spunge_merge.merge import merge_runs
+
+    previous = os.environ.get("SPUNGE_CACHE")
+    os.environ["SPUNGE_CACHE"] = str(root / "cache")
+    try:
+        merged = merge_runs(str(base), tvn, root / "merged-tvn", density=0.5, views_dir=root / "views", progress=False)
+    finally:
+        if previous is None:
+            os.environ.pop("SPUNGE_CACHE")
+        else:
+            os.environ["SPUNGE_CACHE"] = previous
+    return {"root": root, "base": base, "rmu": rmu, "tvn": tvn, "merged": merged, "views": root / "views"}
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    with FakeHub(tokens={TOKEN: "alice"}) as fake:
+        home = tmp_path / "hf-home"
+        home.mkdir()
+        monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / "agent_harnesses.json"))
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+        yield fake
+
+
+def _copy_merged(world: dict, where: Path) -> Path:
+    return Path(shutil.copytree(world["merged"], where / "merged"))
+
+
+# --------------------------------------------------------------------------- 4: no write reaches the base
+
+
+def test_materialize_shares_no_inode_with_the_base_and_writes_stay_in_the_output(world, tmp_path):
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from spunge_merge.unlearn.rmu import materialize
+
+    base = world["base"]
+    before = tree_hashes(base)
+    out = materialize(str(base), world["rmu"][0], tmp_path / "materialized")
+    shared = inodes(out) & inodes(base)
+    assert not shared, "an output file shares an inode with the base model"
+    assert all(p.stat().st_nlink == 1 for p in out.rglob("*") if p.is_file())
+    # what the issue saw: a save_pretrained into the output edited the base's generation_config.json
+    GenerationConfig(max_new_tokens=99).save_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    model.save_pretrained(out)
+    (out / "tokenizer.json").write_text("{}")
+    assert tree_hashes(base) == before
+    assert GenerationConfig.from_pretrained(base).max_new_tokens == 7
+
+
+def test_a_pipeline_baseline_model_shares_no_inode_with_the_base(world, tmp_path):
+    from transformers import GenerationConfig
+
+    from spunge_merge.models import ResolvedModel
+    from spunge_merge.unlearn.outputs import apply_adapter
+
+    base = ResolvedModel(str(world["base"]), world["base"])
+    before = tree_hashes(world["base"])
+    out = apply_adapter(base, world["tvn"][0], tmp_path / "baseline")
+    assert not inodes(out) & (inodes(world["base"]) | inodes(world["tvn"][0]))
+    GenerationConfig(max_new_tokens=42).save_pretrained(out)
+    assert tree_hashes(world["base"]) == before
+
+
+def test_negate_into_another_folder_and_views_share_no_inode_with_their_inputs(world, tmp_path):
+    from spunge_merge.unlearn.tvn import negate_output
+
+    runs_before = tree_hashes(world["root"] / "tvn")
+    negate_output(world["root"] / "tvn", 0.5, tmp_path / "negated")
+    assert not inodes(tmp_path / "negated") & inodes(world["root"] / "tvn")
+    for path in (tmp_path / "negated").rglob("*.json"):
+        path.write_text("{}")
+    assert tree_hashes(world["root"] / "tvn") == runs_before
+    # views: their config, tokenizer files and changed tensors are their own (only the pool is linked, by symlink)
+    base_inodes = inodes(world["base"]) | inodes(world["root"] / "rmu") | inodes(world["root"] / "tvn")
+    for view in world["views"].iterdir():
+        for path in view.iterdir():
+            if path.is_file() and not path.is_symlink():
+                assert (path.stat().st_dev, path.stat().st_ino) not in base_inodes, path
+            if path.is_symlink():
+                assert world["views"] in Path(os.readlink(path)).parents, path  # links point into the private pool only
+
+
+def test_copy_file_is_independent_and_a_full_disk_names_the_output_and_the_bytes(tmp_path, monkeypatch):
+    from spunge_merge import fsutil
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3000))
+    how = fsutil.copy_file(src, tmp_path / "dst.bin")
+    assert how in ("reflink", "copy")
+    assert os.stat(src).st_ino != os.stat(tmp_path / "dst.bin").st_ino
+    (tmp_path / "dst.bin").write_bytes(b"x")
+    assert len(src.read_bytes()) == 3000
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil, "reflink", lambda *_: False)
+    monkeypatch.setattr(fsutil.shutil, "copyfile", full)
+    with pytest.raises(SpungeError) as caught:
+        fsutil.copy_file(src, tmp_path / "full.bin")
+    message = str(caught.value)
+    assert str(tmp_path / "full.bin") in message and "no space left" in message and "3.0 kB" in message
+    assert not (tmp_path / "full.bin").exists()
+    with pytest.raises(SpungeError, match=r"cannot write .*out.*: no space left on device \(it needs more than"):
+        with fsutil.atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "part").write_bytes(b"y" * 500)
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "src.bin"]
+
+
+# --------------------------------------------------------------------------- 5: portable recipes, nothing local published
+
+
+def test_portable_tvn_recipe_runs_through_mergekit_yaml_on_copied_runs(world, tmp_path):
+    merged = world["merged"]
+    portable = merged / "mergekit_config.portable.yml"
+    text = portable.read_text()
+    assert str(world["root"]) not in text and "/" + str(world["root"]).split("/")[1] + "/" not in text
+    data = yaml.safe_load(text)
+    assert data["base_model"] == "./base/"
+    assert [m["model"] for m in data["models"]] == ["./base/+./tvn/alpha", "./base/+./tvn/beta"]
+    elsewhere = tmp_path / "another-machine"  # the runs and the base, nothing else (no views, no cache)
+    shutil.copytree(world["base"], elsewhere / "base")
+    for run in world["tvn"]:
+        shutil.copytree(run, elsewhere / "tvn" / run.name)
+    shutil.copy(portable, elsewhere / "recipe.yml")
+    done = subprocess.run([str(MERGEKIT_YAML), "recipe.yml", "out", "--lora-merge-cache", "lora-cache"], cwd=elsewhere,
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours, theirs = read_model(merged), read_model(elsewhere / "out")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    # spunge reads the same file (from that folder): same tensors
+    here = Path.cwd()
+    try:
+        os.chdir(elsewhere)
+        result = CliRunner().invoke(app, ["merge", "--recipe", "recipe.yml", "--out", "by-spunge", "--no-progress",
+                                          "--views-dir", "views"])
+    finally:
+        os.chdir(here)
+    assert result.exit_code == 0, result.output
+    again = read_model(elsewhere / "by-spunge")
+    assert all(torch.equal(again[name], ours[name]) for name in ours)
+
+
+def test_portable_rmu_recipe_says_to_materialize_and_runs_once_that_is_done(world, tmp_path, monkeypatch):
+    from spunge_merge.merge import merge_runs
+
+    merged = merge_runs(str(world["base"]), world["rmu"], tmp_path / "merged-rmu", density=0.5, progress=False)
+    text = (merged / "mergekit_config.portable.yml").read_text()
+    assert "spunge materialize ./rmu/alpha --out ./rmu/alpha-materialized/ --model ./base/" in text
+    assert [m["model"] for m in yaml.safe_load(text)["models"]] == ["./rmu/alpha-materialized/", "./rmu/beta-materialized/"]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(world["base"], elsewhere / "base")
+    shutil.copytree(world["root"] / "rmu", elsewhere / "rmu")
+    shutil.copy(merged / "mergekit_config.portable.yml", elsewhere / "recipe.yml")
+    monkeypatch.chdir(elsewhere)
+    refused = CliRunner().invoke(app, ["merge", "--recipe", "recipe.yml", "--out", "m"])
+    assert refused.exit_code == 2 and "spunge materialize" in refused.output and "Traceback" not in refused.output
+    for line in text.splitlines():
+        if line.startswith("#   spunge materialize"):
+            args = line.removeprefix("#   spunge ").split()
+            assert CliRunner().invoke(app, args).exit_code == 0
+    done = subprocess.run([str(MERGEKIT_YAML), "recipe.yml", "out"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours, theirs = read_model(merged), read_model(elsewhere / "out")
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
+def test_a_push_publishes_no_local_absolute_path(world, hub, tmp_path):
+    model_dir = _copy_merged(world, tmp_path)
+    vocabulary = json.loads((model_dir / "tokenizer.json").read_text())
+    vocabulary["model"]["vocab"]["/tmp"] = len(vocabulary["model"]["vocab"])  # a token that looks like a path
+    (model_dir / "tokenizer.json").write_text(json.dumps(vocabulary))
+    result = CliRunner().invoke(app, ["push", str(model_dir), "--repo", REPO])
+    assert result.exit_code == 0, result.output
+    assert hub.files(REPO)["tokenizer.json"] == (model_dir / "tokenizer.json").read_bytes()  # vocabularies: as they are
+    forbidden = {str(world["root"]), str(tmp_path), os.path.realpath(world["root"]), str(Path.home()), os.environ["SPUNGE_CACHE"]}
+    files = hub.files(REPO)
+    assert {"spunge.json", "mergekit_config.yml", "mergekit_config.portable.yml", "README.md"} <= set(files)
+    for name, data in files.items():
+        for path in forbidden:
+            assert path.encode() not in data, f"{name} names {path}"
+    assert files["mergekit_config.yml"] == files["mergekit_config.portable.yml"]  # the recipe that works elsewhere
+    published = json.loads(files["spunge.json"])
+    assert [run["path"] for run in published["runs"]] == ["./alpha", "./beta"]
+    assert "model_id = \"" + REPO + "\"" in files["README.md"].decode()
+
+
+# --------------------------------------------------------------------------- 6: a failed push changes nothing
+
+
+def test_a_failed_push_leaves_every_file_byte_identical(world, hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    model_dir = _copy_merged(world, tmp_path)
+    (model_dir / "README.md").write_text("my own notes, not the generated card\n")
+    before = tree_hashes(model_dir)
+    stamps = {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    result = CliRunner().invoke(app, ["push", str(model_dir), "--repo", REPO])
+    assert result.exit_code == 2 and "cannot reach the Hub" in result.output
+    assert tree_hashes(model_dir) == before
+    assert {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")} == stamps
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(Path(k).parts[0] for k in before)
+
+
+# --------------------------------------------------------------------------- 8: a run directory remembers
+
+
+def _recorded_run(run_dir: Path, raw: dict, stages=("split", "unlearn", "baseline", "merge", "eval"), header: str = "") -> Path:
+    from spunge_merge.pipeline.state import StateStore
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "pipeline.yaml").write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    state = StateStore(run_dir)
+    for stage in stages:
+        state.done(f"stage/{stage}", "f" * 64, outputs=[])
+    return run_dir
+
+
+def _pipeline(root: Path, **changes) -> tuple[Path, dict]:
+    raw = {"name": "p", "model": "./model", "split": {"data": {"path": "forget.jsonl"}, "by": "group"},
+           "unlearn": {"method": "tvn", "config": {"seed": 0, "lr": 0.01}},
+           "merge": {"method": "ties", "density": 0.5, "lambda": [1.0]},
+           "eval": {"models": ["base", "spunge"], "device": "cpu",
+                    "perplexity": {"data": {"path": "forget.jsonl"}, "max_length": 32, "stride": 32}}}
+    for key, value in changes.items():
+        target = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        if value is None:
+            target.pop(parts[-1])
+        else:
+            target[parts[-1]] = value
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "forget.jsonl").exists():
+        (root / "forget.jsonl").write_text("".join(json.dumps({"text": f"text {i}", "group": f"g{i % 2}"}) + "\n" for i in range(6)))
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path, raw
+
+
+def test_settings_that_differ_are_listed_with_what_they_redo_and_accepted_only_on_request(tiny_model, tmp_path):
+    from spunge_merge.pipeline.runner import check_recorded_settings
+
+    _, recorded = _pipeline(tmp_path / "a", **{"unlearn.config.seed": 1})
+    run_dir = _recorded_run(tmp_path / "run", recorded, header="# pipeline.yaml with --set unlearn.config.seed=1\n")
+    _, current = _pipeline(tmp_path / "b")
+    stages = ["split", "unlearn", "baseline", "merge", "eval"]
+    with pytest.raises(SpungeError) as caught:
+        check_recorded_settings(run_dir, current, stages, accept=False)
+    message = str(caught.value)
+    assert "unlearn.config.seed: 1 -> 0" in message and "This would redo: unlearn, baseline, merge, eval" in message
+    assert "--accept-changes" in message and "\n" not in message
+    note = check_recorded_settings(run_dir, current, stages, accept=True)
+    assert "unlearn.config.seed: 1 -> 0" in note and "redoing where inputs changed: unlearn, baseline, merge, eval" in note
+    assert check_recorded_settings(run_dir, recorded, stages, accept=False) == ""  # same settings: nothing to say
+    # a change no stage reads is only noted
+    _, described = _pipeline(tmp_path / "c", **{"unlearn.config.seed": 1, "description": "hello"})
+    assert "no stage depends on them" in check_recorded_settings(run_dir, described, stages, accept=False)
+
+
+# --------------------------------------------------------------------------- Ctrl-C during a run
+
+
+def test_ctrl_c_during_a_run_is_one_line_exit_130_and_queued_jobs_are_not_started(tiny_model, tmp_path):
+    from conftest import TINY_CORPUS
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "model").symlink_to(tiny_model)
+    rows = [{"text": f"{t} {i}", "group": ("g1", "g2", "g3")[i % 3]} for i, t in enumerate(TINY_CORPUS * 30)]
+    (root / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pipeline, _ = _pipeline(root, **{"unlearn.config": {"epochs": 200, "batch_size": 2, "max_length": 32, "device": "cpu",
+                                                        "eval_samples": 0}, "baseline.enabled": False})
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "spunge_merge", "run", str(pipeline), "--run-dir", str(run_dir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    log = run_dir / "pipeline.log"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (log.is_file() and "[unlearn] g1: running" in log.read_text()):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Traceback" not in out
+    interrupted = [line for line in err.splitlines() if line.startswith("Interrupted")]
+    assert len(interrupted) == 1 and str(run_dir) in interrupted[0]
+    text = log.read_text()
+    assert "[unlearn] g1: interrupted" in text
+    assert "[unlearn] g2: not started" in text and "[unlearn] g3: not started" in text
+    assert "g2: failed" not in text and "g3: failed" not in text
+    assert "[unlearn] not started" not in text and "[unlearn] interrupted" in text
+
+
+# --------------------------------------------------------------------------- the table of bad output-side invocations
+
+
+@dataclass
+class Case:
+    id: str
+    setup: Callable[[dict, Path], tuple[list[str], Path, list[Path]]]  # -> argv, output location, inputs
+    message: str
+    code: int = 2
+    file_size_limit: int | None = None  # run in a subprocess under RLIMIT_FSIZE (a file too large)
+    needs_hub: bool = False
+
+
+def _file(path: Path, text: str = "precious\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _nonempty(path: Path) -> Path:
+    _file(path / "keep.txt")
+    return path
+
+
+def _run_case(kind: str, **changes):
+    def setup(w: dict, tmp: Path):
+        pipeline, current = _pipeline(tmp / "ws", **changes)
+        (tmp / "ws" / "model").symlink_to(w["base"])
+        _, recorded = _pipeline(tmp / "recorded-from")
+        run_dir = _recorded_run(tmp / "run", recorded)
+        argv = ["run", str(pipeline), "--run-dir", str(run_dir)] + (["--only", "merge"] if kind == "only" else [])
+        return argv, run_dir, [pipeline, w["base"]]
+    return setup
+
+
+def _materialize_into(target: Callable[[dict, Path], Path]):
+    def setup(w: dict, tmp: Path):
+        out = target(w, tmp)
+        return ["materialize", str(w["rmu"][0]), "--out", str(out), "--model", str(w["base"])], out, [w["base"], w["rmu"][0]]
+    return setup
+
+
+def _merge_into(target: Callable[[dict, Path], Path], *extra: str):
+    def setup(w: dict, tmp: Path):
+        out = target(w, tmp)
+        return (["merge", *map(str, w["tvn"]), "--base", str(w["base"]), "--out", str(out), "--views-dir", str(tmp / "views"),
+                 "--no-progress", *extra], out, [w["base"], *w["tvn"]])
+    return setup
+
+
+def _recipe_out(target: Callable[[dict, Path], Path]):
+    def setup(w: dict, tmp: Path):
+        out = target(w, tmp)
+        return (["merge", *map(str, w["tvn"]), "--base", str(w["base"]), "--dry-run", "--recipe-out", str(out),
+                 "--out", str(tmp / "m")], out, [w["base"], *w["tvn"]])
+    return setup
+
+
+def _views_dir_is_a_file(w: dict, tmp: Path):
+    views = _file(tmp / "views-file")
+    return (["merge", *map(str, w["tvn"]), "--base", str(w["base"]), "--out", str(tmp / "m"), "--views-dir", str(views)],
+            tmp / "m", [w["base"], *w["tvn"], views])
+
+
+def _deleted_views(w: dict, tmp: Path):
+    merged = _copy_merged(w, tmp)
+    recipe = yaml.safe_load((merged / "mergekit_config.yml").read_text())
+    recipe["models"] = [{**m, "model": str(tmp / "gone-cache" / "merge-views" / Path(m["model"]).name)} for m in recipe["models"]]
+    (merged / "mergekit_config.yml").write_text(yaml.safe_dump(recipe))
+    return ["merge", "--recipe", str(merged / "mergekit_config.yml"), "--out", str(tmp / "again")], tmp / "again", [merged]
+
+
+def _negate_into(target: Callable[[dict, Path], Path]):
+    def setup(w: dict, tmp: Path):
+        out = target(w, tmp)
+        return ["negate", str(w["tvn"][0]), "--lambda", "0.5", "--out", str(out)], out, [w["tvn"][0]]
+    return setup
+
+
+def _push_failing(how: str):
+    def setup(w: dict, tmp: Path, monkeypatch=None):
+        from huggingface_hub import constants
+
+        model_dir = _copy_merged(w, tmp)
+        _file(model_dir / "README.md", "my notes\n")
+        if how == "unreachable":
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{sock.getsockname()[1]}")
+        elif how == "offline":
+            monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        elif how == "no-token":
+            monkeypatch.delenv("HF_TOKEN")
+        elif how == "bad-token":
+            monkeypatch.setenv("HF_TOKEN", "hf_" + "q" * 34)
+        repo = "mallory/theirs" if how == "forbidden" else REPO
+        return ["push", str(model_dir), "--repo", repo], model_dir, [model_dir]
+    return setup
+
+
+TOO_LARGE = "file too large for this filesystem or its limits (it needs about"
+CASES = [
+    # spunge run: where it writes, and what it would redo
+    Case("run-dir-is-a-file", lambda w, t: (["run", str(_pipeline(t / "ws")[0]), "--run-dir", str(_file(t / "run"))], t / "run",
+                                            [t / "ws"]), "is a file; give a directory"),
+    Case("run-dir-under-a-file", lambda w, t: (["run", str(_pipeline(t / "ws")[0]), "--run-dir", str(_file(t / "f") / "run")],
+                                               t / "f", [t / "ws"]), "cannot create it"),
+    Case("run-seed-differs-from-recorded", _run_case("all", **{"unlearn.config.seed": 1}),
+         "unlearn.config.seed: 0 -> 1. This would redo: unlearn, baseline, merge, eval"),
+    Case("run-merge-lambda-differs", _run_case("all", **{"merge.lambda": [0.5]}),
+         "merge.lambda: [1.0] -> [0.5]. This would redo: merge, eval"),
+    Case("run-model-differs", _run_case("all", model="./other"),
+         "model: ./model -> ./other. This would redo: split, unlearn, baseline, merge, eval"),
+    Case("run-setting-removed", _run_case("all", **{"merge.density": None}), "merge.density: 0.5 -> (not set)"),
+    Case("run-setting-added", _run_case("all", **{"unlearn.config.epochs": 3}), "unlearn.config.epochs: (not set) -> 3"),
+    Case("run-only-with-other-settings", _run_case("only", **{"merge.density": 0.9}), "merge.density: 0.5 -> 0.9"),
+    # spunge materialize: its --out
+    Case("materialize-out-is-a-file", _materialize_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),
+    Case("materialize-out-not-empty", _materialize_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),
+    Case("materialize-out-is-the-base", _materialize_into(lambda w, t: w["base"]), "is not empty; pass --force"),
+    Case("materialize-out-under-a-file", _materialize_into(lambda w, t: _file(t / "f") / "out"), "cannot write to"),
+    Case("materialize-file-too-large", _materialize_into(lambda w, t: t / "out"), TOO_LARGE, file_size_limit=60_000),
+    # spunge merge: --out, --recipe-out, --views-dir, a recipe whose views were deleted
+    Case("merge-out-is-a-file", _merge_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),
+    Case("merge-out-not-empty", _merge_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),
+    Case("merge-out-is-a-run", _merge_into(lambda w, t: w["tvn"][0]), "is not empty; pass --force"),
+    Case("merge-recipe-out-is-a-directory", _recipe_out(lambda w, t: _nonempty(t / "recipe")), "it is a directory; give a file name"),
+    Case("merge-recipe-out-under-a-file", _recipe_out(lambda w, t: _file(t / "f") / "recipe.yml"), "cannot write"),
+    Case("merge-views-dir-is-a-file", _views_dir_is_a_file, "cannot write to"),
+    Case("merge-recipe-views-deleted", _deleted_views, "is a merge view that no longer exists (views are a cache); run the recipe "
+         "that names the runs instead: cd "),
+    Case("merge-file-too-large", _merge_into(lambda w, t: t / "out"), TOO_LARGE, file_size_limit=60_000),
+    # spunge negate --out
+    Case("negate-out-is-a-file", _negate_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),
+    Case("negate-out-not-empty", _negate_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),
+    Case("negate-out-under-a-file", _negate_into(lambda w, t: _file(t / "f") / "out"), "cannot write to"),
+    # spunge push that fails: the directory stays as it was
+    Case("push-unreachable", _push_failing("unreachable"), "cannot reach the Hub", needs_hub=True),
+    Case("push-offline", _push_failing("offline"), "HF_HUB_OFFLINE is set", needs_hub=True),
+    Case("push-no-token", _push_failing("no-token"), "no Hugging Face token", needs_hub=True),
+    Case("push-rejected-token", _push_failing("bad-token"), "rejected the token (401", needs_hub=True),
+    Case("push-forbidden", _push_failing("forbidden"), "permission denied on mallory/theirs (403", needs_hub=True),
+]
+
+
+def _limited(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_output_side_input(case: Case, world, tmp_path, request, monkeypatch):
+    assert len(CASES) >= 25
+    if case.needs_hub:
+        request.getfixturevalue("hub")
+        argv, output, inputs = case.setup(world, tmp_path, monkeypatch)
+    else:
+        argv, output, inputs = case.setup(world, tmp_path)
+    inputs = [*inputs, world["base"]]
+    before_inputs = {str(p): tree_hashes(p) for p in inputs}
+    before_output = tree_hashes(output)
+    caches = {"cache", "views"}  # merge views are built (a cache) before an output is refused
+
+    def listing(folder: Path) -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if p.name not in caches)
+    siblings = listing(output.parent) if output.parent.is_dir() else None
+    if case.file_size_limit:
+        done = subprocess.run([sys.executable, "-m", "spunge_merge", *argv], capture_output=True, text=True, timeout=600,
+                              env={**ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                                   "SPUNGE_CACHE": os.environ["SPUNGE_CACHE"]},
+                              preexec_fn=_limited(case.file_size_limit))
+        code, text = done.returncode, done.stdout + done.stderr
+    else:
+        result = CliRunner().invoke(app, argv)
+        code, text = result.exit_code, result.output
+    assert code == case.code, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and case.message in errors[0], text[-3000:]
+    assert "Traceback" not in text
+    assert tree_hashes(output) == before_output  # left as it was (or still absent)
+    if siblings is not None:  # no temporaries or half-written outputs beside it
+        assert listing(output.parent) == siblings
+    for path in inputs:
+        assert tree_hashes(path) == before_inputs[str(path)], f"input {path} changed"
