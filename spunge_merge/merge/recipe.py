@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from spunge_merge import __version__
 from spunge_merge.config import format_validation_error, load_yaml
 from spunge_merge.errors import SpungeError
+from spunge_merge.merge.inputs import PEFT_ADAPTER, TENSOR_DELTA
 from spunge_merge.merge.settings import DEFAULT_METHOD, MergeSettings  # noqa: F401 - re-exported
 
 DEFAULT_DENSITY = 0.2  # TIES paper (Yadav et al. 2023): keep the top k = 20 % of each task vector
@@ -225,7 +226,6 @@ def _check_negative_weights(config, method, source: str) -> None:
 # The portable recipe: the runs, not this machine's files
 
 PORTABLE_RECIPE_FILE = "mergekit_config.portable.yml"
-_TVN_KIND, _RMU_KIND, _CHECKPOINT_KIND = "tvn-adapter", "rmu-delta", "checkpoint"  # merge.inputs' run kinds
 
 
 def _local_ref(relative: str) -> str:
@@ -315,9 +315,9 @@ def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -
         kind, run_path = info.get("kind"), info.get("path")
         if ref == str(data.get("base_model")):
             entry["model"] = base_name or ref
-        elif kind == _TVN_KIND and run_path and base_name:
+        elif kind == PEFT_ADAPTER and run_path and base_name:
             entry["model"] = f"{base_name}+{relative(run_path)}"
-        elif kind == _RMU_KIND and run_path:
+        elif kind == TENSOR_DELTA and run_path:
             target = relative(run_path).rstrip("/") + "-materialized/"
             entry["model"] = target
             materialize_lines.append(f"  spunge materialize {relative(run_path)} --out {target}"
@@ -333,8 +333,8 @@ def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -
                 "which live in a cache and are rebuilt on demand). Model paths are relative to the folder the runs",
                 f"are in: copy them with the same layout and run from {where}:",
                 "  mergekit-yaml THIS_FILE OUT     or     spunge merge --recipe THIS_FILE --out OUT",
-                "TVN adapters use mergekit's BASE+ADAPTER syntax (the adapter is the run folder: its negated LoRA)."]
+                "Adapter runs use mergekit's BASE+ADAPTER syntax (the adapter is the run folder; TVN's holds its negation)."]
     if materialize_lines:
-        comments += ["RMU runs are deltas (delta.safetensors), which mergekit cannot read: make each one a full model",
+        comments += ["Tensor-delta runs (RMU, --full: delta.safetensors) are not a format mergekit reads: make each one a full model",
                      "first, from the same folder (needs spunge):", *materialize_lines]
     return recipe_text(out, comments + notes)
