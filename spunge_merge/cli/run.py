@@ -56,11 +56,16 @@ def demo_command(
     run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Where the demo writes its models and report."),
     force: bool = typer.Option(False, "--force", help="Redo every stage even when up to date."),
     executor: str = typer.Option("local", "--executor", help="local or ray."),
+    device: str = typer.Option(None, "--device", help="Device of every stage (the file's runtime.device): cpu, cuda, cuda:N, auto. "
+                               "Default: cpu."),
+    dtype: str = typer.Option(None, "--dtype", help="Model dtype of every stage (runtime.dtype): auto, float32, bfloat16, float16. "
+                              "Default: auto (fp32 on CPU, bf16 on CUDA)."),
 ) -> None:
     """The offline demo: remove two knowledge domains (capitals, chemical symbols) from smollm2-135m with RMU while
     keeping three (languages, opposites, landmarks), split by domain vs. un-split, and compare per-domain accuracy on
     held-out facts. Runs on a CPU in minutes; the data ships with spunge."""
-    summary = run_pipeline(DEMO_PIPELINE, run_dir=run_dir, force=force, executor=executor)
+    overrides = [f"runtime.{key}={value}" for key, value in (("device", device), ("dtype", dtype)) if value is not None]
+    summary = run_pipeline(DEMO_PIPELINE, run_dir=run_dir, force=force, executor=executor, overrides=overrides)
     _print_summary(summary)
 
 
