@@ -62,8 +62,8 @@ BUDGETS = {"7b": {"build": 150, "rmu": 150, "train": 200, "merge": 300, "demo": 
            "tiny": {"build": 60, "rmu": 90, "train": 90, "merge": 180, "demo": 150}}
 # Measured steps and sequence lengths: the at 7B; fewer and shorter for the CPU smoke test
 # (bf16 matmuls on a CPU are slow, and the smoke test checks the path, not the figures).
-RUN_SHAPES = {"7b": {"steps": 20, "warmup": 3, "rmu_seq": 512, "train_seq": 256, "floor_repeats": 2, "merge_cold": True},
-              "tiny": {"steps": 4, "warmup": 1, "rmu_seq": 128, "train_seq": 64, "floor_repeats": 1, "merge_cold": False}}
+RUN_SHAPES = {"7b": {"steps": 20, "warmup": 3, "rmu_seq": 512, "train_seq": 256, "floor_repeats": 1, "remerge": True},
+              "tiny": {"steps": 4, "warmup": 1, "rmu_seq": 128, "train_seq": 64, "floor_repeats": 1, "remerge": False}}
 MIN_START = {"build": 20, "rmu": 30, "train": 30, "merge": 60, "demo": 45}  # not started with less than this left
 
 WORDS = ("the quick brown fox jumps over lazy dog cats and dogs live together in small house paris is capital of france "
@@ -433,15 +433,10 @@ def work_merge(p: dict) -> dict:
         result["kinds"][kind] = row
         views = workdir / f"views-{kind}"
         out = workdir / f"{kind}-spunge"
-        if p["cold"]:  # the first merge also builds the views (a re-merge with other settings reuses them)
-            cold = bench_merge.run_cli("spunge", ["merge", "--base", str(base.path), *map(str, runs[kind]), "--out", str(out),
-                                                  "--views-dir", str(views), "--no-progress", *flag])
-            row["spunge_cold"] = {k: cold[k] for k in ("wall", "command", "imports", "rss_mb")}
-            record.write_text(json.dumps(result, indent=2))
-            shutil.rmtree(out)
-        warm = bench_merge.run_cli("spunge", ["merge", "--base", str(base.path), *map(str, runs[kind]), "--out", str(out),
-                                              "--views-dir", str(views), "--no-progress", *flag])
-        row["spunge"] = {**{k: warm[k] for k in ("wall", "command", "imports", "rss_mb")},
+        command = ["merge", "--base", str(base.path), *map(str, runs[kind]), "--out", str(out), "--views-dir", str(views),
+                   "--no-progress", *flag]
+        first = bench_merge.run_cli("spunge", command)  # the first merge also builds the run views
+        row["spunge"] = {**{k: first[k] for k in ("wall", "command", "imports", "rss_mb")},
                          "record": json.loads((out / "spunge.json").read_text()).get("result")}
         record.write_text(json.dumps(result, indent=2))
         theirs = workdir / f"{kind}-mergekit"
@@ -453,6 +448,7 @@ def work_merge(p: dict) -> dict:
         view_dirs = [Path(m["model"]) for m in json.loads((out / "spunge.json").read_text())["runs"]]
         shutil.rmtree(out)
         shutil.rmtree(theirs)
+        record.write_text(json.dumps(result, indent=2))
         changed = [v / "changed.safetensors" for v in view_dirs if (v / "changed.safetensors").is_file()]
         payload = json.dumps({"base": [str(f) for f in base_files], "changed": [str(c) for c in changed],
                               "out": str(workdir / "floor.bin")})
@@ -462,6 +458,11 @@ def work_merge(p: dict) -> dict:
                         "read_gb": (sum(f.stat().st_size for f in base_files) + sum(c.stat().st_size for c in changed)) / 1e9,
                         "write_gb": sum(f.stat().st_size for f in base_files) / 1e9}
         record.write_text(json.dumps(result, indent=2))
+        if p["remerge"]:  # a re-merge with the views built (another λ or density): what every later merge costs
+            again = bench_merge.run_cli("spunge", command)
+            row["spunge_remerge"] = {k: again[k] for k in ("wall", "command", "imports", "rss_mb")}
+            shutil.rmtree(out)
+            record.write_text(json.dumps(result, indent=2))
     shutil.rmtree(workdir / "runs", ignore_errors=True)
     return result
 
@@ -565,7 +566,8 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps to run, of {','.join(STEPS)}")
     parser.add_argument("--steps", type=int, default=None, help="measured optimizer steps per run, after --warmup (default: 20; tiny 4)")
     parser.add_argument("--warmup", type=int, default=None, help="optimizer steps not measured (default: 3; tiny 1)")
-    parser.add_argument("--keep", action="store_true", help="keep the workdir (the model) for another run")
+    parser.add_argument("--clean", action="store_true", help="delete the workdir at the end (default: keep the model, so a rerun "
+                        "with --only skips building it; merge outputs are always deleted)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("payload", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -593,7 +595,18 @@ def main() -> None:
 
     def build(deadline: float) -> dict:
         rows = max(200, (args.warmup + args.steps) * 8 + 8)
-        return child("build", {**common, "rows": rows}, remaining(deadline))
+        marker = workdir / "built.json"
+        if marker.is_file() and (model / "config.json").is_file() and (data / "retain.jsonl").is_file():
+            previous = json.loads(marker.read_text())
+            if previous.get("shape") == args.shape and previous.get("rows", 0) >= rows:
+                return {**previous["figures"], "status": "reused", "reason": f"built earlier in {workdir}"}
+        marker.unlink(missing_ok=True)
+        figures = child("build", {**common, "rows": rows}, remaining(deadline))
+        if "error" not in figures:
+            marker.write_text(json.dumps({"shape": args.shape, "rows": rows, "figures": figures}))
+        else:
+            figures["status"] = "failed"
+        return figures
 
     def rmu(deadline: float) -> dict:
         if not (model / "config.json").is_file():
@@ -639,6 +652,8 @@ def main() -> None:
             entry["methods"][method] = figures
             run.results["steps"]["train"] = {**entry, "status": "running"}
             run.save()
+        if "error" in plain or any("error" in figures for figures in entry["methods"].values()):
+            entry["status"] = "incomplete"
         return entry
 
     def merge(deadline: float) -> dict:
@@ -647,7 +662,7 @@ def main() -> None:
         target = run.out / "merge.json"
         target.unlink(missing_ok=True)
         figures = child("merge", {**common, "runs": 5, "kinds": ["rmu", "tvn"], "json": str(target),
-                                    "floor_repeats": shape["floor_repeats"], "cold": shape["merge_cold"]}, remaining(deadline))
+                                    "floor_repeats": shape["floor_repeats"], "remerge": shape["remerge"]}, remaining(deadline))
         partial = json.loads(target.read_text()) if target.is_file() else {}
         entry = {**partial, **figures}
         if "error" in figures:
@@ -695,7 +710,7 @@ def main() -> None:
           flush=True)
     for step, body in (("build", build), ("rmu", rmu), ("train", train), ("merge", merge), ("demo", demo)):
         run_step(run, step, body)
-    if not args.keep:
+    if args.clean:
         shutil.rmtree(workdir, ignore_errors=True)
     print((run.out / "results.md").read_text())
     print(f"[gpu_7b] figures: {run.out / 'results.json'}, {run.out / 'results.md'}")
@@ -724,20 +739,23 @@ def markdown(results: dict) -> str:
     lines += [f"| {name} | {_status(entry)} | {_f(entry.get('seconds'), 1)} |" for name, entry in steps.items()]
     build = steps.get("build", {})
     if "params" in build:
-        lines += ["", "## 1. Model", "", f"{build['params'] / 1e9:.3f} B parameters, {build['shards']} safetensors shards, "
-                  f"{build['bytes'] / 1e9:.2f} GB (bf16, random); built in {build['build_s']} s, saved in {build['save_s']} s, "
-                  f"on {build.get('device_name')}"]
+        size = f"{build['params'] / 1e9:.2f} B" if build["params"] >= 1e9 else f"{build['params'] / 1e6:.2f} M"
+        lines += ["", "## 1. Model", "", f"{size} parameters, {build['shards']} safetensors shards, "
+                  f"{build['bytes'] / 1e9:.3f} GB (bf16, random); built in {build['build_s']} s, saved in {build['save_s']} s, "
+                  f"on {build.get('device_name')}" + (" (reused from an earlier call)" if build.get("status") == "reused" else "")]
     rmu = steps.get("rmu", {})
     if rmu.get("impls"):
         lines += ["", f"## 2. RMU: `spunge unlearn rmu` vs the reference-style step (4 + 4 × {results.get('rmu_seq')} tokens, bf16, "
                   f"{results.get('measured_steps')} steps after {results.get('warmup_steps')} warm-up)", "",
-                  "| implementation | s/step | steps/s | peak GPU memory (GiB) | process start to first step (s) |",
+                  "| implementation | s/step | steps/s | peak GPU memory (GiB) | setup (s) |",
                   "|---|---:|---:|---:|---:|"]
         for name, r in rmu["impls"].items():
             if name == "failed":
                 continue
             lines.append(f"| {'spunge unlearn rmu' if name == 'cli' else name} | {_f(r['s_per_step'], 3)} | {_f(r['steps_per_s'])} | "
                          f"{_f(r.get('peak_gib'))} | {_f(r.get('build_s'), 1)} |")
+        lines += ["", "setup: spunge unlearn rmu, from the command's start to the end of its first step (reading data, loading "
+                  "layers 0..ℓ from the shards); reference: building its two models."]
         if "speedup" in rmu:
             lines.append("")
             lines.append(f"speed-up {rmu['speedup']:.2f}x (target ≥ 5)" + (
@@ -766,19 +784,20 @@ def markdown(results: dict) -> str:
     merge = steps.get("merge", {})
     if merge.get("kinds"):
         lines += ["", f"## 4. Merge: 5 runs per kind, `spunge merge` vs `mergekit-yaml`{' (both --cuda)' if merge.get('cuda') else ''}", "",
-                  "| kind | spunge, cold: end to end (s) | spunge: end to end (s) | spunge: command (s) | mergekit-yaml: end to end (s) | "
-                  "mergekit-yaml: command (s) | I/O floor (s) | spunge command / floor | identical tensors | "
+                  "| kind | spunge: end to end (s) | spunge: command (s) | mergekit-yaml: end to end (s) | mergekit-yaml: command (s) | "
+                  "I/O floor (s) | spunge command / floor | spunge re-merge: command (s) | identical tensors | "
                   "peak RSS spunge / mergekit (MB) |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
         for kind, row in merge["kinds"].items():
-            cold, warm, mk, floor = row.get("spunge_cold", {}), row.get("spunge", {}), row.get("mergekit", {}), row.get("floor", {})
+            again, warm, mk, floor = row.get("spunge_remerge", {}), row.get("spunge", {}), row.get("mergekit", {}), row.get("floor", {})
             same = row.get("identical")
             ratio = warm["command"] / floor["seconds"] if warm.get("command") and floor.get("seconds") else None
-            lines.append(f"| {kind} | {_f(cold.get('wall'))} | {_f(warm.get('wall'))} | {_f(warm.get('command'))} | {_f(mk.get('wall'))} | "
-                         f"{_f(mk.get('command'))} | {_f(floor.get('seconds'))} | {_f(ratio)} | "
+            lines.append(f"| {kind} | {_f(warm.get('wall'))} | {_f(warm.get('command'))} | {_f(mk.get('wall'))} | "
+                         f"{_f(mk.get('command'))} | {_f(floor.get('seconds'))} | {_f(ratio)} | {_f(again.get('command'))} | "
                          f"{f'{same[0]}/{same[1]}' if same else '–'} | "
                          f"{_f(warm.get('rss_mb'), 0)} / {_f(mk.get('rss_mb'), 0)} |")
         lines += ["", "End to end: process start to exit, imports included; command: the command after Python and library imports "
-                  "(cold: the first merge, which also builds the run views; not run at the tiny shape). The I/O floor reads the "
+                  "(spunge's first merge also builds the run views; a re-merge reuses them, not run at the tiny shape). "
+                  "The I/O floor reads the "
                   "base's shards and each run's changed tensors and writes the base's bytes, page cache warm."]
     demo = steps.get("demo", {})
     if demo.get("runs"):
