@@ -144,3 +144,34 @@ def test_a_cuda_runtime_is_honoured_by_unlearning(workspace, tmp_path):
     data = pipeline_data("tvn", runtime={"device": "cuda"})
     with pytest.raises(SpungeError, match="device 'cuda' requested but CUDA is not available"):
         run_pipeline(write_pipeline(workspace, data, "cuda"), run_dir=tmp_path / "run", live=False)
+
+
+def test_spunge_demo_device_and_dtype_reach_every_stage_of_the_shipped_demo(monkeypatch, tmp_path):
+    """`spunge demo --device cuda --dtype bfloat16` becomes runtime overrides, and the shipped demo sets no
+    stage-level device or dtype that would win over them."""
+    from typer.testing import CliRunner
+
+    import spunge_merge.cli.run as run_cli
+    from spunge_merge.cli import app
+    from spunge_merge.config import apply_overrides, load_yaml
+
+    seen: dict = {}
+
+    def fake_run(pipeline, **kwargs):
+        seen.update(kwargs, pipeline=pipeline)
+        raise SpungeError("stopped by the test")
+
+    monkeypatch.setattr(run_cli, "run_pipeline", fake_run)
+    result = CliRunner().invoke(app, ["demo", "--device", "cuda", "--dtype", "bfloat16", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "stopped by the test" in result.output
+    assert seen["overrides"] == ["runtime.device=cuda", "runtime.dtype=bfloat16"]
+
+    demo = parse_pipeline(apply_overrides(load_yaml(seen["pipeline"]), seen["overrides"], "demo"))
+    assert runtime_mod.method_settings(demo, dict(demo.unlearn.config))["device"] == "cuda"
+    assert runtime_mod.method_settings(demo, dict(demo.unlearn.config))["dtype"] == "bfloat16"
+    assert runtime_mod.merge_cuda(demo) is True and runtime_mod.merge_dtype(demo) == "bfloat16"
+    for section in ("knowledge", "perplexity"):
+        kwargs = runtime_mod.eval_settings(demo, accepted_keywords(section), dict(getattr(demo.eval, section)))
+        assert (kwargs["device"], kwargs["dtype"]) == ("cuda", "bfloat16"), section
+    shipped = parse_pipeline(load_yaml(seen["pipeline"]))  # without the options: the CPU, as before
+    assert shipped.runtime.device == "cpu" and runtime_mod.method_settings(shipped, {})["device"] == "cpu"
