@@ -478,18 +478,16 @@ def work_demo_check(p: dict) -> dict:
 
 
 def demo_table(report: Path) -> str:
-    """The knowledge table and the perplexity line of a demo report."""
-    lines = report.read_text().splitlines()
-    table = [line for line in lines if line.startswith("|")]
-    first = next((i for i, line in enumerate(lines) if line.startswith("| model")), None)
-    if first is not None:
-        table = []
-        for line in lines[first:]:
-            if not line.startswith("|"):
-                break
-            table.append(line)
-    extra = [line for line in lines if "perplexity" in line.lower() and not line.startswith("|")][:2]
-    return "\n".join(table + [""] + extra)
+    """The knowledge table and the comparison table (retain perplexity) of a demo report."""
+    blocks: list[list[str]] = []
+    previous = ""
+    for line in report.read_text().splitlines():
+        if line.startswith("| model"):
+            blocks.append([line])
+        elif line.startswith("|") and blocks and previous.startswith("|"):
+            blocks[-1].append(line)
+        previous = line
+    return "\n\n".join("\n".join(block) for block in blocks[:2])
 
 
 # ------------------------------------------------------------------------------------------------ driver
