@@ -19,10 +19,21 @@ def _given(pipeline: Pipeline) -> dict[str, str]:
     return {key: value for key, value in (("device", runtime.device), ("dtype", runtime.dtype)) if value != "auto"}
 
 
+def _method_fields(method: str) -> dict[str, Any]:
+    """The settings fields of an unlearning method: its registry record's, else the schema's lookup."""
+    from spunge_merge.errors import SpungeError
+    from spunge_merge.unlearn import registry
+
+    try:
+        return registry.get_method(method).config_class.model_fields
+    except SpungeError:
+        return method_config_class(method).model_fields
+
+
 def method_settings(pipeline: Pipeline, config: dict[str, Any]) -> dict[str, Any]:
     """An unlearning run's settings: `config`, with the runtime's device and dtype where the method
     has such a setting and `config` leaves it unset."""
-    fields = method_config_class(pipeline.unlearn.method).model_fields
+    fields = _method_fields(pipeline.unlearn.method)
     return {**{key: value for key, value in _given(pipeline).items() if key in fields}, **config}
 
 
