@@ -801,6 +801,9 @@ def markdown(results: dict) -> str:
     if demo.get("runs"):
         lines += ["", "## 5. The demo pipeline (`spunge run spunge_merge/demo/pipeline.yaml --set runtime.device=... "
                   "--set runtime.dtype=...`)"]
+        if results["shape"] == "tiny":
+            lines += ["", "Smoke test: 1 epoch of at most 3 batches per RMU run and only the merged model evaluated, so this is not "
+                      "the demo's table."]
         for label, r in demo["runs"].items():
             lines += ["", f"### {label}: {_status(r)}, {_f(r.get('seconds'), 1)} s", ""]
             if r.get("table"):
