@@ -64,6 +64,10 @@ def demo_command(
     executor: str = typer.Option("local", "--executor", help="local or ray."),
     accept_changes: bool = typer.Option(False, "--accept-changes", help="Redo what differs when the run directory was "
                                         "made by another version of the demo."),
+    device: str = typer.Option(None, "--device", help="Device of every stage (the file's runtime.device): cpu, cuda, cuda:N, auto. "
+                               "Default: cpu."),
+    dtype: str = typer.Option(None, "--dtype", help="Model dtype of every stage (runtime.dtype): auto, float32, bfloat16, float16. "
+                              "Default: auto (fp32 on CPU, bf16 on CUDA)."),
 ) -> None:
     """The offline demo: remove two knowledge domains (capitals, chemical symbols) from smollm2-135m with RMU while
     keeping three (languages, opposites, landmarks), split by domain vs. un-split, and compare per-domain accuracy on
@@ -71,8 +75,10 @@ def demo_command(
     per seed; the data ships with spunge."""
     from spunge_merge.demo import demo_text
 
+    overrides = [f"runtime.{key}={value}" for key, value in (("device", device), ("dtype", dtype)) if value is not None]
     with _interruptible(run_dir):
-        summary = run_pipeline(DEMO_PIPELINE, run_dir=run_dir, force=force, executor=executor, accept_changes=accept_changes)
+        summary = run_pipeline(DEMO_PIPELINE, run_dir=run_dir, force=force, executor=executor, overrides=overrides,
+                               accept_changes=accept_changes)
     text = demo_text(getattr(summary, "aggregate", {}), report=str(summary.report) if summary.report else None)
     if not text:
         _print_summary(summary)

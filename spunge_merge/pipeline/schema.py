@@ -216,6 +216,17 @@ class RaySection(FrozenConfig):
     runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env passed to ray.init.")
 
 
+class RuntimeSection(FrozenConfig):
+    """Where and in what precision the whole pipeline runs: one setting read by unlearn, baseline,
+    merge (its `cuda` flag and dtype) and eval (see pipeline/runtime.py). A stage's own setting wins
+    (`unlearn.config.dtype`, `merge.dtype`, `merge.cuda`, `eval.device`)."""
+
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="cpu, cuda, cuda:N or auto (CUDA when available) for every stage.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Model dtype for every stage: auto (bf16 on CUDA, fp32 on CPU; merge: the base's), float32, bfloat16, float16.")
+
+
 class Pipeline(FrozenConfig):
     """A whole Spunge experiment (see module docstring)."""
 
@@ -243,6 +254,7 @@ class Pipeline(FrozenConfig):
         if value is not None and len(set(value)) != len(value):
             raise ValueError(f"seed {next(s for s in value if value.count(s) > 1)} is listed twice")
         return value
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
 
     @model_validator(mode="after")
     def _consistent(self):

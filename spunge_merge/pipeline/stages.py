@@ -33,7 +33,7 @@ from spunge_merge.data.loading import SPLIT_MANIFEST, Subset, load_subsets
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, iter_jsonl, read_json, sha256_file, sha256_json, write_json
 from spunge_merge.models import ResolvedModel
-from spunge_merge.pipeline import evals, inputs
+from spunge_merge.pipeline import evals, inputs, runtime
 from spunge_merge.pipeline.executors import LocalExecutor
 from spunge_merge.pipeline.jobs import Job, resolved_model
 from spunge_merge.pipeline.progress import RunView
@@ -309,7 +309,7 @@ def subset_configs(ctx: Context, subsets: list[Subset]) -> dict[str, dict[str, A
     configs = {}
     for subset in subsets:
         override = section.overrides.get(str(subset.value), section.overrides.get(subset.name, {}))
-        configs[subset.name] = {**section.config, **override}
+        configs[subset.name] = runtime.method_settings(ctx.pipeline, {**section.config, **override})
     return configs
 
 
@@ -394,7 +394,7 @@ def baseline_train_work(ctx: Context, subsets: list[Subset]) -> tuple[Work, dict
     section = ctx.pipeline.unlearn
     method = registry.get_method(section.method)
     corpora = baseline_corpora(ctx.pipeline)
-    config = {**section.config, **ctx.pipeline.baseline.config}
+    config = runtime.method_settings(ctx.pipeline, {**section.config, **ctx.pipeline.baseline.config})
     budget: dict[str, Any] = {"mode": ctx.pipeline.baseline.budget}
     if ctx.pipeline.baseline.budget == "matched":
         retain_texts = [row["text"] for _, row in iter_jsonl(ctx.retain_file)] if section.retain else None
@@ -477,7 +477,7 @@ def build_baseline_model(*, method: str, model_ref: str, model_path: str, run: s
 
 def stage_merge(ctx: Context) -> dict[str, Any]:
     section = ctx.pipeline.merge
-    settings = section.model_dump(mode="json", by_alias=True, exclude={"lambdas", "cuda"})
+    settings = {**section.model_dump(mode="json", by_alias=True, exclude={"lambdas", "cuda"}), "dtype": runtime.merge_dtype(ctx.pipeline)}
     works, labels = [], {}
     for lam in section.lambdas:
         label = _lam_label("spunge", lam, len(section.lambdas))
@@ -489,7 +489,7 @@ def stage_merge(ctx: Context) -> dict[str, Any]:
         def build(force: dict[str, bool], lam=lam, label=label, out=out) -> Job:
             return Job(key=f"merge/{label}", label=label, function="spunge_merge.pipeline.stages:merge_task",
                        kwargs={"model_ref": ctx.model.ref, "model_path": str(ctx.model.path), "runs": [str(ctx.unlearn_dir)],
-                               "out": str(out), "settings": settings, "lam": lam, "cuda": section.cuda,
+                               "out": str(out), "settings": settings, "lam": lam, "cuda": runtime.merge_cuda(ctx.pipeline),
                                "views_dir": str(ctx.merge_dir / ".views"), "force": force["merge"]})
 
         works.append(Work(stage="merge", key=f"merge/{label}", label=f"{section.method} λ={lam:g}", parts={"merge": part},
@@ -559,9 +559,7 @@ def _eval_settings(ctx: Context) -> dict[str, dict[str, Any]]:
                 atomic_write_text(marker, wanted)
             kwargs["data"] = str(target)
             kwargs.pop("text_column", None)
-        if "device" in (evals.accepted_keywords(name) or ()) and "device" not in kwargs:
-            kwargs["device"] = section.device
-        chosen[name] = kwargs
+        chosen[name] = runtime.eval_settings(ctx.pipeline, evals.accepted_keywords(name), kwargs)
     return chosen
 
 
