@@ -1,5 +1,8 @@
 """Forget texts as causal-LM batches: tokenize once, then shuffle and pad per epoch.
 
+Each epoch's order is a permutation drawn from its own seed, `epoch_seed(run seed, epoch)`: a hash,
+not `seed + epoch`, so that two runs whose seeds differ by one do not share an epoch's order.
+
 Unlearning methods that train on raw text (TVN's LoRA fine-tune, RMU's forget pass) share
 this module so that they see the same tokens: each text is tokenized with the model's own
 tokenizer (its special tokens included), truncated to `max_length`, and ended with EOS so
@@ -10,6 +13,7 @@ their pad token and masking by id would also drop the real EOS targets.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,9 +41,10 @@ class Batch:
     attention_mask: object
     labels: object  # input_ids with padding set to IGNORE_INDEX
     tokens: int
+    rows: tuple[int, ...] = ()  # which encoded texts it holds (for the record of rows used)
 
     def to(self, device) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.tokens)
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.tokens, self.rows)
 
 
 def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> Batch:
@@ -57,6 +62,12 @@ def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> Batch:
     return Batch(input_ids, attention_mask, labels, tokens)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's order: a hash of (run seed, epoch), independent across both."""
+    digest = hashlib.sha256(f"spunge-epoch/{seed}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def batches(encoded: Sequence[Sequence[int]], *, batch_size: int, pad_id: int, seed: int | None = None) -> list[Batch]:
     """All micro-batches of one epoch: shuffled by `seed` (a fresh permutation per seed), or in order when None."""
     import torch
@@ -64,8 +75,12 @@ def batches(encoded: Sequence[Sequence[int]], *, batch_size: int, pad_id: int, s
     order = list(range(len(encoded)))
     if seed is not None:
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [collate([encoded[i] for i in order[start:start + batch_size]], pad_id)
-            for start in range(0, len(order), batch_size)]
+    out = []
+    for start in range(0, len(order), batch_size):
+        rows = tuple(order[start:start + batch_size])
+        batch = collate([encoded[i] for i in rows], pad_id)
+        out.append(Batch(batch.input_ids, batch.attention_mask, batch.labels, batch.tokens, rows))
+    return out
 
 
 def optimizer_steps(n_texts: int, *, batch_size: int, grad_accum: int, epochs: int, max_steps: int | None = None) -> int:
