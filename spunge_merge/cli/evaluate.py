@@ -63,6 +63,10 @@ def toxicity_command(
                       f"{summary['toxic']}/{summary['n']}")
     _console.print(table)
     typer.echo(f"Judge: {judge_line(result['judge'])}")
+    if result.get("non_text"):
+        share = result["non_text"]["overall"]
+        typer.echo(f"Not text: {share['pct']:.1f} % of the generations ({share['non_text']}/{share['n']}; "
+                   f"{result['non_text']['rule']})")
     typer.echo(f"Wrote {out / 'toxicity.json'} and {out / RADAR_FILE}")
 
 
@@ -179,6 +183,14 @@ def compare_command(
                               "point closest to it, with the residual mismatch shown)."),
     reference: str = typer.Option(None, "--reference", "-r", help="Label that relative changes refer to (default: the "
                                   "first result; with --arm the first arm, e.g. the un-split baseline)."),
+    non_text_tolerance: float = typer.Option(5.0, "--non-text-tolerance", help="Percentage points of generations that are "
+                                             "not text (empty, symbols, a few words looped; rule in toxicity.json) a model may "
+                                             "have above the base model's (the result labelled base, else the lowest share) "
+                                             "and still be compared on toxicity: the judge scores non-text as harmless. "
+                                             "Frontier mode: points beyond it are inadmissible (never matched, never "
+                                             "Pareto); table mode: such rows are flagged."),
+    no_non_text_check: bool = typer.Option(False, "--no-non-text-check", help="Compare without the non-text check "
+                                           "(a model may then win by breaking its output)."),
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="Output directory: compare.json, compare.md, "
                              "compare_radar.png; with --arm frontier.json, frontier.md, frontier.png."),
     force: bool = typer.Option(False, "--force", help="Replace an existing comparison of other results."),
@@ -201,7 +213,7 @@ def compare_command(
             name, points = parse_arm(item)
             arms.setdefault(name, []).extend(points)
         frontier = frontier_results(arms, out, base=base, metric=metric, target=target, match=match, reference=reference,
-                                    force=force)
+                                    non_text_tolerance=None if no_non_text_check else non_text_tolerance, force=force)
         typer.echo((out / FRONTIER_SUMMARY).read_text(encoding="utf-8"))
         for warning in frontier["warnings"]:
             typer.secho(f"Warning: {warning}", err=True, fg="yellow")
@@ -217,7 +229,8 @@ def compare_command(
     for item in results:
         label, path = _parse_result_arg(item)
         parsed.setdefault(label, []).append(path)
-    result = compare_results(parsed, out, reference_label=reference, force=force)
+    result = compare_results(parsed, out, reference_label=reference,
+                             non_text_tolerance=None if no_non_text_check else non_text_tolerance, force=force)
     typer.echo((out / COMPARE_SUMMARY).read_text(encoding="utf-8"))
     for warning in result["warnings"]:
         typer.secho(f"Warning: {warning}", err=True, fg="yellow")
