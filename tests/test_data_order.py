@@ -58,13 +58,15 @@ def test_reference_order_is_the_scripts_index_pairing():
     assert max(r for _, s in steps for r in s.retain_rows) < 8
 
 
-def test_reference_retain_set_bounds_the_steps_shuffled_does_not():
-    small_retain = RETAIN[:5]
-    reference = make_plan([corpus(FORGET)], [corpus(small_retain)], RMUConfig(**FAST, data_order="reference"))
-    shuffled = make_plan([corpus(FORGET)], [corpus(small_retain)], RMUConfig(**FAST))
-    assert reference.steps_per_epoch == math.ceil(5 / 4) == 2
-    assert shuffled.steps_per_epoch == math.ceil(len(FORGET) / 4) == 3
-    assert all(len(s.retain_rows) == 4 for _, s in shuffled.schedule(3))  # the small retain set is cycled
+def test_steps_per_epoch_do_not_depend_on_the_order():
+    """The baseline's budget matching counts steps as min(max_num_batches, forget batches, retain batches)."""
+    for retain, max_batches, expected in ((RETAIN[:5], 150, 2), (RETAIN, 150, 3), (RETAIN, 2, 2)):
+        for order in ("reference", "shuffled"):
+            plan = make_plan([corpus(FORGET)], [corpus(retain)], RMUConfig(**FAST, data_order=order, max_num_batches=max_batches))
+            assert plan.steps_per_epoch == expected
+    plan = make_plan([corpus(FORGET)], [corpus(RETAIN[:5])], RMUConfig(**FAST))
+    fed = [s.retain_rows for _, s in plan.schedule(3)]
+    assert all(len(rows) == 4 for rows in fed) and {r for rows in fed for r in rows} == set(range(5))  # cycled
 
 
 def test_shuffled_order_covers_every_retain_row_within_ceil_retain_over_forget_epochs():

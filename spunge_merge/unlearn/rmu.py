@@ -120,19 +120,19 @@ class RMUConfig(FrozenConfig):
     retain_max_length: int = Field(512, ge=1)
     min_chars: int = Field(0, ge=0, description="Drop texts of at most this many characters (reference --min_len, default 0).")
     epochs: int = Field(1, ge=1, description="Passes over the batches (reference 1; the Spunge paper's variant 2).")
+    data_order: Literal["shuffled", "reference"] = Field(
+        "shuffled", description="shuffled: forget rows reshuffled every epoch with the seed, retain batches drawn from a seeded "
+        "permutation of the whole retain set that continues across steps and epochs (every retain row gets used); reference: "
+        "the WMDP script's order (file order, retain batch i paired with forget batch i, no shuffle; the only order in which "
+        "cache_prefix helps, since shuffled batches never recur).")
     early_stop_cosine: float | None = Field(
         None, gt=-1.0, lt=1.0, description="Stop when the forget-batch cosine to initial activations drops below this (paper C.1: 0.5).")
     early_stop_window: int = Field(1, ge=1, description="Compare the mean cosine of the last N forget batches (1: the paper's rule).")
     mask_padding: bool = Field(False, description="Exclude padding tokens from both losses (open-unlearning's port).")
-    data_order: Literal["shuffled", "reference"] = Field(
-        "shuffled", description="shuffled: forget rows reshuffled every epoch with the seed, retain batches drawn from a seeded "
-        "permutation of the whole retain set that continues across steps (every retain row gets used); reference: the WMDP "
-        "script's order (file order, retain batch i paired with forget batch i, no shuffle).")
-    seed: int = Field(42, description="Seed of the control vector(s) and of the data order.")
+    seed: int = 42
     device: str = "auto"
     dtype: str = "auto"
-    cache_prefix: bool = Field(False, description="Keep frozen-prefix activations across epochs (memory for speed); "
-                               "effective with data_order reference only, where the same batches recur every epoch.")
+    cache_prefix: bool = Field(False, description="Keep frozen-prefix activations across epochs (memory for speed).")
 
     @field_validator("steering_coeff")
     @classmethod
@@ -560,11 +560,11 @@ def _permutation(size: int, generator) -> list[int]:
 class Plan:
     """The data of one run: forget texts per corpus, retain texts per retain set, and the step budget.
 
-    `steps_per_epoch` keeps the reference's arithmetic: min(max_num_batches, forget batches of the
-    smallest forget corpus), and, with `data_order` reference only, retain batches of the smallest
-    retain set (its retain batch i must exist); with the default shuffled order the retain set is
-    cycled, so it does not bound the steps. Step i of an epoch uses forget corpus i % k and that
-    corpus's forget batch i // k (k forget corpora), as the reference.
+    `steps_per_epoch` is the reference's arithmetic in either order, so that step budgets (the
+    baseline's matching) do not depend on it: min(max_num_batches, ⌈rows/batch_size⌉ of the
+    smallest forget corpus, ⌈rows/batch_size⌉ of the smallest retain set), rows counted after
+    min_chars. Step i of an epoch uses forget corpus i % k and that corpus's forget batch i // k
+    (k forget corpora), as the reference. Only which rows fill the batches depends on the order.
     """
 
     forget: list[list[str]]  # per forget corpus: its texts
@@ -626,10 +626,8 @@ class Plan:
 
 def make_plan(forget: list[Corpus], retain: list[Corpus], config: RMUConfig) -> Plan:
     retain_ids = [0] * len(forget) if len(retain) == 1 else list(range(len(forget)))
-    forget_batches = min(math.ceil(len(c.texts) / config.batch_size) for c in forget)
-    steps = min(config.max_num_batches, forget_batches)
-    if config.data_order == "reference":
-        steps = min(steps, min(math.ceil(len(c.texts) / config.batch_size) for c in retain))
+    steps = min(config.max_num_batches, min(math.ceil(len(c.texts) / config.batch_size) for c in forget),
+                min(math.ceil(len(c.texts) / config.batch_size) for c in retain))
     return Plan(forget=[c.texts for c in forget], retain=[c.texts for c in retain], retain_ids=retain_ids,
                 steps_per_epoch=steps, batch_size=config.batch_size, order=config.data_order, seed=config.seed)
 
