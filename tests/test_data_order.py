@@ -172,3 +172,18 @@ def test_tvn_records_the_rows_fed_to_optimizer_steps(tiny_model, data, tmp_path)
     cut, = train_tvn(str(tiny_model), data["retain"], tmp_path / "cut",
                      {"lr": 1e-3, "batch_size": 4, "max_steps": 2, "eval_samples": 0, "device": "cpu"}, progress=False)
     assert json.loads((cut.path / "spunge.json").read_text())["data"]["rows_used"] == 8
+
+
+def test_row_cycle_uses_every_row_and_continues_across_permutations():
+    cycle = lm_data.RowCycle(10, seed=lm_data.stream_seed(0, "retain"))
+    drawn = [cycle.take(4) for _ in range(5)]  # 20 rows: two permutations, batches straddling them
+    flat = [r for rows in drawn for r in rows]
+    assert all(len(set(rows)) == 4 for rows in drawn)
+    assert sorted(flat[:10]) == list(range(10)) and set(flat[10:]) == set(range(10))
+    again = lm_data.RowCycle(10, seed=lm_data.stream_seed(0, "retain"))
+    assert [again.take(4) for _ in range(5)] == drawn
+    encoded = [[i + 3, 7] for i in range(6)]
+    stream = lm_data.cycled_batches(encoded, batch_size=4, pad_id=0, seed=5)
+    first, second = next(stream), next(stream)
+    assert first.input_ids[:, 0].tolist() == [encoded[r][0] for r in first.rows]
+    assert set(first.rows) | set(second.rows) == set(range(6))

@@ -32,11 +32,9 @@ script's order exactly (faithfulness tests).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +49,7 @@ from spunge_merge.fsutil import atomic_output_dir, link_or_copy
 from spunge_merge.merge.tensorfiles import weight_files
 from spunge_merge.models import ResolvedModel, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
+from spunge_merge.unlearn import lm_data
 from spunge_merge.unlearn.base import (
     RunOutcome,
     execute_run,
@@ -544,18 +543,6 @@ class PlannedStep:
     retain_rows: tuple[int, ...]
 
 
-def _stream_seed(seed: int, role: str, index: int) -> int:
-    """An independent 63-bit seed per data stream, so forget and retain orders do not share draws."""
-    digest = hashlib.sha256(f"spunge-rmu-data/{seed}/{role}/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def _permutation(size: int, generator) -> list[int]:
-    import torch
-
-    return torch.randperm(size, generator=generator).tolist()
-
-
 @dataclass
 class Plan:
     """The data of one run: forget texts per corpus, retain texts per retain set, and the step budget.
@@ -581,7 +568,8 @@ class Plan:
 
         if self.order == "reference":
             return list(range(len(self.forget[corpus])))
-        return _permutation(len(self.forget[corpus]), torch.Generator().manual_seed(_stream_seed(self.seed, "forget", corpus)))
+        generator = torch.Generator().manual_seed(lm_data.stream_seed(self.seed, "forget", corpus))
+        return torch.randperm(len(self.forget[corpus]), generator=generator).tolist()
 
     def schedule(self, epochs: int = 1):
         """(epoch, PlannedStep) for every step of `epochs` epochs, in training order (deterministic for the seed)."""
@@ -598,30 +586,15 @@ class Plan:
                                              tuple(r for r in rows if r < len(self.forget[corpus])), retain_set,
                                              tuple(r for r in rows if r < len(self.retain[retain_set])))
             return
-        forget_generators = [torch.Generator().manual_seed(_stream_seed(self.seed, "forget", c)) for c in range(k)]
-        retain_generators = [torch.Generator().manual_seed(_stream_seed(self.seed, "retain", r)) for r in range(len(self.retain))]
-        retain_queues: list[deque[int]] = [deque() for _ in self.retain]
-
-        def next_retain(retain_set: int) -> tuple[int, ...]:
-            queue, total = retain_queues[retain_set], len(self.retain[retain_set])
-            rows: list[int] = []
-            while len(rows) < min(size, total):
-                if not queue:
-                    queue.extend(_permutation(total, retain_generators[retain_set]))
-                row = queue.popleft()
-                if row not in rows:  # a batch that straddles two permutations never holds a row twice
-                    rows.append(row)
-                else:
-                    queue.append(row)
-            return tuple(rows)
-
+        forget_generators = [torch.Generator().manual_seed(lm_data.stream_seed(self.seed, "forget", c)) for c in range(k)]
+        retain_cycles = [lm_data.RowCycle(len(texts), lm_data.stream_seed(self.seed, "retain", r)) for r, texts in enumerate(self.retain)]
         for epoch in range(epochs):
-            orders = [_permutation(len(texts), forget_generators[c]) for c, texts in enumerate(self.forget)]
+            orders = [torch.randperm(len(texts), generator=forget_generators[c]).tolist() for c, texts in enumerate(self.forget)]
             for index in range(self.steps_per_epoch):
                 corpus, batch = index % k, index // k
                 forget_rows = tuple(orders[corpus][batch * size:(batch + 1) * size])
                 retain_set = self.retain_ids[corpus]
-                yield epoch, PlannedStep(corpus, batch, forget_rows, retain_set, next_retain(retain_set))
+                yield epoch, PlannedStep(corpus, batch, forget_rows, retain_set, retain_cycles[retain_set].take(size))
 
 
 def make_plan(forget: list[Corpus], retain: list[Corpus], config: RMUConfig) -> Plan:
