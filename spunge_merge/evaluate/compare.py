@@ -154,8 +154,13 @@ def render_markdown(result: dict) -> str:
         lines += ["", "Toxicity judges: " + "; ".join(f"{label}: {text}" for label, text in judges.items())]
     domains = sorted({d for row in result["rows"] for d in row.get("knowledge", {})})
     if domains:
-        lines += ["", "## Knowledge probe accuracy (%)", "", "| model | " + " | ".join(domains) + " |",
-                  "|" + "---|" * (len(domains) + 1)]
+        forms = sorted({row.get("knowledge_form") or "completion" for row in result["rows"] if row.get("knowledge")})
+        how = ", ".join("4-option choice, chance 25 %" if form == "choice" else "greedy completion" for form in forms)
+        echoes = ("facts whose answer is in their own prompt are left out" if all(row.get("knowledge_echoes_excluded")
+                  for row in result["rows"] if row.get("knowledge")) else "facts whose answer is in their prompt are NOT left out "
+                  "in every result (older results): an echo of the prompt may score")
+        lines += ["", "## Knowledge probe accuracy (%)", "", f"Form: {how}; {echoes}.",
+                  "", "| model | " + " | ".join(domains) + " |", "|" + "---|" * (len(domains) + 1)]
         for row in result["rows"]:
             values = row.get("knowledge", {})
             lines.append(f"| {row['label']} | " + " | ".join(_fmt(100 * values[d] if d in values else None, 1)
@@ -213,6 +218,8 @@ def compare_results(results: dict[str, str | Path | list], out: str | Path, *, r
         if "knowledge" in found:  # written by evaluate/knowledge.py: per-domain accuracy of a fact probe
             row["knowledge"] = {d: e["accuracy"] for d, e in (found["knowledge"].get("domains") or {}).items()
                                 if isinstance(e, dict) and isinstance(e.get("accuracy"), int | float)}
+            row["knowledge_form"] = (found["knowledge"].get("settings") or {}).get("form", "completion")
+            row["knowledge_echoes_excluded"] = "excluded" in found["knowledge"]
         if "harness" in found:
             row["tasks"] = {task: entry["primary"] for task, entry in found["harness"].get("tasks", {}).items()}
         rows.append(row)
