@@ -49,7 +49,6 @@ from spunge_merge.fsutil import atomic_output_dir, link_or_copy
 from spunge_merge.merge.tensorfiles import weight_files
 from spunge_merge.models import ResolvedModel, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
-from spunge_merge.unlearn import lm_data
 from spunge_merge.unlearn.base import (
     RunOutcome,
     execute_run,
@@ -566,6 +565,8 @@ class Plan:
         """Row order of `corpus` in the first epoch (file order for `reference`)."""
         import torch
 
+        from spunge_merge.unlearn import lm_data
+
         if self.order == "reference":
             return list(range(len(self.forget[corpus])))
         generator = torch.Generator().manual_seed(lm_data.stream_seed(self.seed, "forget", corpus))
@@ -574,6 +575,8 @@ class Plan:
     def schedule(self, epochs: int = 1):
         """(epoch, PlannedStep) for every step of `epochs` epochs, in training order (deterministic for the seed)."""
         import torch
+
+        from spunge_merge.unlearn import lm_data
 
         k, size = len(self.forget), self.batch_size
         if self.order == "reference":
