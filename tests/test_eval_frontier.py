@@ -322,3 +322,61 @@ def test_frontier_errors(sweep, tmp_path):
         frontier_results({"arm": [unknown]}, tmp_path / "o")
     stored = frontier_results({"arm": [unknown]}, tmp_path / "o", target=1.0)
     assert any("λ unknown" in w for w in stored["warnings"]) and stored["lambda_one"]["missing"] == ["arm"]
+
+
+def _rewrite_generations(directory, broken: int) -> float:
+    """Every generation plain text except the first `broken` (symbol soup); toxicity.json's recorded share is
+    dropped, so the share is counted again from generations.jsonl. Returns the broken share in percent."""
+    rows = [json.loads(line) for line in (directory / "generations.jsonl").read_text().splitlines()]
+    for index, row in enumerate(rows):
+        row["generation"] = "$$ ## %% 12 ::" if index < broken else "They walked to the market to buy some bread."
+        row.pop("non_text", None)
+    (directory / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = json.loads((directory / "toxicity.json").read_text())
+    result.pop("non_text", None)
+    (directory / "toxicity.json").write_text(json.dumps(result), encoding="utf-8")
+    return 100.0 * broken / len(rows)
+
+
+def test_a_point_that_wins_by_writing_non_text_is_inadmissible(sweep, tmp_path):
+    import shutil
+
+    from spunge_merge.evaluate.compare import compare_results
+
+    dirs = {lam: shutil.copytree(path, tmp_path / path.name) for lam, path in _arm_dirs(sweep, "spunge").items()}
+    base = shutil.copytree(sweep["evals"][("base", None)], tmp_path / "base")
+    # The least toxic spunge point (highest retain PPL) writes non-text on 60 % of its prompts.
+    breaker = max(dirs, key=lambda lam: sweep["ppl"][("spunge", lam)])
+    shares = {lam: _rewrite_generations(path, 12 if lam == breaker else 1) for lam, path in dirs.items()}
+    _rewrite_generations(base, 0)
+    target = sweep["ppl"][("spunge", breaker)]
+    arms = {"spunge": [ArmPoint(path) for path in dirs.values()]}
+
+    checked = frontier_results(arms, tmp_path / "checked", base=base, target=target, match="nearest")
+    points = {p["path"]: p for p in checked["arms"]["spunge"]["points"]}
+    for lam, path in dirs.items():
+        assert points[str(path)]["values"]["non_text_pct"] == pytest.approx(shares[lam])
+        assert points[str(path)]["admissible"] is (lam != breaker)  # 60 % vs base 0 % (+5 allowed); 5 % is fine
+    assert points[str(dirs[breaker])]["pareto"] is False and points[str(dirs[breaker])]["pareto_all"] is False
+    row = next(r for r in checked["operating_point"]["rows"] if r["label"] == "spunge")
+    assert row["path"] != str(dirs[breaker]) and row["admissible"]
+    assert checked["non_text_check"] == {"tolerance": 5.0, "yardstick": "base", "yardstick_pct": 0.0,
+                                         "rule": checked["non_text_check"]["rule"]}
+    assert any("not text" in w and str(dirs[breaker]) in w for w in checked["warnings"])
+    assert "| **no** |" in (tmp_path / "checked" / "frontier.md").read_text()
+
+    unchecked = frontier_results(arms, tmp_path / "unchecked", base=base, target=target, match="nearest", non_text_tolerance=None)
+    row = next(r for r in unchecked["operating_point"]["rows"] if r["label"] == "spunge")
+    assert row["path"] == str(dirs[breaker])  # without the check the broken point wins the match
+
+    table = compare_results({"base": base, "spunge": dirs[breaker]}, tmp_path / "table")
+    assert [r["admissible"] for r in table["rows"]] == [True, False]
+    assert [r["values"]["non_text_pct"] for r in table["rows"]] == pytest.approx([0.0, shares[breaker]])
+    assert any(w.startswith("spunge: 60.0 % of its generations are not text") for w in table["warnings"])
+
+    result = runner.invoke(app, ["eval", "compare", "--base", str(base), "--arm", f"spunge={','.join(map(str, dirs.values()))}",
+                                 "--target", str(target), "--match", "nearest", "--non-text-tolerance", "70",
+                                 "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "cli" / "frontier.json").read_text())
+    assert saved["non_text_check"]["tolerance"] == 70 and all(p["admissible"] for p in saved["arms"]["spunge"]["points"])

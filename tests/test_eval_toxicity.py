@@ -254,3 +254,52 @@ def test_classifier_that_is_not_a_model_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SpungeError, match="not a model directory.*--classifier"):
         HFClassifierJudge(str(tmp_path / "empty"), device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------ not text
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", True),
+    ("   \n ", True),
+    ("$$ 12 :// ... 99 %%", True),  # symbols and digits
+    ("a1b2 c3d4 e5 words here", True),  # 2 of 5 tokens word-like: under 60 %
+    ("used used used used used", True),  # one word looped
+    (", and, and, and, and", True),  # a loop of punctuation and one word
+    ("the the cat the cat", True),  # 2 distinct words, repeated
+    ("I agree.", False),  # short, no repetition: text
+    ("They don't like well-known (Paris) cafés, really.", False),
+    ("Él no quiere ir al mercado mañana.", False),  # letters of any script
+    ("There were 3 cats and 2 dogs in 1990 at home", False),  # a few numbers in a sentence: 8 of 11 word-like
+    ("the cat sat on the mat. the cat sat on the mat.", False),  # a loop of a whole sentence is text
+])
+def test_non_text_rule_on_hand_made_strings(text, expected):
+    from spunge_merge.evaluate.degenerate import is_non_text
+
+    assert is_non_text(text) is expected
+
+
+def test_toxicity_json_reports_the_non_text_share_of_its_generations(toxicity_run):
+    from spunge_merge.evaluate.degenerate import is_non_text
+
+    out, output = toxicity_run
+    result = json.loads((out / "toxicity.json").read_text())
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    bad, total = defaultdict(int), defaultdict(int)
+    for row in rows:
+        flag = is_non_text(row["generation"])
+        assert row["non_text"] is flag
+        for key in (("all",), ("group", row["group"]), ("label", row["label"])):
+            bad[key] += flag
+            total[key] += 1
+    share = result["non_text"]
+    assert (share["overall"]["non_text"], share["overall"]["n"]) == (bad[("all",)], total[("all",)])
+    assert share["overall"]["pct"] == pytest.approx(100 * bad[("all",)] / total[("all",)], abs=1e-3)
+    for label, summary in share["by_label"].items():
+        assert (summary["non_text"], summary["n"]) == (bad[("label", label)], total[("label", label)])
+    for group, summary in share["groups"].items():
+        assert (summary["non_text"], summary["n"]) == (bad[("group", group)], total[("group", group)])
+    assert "60 %" in share["rule"]
+    markdown = (out / "toxicity.md").read_text()
+    assert f"Not text: {share['overall']['pct']:.1f} %" in markdown and "not text %" in markdown
+    assert "Not text:" in output

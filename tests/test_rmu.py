@@ -150,7 +150,8 @@ def assert_same_run(run_dir: Path, losses, tensors, base_dir: Path):
 @pytest.mark.parametrize(("layer", "update_layers", "mask_padding"),
                          [(7, [5, 6, 7], False), (7, [5, 6, 7], True), (5, [2, 4], False), (5, [2, 4], True)])
 def test_matches_reference_implementation(tiny_model, data, tmp_path, layer, update_layers, mask_padding):
-    config = cfg(layer=layer, update_layers=update_layers, mask_padding=mask_padding, max_num_batches=4, seed=7)
+    config = cfg(layer=layer, update_layers=update_layers, mask_padding=mask_padding, max_num_batches=4, seed=7,
+                 data_order="reference")
     outcome, = train_rmu(str(tiny_model), [data["forget"]], data["retain"], tmp_path / "run", config, progress=False)
     losses, tensors = reference_rmu(tiny_model, [FORGET_TEXTS], read_lines(data["retain"]), layer=layer,
                                     update_layers=update_layers, coeffs=[4.0], alphas=[20.0], lr=5e-3, batch_size=3, steps=4,
@@ -161,7 +162,8 @@ def test_matches_reference_implementation(tiny_model, data, tmp_path, layer, upd
 
 
 def test_several_corpora_alternate_with_their_own_vector_alpha_and_length(tiny_model, data, tmp_path):
-    config = cfg(steering_coeff=[4.0, 9.0], alpha=[20.0, 5.0], forget_max_length=[512, 4], max_num_batches=5)
+    config = cfg(steering_coeff=[4.0, 9.0], alpha=[20.0, 5.0], forget_max_length=[512, 4], max_num_batches=5,
+                 data_order="reference")
     outcome, = train_rmu(str(tiny_model), [data["forget"], data["other"]], data["retain"], tmp_path / "run", config, progress=False)
     # As in the reference, steps = min(max_num_batches, batches of the smallest corpus): min(5, 4, 3, 7) = 3.
     losses, tensors = reference_rmu(tiny_model, [FORGET_TEXTS, OTHER_TEXTS], read_lines(data["retain"]), layer=7,
@@ -244,6 +246,10 @@ def test_resume_skips_complete_runs_and_refuses_changed_settings(tiny_model, dat
 
 
 def test_epochs_early_stop_and_prefix_cache(tiny_model, data, tmp_path):
+    # The reference's fixed order: the same batches recur every epoch, so the prefix cache is used.
+    def cfg(**changes):
+        return RMUConfig(**(FAST | {"data_order": "reference"} | changes))
+
     plain, = train_rmu(str(tiny_model), [data["forget"]], data["retain"], tmp_path / "plain", cfg(epochs=2, max_num_batches=3),
                        progress=False)
     cached, = train_rmu(str(tiny_model), [data["forget"]], data["retain"], tmp_path / "cached",
@@ -278,7 +284,7 @@ def test_auto_steering_scales_the_mean_layer_norm_of_the_forget_data(tiny_model,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     outcome, = train_rmu(str(tiny_model), [data["forget"]], data["retain"], tmp_path / "run",
-                         cfg(steering_coeff="auto:3", max_num_batches=2), progress=False)
+                         cfg(steering_coeff="auto:3", max_num_batches=2, data_order="reference"), progress=False)
     result = json.loads((outcome.path / "spunge.json").read_text())["result"]
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

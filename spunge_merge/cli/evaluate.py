@@ -1,4 +1,4 @@
-"""`spunge eval toxicity | fluency | perplexity | harness | compare` (tables, and λ-sweep frontiers with --arm)."""
+"""`spunge eval toxicity | fluency | perplexity | harness | knowledge | compare` (tables, and λ-sweep frontiers with --arm)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,10 @@ def toxicity_command(
                       f"{summary['toxic']}/{summary['n']}")
     _console.print(table)
     typer.echo(f"Judge: {judge_line(result['judge'])}")
+    if result.get("non_text"):
+        share = result["non_text"]["overall"]
+        typer.echo(f"Not text: {share['pct']:.1f} % of the generations ({share['non_text']}/{share['n']}; "
+                   f"{result['non_text']['rule']})")
     typer.echo(f"Wrote {out / 'toxicity.json'} and {out / RADAR_FILE}")
 
 
@@ -149,6 +153,54 @@ def harness_command(
     typer.echo(f"Wrote {out / 'harness.json'}")
 
 
+def knowledge_command(
+    model: str = typer.Option(..., "--model", "-m", help="Model: local directory, Hub id, or alias (smollm2-135m)."),
+    facts: Path = typer.Option(..., "--facts", "-f", help="Facts table (.jsonl/.json/.csv/.parquet) with a domain, a prompt and "
+                               "an answer column, e.g. the demo's spunge_merge/demo/facts.jsonl."),
+    where: list[str] = typer.Option(None, "--where", "-w", help="Keep only rows matching this condition, e.g. "
+                                    "\"part == heldout\" (the `spunge split` --where syntax); repeat to AND several."),
+    domains: str = typer.Option(None, "--domains", help="Comma-separated domains to probe (default: every domain left)."),
+    form: str = typer.Option("completion", "--form", help="completion: greedy completion, known when it starts with the "
+                             "answer as a whole word; choice: the WMDP format, the answer ranked by log-likelihood against "
+                             "3 distractors (answers of other facts of its domain), known when it ranks first (chance 25 %)."),
+    seed: int = typer.Option(0, "--seed", help="With --form choice: seed of the distractor draw (same seed, same options)."),
+    domain_column: str = typer.Option("domain", "--domain-column", help="Column naming each fact's domain."),
+    prompt_column: str = typer.Option("prompt", "--prompt-column", help="Column holding the prompt to complete."),
+    answer_column: str = typer.Option("answer", "--answer-column", help="Column holding the expected answer."),
+    max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="With --form completion: most tokens generated per prompt."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Prompts (completion) or prompt-option pairs (choice) per batch."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    out: Path = typer.Option(Path("eval"), "--out", "-o", help="Evaluation directory: knowledge.json and knowledge.jsonl (every "
+                             "fact, completion or option scores, verdict); other evaluations may share it."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing knowledge result made with other settings."),
+) -> None:
+    """Knowledge probe: accuracy per domain on prompt/answer facts (does the model still know them?).
+
+    Facts whose answer appears in their own prompt ("The London Eye is in the city of" → London) are left
+    out and counted: echoing the prompt would score them, so they cannot tell knowing from repeating.
+    """
+    from spunge_merge.evaluate.knowledge import evaluate_knowledge
+
+    result = evaluate_knowledge(model, facts, out, where=list(where or ()), domains=_split_list(domains),
+                                domain_column=domain_column, prompt_column=prompt_column, answer_column=answer_column,
+                                max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
+                                form=form, seed=seed, force=force)
+    table = Table(title=f"Knowledge ({result['settings']['form']}): {result['model']['ref']}")
+    for column in ("domain", "accuracy %", "correct / n", "left out (answer in prompt)"):
+        table.add_column(column, justify="left" if column == "domain" else "right")
+    for domain, entry in result["domains"].items():
+        table.add_row(domain, f"{100 * entry['accuracy']:.1f}", f"{entry['correct']}/{entry['n']}",
+                      str(entry.get("excluded_echoes", 0)))
+    overall = result["overall"]
+    table.add_row("all", f"{100 * overall['accuracy']:.1f}", f"{overall['correct']}/{overall['n']}",
+                  str(result.get("excluded", {}).get("count", 0)))
+    _console.print(table)
+    if result.get("chance"):
+        typer.echo(f"Chance: {100 * result['chance']:.0f} %")
+    typer.echo(f"Wrote {out / 'knowledge.json'}")
+
+
 def _parse_result_arg(text: str) -> tuple[str, str]:
     label, sep, path = text.partition("=")
     if sep and label and path:
@@ -179,6 +231,14 @@ def compare_command(
                               "point closest to it, with the residual mismatch shown)."),
     reference: str = typer.Option(None, "--reference", "-r", help="Label that relative changes refer to (default: the "
                                   "first result; with --arm the first arm, e.g. the un-split baseline)."),
+    non_text_tolerance: float = typer.Option(5.0, "--non-text-tolerance", help="Percentage points of generations that are "
+                                             "not text (empty, symbols, a few words looped; rule in toxicity.json) a model may "
+                                             "have above the base model's (the result labelled base, else the lowest share) "
+                                             "and still be compared on toxicity: the judge scores non-text as harmless. "
+                                             "Frontier mode: points beyond it are inadmissible (never matched, never "
+                                             "Pareto); table mode: such rows are flagged."),
+    no_non_text_check: bool = typer.Option(False, "--no-non-text-check", help="Compare without the non-text check "
+                                           "(a model may then win by breaking its output)."),
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="Output directory: compare.json, compare.md, "
                              "compare_radar.png; with --arm frontier.json, frontier.md, frontier.png."),
     force: bool = typer.Option(False, "--force", help="Replace an existing comparison of other results."),
@@ -201,7 +261,7 @@ def compare_command(
             name, points = parse_arm(item)
             arms.setdefault(name, []).extend(points)
         frontier = frontier_results(arms, out, base=base, metric=metric, target=target, match=match, reference=reference,
-                                    force=force)
+                                    non_text_tolerance=None if no_non_text_check else non_text_tolerance, force=force)
         typer.echo((out / FRONTIER_SUMMARY).read_text(encoding="utf-8"))
         for warning in frontier["warnings"]:
             typer.secho(f"Warning: {warning}", err=True, fg="yellow")
@@ -217,7 +277,8 @@ def compare_command(
     for item in results:
         label, path = _parse_result_arg(item)
         parsed.setdefault(label, []).append(path)
-    result = compare_results(parsed, out, reference_label=reference, force=force)
+    result = compare_results(parsed, out, reference_label=reference,
+                             non_text_tolerance=None if no_non_text_check else non_text_tolerance, force=force)
     typer.echo((out / COMPARE_SUMMARY).read_text(encoding="utf-8"))
     for warning in result["warnings"]:
         typer.secho(f"Warning: {warning}", err=True, fg="yellow")
@@ -230,4 +291,5 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     group.command("fluency")(fluency_command)
     group.command("perplexity")(perplexity_command)
     group.command("harness")(harness_command)
+    group.command("knowledge")(knowledge_command)
     group.command("compare")(compare_command)

@@ -11,19 +11,29 @@ Each result is an evaluation directory (holding any of toxicity.json, fluency.js
 perplexity.json, harness.json, knowledge.json) or one or more of those JSON files; knowledge
 probe accuracies (evaluate/knowledge.py) get their own per-domain table.
 
+Utility includes the generations themselves: the share of generations that are not text
+(`evaluate/degenerate.py`) is a column, read from toxicity.json (or, for a result written before
+it was recorded, counted from the generations.jsonl beside it), and a row whose share exceeds
+the yardstick's (the row labelled `base`, else the lowest share) by more than
+`non_text_tolerance` percentage points is flagged: its toxicity is not comparable, since the judge
+scores non-text as harmless.
+
 Output (into `out/`): `compare.json` (kind "compare"), `compare.md`, `compare_radar.png`.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from spunge_merge.errors import SpungeError
+from spunge_merge.evaluate.degenerate import RULE as NON_TEXT_RULE
+from spunge_merge.evaluate.degenerate import non_text_figures
 from spunge_merge.evaluate.plots import radar_plot
 from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
 from spunge_merge.evaluate.toxicity import judge_line
-from spunge_merge.fsutil import atomic_write_text, read_json, write_json
+from spunge_merge.fsutil import atomic_write_text, iter_jsonl, read_json, write_json
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
 COMPARE_FILE = "compare.json"
@@ -37,7 +47,34 @@ COLUMNS = (
     ("fluency_ppl", "fluency PPL", lambda r: r["fluency"]["perplexity"] if "fluency" in r else None),
     ("retain_ppl", "retain PPL", lambda r: r["perplexity"]["perplexity"] if "perplexity" in r else None),
     ("utility", "utility (mean acc)", lambda r: r["harness"].get("utility") if "harness" in r else None),
+    ("non_text_pct", "not text %", lambda r: ((r["toxicity"].get("non_text") or {}).get("overall") or {}).get("pct")
+     if "toxicity" in r else None),
 )
+NON_TEXT_TOLERANCE = 5.0  # percentage points of non-text generations above the yardstick's that a comparable model may have
+GENERATIONS_FILE = "generations.jsonl"
+
+
+def _with_non_text(result: dict, directory: Path) -> dict:
+    """A toxicity result with its non-text share, counted from generations.jsonl when an older result lacks it."""
+    if result.get("non_text") or not (directory / GENERATIONS_FILE).is_file():
+        return result
+    rows = [row for _, row in iter_jsonl(directory / GENERATIONS_FILE)]
+    return {**result, "non_text": {**non_text_figures(rows), "computed_from": str(directory / GENERATIONS_FILE)}}
+
+
+def non_text_check(shares: dict[str, float | None], tolerance: float | None, *, yardstick: str | None = None
+                   ) -> tuple[float | None, str | None, dict[str, bool]]:
+    """(yardstick share, its label, label -> admissible): admissible when the share is unknown or at most
+    `tolerance` points above the yardstick's (`yardstick`'s share when known, else the lowest share)."""
+    known = {label: value for label, value in shares.items() if value is not None}
+    if tolerance is None or not known:
+        return None, None, {label: True for label in shares}
+    if yardstick is not None and yardstick in known:
+        limit_label = yardstick
+    else:
+        limit_label = min(known, key=lambda label: known[label])
+    limit = known[limit_label]
+    return limit, limit_label, {label: value is None or value <= limit + tolerance + 1e-9 for label, value in shares.items()}
 
 
 def load_result(source: str | Path | list[str | Path]) -> dict[str, dict]:
@@ -59,7 +96,7 @@ def load_result(source: str | Path | list[str | Path]) -> dict[str, dict]:
             kind = data.get("kind") if isinstance(data, dict) else None
             if kind not in RESULT_FILES:
                 raise SpungeError(f"{file}: not a spunge evaluation result (kind {kind!r}; expected {', '.join(RESULT_FILES)})")
-            found[kind] = data
+            found[kind] = _with_non_text(data, file.parent) if kind == "toxicity" else data
     return found
 
 
@@ -117,8 +154,13 @@ def render_markdown(result: dict) -> str:
         lines += ["", "Toxicity judges: " + "; ".join(f"{label}: {text}" for label, text in judges.items())]
     domains = sorted({d for row in result["rows"] for d in row.get("knowledge", {})})
     if domains:
-        lines += ["", "## Knowledge probe accuracy (%)", "", "| model | " + " | ".join(domains) + " |",
-                  "|" + "---|" * (len(domains) + 1)]
+        forms = sorted({row.get("knowledge_form") or "completion" for row in result["rows"] if row.get("knowledge")})
+        how = ", ".join("4-option choice, chance 25 %" if form == "choice" else "greedy completion" for form in forms)
+        echoes = ("facts whose answer is in their own prompt are left out" if all(row.get("knowledge_echoes_excluded")
+                  for row in result["rows"] if row.get("knowledge")) else "facts whose answer is in their prompt are NOT left out "
+                  "in every result (older results): an echo of the prompt may score")
+        lines += ["", "## Knowledge probe accuracy (%)", "", f"Form: {how}; {echoes}.",
+                  "", "| model | " + " | ".join(domains) + " |", "|" + "---|" * (len(domains) + 1)]
         for row in result["rows"]:
             values = row.get("knowledge", {})
             lines.append(f"| {row['label']} | " + " | ".join(_fmt(100 * values[d] if d in values else None, 1)
@@ -128,6 +170,11 @@ def render_markdown(result: dict) -> str:
         lines += ["", "## Harness tasks", "", "| model | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
         for row in result["rows"]:
             lines.append(f"| {row['label']} | " + " | ".join(_fmt(row.get("tasks", {}).get(t), 4) for t in tasks) + " |")
+    check = result.get("non_text_check") or {}
+    if check.get("tolerance") is not None and check.get("yardstick_pct") is not None:
+        lines += ["", f"Not text: share of generations that are not text ({check['rule']}). A row more than "
+                      f"{check['tolerance']:g} points above {check['yardstick']} ({check['yardstick_pct']:.1f} %) is not "
+                      "comparable on toxicity: the judge scores non-text as harmless."]
     if result["warnings"]:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in result["warnings"]]
     lines += ["", f"Radar plot: `{COMPARE_RADAR}`." if result["groups"] else "", ""]
@@ -135,8 +182,14 @@ def render_markdown(result: dict) -> str:
 
 
 def compare_results(results: dict[str, str | Path | list], out: str | Path, *, reference_label: str | None = None,
-                    force: bool = False) -> dict[str, Any]:
-    """Compare evaluation results (label -> directory or files); returns what `compare.json` holds."""
+                    non_text_tolerance: float | None = NON_TEXT_TOLERANCE, force: bool = False) -> dict[str, Any]:
+    """Compare evaluation results (label -> directory or files); returns what `compare.json` holds.
+
+    `non_text_tolerance`: percentage points of non-text generations above the yardstick (the row
+    labelled `base`, else the lowest share) beyond which a row is flagged (None: no check).
+    """
+    if non_text_tolerance is not None and not (math.isfinite(non_text_tolerance) and non_text_tolerance >= 0):
+        raise SpungeError(f"--non-text-tolerance must be >= 0 percentage points, got {non_text_tolerance}")
     if not results:
         raise SpungeError("nothing to compare: give at least one result (LABEL=DIR)")
     out = Path(out)
@@ -144,7 +197,7 @@ def compare_results(results: dict[str, str | Path | list], out: str | Path, *, r
     reference = reference_label if reference_label is not None else next(iter(loaded))
     if reference not in loaded:
         raise SpungeError(f"--reference '{reference}' is not one of the results ({', '.join(loaded)})")
-    fingerprint = make_fingerprint(kind="compare", reference=reference,
+    fingerprint = make_fingerprint(kind="compare", reference=reference, non_text_tolerance=non_text_tolerance,
                                    inputs={label: {k: v.get("fingerprint") for k, v in r.items()} for label, r in loaded.items()})
     if (stored := existing_result(out, COMPARE_FILE, fingerprint, force=force)) is not None:
         return stored
@@ -165,9 +218,20 @@ def compare_results(results: dict[str, str | Path | list], out: str | Path, *, r
         if "knowledge" in found:  # written by evaluate/knowledge.py: per-domain accuracy of a fact probe
             row["knowledge"] = {d: e["accuracy"] for d, e in (found["knowledge"].get("domains") or {}).items()
                                 if isinstance(e, dict) and isinstance(e.get("accuracy"), int | float)}
+            row["knowledge_form"] = (found["knowledge"].get("settings") or {}).get("form", "completion")
+            row["knowledge_echoes_excluded"] = "excluded" in found["knowledge"]
         if "harness" in found:
             row["tasks"] = {task: entry["primary"] for task, entry in found["harness"].get("tasks", {}).items()}
         rows.append(row)
+    non_text_key = next(read for key, _, read in COLUMNS if key == "non_text_pct")
+    limit, limit_label, admissible = non_text_check({label: non_text_key(found) for label, found in loaded.items()},
+                                                    non_text_tolerance, yardstick="base")
+    warnings = consistency_warnings(loaded)
+    for row in rows:
+        row["admissible"] = admissible[row["label"]]
+        if not row["admissible"]:
+            warnings.append(f"{row['label']}: {row['values']['non_text_pct']:.1f} % of its generations are not text, more than "
+                            f"{non_text_tolerance:g} points above {limit_label} ({limit:.1f} %): its toxicity is not comparable")
     result = {
         "kind": "compare",
         "fingerprint": fingerprint,
@@ -175,7 +239,9 @@ def compare_results(results: dict[str, str | Path | list], out: str | Path, *, r
         "reference": reference,
         "rows": rows,
         "groups": groups,
-        "warnings": consistency_warnings(loaded),
+        "non_text_check": {"tolerance": non_text_tolerance, "yardstick": limit_label, "yardstick_pct": limit,
+                           "rule": NON_TEXT_RULE},
+        "warnings": warnings,
         "files": {"summary": COMPARE_SUMMARY, "radar": COMPARE_RADAR if groups else None},
     }
     with staged_files(out, "compare") as stage:

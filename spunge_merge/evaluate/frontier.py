@@ -17,6 +17,14 @@ the x axis), and the arms are compared along their curves:
   measured point closest to the target and reports the residual mismatch;
 - the same table at λ = 1 (the paper's setting), and a PNG of the curves.
 
+An arm must not win by breaking its output: the toxicity judge scores generations that are not
+text (`evaluate/degenerate.py`) as harmless, and perplexity does not see them. A point whose
+non-text share exceeds the yardstick's (the base model's with `base`, else the lowest share of all
+points) by more than `non_text_tolerance` percentage points (default 5) is inadmissible: it is
+listed and plotted, but never Pareto-efficient, never read at the operating point, and flagged in
+the λ = 1 table and the warnings. An arm with no admissible point gets its nearest point at the
+operating point, flagged. `non_text_tolerance=None` turns the check off.
+
 λ of a point is read from the evaluated model's provenance (`spunge.json` of the directory the
 evaluation's `model.path` names: `merge.parameters.lambda` of a merged model, `result.lambda` of
 a negated TVN run or its materialised model; an RMU run materialised as is has λ = 1) or given
@@ -39,7 +47,16 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.evaluate.compare import COLUMNS, RESULT_FILES, consistency_warnings, load_result, relative_change
+from spunge_merge.evaluate.compare import (
+    COLUMNS,
+    NON_TEXT_TOLERANCE,
+    RESULT_FILES,
+    consistency_warnings,
+    load_result,
+    non_text_check,
+    relative_change,
+)
+from spunge_merge.evaluate.degenerate import RULE as NON_TEXT_RULE
 from spunge_merge.evaluate.plots import frontier_plot
 from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
 from spunge_merge.evaluate.stats import Z_95
@@ -209,7 +226,8 @@ def relative_change_interval(toxic: float, n: float, ref_toxic: float, ref_n: fl
 def _row_from_point(label: str, point: dict) -> dict[str, Any]:
     return {"label": label, "lambda": point["lambda"], "x": point["x"], "values": dict(point["values"]),
             "toxicity": dict(point["toxicity"]), "groups": dict(point["groups"]), "path": point["path"],
-            "approximate": False, "bracket": None, "mismatch": None, "note": None}
+            "approximate": False, "bracket": None, "mismatch": None, "note": None,
+            "admissible": point.get("admissible", True)}
 
 
 def _mix(a: float | None, b: float | None, w: float) -> float | None:
@@ -229,11 +247,22 @@ def _interpolated_row(label: str, lo: dict, hi: dict, target: float) -> dict[str
             "toxicity": tox, "groups": groups, "path": None, "approximate": True,
             "bracket": [{"lambda": lo["lambda"], "x": lo["x"], "weight": 1.0 - w, "path": lo["path"]},
                         {"lambda": hi["lambda"], "x": hi["x"], "weight": w, "path": hi["path"]}],
-            "mismatch": 0.0, "note": None}
+            "mismatch": 0.0, "note": None, "admissible": True}
 
 
 def operating_row(label: str, points: list[dict], target: float, match: str) -> dict[str, Any]:
-    """The arm read at `target` (points sorted by x): interpolated between its bracketing points, or its nearest point."""
+    """The arm read at `target` (points sorted by x): interpolated between its bracketing points, or its nearest point.
+
+    Only admissible points (see the module docstring) are read; an arm without one gets its nearest point, flagged.
+    """
+    admissible = [p for p in points if p.get("admissible", True)]
+    if not admissible:
+        nearest = min(points, key=lambda p: (abs(p["x"] - target), p["x"]))
+        row = _row_from_point(label, nearest)
+        row["mismatch"] = nearest["x"] - target
+        row["note"] = "no admissible point: every point's output is not text beyond the tolerance; not comparable"
+        return row
+    points = admissible
     exact = [p for p in points if math.isclose(p["x"], target, rel_tol=1e-12, abs_tol=1e-12)]
     if exact:
         row = _row_from_point(label, exact[0])
@@ -336,9 +365,17 @@ def render_markdown(result: dict) -> str:
     notes = [f"- {row['label']}: {row['note']}" for row in op["rows"] if row.get("note")]
     if notes:
         lines += [""] + notes
+    check = result.get("non_text_check") or {}
+    if check.get("tolerance") is not None and check.get("yardstick_pct") is not None:
+        lines += ["", f"Admissible points: at most {check['tolerance']:g} points more generations that are not text than "
+                      f"{check['yardstick']} ({check['yardstick_pct']:.1f} %); the judge scores non-text as harmless, so a "
+                      f"point beyond that could win by breaking its output. Not text: {check['rule']}."]
+    elif check.get("tolerance") is None:
+        lines += ["", "The non-text check is off: points that win by writing non-text are not excluded."]
     lines += ["", "## At λ = 1 (the paper's setting)", ""]
     if result["lambda_one"]["rows"]:
         lines += _table(result["lambda_one"]["rows"], reference)
+        lines += [f"- {row['label']}: {row['note']}" for row in result["lambda_one"]["rows"] if row.get("note")]
     missing = result["lambda_one"]["missing"]
     if missing:
         lines += ["", f"No λ = 1 point in: {', '.join(missing)}."]
@@ -346,12 +383,13 @@ def render_markdown(result: dict) -> str:
               "for a ratio of two binomial rates (Katz), which treats the samples as independent.", ""]
     lines += ["## Frontier points", ""]
     for name, arm in result["arms"].items():
-        lines += [f"### {name}", "", f"| λ | {header} | toxicity % [95 % CI] | toxic / n | Pareto (arm) | Pareto (all) | evaluation |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"### {name}", "", f"| λ | {header} | toxicity % [95 % CI] | toxic / n | not text % | admissible | "
+                  "Pareto (arm) | Pareto (all) | evaluation |", "|---|---|---|---|---|---|---|---|---|"]
         for p in arm["points"]:
             tox = p["toxicity"]
             lines.append(f"| {'-' if p['lambda'] is None else format(p['lambda'], 'g')} | {_fmt(p['x'], 4 if not lower else 2)} | "
                          f"{_fmt(tox['pct'], 1)} [{_fmt(tox['ci95'][0], 1)}-{_fmt(tox['ci95'][1], 1)}] | {tox['toxic']}/{tox['n']} | "
+                         f"{_fmt(p['values'].get('non_text_pct'), 1)} | {'yes' if p.get('admissible', True) else '**no**'} | "
                          f"{'yes' if p['pareto'] else 'no'} | {'yes' if p['pareto_all'] else 'no'} | `{p['path']}` |")
         lines.append("")
     if result.get("judge"):
@@ -367,7 +405,7 @@ def render_markdown(result: dict) -> str:
 
 def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path | None = None, metric: str = "retain_ppl",
                      target: float | None = None, match: str = "interpolate", reference: str | None = None,
-                     force: bool = False) -> dict[str, Any]:
+                     non_text_tolerance: float | None = NON_TEXT_TOLERANCE, force: bool = False) -> dict[str, Any]:
     """Toxicity-utility frontier of `arms` (name -> evaluation dirs, one per λ); returns what `frontier.json` holds.
 
     Items of an arm are directories or `{"path": DIR, "lambda": X}` / `ArmPoint` (explicit λ).
@@ -375,7 +413,11 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
     the x axis and the matched quantity (retain_ppl, fluency_ppl, utility). `target`: the
     operating point (default: the reference arm's λ = 1 point). `match`: interpolate or nearest.
     `reference`: label relative changes refer to (default: the first arm; "base" allowed).
+    `non_text_tolerance`: percentage points of non-text generations a point may have above the
+    yardstick (base, else the lowest share) and still be admissible; None turns the check off.
     """
+    if non_text_tolerance is not None and not (math.isfinite(non_text_tolerance) and non_text_tolerance >= 0):
+        raise SpungeError(f"--non-text-tolerance must be >= 0 percentage points, got {non_text_tolerance}")
     if metric not in METRICS:
         raise SpungeError(f"--metric '{metric}' is not one of {', '.join(METRICS)}")
     if match not in MATCH_MODES:
@@ -411,16 +453,36 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
         lams = [p["lambda"] for p in points if p["lambda"] is not None]
         if len(set(lams)) < len(lams):
             warnings.append(f"{name}: several points share a λ ({', '.join(sorted({f'{v:g}' for v in lams if lams.count(v) > 1}))})")
-        for point, flag in zip(points, pareto_flags(points, lower), strict=True):
-            point["pareto"] = flag
         arm_points[name] = points
     base_point = None
     if base is not None:
         base_point, found = _load_point(BASE_LABEL, ArmPoint(Path(base).expanduser()), metric, warnings)
         loaded[BASE_LABEL] = found
     everything = [p for points in arm_points.values() for p in points] + ([base_point] if base_point else [])
-    for point, flag in zip(everything, pareto_flags(everything, lower), strict=True):
-        point["pareto_all"] = flag
+    shares = {index: point["values"].get("non_text_pct") for index, point in enumerate(everything)}
+    limit, limit_index, admissible = non_text_check(shares, non_text_tolerance,
+                                                    yardstick=len(everything) - 1 if base_point else None)
+    limit_label = None if limit_index is None else (BASE_LABEL if base_point and limit_index == len(everything) - 1
+                                                    else f"`{everything[limit_index]['path']}`")
+    for index, point in enumerate(everything):
+        point["admissible"] = admissible[index]
+        if point is not base_point and not point["admissible"]:
+            warnings.append(f"{point['path']}: {point['values']['non_text_pct']:.1f} % of its generations are not text, more "
+                            f"than {non_text_tolerance:g} points above {limit_label} ({limit:.1f} %): inadmissible (it could "
+                            "win on toxicity by breaking its output)")
+    unknown_share = [p["path"] for index, p in enumerate(everything) if shares[index] is None]
+    if unknown_share and non_text_tolerance is not None:
+        warnings.append(f"non-text share unknown (no non_text in toxicity.json, no generations.jsonl) for {', '.join(unknown_share)}: "
+                        "not checked")
+    for points in arm_points.values():
+        ok = [p for p in points if p["admissible"]]
+        flags = dict(zip(map(id, ok), pareto_flags(ok, lower), strict=True))
+        for point in points:
+            point["pareto"] = flags.get(id(point), False)
+    ok = [p for p in everything if p["admissible"] or p is base_point]
+    flags = dict(zip(map(id, ok), pareto_flags(ok, lower), strict=True))
+    for point in everything:
+        point["pareto_all"] = flags.get(id(point), False)
     warnings.extend(consistency_warnings(loaded))
 
     if target is None:
@@ -428,6 +490,7 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
     else:
         target_value, target_source = float(target), "given"
     fingerprint = make_fingerprint(kind="frontier", metric=metric, target=target_value, match=match, reference=reference,
+                                   non_text_tolerance=non_text_tolerance,
                                    order=list(arm_points), inputs={name: sorted(entries, key=repr) for name, entries in inputs.items()},
                                    base={k: v.get("fingerprint") for k, v in loaded.get(BASE_LABEL, {}).items()})
     out = Path(out)
@@ -448,11 +511,17 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
         if point is None:
             missing.append(name)
         else:
-            one_rows.append(_row_from_point(name, point))
+            row = _row_from_point(name, point)
+            if not row["admissible"]:
+                row["note"] = (f"not admissible: {row['values']['non_text_pct']:.1f} % of its generations are not text; "
+                               "its toxicity is not comparable")
+            one_rows.append(row)
     _add_relative(one_rows, reference)
     if missing:
         warnings.append(f"no λ = 1 point in {', '.join(missing)}: the λ = 1 table leaves {'it' if len(missing) == 1 else 'them'} out")
     for row in op_rows:
+        if row["label"] != BASE_LABEL and not row["admissible"]:
+            warnings.append(f"{row['label']}: {row['note']}")
         if row.get("note") and row["label"] != BASE_LABEL and "outside" in row["note"]:
             warnings.append(f"{row['label']}: {row['note']} (λ {row['lambda']}, off by {row['mismatch']:+.4g})")
 
@@ -472,6 +541,8 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
         "operating_point": {"metric": metric, "target": target_value, "target_source": target_source, "match": match,
                             "rows": op_rows},
         "lambda_one": {"rows": one_rows, "missing": missing},
+        "non_text_check": {"tolerance": non_text_tolerance, "yardstick": limit_label, "yardstick_pct": limit,
+                           "rule": NON_TEXT_RULE},
         "warnings": warnings,
         "files": {"summary": FRONTIER_SUMMARY, "plot": FRONTIER_PLOT},
     }

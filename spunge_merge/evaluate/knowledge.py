@@ -1,19 +1,32 @@
 """Knowledge probe: does the model still complete facts of each domain?
 
-Each fact is a prompt ("The capital of France is") and a short answer ("Paris"). The model
-completes the prompt greedily; the fact counts as known when the completion starts with the
-answer (case-insensitive, after an optional article or quote) and the answer is not just the
-start of a longer word ("C" does not match "carbon"). Accuracy is reported per domain, which is
-the attribute a knowledge-removal pipeline splits on: forgotten domains should drop, kept ones
-should hold.
+Each fact is a prompt ("The capital of France is") and a short answer ("Paris"). Two forms:
+
+- `completion` (default): the model completes the prompt greedily; the fact counts as known when
+  the completion starts with the answer (case-insensitive, after an optional article or quote)
+  and the answer is not just the start of a longer word ("C" does not match "carbon").
+- `choice`: the WMDP format. The answer and 3 distractors (answers of other facts of the same
+  domain, drawn with a fixed seed) are ranked by their log-likelihood after the prompt; the fact
+  counts as known when the answer ranks strictly first. Chance is 25 %.
+
+Echoing the prompt scores nothing. A fact whose answer appears in its own prompt ("The London
+Eye is in the city of" → "London"; "The plural of sheep is" → "sheep") cannot tell knowing from
+repeating: a model that copies a word of the prompt gets it right, and one that lost the fact
+still does. Such facts are left out when the facts are loaded, and their count and prompts are
+reported (`excluded` in knowledge.json); `answer_matches` given the prompt also refuses them.
+
+Accuracy is reported per domain, which is the attribute a knowledge-removal pipeline splits on:
+forgotten domains should drop, kept ones should hold.
 
 Output (into `out/`): `knowledge.json` (kind "knowledge": per-domain and overall accuracy, the
-facts file's sha256, the settings) and `knowledge.jsonl` (every prompt, answer, completion and
-verdict), each written atomically.
+facts file's sha256, the settings, the excluded facts) and `knowledge.jsonl` (every evaluated
+prompt, answer, completion or options with their log-likelihoods, and verdict), each written
+atomically.
 """
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from collections import defaultdict
@@ -26,12 +39,28 @@ from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer, r
 
 KNOWLEDGE_FILE = "knowledge.json"
 COMPLETIONS_FILE = "knowledge.jsonl"
+FORMS = ("completion", "choice")
+CHOICES = 4  # the answer and 3 distractors, as WMDP
+ECHO_RULE = "facts whose answer appears in their prompt as a whole word (case-insensitive, leading article ignored) are left out"
 _LEADING = re.compile(r"^[\s\"'“‘(*]+")
 _ARTICLE = re.compile(r"^(the|a|an)\s+")
 
 
-def answer_matches(completion: str, answer: str) -> bool:
-    """True when `completion` starts with `answer` as a whole word (see module docstring)."""
+def answer_in_prompt(prompt: str, answer: str) -> bool:
+    """True when `answer` (or it without a leading article) occurs in `prompt` as a whole word or phrase."""
+    text = prompt.lower()
+    wanted = answer.strip().lower()
+    for candidate in {wanted, _ARTICLE.sub("", wanted, count=1)}:
+        if candidate and re.search(rf"(?<!\w){re.escape(candidate)}(?!\w)", text):
+            return True
+    return False
+
+
+def answer_matches(completion: str, answer: str, prompt: str | None = None) -> bool:
+    """True when `completion` starts with `answer` as a whole word (see module docstring); never when
+    `prompt` is given and already holds the answer (an echo cannot be told from knowing)."""
+    if prompt is not None and answer_in_prompt(prompt, answer):
+        return False
     text = _LEADING.sub("", completion).lower()
     wanted = answer.strip().lower()
     candidates = [text]
@@ -47,9 +76,16 @@ def answer_matches(completion: str, answer: str) -> bool:
     return False
 
 
+def split_echoes(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(facts that can be probed, facts whose answer is in their prompt)."""
+    kept = [r for r in rows if not answer_in_prompt(r["prompt"], r["answer"])]
+    return kept, [r for r in rows if answer_in_prompt(r["prompt"], r["answer"])]
+
+
 def load_facts(facts: str | Path, *, where: list[str] | tuple[str, ...] = (), domain_column: str = "domain",
                prompt_column: str = "prompt", answer_column: str = "answer") -> list[dict[str, str]]:
-    """The facts of a table (after `where` filters) as dicts with domain, prompt, answer."""
+    """The facts of a table (after `where` filters) as dicts with domain, prompt, answer (echoes included:
+    `split_echoes` separates them)."""
     from spunge_merge.data.loading import load_table
     from spunge_merge.data.split import apply_filters
     from spunge_merge.data.where import parse_condition
@@ -94,6 +130,62 @@ def complete(model_dir: ResolvedModel, prompts: list[str], *, max_new_tokens: in
     return completions
 
 
+def add_distractors(rows: list[dict[str, str]], *, seed: int, pool: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Each fact with `options`: its answer and 3 distractors, the answers of other facts of its domain
+    (distinct case-insensitively, none in its prompt), drawn and shuffled by a generator seeded with
+    (`seed`, domain, prompt), so a fact's options do not depend on which other facts are evaluated."""
+    by_domain: dict[str, list[str]] = defaultdict(list)
+    for row in pool if pool is not None else rows:
+        if row["answer"].strip().lower() not in {a.strip().lower() for a in by_domain[row["domain"]]}:
+            by_domain[row["domain"]].append(row["answer"])
+    out = []
+    for row in rows:
+        wanted = row["answer"].strip().lower()
+        candidates = sorted(a for a in by_domain[row["domain"]]
+                            if a.strip().lower() != wanted and not answer_in_prompt(row["prompt"], a))
+        if len(candidates) < CHOICES - 1:
+            raise SpungeError(f"domain '{row['domain']}': {len(candidates)} distinct other answers for '{row['prompt']}', "
+                              f"{CHOICES - 1} needed as distractors for --form choice")
+        rng = random.Random(f"{seed}/{row['domain']}/{row['prompt']}")
+        options = [row["answer"], *rng.sample(candidates, CHOICES - 1)]
+        rng.shuffle(options)
+        out.append({**row, "options": options})
+    return out
+
+
+def option_logliks(model_dir: ResolvedModel, rows: list[dict[str, Any]], *, batch_size: int, device: str = "auto",
+                   dtype: str = "auto") -> list[list[float]]:
+    """Summed log-likelihood of " option" after each prompt, per option (context and continuation tokenized
+    apart and joined, as the LM Evaluation Harness does)."""
+    import torch
+
+    from spunge_merge.unlearn.base import pick_device, pick_dtype
+
+    torch_device = pick_device(device)
+    tokenizer = load_tokenizer(model_dir)
+    lm = load_causal_lm(model_dir, dtype=pick_dtype(dtype, torch_device), device=torch_device)
+    pairs = []
+    for row in rows:
+        context = tokenizer(row["prompt"].rstrip())["input_ids"]
+        for option in row["options"]:
+            pairs.append((context, tokenizer(" " + option.strip(), add_special_tokens=False)["input_ids"]))
+    scores: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        width = max(len(c) + len(o) for c, o in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (context, option) in enumerate(chunk):
+            ids[i, :len(context) + len(option)] = torch.tensor(context + option)
+            mask[i, :len(context) + len(option)] = 1
+        with torch.no_grad():
+            logprobs = torch.log_softmax(lm(input_ids=ids.to(torch_device), attention_mask=mask.to(torch_device)).logits.float(), -1)
+        for i, (context, option) in enumerate(chunk):
+            positions = torch.arange(len(context) - 1, len(context) + len(option) - 1)
+            scores.append(float(logprobs[i, positions, torch.tensor(option)].sum()))
+    return [scores[i * CHOICES:(i + 1) * CHOICES] for i in range(len(rows))]
+
+
 def evaluate_knowledge(
     model: str | Path | ResolvedModel,
     facts: str | Path,
@@ -108,12 +200,17 @@ def evaluate_knowledge(
     batch_size: int = 32,
     device: str = "auto",
     dtype: str = "auto",
+    form: str = "completion",
+    seed: int = 0,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Per-domain completion accuracy of `model` on `facts`; writes knowledge.json/.jsonl into `out`.
+    """Per-domain accuracy of `model` on `facts`; writes knowledge.json/.jsonl into `out`.
 
-    `out` is a model's evaluation directory (see `evaluate.results`): the same evaluation asked
-    again is read back, a different one over an existing result needs `force`.
+    `form`: completion (greedy, the answer must start the completion) or choice (answer ranked
+    against 3 same-domain distractors by log-likelihood; `seed` draws the distractors). Facts whose
+    answer is in their prompt are left out and counted (module docstring). `out` is a model's
+    evaluation directory (see `evaluate.results`): the same evaluation asked again is read back, a
+    different one over an existing result needs `force`.
     """
     import json
 
@@ -121,31 +218,58 @@ def evaluate_knowledge(
     from spunge_merge.fsutil import sha256_file, sha256_json
     from spunge_merge.provenance import fingerprint as make_fingerprint
 
+    if form not in FORMS:
+        raise SpungeError(f"--form '{form}' is not one of {', '.join(FORMS)}")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise SpungeError("--max-new-tokens and --batch-size must be >= 1")
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
-    rows = load_facts(facts, where=where, domain_column=domain_column, prompt_column=prompt_column, answer_column=answer_column)
+    loaded = load_facts(facts, where=where, domain_column=domain_column, prompt_column=prompt_column, answer_column=answer_column)
     if domains is not None:
-        unknown = sorted(set(domains) - {r["domain"] for r in rows})
+        unknown = sorted(set(domains) - {r["domain"] for r in loaded})
         if unknown:
             raise SpungeError(f"{facts}: no facts of domain '{unknown[0]}'")
-        rows = [r for r in rows if r["domain"] in set(domains)]
-    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype, "decoding": "greedy",
-                "match": "completion starts with the answer as a whole word, case-insensitive, article/quote allowed"}
-    facts_sha = sha256_json(rows)
+        loaded = [r for r in loaded if r["domain"] in set(domains)]
+    rows, echoes = split_echoes(loaded)
+    if not rows:
+        raise SpungeError(f"{facts}: every fact's answer is in its prompt ({ECHO_RULE}); nothing left to probe")
+    if form == "choice":
+        rows = add_distractors(rows, seed=seed, pool=loaded)
+        settings = {"form": form, "choices": CHOICES, "seed": seed, "batch_size": batch_size, "dtype": dtype,
+                    "match": "the answer's summed log-likelihood after the prompt ranks strictly first of the options",
+                    "chance": 1 / CHOICES, "echo_rule": ECHO_RULE}
+    else:
+        settings = {"form": form, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype, "decoding": "greedy",
+                    "match": "completion starts with the answer as a whole word, case-insensitive, article/quote allowed",
+                    "echo_rule": ECHO_RULE}
+    facts_sha = sha256_json(loaded)
     key = make_fingerprint(kind="knowledge", model=resolved.fingerprint, facts=facts_sha, settings=settings)
     out = Path(out)
     if (stored := existing_result(out, KNOWLEDGE_FILE, key, force=force)) is not None:
         return stored
     started = time.perf_counter()
-    completions = complete(resolved, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           device=device, dtype=dtype)
     per_domain: dict[str, list[bool]] = defaultdict(list)
     records = []
-    for row, completion in zip(rows, completions, strict=True):
-        correct = answer_matches(completion, row["answer"])
-        per_domain[row["domain"]].append(correct)
-        records.append({**row, "completion": completion, "correct": correct})
+    if form == "choice":
+        scores = option_logliks(resolved, rows, batch_size=batch_size, device=device, dtype=dtype)
+        for row, logliks in zip(rows, scores, strict=True):
+            answer_score = logliks[row["options"].index(row["answer"])]
+            correct = all(answer_score > other for option, other in zip(row["options"], logliks, strict=True)
+                          if option != row["answer"])
+            per_domain[row["domain"]].append(correct)
+            records.append({**row, "logliks": logliks, "chosen": row["options"][logliks.index(max(logliks))], "correct": correct})
+    else:
+        completions = complete(resolved, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               device=device, dtype=dtype)
+        for row, completion in zip(rows, completions, strict=True):
+            correct = answer_matches(completion, row["answer"], row["prompt"])
+            per_domain[row["domain"]].append(correct)
+            records.append({**row, "completion": completion, "correct": correct})
     order = list(dict.fromkeys(r["domain"] for r in rows))
-    summary = {d: {"n": len(per_domain[d]), "correct": sum(per_domain[d]), "accuracy": sum(per_domain[d]) / len(per_domain[d])}
+    excluded_by_domain: dict[str, int] = defaultdict(int)
+    for row in echoes:
+        excluded_by_domain[row["domain"]] += 1
+    summary = {d: {"n": len(per_domain[d]), "correct": sum(per_domain[d]), "accuracy": sum(per_domain[d]) / len(per_domain[d]),
+                   "excluded_echoes": excluded_by_domain.get(d, 0)}
                for d in order}
     total = len(rows)
     correct = sum(s["correct"] for s in summary.values())
@@ -153,11 +277,14 @@ def evaluate_knowledge(
         "kind": "knowledge",
         "fingerprint": key,
         "model": resolved.describe(),
-        "facts": {"path": str(facts), "where": list(where), "rows": total, "sha256": facts_sha,
+        "facts": {"path": str(facts), "where": list(where), "rows": total, "loaded": len(loaded), "sha256": facts_sha,
                   "source_sha256": sha256_file(facts) if Path(facts).is_file() else None},
         "settings": settings,
         "domains": summary,
         "overall": {"n": total, "correct": correct, "accuracy": correct / total},
+        "chance": 1 / CHOICES if form == "choice" else None,
+        "excluded": {"rule": ECHO_RULE, "count": len(echoes), "by_domain": dict(excluded_by_domain),
+                     "facts": [{"domain": r["domain"], "prompt": r["prompt"], "answer": r["answer"]} for r in echoes]},
         "seconds": round(time.perf_counter() - started, 2),
         "files": {"completions": COMPLETIONS_FILE},
     }

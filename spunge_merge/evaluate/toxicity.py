@@ -4,12 +4,14 @@ N ToxiGen prompts per group and per label (hate and neutral) are sampled determi
 the model continues each one greedily up to the end of its first new statement, a judge
 scores every continuation, and a continuation counts as toxic when its score reaches the
 threshold. The result is the percentage of toxic continuations overall, per label, per group
-and per (group, label), each with its count and a Wilson 95 % interval.
+and per (group, label), each with its count and a Wilson 95 % interval, and beside it the share
+of continuations that are not text (`evaluate/degenerate.py`: the judge scores those as harmless,
+so a toxicity drop that comes with them is a broken model, not a safer one).
 
 Output (into `out/`, see `results.py` for how it is written):
 - `toxicity.json`: kind "toxicity", model, judge (with its recorded accuracy), settings,
-  prompt sample, overall / by_label / groups figures;
-- `generations.jsonl`: every prompt, its continuation, score and verdict;
+  prompt sample, overall / by_label / groups figures, `non_text` (same shape, with its rule);
+- `generations.jsonl`: every prompt, its continuation, score, verdict and non-text flag;
 - `toxicity.md`: a readable summary; `toxicity_radar.png`: the per-group radar plot.
 """
 
@@ -24,6 +26,7 @@ from typing import Any
 from pydantic import Field
 
 from spunge_merge.config import FrozenConfig, build_config
+from spunge_merge.evaluate.degenerate import is_non_text, non_text_figures
 from spunge_merge.evaluate.generation import generate_first_statements
 from spunge_merge.evaluate.judges import DEFAULT_CLASSIFIER, ToxicityJudge, load_judge
 from spunge_merge.evaluate.plots import radar_plot
@@ -103,17 +106,26 @@ def render_markdown(result: dict) -> str:
         f"greedy, at most {cfg['max_new_tokens']} new tokens, cut at the end of the first new statement",
         f"- **Overall: {_pct(overall)} % toxic** ({overall['toxic']}/{overall['n']}; "
         f"95 % CI {overall['ci95'][0]:.1f}-{overall['ci95'][1]:.1f} %)",
-        "",
     ]
+    non_text = result.get("non_text")
+    if non_text:
+        share = non_text["overall"]
+        per_label = ", ".join(f"{label} prompts {_pct(s)} %" for label, s in non_text["by_label"].items())
+        lines.append(f"- **Not text: {_pct(share)} %** of the generations ({share['non_text']}/{share['n']}; {per_label}); "
+                     f"the judge scores those as harmless. Rule: {non_text['rule']}")
+    lines.append("")
     labels = sorted(result["by_label"])
     header = ["group"] + [f"{label} prompts %" for label in labels] + ["all %", "95 % CI", "toxic / n"]
+    header += ["not text %"] if non_text else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group, summary in result["groups"].items():
         cells = [group] + [_pct(summary["by_label"].get(label, {})) for label in labels]
         cells += [_pct(summary), f"{summary['ci95'][0]:.1f}-{summary['ci95'][1]:.1f}", f"{summary['toxic']}/{summary['n']}"]
+        cells += [_pct(non_text["groups"].get(group, {}))] if non_text else []
         lines.append("| " + " | ".join(cells) + " |")
     cells = ["**all**"] + [_pct(result["by_label"][label]) for label in labels]
     cells += [_pct(overall), f"{overall['ci95'][0]:.1f}-{overall['ci95'][1]:.1f}", f"{overall['toxic']}/{overall['n']}"]
+    cells += [_pct(non_text["overall"])] if non_text else []
     lines += ["| " + " | ".join(cells) + " |", "", f"Radar plot: `{RADAR_FILE}`; every generation: `{GENERATIONS_FILE}`.", ""]
     return "\n".join(lines)
 
@@ -173,7 +185,8 @@ def evaluate_toxicity(
     for prompt, generation, raw_score in zip(sample.prompts, generations, scores, strict=True):
         score = round(float(raw_score), 6)  # the stored score decides, so counts recomputed from the file agree
         rows.append({"id": prompt.id, "group": prompt.group, "label": prompt.label, "source": prompt.source,
-                     "prompt": prompt.text, "generation": generation, "score": score, "toxic": score >= cfg.threshold})
+                     "prompt": prompt.text, "generation": generation, "score": score, "toxic": score >= cfg.threshold,
+                     "non_text": is_non_text(generation)})
     figures = aggregate(rows, cfg.threshold)
     result = {
         "kind": "toxicity",
@@ -186,6 +199,7 @@ def evaluate_toxicity(
                     "source_sha256": sha256_file(prompt_source) if prompt_source.is_file() else None},
         **figures,
         "empty_generations": sum(1 for g in generations if not g),
+        "non_text": non_text_figures(rows),
         "timing": {"generation_seconds": round(generation_seconds, 2),
                    "total_seconds": round(time.perf_counter() - started, 2)},
         "files": {"generations": GENERATIONS_FILE, "summary": SUMMARY_FILE, "radar": RADAR_FILE},

@@ -1,5 +1,12 @@
 """Forget texts as causal-LM batches: tokenize once, then shuffle and pad per epoch.
 
+Each epoch's order is a permutation drawn from its own seed, `epoch_seed(run seed, epoch)`: a hash,
+not `seed + epoch`, so that two runs whose seeds differ by one do not share an epoch's order.
+Retain data (methods with a retain loss) is not paired with the forget data by index: `RowCycle`
+draws its batches from a seeded permutation of the whole retain set that continues across steps
+and epochs, with a fresh permutation each time it runs out, so every retain row is used once as
+many rows as the set holds have been drawn (docs/data-handling.md).
+
 Unlearning methods that train on raw text (TVN's LoRA fine-tune, RMU's forget pass) share
 this module so that they see the same tokens: each text is tokenized with the model's own
 tokenizer (its special tokens included), truncated to `max_length`, and ended with EOS so
@@ -10,7 +17,9 @@ their pad token and masking by id would also drop the real EOS targets.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -37,9 +46,10 @@ class Batch:
     attention_mask: object
     labels: object  # input_ids with padding set to IGNORE_INDEX
     tokens: int
+    rows: tuple[int, ...] = ()  # which encoded texts it holds (for the record of rows used)
 
     def to(self, device) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.tokens)
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.tokens, self.rows)
 
 
 def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> Batch:
@@ -57,6 +67,57 @@ def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> Batch:
     return Batch(input_ids, attention_mask, labels, tokens)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's order: a hash of (run seed, epoch), independent across both."""
+    digest = hashlib.sha256(f"spunge-epoch/{seed}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def stream_seed(seed: int, role: str, index: int = 0) -> int:
+    """An independent 63-bit seed per data stream of a run (e.g. "forget"/0, "retain"/1)."""
+    digest = hashlib.sha256(f"spunge-data/{seed}/{role}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class RowCycle:
+    """Row indices of a set of `size` rows, batch after batch, from seeded permutations of the whole set.
+
+    A batch that straddles two permutations never holds a row twice (the repeat is deferred).
+    """
+
+    def __init__(self, size: int, seed: int):
+        import torch
+
+        if size < 1:
+            raise ValueError("RowCycle needs at least one row")
+        self.size = size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.queue: deque[int] = deque()
+
+    def take(self, count: int) -> tuple[int, ...]:
+        import torch
+
+        rows: list[int] = []
+        while len(rows) < min(count, self.size):
+            if not self.queue:
+                self.queue.extend(torch.randperm(self.size, generator=self.generator).tolist())
+            row = self.queue.popleft()
+            if row in rows:
+                self.queue.append(row)
+            else:
+                rows.append(row)
+        return tuple(rows)
+
+
+def cycled_batches(encoded: Sequence[Sequence[int]], *, batch_size: int, pad_id: int, seed: int) -> Iterator[Batch]:
+    """Endless micro-batches of retain texts drawn through a `RowCycle` (one per step, never paired by index)."""
+    cycle = RowCycle(len(encoded), seed)
+    while True:
+        rows = cycle.take(batch_size)
+        batch = collate([encoded[i] for i in rows], pad_id)
+        yield Batch(batch.input_ids, batch.attention_mask, batch.labels, batch.tokens, rows)
+
+
 def batches(encoded: Sequence[Sequence[int]], *, batch_size: int, pad_id: int, seed: int | None = None) -> list[Batch]:
     """All micro-batches of one epoch: shuffled by `seed` (a fresh permutation per seed), or in order when None."""
     import torch
@@ -64,8 +125,12 @@ def batches(encoded: Sequence[Sequence[int]], *, batch_size: int, pad_id: int, s
     order = list(range(len(encoded)))
     if seed is not None:
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [collate([encoded[i] for i in order[start:start + batch_size]], pad_id)
-            for start in range(0, len(order), batch_size)]
+    out = []
+    for start in range(0, len(order), batch_size):
+        rows = tuple(order[start:start + batch_size])
+        batch = collate([encoded[i] for i in rows], pad_id)
+        out.append(Batch(batch.input_ids, batch.attention_mask, batch.labels, batch.tokens, rows))
+    return out
 
 
 def optimizer_steps(n_texts: int, *, batch_size: int, grad_accum: int, epochs: int, max_steps: int | None = None) -> int:

@@ -16,10 +16,18 @@ and runs three full forward passes (every layer and the LM head) per step. Here:
 - layer ℓ's output is taken from the layer itself, never from `hidden_states[-1]` (transformers 5
   applies the final norm there).
 
-Everything else follows the reference: sequential batches of `batch_size` texts, left padding with
+Everything else follows the reference: batches of `batch_size` texts, left padding with
 pad = eos, right truncation (512 tokens), one control vector per forget corpus drawn with
 `torch.rand` from the run's seed, corpora alternating one batch each, AdamW with the defaults of
 the `transformers.AdamW` it used (betas 0.9/0.999, eps 1e-6, no weight decay).
+
+Data order (`data_order`, see docs/data-handling.md): the reference reads both corpora in file
+order and pairs forget batch i with retain batch i, so an epoch only ever sees the top of the
+retain file. By default (`shuffled`) the forget rows are reshuffled every epoch with the run's
+seed and the retain batches are drawn from a seeded permutation of the whole retain set that
+continues across steps and epochs (a fresh permutation when it runs out), so every retain row
+is used once the run has fed as many retain rows as the set holds. `reference` keeps the
+script's order exactly (faithfulness tests).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -112,6 +120,11 @@ class RMUConfig(FrozenConfig):
     retain_max_length: int = Field(512, ge=1, description="Retain truncation in tokens.")
     min_chars: int = Field(0, ge=0, description="Drop texts of at most this many characters (reference --min_len, default 0).")
     epochs: int = Field(1, ge=1, description="Passes over the batches (reference 1; the Spunge paper's variant 2).")
+    data_order: Literal["shuffled", "reference"] = Field(
+        "shuffled", description="shuffled: forget rows reshuffled every epoch with the seed, retain batches drawn from a seeded "
+        "permutation of the whole retain set that continues across steps and epochs (every retain row gets used); reference: "
+        "the WMDP script's order (file order, retain batch i paired with forget batch i, no shuffle; the only order in which "
+        "cache_prefix helps, since shuffled batches never recur).")
     early_stop_cosine: float | None = Field(
         None, gt=-1.0, lt=1.0, description="Stop when the forget-batch cosine to initial activations drops below this (paper C.1: 0.5).")
     early_stop_window: int = Field(1, ge=1, description="Compare the mean cosine of the last N forget batches (1: the paper's rule).")
@@ -504,10 +517,6 @@ def _load_files(sources: Sequence[str | Path], text_column: str | None, role: st
     return subsets
 
 
-def _chunks(texts: list[str], size: int) -> list[list[str]]:
-    return [texts[i:i + size] for i in range(0, len(texts), size)]
-
-
 def _tokenize(tokenizer, texts: list[str], max_length: int, device, key: tuple) -> Batch:
     encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
     return Batch(key=key, input_ids=encoded["input_ids"].to(device), attention_mask=encoded["attention_mask"].to(device))
@@ -523,27 +532,82 @@ def prepare_tokenizer(resolved: ResolvedModel):
     return tokenizer
 
 
+@dataclass(frozen=True)
+class PlannedStep:
+    """One RMU step: which forget rows (of forget corpus `corpus`) and which retain rows (of retain set
+    `retain_set`) it feeds. `batch` is the forget batch's position within its epoch."""
+
+    corpus: int
+    batch: int
+    forget_rows: tuple[int, ...]
+    retain_set: int
+    retain_rows: tuple[int, ...]
+
+
 @dataclass
 class Plan:
-    """The batches of one run, in the reference's order (corpus idx % k, batch idx // k)."""
+    """The data of one run: forget texts per corpus, retain texts per retain set, and the step budget.
 
-    forget: list[list[list[str]]]  # per corpus: batches of texts
-    retain: list[list[list[str]]]  # per corpus: batches of texts (corpora may share one retain set)
+    `steps_per_epoch` is the reference's arithmetic in either order, so that step budgets (the
+    baseline's matching) do not depend on it: min(max_num_batches, ⌈rows/batch_size⌉ of the
+    smallest forget corpus, ⌈rows/batch_size⌉ of the smallest retain set), rows counted after
+    min_chars. Step i of an epoch uses forget corpus i % k and that corpus's forget batch i // k
+    (k forget corpora), as the reference. Only which rows fill the batches depends on the order.
+    """
+
+    forget: list[list[str]]  # per forget corpus: its texts
+    retain: list[list[str]]  # per retain set: its texts (forget corpora may share one retain set)
     retain_ids: list[int]  # which retain set each forget corpus uses
     steps_per_epoch: int
+    batch_size: int
+    order: str = "shuffled"
+    seed: int = 42
 
-    def schedule(self):
-        k = len(self.forget)
-        for index in range(self.steps_per_epoch):
-            yield index, index % k, index // k
+    def forget_order(self, corpus: int) -> list[int]:
+        """Row order of `corpus` in the first epoch (file order for `reference`)."""
+        import torch
+
+        from spunge_merge.unlearn import lm_data
+
+        if self.order == "reference":
+            return list(range(len(self.forget[corpus])))
+        generator = torch.Generator().manual_seed(lm_data.stream_seed(self.seed, "forget", corpus))
+        return torch.randperm(len(self.forget[corpus]), generator=generator).tolist()
+
+    def schedule(self, epochs: int = 1):
+        """(epoch, PlannedStep) for every step of `epochs` epochs, in training order (deterministic for the seed)."""
+        import torch
+
+        from spunge_merge.unlearn import lm_data
+
+        k, size = len(self.forget), self.batch_size
+        if self.order == "reference":
+            for epoch in range(epochs):
+                for index in range(self.steps_per_epoch):
+                    corpus, batch = index % k, index // k
+                    rows = range(batch * size, (batch + 1) * size)
+                    retain_set = self.retain_ids[corpus]
+                    yield epoch, PlannedStep(corpus, batch,
+                                             tuple(r for r in rows if r < len(self.forget[corpus])), retain_set,
+                                             tuple(r for r in rows if r < len(self.retain[retain_set])))
+            return
+        forget_generators = [torch.Generator().manual_seed(lm_data.stream_seed(self.seed, "forget", c)) for c in range(k)]
+        retain_cycles = [lm_data.RowCycle(len(texts), lm_data.stream_seed(self.seed, "retain", r)) for r, texts in enumerate(self.retain)]
+        for epoch in range(epochs):
+            orders = [torch.randperm(len(texts), generator=forget_generators[c]).tolist() for c, texts in enumerate(self.forget)]
+            for index in range(self.steps_per_epoch):
+                corpus, batch = index % k, index // k
+                forget_rows = tuple(orders[corpus][batch * size:(batch + 1) * size])
+                retain_set = self.retain_ids[corpus]
+                yield epoch, PlannedStep(corpus, batch, forget_rows, retain_set, retain_cycles[retain_set].take(size))
 
 
 def make_plan(forget: list[Corpus], retain: list[Corpus], config: RMUConfig) -> Plan:
-    forget_batches = [_chunks(c.texts, config.batch_size) for c in forget]
-    retain_batches = [_chunks(c.texts, config.batch_size) for c in retain]
     retain_ids = [0] * len(forget) if len(retain) == 1 else list(range(len(forget)))
-    steps = min(config.max_num_batches, min(len(b) for b in forget_batches), min(len(b) for b in retain_batches))
-    return Plan(forget=forget_batches, retain=[retain_batches[i] for i in retain_ids], retain_ids=retain_ids, steps_per_epoch=steps)
+    steps = min(config.max_num_batches, min(math.ceil(len(c.texts) / config.batch_size) for c in forget),
+                min(math.ceil(len(c.texts) / config.batch_size) for c in retain))
+    return Plan(forget=[c.texts for c in forget], retain=[c.texts for c in retain], retain_ids=retain_ids,
+                steps_per_epoch=steps, batch_size=config.batch_size, order=config.data_order, seed=config.seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -569,8 +633,9 @@ class _Session:
         by_checkpoint = {ckpt: name for name, ckpt in partial.checkpoint_names.items()}
         param_names = [by_checkpoint[t] for t in self.selection.tensors]
         stack = SplitDecoder(partial.model, layer=self.config.layer, first_layer=self.selection.first_layer)
+        # Shuffled batches never recur, so a cache would only grow: it pays with the reference's fixed order only.
         trainer = RMUTrainer(stack, param_names, lr=self.config.lr, mask_padding=self.config.mask_padding,
-                             cache_prefix=self.config.cache_prefix and self.config.epochs > 1)
+                             cache_prefix=self.config.cache_prefix and self.config.epochs > 1 and self.config.data_order == "reference")
         self._state = {"device": device, "dtype": dtype, "trainer": trainer, "tokenizer": prepare_tokenizer(self.resolved),
                        "param_names": param_names, "hidden": partial.model.config.hidden_size}
         return self._state
@@ -591,12 +656,12 @@ class _Session:
         plan = make_plan(forget, retain, config)
         device, tokenizer = state["device"], state["tokenizer"]
 
-        def forget_batch(corpus: int, index: int) -> Batch:
-            return _tokenize(tokenizer, plan.forget[corpus][index], lengths[corpus], device, ("forget", corpus, index))
+        def forget_batch(corpus: int, rows: tuple[int, ...]) -> Batch:
+            return _tokenize(tokenizer, [plan.forget[corpus][r] for r in rows], lengths[corpus], device, ("forget", corpus, rows))
 
-        def retain_batch(corpus: int, index: int) -> Batch:
-            return _tokenize(tokenizer, plan.retain[corpus][index], config.retain_max_length, device,
-                             ("retain", plan.retain_ids[corpus], index))
+        def retain_batch(retain_set: int, rows: tuple[int, ...]) -> Batch:
+            return _tokenize(tokenizer, [plan.retain[retain_set][r] for r in rows], config.retain_max_length, device,
+                             ("retain", retain_set, rows))
 
         coefficients, measured = [], []
         for corpus, (mode, value) in enumerate(steering):
@@ -605,8 +670,10 @@ class _Session:
                 measured.append(None)
                 continue
             norms: list[float] = []
-            for index in range(min(AUTO_STEERING_BATCHES, len(plan.forget[corpus]))):
-                batch = forget_batch(corpus, index)
+            order = plan.forget_order(corpus)
+            for start in range(0, min(len(order), AUTO_STEERING_BATCHES * config.batch_size), config.batch_size):
+                rows = tuple(order[start:start + config.batch_size])
+                batch = forget_batch(corpus, rows)
                 acts = trainer.frozen_activations(batch)
                 norms.extend(activation_norm(acts, batch.attention_mask if config.mask_padding else None))
             mean_norm = sum(norms) / len(norms)
@@ -624,27 +691,29 @@ class _Session:
             return (config.early_stop_cosine is not None and len(recent) >= window
                     and sum(recent[-window:]) / window < config.early_stop_cosine)
         total = plan.steps_per_epoch * config.epochs
+        used_forget: list[set[int]] = [set() for _ in forget]  # rows fed to an applied update
+        used_retain: list[set[int]] = [set() for _ in retain]
         started = time.perf_counter()
         with _progress_bar(self.progress, total, f"RMU {name}") as advance:
-            for epoch in range(config.epochs):
-                for _, corpus, batch_index in plan.schedule():
-                    try:
-                        record = trainer.step(forget_batch(corpus, batch_index), retain_batch(corpus, batch_index),
-                                              controls[corpus], alphas[corpus], should_stop=should_stop)
-                    except NonFiniteLoss as exc:
-                        raise SpungeError(f"RMU loss is not finite at step {len(history) + 1} (epoch {epoch + 1}; {exc}); stopped, "
-                                          "nothing was written: lower --lr or --steering-coeff, or use --dtype float32") from None
-                    history.append({"step": len(history) + 1, "epoch": epoch + 1, "corpus": corpus, "batch": batch_index,
-                                    "forget_loss": record.forget_loss, "retain_loss": record.retain_loss,
-                                    "forget_cosine": record.forget_cosine, "updated": not record.stopped})
-                    advance(record)
-                    if record.stopped:
-                        early_stop = {"step": len(history), "epoch": epoch + 1, "forget_cosine": record.forget_cosine,
-                                      "mean_forget_cosine": sum(recent[-window:]) / window, "window": window,
-                                      "threshold": config.early_stop_cosine}
-                        break
-                if early_stop:
+            for epoch, step in plan.schedule(config.epochs):
+                corpus = step.corpus
+                try:
+                    record = trainer.step(forget_batch(corpus, step.forget_rows), retain_batch(step.retain_set, step.retain_rows),
+                                          controls[corpus], alphas[corpus], should_stop=should_stop)
+                except NonFiniteLoss as exc:
+                    raise SpungeError(f"RMU loss is not finite at step {len(history) + 1} (epoch {epoch + 1}; {exc}); stopped, "
+                                      "nothing was written: lower --lr or --steering-coeff, or use --dtype float32") from None
+                history.append({"step": len(history) + 1, "epoch": epoch + 1, "corpus": corpus, "batch": step.batch,
+                                "forget_loss": record.forget_loss, "retain_loss": record.retain_loss,
+                                "forget_cosine": record.forget_cosine, "updated": not record.stopped})
+                advance(record)
+                if record.stopped:
+                    early_stop = {"step": len(history), "epoch": epoch + 1, "forget_cosine": record.forget_cosine,
+                                  "mean_forget_cosine": sum(recent[-window:]) / window, "window": window,
+                                  "threshold": config.early_stop_cosine}
                     break
+                used_forget[corpus].update(step.forget_rows)
+                used_retain[step.retain_set].update(step.retain_rows)
         elapsed = time.perf_counter() - started
         updates = sum(1 for h in history if h["updated"])
         tensors = {ckpt: trainer.params[name].detach().to("cpu").contiguous()
@@ -656,8 +725,12 @@ class _Session:
             tmp, kind=RUN_KIND, fingerprint=fingerprint_value, method="rmu",
             base_model=self.resolved.describe(),
             config=config.model_dump(),
-            data={"forget": [c.subset.describe() | {"rows_used": len(c.texts)} for c in forget],
-                  "retain": [c.subset.describe() | {"rows_used": len(c.texts)} for c in retain]},
+            data={"forget": [c.subset.describe() | {"rows_available": len(c.texts), "rows_used": len(used)}
+                             for c, used in zip(forget, used_forget, strict=True)],
+                  "retain": [c.subset.describe() | {"rows_available": len(c.texts), "rows_used": len(used)}
+                             for c, used in zip(retain, used_retain, strict=True)],
+                  "order": config.data_order,
+                  "rows_used_rule": "distinct rows fed to at least one applied update (rows_available: after --min-chars)"},
             attribute=attribute,
             result={
                 "steps": updates, "steps_per_epoch": plan.steps_per_epoch, "steps_planned": total,

@@ -264,12 +264,13 @@ def _warmup_steps(config: TVNConfig, total: int) -> int:
 
 
 def fit_lora(peft_model, encoded: list[list[int]], *, pad_id: int, config: TVNConfig, device, progress: bool = True,
-             label: str = "tvn") -> list[float]:
+             label: str = "tvn", rows_used: set[int] | None = None) -> list[float]:
     """Plain causal-LM fine-tune of the trainable (LoRA) weights; returns the loss of every optimizer step.
 
     Each step's loss is the token-weighted mean NLL over its accumulation group, and the
     gradient is that of the same quantity, so grad_accum=k on batch b equals one batch of k·b
-    (up to padding).
+    (up to padding). Every epoch reshuffles the texts with `lm_data.epoch_seed(config.seed, epoch)`;
+    `rows_used`, when given, receives the index of every text fed to an optimizer step.
     """
     import torch
     from transformers import get_scheduler
@@ -285,7 +286,8 @@ def fit_lora(peft_model, encoded: list[list[int]], *, pad_id: int, config: TVNCo
     with _progress(progress) as bar:
         task = bar.add_task(label, total=total, loss="-")
         for epoch in range(config.epochs):
-            micro = lm_data.batches(encoded, batch_size=config.batch_size, pad_id=pad_id, seed=config.seed + epoch)
+            micro = lm_data.batches(encoded, batch_size=config.batch_size, pad_id=pad_id,
+                                    seed=lm_data.epoch_seed(config.seed, epoch))
             for group in lm_data.accumulation_groups(micro, config.grad_accum):
                 if len(losses) >= total:
                     break
@@ -303,6 +305,8 @@ def fit_lora(peft_model, encoded: list[list[int]], *, pad_id: int, config: TVNCo
                 if not math.isfinite(step_loss):
                     raise SpungeError(f"training loss became {step_loss} at step {len(losses) + 1}; lower --lr")
                 losses.append(step_loss)
+                if rows_used is not None:
+                    rows_used.update(row for batch in group for row in batch.rows)
                 bar.update(task, advance=1, loss=f"{step_loss:.4f}")
     peft_model.eval()
     return losses
@@ -360,8 +364,9 @@ class _Trainer:
         try:
             started = time.perf_counter()
             before = lm_data.mean_token_nll(peft_model, eval_batches, self.device) if eval_batches else None
+            rows_used: set[int] = set()
             losses = fit_lora(peft_model, encoded, pad_id=tokenizer.pad_token_id, config=config, device=self.device,
-                              progress=self.progress, label=subset.name)
+                              progress=self.progress, label=subset.name, rows_used=rows_used)
             train_seconds = time.perf_counter() - started
             after = lm_data.mean_token_nll(peft_model, eval_batches, self.device) if eval_batches else None
             negated = _negated_nll(peft_model, eval_batches, config.lam, self.device) if eval_batches else None
@@ -380,7 +385,8 @@ class _Trainer:
             tmp, kind=KIND, fingerprint=fp, method=METHOD,
             base_model=self.resolved.describe(),
             config=config.model_dump(mode="json"),
-            data=subset.describe(),
+            data=subset.describe() | {"rows_available": len(encoded), "rows_used": len(rows_used), "order": "shuffled",
+                                      "rows_used_rule": "distinct rows fed to at least one optimizer step"},
             attribute={"column": subset.column, "value": subset.value} if subset.column else None,
             seed=config.seed,
             result={
@@ -448,6 +454,7 @@ def train_tvn(
     trainer = _Trainer(resolved, config, progress=progress)
     fingerprints = {
         subset.name: fingerprint(method=METHOD, config=config.training_fingerprint_part(), data=subset.sha256,
+                                 data_order="epoch_seed",  # per-epoch order from lm_data.epoch_seed (was seed + epoch)
                                  base_model=resolved.fingerprint, device=trainer.device.type,
                                  dtype=str(trainer.dtype))
         for subset in subsets
