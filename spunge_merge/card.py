@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from fnmatch import fnmatch
+from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,15 +35,13 @@ PAPER_URL = "https://arxiv.org/abs/2406.11780"
 KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
 
 
-def method_descriptions(methods: list[str]) -> list[str]:
-    """Each registered method's paragraph (its registry record's `description`); unknown names are left out.
-
-    The registry is read, not imported at the top: it is the one place a method is described, and
-    reading it imports no method's training code."""
-    from spunge_merge.unlearn import registry
-
-    known = set(registry.method_names())
-    return [registry.get_method(name).description for name in methods if name in known]
+def is_excluded(relative: str, exclude: list[str] | tuple[str, ...]) -> bool:
+    """Hidden paths (`.git`, `.cache`, temporaries) and paths matching an --exclude glob (or under a matching folder)."""
+    parts = PurePosixPath(relative).parts
+    if any(part.startswith(".") for part in parts):
+        return True
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch(prefix, pattern.strip("/")) for pattern in exclude for prefix in prefixes)
 
 
 MERGE_DESCRIPTIONS = {
@@ -62,13 +62,16 @@ _MAX_TABLE_ROWS = 40
 
 
 def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: Iterable[str] | None = None,
-                     exclude: Iterable[str] = (), extra_eval: dict[str, Path] | None = None) -> ModelCard:
+                     exclude: Iterable[str] = (), extra_eval: dict[str, Path] | None = None,
+                     method_descriptions: Mapping[str, str] | None = None) -> ModelCard:
     """The model card of a merged model directory (see module docstring).
 
     `repo_id` names the model in the loading snippet (the directory's path when None);
     `datasets` adds Hub dataset ids to the metadata (data loaded from local files has none);
     eval files matching an `exclude` glob are left out of the card (they are not pushed);
-    `extra_eval` maps a repo folder (`eval/compare`) to a local `spunge eval` output pushed there.
+    `extra_eval` maps a repo folder (`eval/compare`) to a local `spunge eval` output pushed there;
+    `method_descriptions` maps a method name to its paragraph (the caller reads them from the method
+    registry, which sits above this module: the card only renders what it is given).
     """
     model_dir = Path(model_dir)
     record = _read_json(model_dir / PROVENANCE_FILE) or {}
@@ -101,7 +104,7 @@ def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: I
         runs_table=_runs_table(runs),
         config_tables=_config_tables(runs),
         methods=methods,
-        method_descriptions=method_descriptions(methods),
+        method_descriptions=[method_descriptions[m] for m in methods if m in (method_descriptions or {})],
         columns=columns,
         total_rows=sum(run["rows"] or 0 for run in runs),
         data_sources=data["sources"],
@@ -422,7 +425,6 @@ def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str
     An evaluation's own markdown summary (`toxicity.md` beside `toxicity.json`, `compare.md`) is
     embedded as written by `spunge eval`; a JSON without one is shown as generic tables.
     """
-    from spunge_merge.hub import is_excluded
 
     roots = [(Path(model_dir), "")] + [(Path(local), repo_path.strip("/") + "/") for repo_path, local in (extra or {}).items()]
     found: dict[str, dict] = {}
@@ -472,6 +474,8 @@ def _demote_headings(markdown: str, levels: int) -> str:
 
 # --------------------------------------------------------------------------- the template
 
+CARD_TEMPLATE = "templates/model_card.md.j2"  # package data: the card's markdown and Jinja, kept out of Python
+
 
 def _render(card_data: ModelCardData, **context: Any) -> ModelCard:
     """`ModelCard.from_template`, with block-tag whitespace trimmed so the markdown stays tidy."""
@@ -479,170 +483,9 @@ def _render(card_data: ModelCardData, **context: Any) -> ModelCard:
 
     environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                                      undefined=jinja2.StrictUndefined, autoescape=False)
-    content = environment.from_string(_TEMPLATE).render(card_data=card_data.to_yaml(), **context)
+    template = resources.files("spunge_merge").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+    content = environment.from_string(template).render(card_data=card_data.to_yaml(), **context)
     # Collapse runs of blank lines left by optional sections, outside fenced code (recipes stay exact).
     parts = content.split("```")
     parts[::2] = [re.sub(r"\n{3,}", "\n\n", part) for part in parts[::2]]
     return ModelCard("```".join(parts))
-
-_TEMPLATE = """{% macro table(t) %}
-| {{ t.header | join(" | ") }} |
-|{{ "---|" * (t.header | length) }}
-{% for row in t.rows %}
-| {{ row | join(" | ") }} |
-{% endfor %}
-
-{% endmacro %}
----
-{{ card_data }}
----
-
-# {{ title }}
-
-An unlearned version of {% if base.link %}[{{ base.name }}]({{ base.link }}){% else %}{{ base.name }}{% endif %}, \
-made with spunge following *Split, Unlearn, Merge* ([SPUNGE, Kadhe et al., 2024]({{ paper_url }})): \
-the unlearning data was **split** by {% if columns %}the attribute `{{ columns | join("`, `") }}`{% else %}an attribute{% endif %}\
-{% if runs %} into {{ runs | length }} subset{{ "s" if runs | length != 1 else "" }}{% endif %}, \
-each subset was **unlearned** separately from the same base model{% if methods %} with {{ methods | join(", ") | upper }}{% endif %}, \
-and the unlearned models were **merged**{% if merge.method %} with {{ merge.method | upper }}{% endif %} through \
-[mergekit](https://github.com/arcee-ai/mergekit) into this one model.
-
-{% if base.note %}
-Base model: {{ base.note }}.
-
-{% endif %}
-> **Content warning.** Data used to unlearn toxicity (e.g. hate speech) is offensive. This model is meant for research on \
-unlearning and safety; unlearning reduces the unlearned behaviour but does not guarantee its absence.
-
-## What was unlearned
-
-{% if runs %}
-{{ runs | length }} subset{{ "s" if runs | length != 1 else "" }} of the forget data\
-{% if columns %}, one per value of `{{ columns | join("`, `") }}`{% endif %}\
-{% if total_rows %}, {{ total_rows }} texts in all{% endif %}\
-{% if data_sources %}, taken from {{ data_sources | join(", ") }}{% endif %}\
-{% if filters %} (rows kept where {{ filters | join(" and ") }}){% endif %}:
-
-{{ table(runs_table) }}
-{% else %}
-The directory records no unlearning runs.
-
-{% endif %}
-## Unlearning method
-
-{% for text in method_descriptions %}
-{{ text }}
-
-{% endfor %}
-{% for t in config_tables %}
-Hyperparameters ({{ t.method | upper }}):
-
-{{ table(t) }}
-{% else %}
-No hyperparameters were recorded.
-
-{% endfor %}
-## Merge
-
-{% if merge.method %}
-Method: `{{ merge.method }}`. {{ merge_description }}
-
-{% else %}
-The merge method was not recorded.
-
-{% endif %}
-{% if merge.parameters %}
-{{ table({"header": ["parameter", "value"], "rows": merge.parameters}) }}
-{% endif %}
-{% if recipe_models_table %}
-{{ table(recipe_models_table) }}
-{% endif %}
-{% if recipe_text %}
-The mergekit recipe (`mergekit_config.yml`; model paths are relative to the folder that held the runs, see its comments):
-
-```yaml
-{{ recipe_text }}
-```
-
-{% endif %}
-## Evaluation
-
-{% for block in evaluations %}
-{% if evaluations | length > 1 or block.folder != "." %}
-### `{{ block.folder }}`{% if block.models %} ({{ block.models | join(", ") }}){% endif %}
-
-
-{% endif %}
-{% for section in block.sections %}
-{% if section.markdown %}
-{{ section.markdown }}
-
-*(from `{{ section.file }}`)*
-
-{% else %}
-#### {{ section.name | capitalize }} (`{{ section.file }}`)
-
-{% endif %}
-{% for t in section.tables %}
-{% if t.title %}
-*{{ t.title }}*
-
-{% endif %}
-{{ table(t) }}
-{% endfor %}
-{% endfor %}
-{% for plot in block.plots %}
-![{{ plot.name }}]({{ plot.file }})
-
-{% endfor %}
-{% else %}
-No `spunge eval` results were in the model directory when this card was written \
-(run `spunge eval` with its output inside the model directory, e.g. `eval/`, and push again to add them).
-
-{% endfor %}
-## How to use
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model_id = "{{ load_id }}"
-tokenizer = AutoTokenizer.from_pretrained(model_id)
-model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto")
-{% if has_chat_template %}
-messages = [{"role": "user", "content": "Write one sentence about your neighbours."}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-{% else %}
-inputs = tokenizer("My neighbours are", return_tensors="pt")
-{% endif %}
-output = model.generate(**inputs, max_new_tokens=40, do_sample=False)
-print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```
-
-The weights are plain safetensors in the base model's architecture: anything that loads the base model loads this one.
-
-## Intended use and limitations
-
-- For research on unlearning and model safety. Evaluate the model on your own data before any other use.
-- Unlearning is measured, not proven: the scores above come from the evaluations listed and may not \
-transfer to other prompts, languages or decoding settings.
-- The model keeps the base model's licence, limitations and biases.
-
-## Provenance
-
-Made with spunge {{ provenance.spunge_version or "(version not recorded)" }}\
-{% if provenance.fingerprint %}; merge fingerprint `{{ provenance.fingerprint[:16] }}`{% endif %}.\
-{% if provenance.versions %} Libraries: {{ provenance.versions }}.{% endif %}
-
-`spunge.json` in this repository holds the full record (settings, data hashes, library versions).
-
-## Citation
-
-```bibtex
-@article{kadhe2024split,
-  title   = {Split, Unlearn, Merge: Leveraging Data Attributes for More Effective Unlearning in LLMs},
-  author  = {Kadhe, Swanand Ravindra and Ahmed, Farhan and Wei, Dennis and Baracaldo, Nathalie and Padhi, Inkit},
-  journal = {arXiv preprint arXiv:2406.11780},
-  year    = {2024}
-}
-```
-"""

@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from spunge_merge.card import MERGEKIT_RECIPE, PORTABLE_RECIPE, build_model_card
+from spunge_merge.card import MERGEKIT_RECIPE, PORTABLE_RECIPE, build_model_card, is_excluded
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text
 
@@ -80,15 +81,6 @@ class PushPlan:
 
 
 # --------------------------------------------------------------------------- the checks
-
-
-def is_excluded(relative: str, exclude: list[str] | tuple[str, ...]) -> bool:
-    """Hidden paths (`.git`, `.cache`, temporaries) and paths matching an --exclude glob (or under a matching folder)."""
-    parts = PurePosixPath(relative).parts
-    if any(part.startswith(".") for part in parts):
-        return True
-    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return any(fnmatch(prefix, pattern.strip("/")) for pattern in exclude for prefix in prefixes)
 
 
 def collect_files(model_dir: Path, exclude: list[str] | tuple[str, ...] = ()) -> list[Path]:
@@ -220,7 +212,7 @@ def eval_repo_paths(eval_dirs: list[str | Path] | None, model_dir: Path) -> dict
 
 def plan_push(model_dir: str | Path, repo_id: str, *, allow_pickle: bool = False, datasets: list[str] | None = None,
               exclude: list[str] | None = None, eval_dirs: list[str | Path] | None = None,
-              known_secrets: tuple[str, ...] = ()) -> PushPlan:
+              known_secrets: tuple[str, ...] = (), method_descriptions: Mapping[str, str] | None = None) -> PushPlan:
     """Run every check on `model_dir` and return what would be committed; SpungeError lists all problems."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -243,7 +235,8 @@ def plan_push(model_dir: str | Path, repo_id: str, *, allow_pickle: bool = False
     weights, weight_problems, metadata_texts = _check_weights(model_dir, files, allow_pickle)
     problems += weight_problems
 
-    card = build_model_card(model_dir, repo_id=repo_id, datasets=datasets, exclude=exclude, extra_eval=extra_eval).content
+    card = build_model_card(model_dir, repo_id=repo_id, datasets=datasets, exclude=exclude, extra_eval=extra_eval,
+                            method_descriptions=method_descriptions).content
     uploads: list[UploadFile] = []
     for path, name in sources:
         if name == "README.md":
@@ -394,7 +387,8 @@ def resolve_token(token: str | None = None) -> str:
 def push_model(model_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
                create_pr: bool = False, commit_message: str | None = None, dry_run: bool = False,
                allow_pickle: bool = False, token: str | None = None, datasets: list[str] | None = None,
-               exclude: list[str] | None = None, eval_dirs: list[str | Path] | None = None) -> dict[str, Any]:
+               exclude: list[str] | None = None, eval_dirs: list[str | Path] | None = None,
+               method_descriptions: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Check `model_dir`, regenerate its model card, and commit it to `repo_id` in one commit.
 
     Returns what was (or, with `dry_run`, would be) uploaded: `files` [{path, size, storage}],
@@ -415,7 +409,7 @@ def push_model(model_dir: str | Path, repo_id: str, *, private: bool = False, re
         token = resolve_token(token)
         known = (token,)
     plan = plan_push(model_dir, repo_id, allow_pickle=allow_pickle, datasets=datasets, exclude=exclude, eval_dirs=eval_dirs,
-                     known_secrets=known)
+                     known_secrets=known, method_descriptions=method_descriptions)
     result: dict[str, Any] = {
         "repo_id": repo_id, "private": private, "revision": revision, "create_pr": create_pr, "dry_run": dry_run,
         "files": [{"path": f.path_in_repo, "size": f.size, "storage": f.storage} for f in plan.files],

@@ -2,10 +2,13 @@
 
     __main__
     → cli, docgen
-      → pipeline, demo
-        → unlearn | merge | evaluate | hub          (peers: no imports between them)
-          → runs, card → models, data, runtime, tensorfiles
-            → provenance, config → fsutil → errors, the package root (version)
+      → demo                                        (the demo command: a pipeline and its seed table)
+        → pipeline
+          → unlearn | merge | evaluate | hub        (peers: no imports between them)
+            → runs, card                            (what a run directory is; the model card)
+              → data                                (loading, split, and discovery, which embeds or classifies)
+                → models, runtime, tensorfiles
+                  → provenance, config → fsutil → errors, the package root (version)
 
 A module may import from its own unit (a package or a top-level module) and from any unit on a
 lower line, never from a unit on its own line or above. The test reads every `import` statement
@@ -26,10 +29,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "spunge_merge"
 LAYERS: list[set[str]] = [
     {"__main__"},
     {"cli", "docgen"},
-    {"pipeline", "demo"},
+    {"demo"},
+    {"pipeline"},
     {"unlearn", "merge", "evaluate", "hub"},
     {"runs", "card"},
-    {"models", "data", "runtime", "tensorfiles"},
+    {"data"},
+    {"models", "runtime", "tensorfiles"},
     {"provenance", "config"},
     {"fsutil"},
     {"errors", "__init__"},

@@ -492,7 +492,7 @@ def test_bad_input_is_refused_with_nothing_written(case, expected, tiny_model, r
 @pytest.mark.parametrize("kernel_copy", [True, False])
 def test_adjacent_tensors_are_copied_in_one_call_and_land_intact(tmp_path, monkeypatch, kernel_copy):
     from spunge_merge.merge import shards
-    from spunge_merge.merge.tensorfiles import model_slots
+    from spunge_merge.tensorfiles import model_slots
 
     torch.manual_seed(0)
     source = {f"t{i}": torch.randn(8 + i, 5) for i in range(6)}

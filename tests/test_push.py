@@ -29,6 +29,7 @@ from spunge_merge.card import build_model_card
 from spunge_merge.cli import app
 from spunge_merge.hub import find_secrets, human_size, path_replacements, push_model, scrub_local_paths
 from spunge_merge.provenance import write_provenance
+from spunge_merge.unlearn import registry
 
 TOKEN = "hf_" + "TestTokenForTheFakeHubOnly" + "x" * 8  # 34 characters after hf_, like a real token
 OTHER_TOKEN = "hf_" + "y" * 34
@@ -263,7 +264,8 @@ def test_dry_run_lists_files_and_card_without_token_or_network(hub_env, merged_d
     assert f"lfs      {human_size(size)}  model.safetensors" in result.output
     assert f"Would commit {len(_expected_files(merged_dir))} files" in result.output
     card_text = result.output.split("----- README.md (model card) -----\n")[1].split("----- end of README.md -----")[0]
-    local_card = build_model_card(merged_dir, repo_id=REPO).content  # published without this machine's paths
+    local_card = build_model_card(merged_dir, repo_id=REPO, method_descriptions=registry.descriptions()).content
+    # published without this machine's paths
     assert card_text == scrub_local_paths(local_card, path_replacements(merged_dir)) and str(merged_dir.parent) not in card_text
     assert "Dry run: nothing was uploaded." in result.output
 
@@ -483,8 +485,9 @@ def test_card_describes_runs_recipe_and_eval_results(merged_dir):
     (eval_dir / "harness.json").write_text(json.dumps(harness))
     (eval_dir / "compare.md").write_text("# Base vs merged\n\n| model | toxic |\n|---|---|\n| base | 0.12 |\n")
     (eval_dir / "radar.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    card = build_model_card(merged_dir, repo_id=REPO)
+    card = build_model_card(merged_dir, repo_id=REPO, method_descriptions=registry.descriptions())
     text = card.text
+    assert registry.get_method("tvn").description in text  # the method described from its registry record
 
     recipe = (merged_dir / "mergekit_config.yml").read_text()
     assert f"```yaml\n{recipe.rstrip()}\n```" in text  # the exact recipe

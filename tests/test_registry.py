@@ -27,8 +27,8 @@ from spunge_merge.cli import app
 from spunge_merge.config import FrozenConfig
 from spunge_merge.data.loading import is_split_dir, load_subsets
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
+from spunge_merge.runs import execute_run, run_subsets
 from spunge_merge.unlearn import registry
-from spunge_merge.unlearn.base import execute_run, run_subsets
 from spunge_merge.unlearn.outputs import delta_to_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,6 +159,8 @@ def test_a_method_registered_in_a_test_goes_through_the_whole_pipeline(shrink, t
     values = {label: r["perplexity"] for label, r in ppl.items()}
     assert values["spunge"] == pytest.approx(values["baseline-lam1"], rel=1e-5)  # the same weights, the same figure
     assert values["spunge"] != values["base"]
+    # The merged model's card describes the method from its record (the pipeline hands the card the registry's text).
+    assert SHRINK.description in (run_dir / "merge" / "spunge" / "README.md").read_text(encoding="utf-8")
 
 
 def test_generated_command_trains_the_registered_method(shrink, tiny_model, tmp_path):
@@ -200,10 +202,16 @@ def test_an_unknown_method_is_refused_in_one_line_before_anything_is_written(tin
     assert not (tmp_path / "run").exists()
 
 
-def test_the_card_describes_the_method_from_its_record(shrink):
-    from spunge_merge.card import method_descriptions
+def test_the_card_describes_the_methods_it_is_given_and_no_other(shrink, tmp_path):
+    from spunge_merge.card import build_model_card
 
-    assert method_descriptions(["shrink", "tvn", "not-registered"]) == [SHRINK.description, registry.get_method("tvn").description]
+    described = registry.descriptions()
+    assert described["shrink"] == SHRINK.description and described["tvn"] == registry.get_method("tvn").description
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "spunge.json").write_text(json.dumps({"kind": "merged-model", "runs": [{"method": "shrink"}, {"method": "other"}]}))
+    text = build_model_card(model, repo_id="me/m", method_descriptions=described).content
+    assert SHRINK.description in text and registry.get_method("tvn").description not in text
 
 
 # What comparing a value against a method's name looks like in source.

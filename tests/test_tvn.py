@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from spunge_merge.cli import app
 from spunge_merge.data.split import split_dataset
 from spunge_merge.errors import SpungeError
+from spunge_merge.runs import list_runs
 from spunge_merge.unlearn import lm_data, registry
 from spunge_merge.unlearn import tvn as tvn_module
-from spunge_merge.unlearn.base import list_runs
 from spunge_merge.unlearn.tvn import TVNConfig, negate_output, negate_run, train_tvn
 
 runner = CliRunner()

@@ -51,7 +51,7 @@ app = typer.Typer(
 )
 unlearn_app = typer.Typer(cls=UnlearnGroup, help="Unlearn a forget set (or each subset of a split) from a base model, "
                           "with one of the registered methods.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluate models: toxicity, fluency, perplexity, harness, comparisons.",
+eval_app = typer.Typer(help="Evaluate models: toxicity, fluency, perplexity, knowledge, harness, comparisons.",
                        no_args_is_help=True)
 app.add_typer(unlearn_app, name="unlearn")
 app.add_typer(eval_app, name="eval")

@@ -12,6 +12,7 @@ import yaml
 
 from spunge_merge.errors import SpungeError
 from spunge_merge.merge.settings import MERGE_DTYPES
+from spunge_merge.unlearn import registry
 
 _OPTION_NAMES = {"lam": "--lambda", "param": "--param"}
 _RUN_OPTIONS = ("base", "method", "density", "weight", "lam", "normalize", "dtype", "param", "recipe_out", "dry_run")
@@ -97,7 +98,7 @@ def merge_command(
         if clashing:
             raise SpungeError(f"--recipe takes the models and parameters from the recipe; drop {', '.join(clashing)}")
         result = merge_recipe(recipe, out, cuda=cuda, force=force, seed=seed, shard_size=shard_bytes, views_dir=views_dir,
-                              progress=progress)
+                              progress=progress, method_descriptions=registry.descriptions())
     else:
         if not base:
             raise SpungeError("--base is required (the model the runs were unlearned from), unless --recipe is given")
@@ -106,7 +107,8 @@ def merge_command(
         result = merge_runs(base, runs, out, method=method, density=list(density) if density else None,
                             weight=list(weight) if weight else None, lam=lam, normalize=normalize, dtype=dtype,
                             parameters=_parameters(param), cuda=cuda, force=force, recipe_out=recipe_out, dry_run=dry_run,
-                            seed=seed, shard_size=shard_bytes, views_dir=views_dir, progress=progress)
+                            seed=seed, shard_size=shard_bytes, views_dir=views_dir, progress=progress,
+                            method_descriptions=registry.descriptions())
         if dry_run:
             typer.echo(result.read_text(encoding="utf-8"), nl=False)
             typer.echo(f"Wrote the recipe to {result} (run it with: spunge merge --recipe {result} --out {out})", err=True)

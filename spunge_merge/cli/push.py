@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from spunge_merge.hub import HUB_FILE_LIMIT, human_size, push_model
+from spunge_merge.unlearn import registry
 
 
 def push_command(
@@ -43,7 +44,7 @@ def push_command(
     result = push_model(model_dir, repo, private=private, revision=revision, create_pr=create_pr,
                         commit_message=commit_message, dry_run=dry_run, allow_pickle=allow_pickle,
                         datasets=list(dataset) or None, exclude=list(exclude) or None,
-                        eval_dirs=list(eval_dir) or None)
+                        eval_dirs=list(eval_dir) or None, method_descriptions=registry.descriptions())
     target = f"a pull request against {revision or 'main'}" if create_pr else f"branch {revision or 'main'}"
     visibility = " (private if new)" if private else ""
     verb = "Would commit" if dry_run else "Committed"

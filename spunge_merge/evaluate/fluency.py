@@ -80,7 +80,7 @@ def evaluate_fluency(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Perplexity of the non-empty generations of `generations_file` under the judge LM."""
-    from spunge_merge.unlearn.base import pick_device, pick_dtype
+    from spunge_merge.runtime import pick_device, pick_dtype
 
     generations_file = Path(generations_file)
     out = Path(out)

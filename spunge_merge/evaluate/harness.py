@@ -111,7 +111,7 @@ def evaluate_harness(
     force: bool = False,
 ) -> dict[str, Any]:
     """Run lm_eval tasks on `model` (see module docstring); returns what `harness.json` holds."""
-    from spunge_merge.unlearn.base import pick_device, pick_dtype
+    from spunge_merge.runtime import pick_device, pick_dtype
 
     names = parse_tasks(tasks)
     include = Path(include_path).expanduser().resolve() if include_path is not None else None

@@ -109,7 +109,7 @@ class HFClassifierJudge:
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from spunge_merge.unlearn.base import pick_device
+        from spunge_merge.runtime import pick_device
 
         self.ref = str(ref)
         self.path = _locate_classifier(self.ref, allow_pickle=allow_pickle)

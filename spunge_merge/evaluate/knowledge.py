@@ -109,7 +109,7 @@ def complete(model_dir: ResolvedModel, prompts: list[str], *, max_new_tokens: in
     import torch
     from transformers import GenerationConfig
 
-    from spunge_merge.unlearn.base import pick_device, pick_dtype
+    from spunge_merge.runtime import pick_device, pick_dtype
 
     torch_device = pick_device(device)
     tokenizer = load_tokenizer(model_dir)
@@ -159,7 +159,7 @@ def option_logliks(model_dir: ResolvedModel, rows: list[dict[str, Any]], *, batc
     apart and joined, as the LM Evaluation Harness does)."""
     import torch
 
-    from spunge_merge.unlearn.base import pick_device, pick_dtype
+    from spunge_merge.runtime import pick_device, pick_dtype
 
     torch_device = pick_device(device)
     tokenizer = load_tokenizer(model_dir)

@@ -128,7 +128,7 @@ def evaluate_perplexity(
 ) -> dict[str, Any]:
     """Perplexity of `model` on the texts of `data` (a .jsonl/.json/.csv/.parquet/.txt file)."""
     from spunge_merge.errors import SpungeError
-    from spunge_merge.unlearn.base import pick_device, pick_dtype
+    from spunge_merge.runtime import pick_device, pick_dtype
 
     cfg = build_config(PerplexityConfig, overrides={"max_length": max_length, "stride": stride, "max_texts": max_texts,
                                                     "text_column": text_column, "min_chars": min_chars,

@@ -151,7 +151,7 @@ def evaluate_toxicity(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate, judge and aggregate (see module docstring); returns what `toxicity.json` holds."""
-    from spunge_merge.unlearn.base import pick_device, pick_dtype, seed_everything
+    from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
 
     cfg = build_config(ToxicityConfig, overrides={
         "groups": groups, "n_per_group": n_per_group, "threshold": threshold, "max_new_tokens": max_new_tokens,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,10 @@ from spunge_merge.merge.recipe import (
 )
 from spunge_merge.merge.runner import MERGED_KIND, RECIPE_FILE, MergeStats, check_output, merge_options, run_recipe_into
 from spunge_merge.merge.settings import check_recipe_ranges, merge_settings
-from spunge_merge.merge.tensorfiles import model_slots
 from spunge_merge.merge.views import describe_model_dir, model_for_run, model_identity
 from spunge_merge.models import ALIASES, ResolvedModel, resolve_model
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
+from spunge_merge.tensorfiles import model_slots
 
 DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes per output shard, as mergekit's --out-shard-size default
 MERGE_FORMAT = 1
@@ -58,6 +59,7 @@ def merge_runs(
     shard_size: int = DEFAULT_SHARD_SIZE,
     views_dir: str | Path | None = None,
     progress: bool = True,
+    method_descriptions: Mapping[str, str] | None = None,
 ) -> Path:
     """Merge per-attribute runs of `base` into `out`; returns `out` (the recipe's path with `dry_run`).
 
@@ -66,7 +68,8 @@ def merge_runs(
     the default: density 0.2 and lambda 1.0 (TIES paper), weight 1.0, normalize as the method's
     default (true for ties: the mean over the models agreeing with the elected sign). density and
     weight take one value for all runs or one per run. `parameters` adds mergekit parameters
-    (e.g. {"int8_mask": True}). `dtype` defaults to the base's weights' dtype.
+    (e.g. {"int8_mask": True}). `dtype` defaults to the base's weights' dtype. `method_descriptions`
+    (method name → paragraph, from the caller's method registry) goes into the local model card.
     """
     settings = merge_settings(method=method, density=density, weight=weight, lam=lam, normalize=normalize, dtype=dtype,
                               parameters=dict(parameters or {}))
@@ -98,7 +101,8 @@ def merge_runs(
     if recipe_out:
         atomic_write_text(recipe_out, text)
     return _execute(config, text, out, base=resolved, cuda=cuda, force=force, seed=seed, shard_size=shard_size,
-                    progress=progress, source="recipe")
+                    progress=progress, source="recipe",
+                    method_descriptions=method_descriptions)
 
 
 def merge_recipe(
@@ -111,6 +115,7 @@ def merge_recipe(
     shard_size: int = DEFAULT_SHARD_SIZE,
     views_dir: str | Path | None = None,
     progress: bool = True,
+    method_descriptions: Mapping[str, str] | None = None,
 ) -> Path:
     """Run a mergekit recipe file into `out`; returns `out`.
 
@@ -130,7 +135,7 @@ def merge_recipe(
     if config.base_model is not None and Path(config.base_model.model.path).is_dir():
         base = ResolvedModel(str(config.base_model), Path(config.base_model.model.path).resolve())
     return _execute(config, text, Path(out), base=base, cuda=cuda, force=force, seed=seed, shard_size=shard_size,
-                    progress=progress, source=str(recipe))
+                    progress=progress, source=str(recipe), method_descriptions=method_descriptions)
 
 
 def _weights_dtype(slots) -> str:
@@ -209,7 +214,7 @@ def _local_dir(ref) -> Path:
 
 
 def _execute(config, text: str, out: Path, *, base: ResolvedModel | None, cuda: bool, force: bool, seed: int | None,
-             shard_size: int, progress: bool, source: str) -> Path:
+             shard_size: int, progress: bool, source: str, method_descriptions: Mapping[str, str] | None = None) -> Path:
     local_dirs = {ref: _local_dir(ref) for ref in config.referenced_models()}
     slots = {ref: model_slots(path) for ref, path in local_dirs.items()}  # every input readable and intact before any work
     key = fingerprint(format=MERGE_FORMAT, recipe=config.model_dump(mode="json", exclude_none=True),
@@ -228,7 +233,7 @@ def _execute(config, text: str, out: Path, *, base: ResolvedModel | None, cuda: 
         atomic_write_text(tmp / RECIPE_FILE, text)
         _write_portable(tmp, text, local_dirs, base_record)
         _write_record(tmp, config, text, key, base_record, runs, stats, seed=seed, shard_size=shard_size, cuda=cuda)
-        _write_card(tmp, out)
+        _write_card(tmp, out, method_descriptions)
     log.info("merged %d tensors (%d computed, %d copied from the base) in %.1f s into %s",
              stats.tensors, stats.computed, stats.copied, stats.seconds, out)
     return out
@@ -276,11 +281,12 @@ def _write_record(tmp: Path, config, text: str, key: str, base_record, runs: lis
     )
 
 
-def _write_card(tmp: Path, out: Path) -> None:
+def _write_card(tmp: Path, out: Path, method_descriptions: Mapping[str, str] | None) -> None:
     """README.md from the card builder of `spunge push` (so the local and the Hub card are one)."""
     from spunge_merge.card import build_model_card
 
-    build_model_card(tmp, repo_id=out.name).save(tmp / "README.md")  # no local absolute path in a card
+    card = build_model_card(tmp, repo_id=out.name, method_descriptions=method_descriptions)
+    card.save(tmp / "README.md")  # no local absolute path in a card
 
 
 __all__ = ["DEFAULT_SHARD_SIZE", "merge_recipe", "merge_runs"]

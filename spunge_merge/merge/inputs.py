@@ -18,10 +18,10 @@ from typing import Any
 
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import read_json
-from spunge_merge.merge.tensorfiles import WEIGHTS_INDEX
 from spunge_merge.models import ResolvedModel
 from spunge_merge.provenance import read_provenance
-from spunge_merge.unlearn.base import RUNS_MANIFEST, list_runs
+from spunge_merge.runs import RUNS_MANIFEST, list_runs
+from spunge_merge.tensorfiles import WEIGHTS_INDEX
 
 PEFT_ADAPTER = "peft-adapter"
 TENSOR_DELTA = "tensor-delta"

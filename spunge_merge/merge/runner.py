@@ -39,9 +39,9 @@ from spunge_merge.fsutil import is_nonempty_dir
 from spunge_merge.merge.inputs import SIDE_FILES
 from spunge_merge.merge.pruning import linear_time_pruning
 from spunge_merge.merge.shards import ShardWriter, dtype_code, header_bound
-from spunge_merge.merge.tensorfiles import TensorSlot, has_negative_zero, model_slots, read_chunks, same_bytes
 from spunge_merge.merge.views import views_over
 from spunge_merge.provenance import is_complete
+from spunge_merge.tensorfiles import TensorSlot, has_negative_zero, model_slots, read_chunks, same_bytes
 
 MERGED_KIND = "merged-model"
 RECIPE_FILE = "mergekit_config.yml"

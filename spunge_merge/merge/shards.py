@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge.fsutil import write_json
-from spunge_merge.merge.tensorfiles import DTYPE_SIZES, WEIGHTS_INDEX, TensorSlot, read_chunks
+from spunge_merge.tensorfiles import DTYPE_SIZES, WEIGHTS_INDEX, TensorSlot, read_chunks
 
 _TORCH_CODES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
@@ -202,7 +202,7 @@ def copy_file_bytes(source_file: str, start: int, handle, destination: int, nbyt
 
 def write_single_tensor_file(path: Path, slot, buffer: bytearray) -> bool:
     """A safetensors file holding one tensor copied by byte range from another file; True if it holds a -0.0."""
-    from spunge_merge.merge.tensorfiles import has_negative_zero
+    from spunge_merge.tensorfiles import has_negative_zero
 
     entry = {"dtype": slot.dtype, "shape": list(slot.shape), "data_offsets": [0, slot.nbytes]}
     header = json.dumps({"__metadata__": _METADATA, slot.name: entry}, separators=(",", ":")).encode("utf-8")

@@ -51,9 +51,9 @@ from spunge_merge.merge.inputs import (
     check_same_base,
 )
 from spunge_merge.merge.shards import ShardWriter, header_bound, write_single_tensor_file
-from spunge_merge.merge.tensorfiles import WEIGHTS_INDEX, TensorSlot, check_with_library, model_slots, read_header, weight_files
 from spunge_merge.models import ResolvedModel, cache_root
 from spunge_merge.provenance import fingerprint, is_complete, read_provenance, write_provenance
+from spunge_merge.tensorfiles import WEIGHTS_INDEX, TensorSlot, check_with_library, model_slots, read_header, weight_files
 
 VIEW_KIND = "merge-view"
 POOL_KIND = "merge-base-pool"

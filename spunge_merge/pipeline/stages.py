@@ -358,7 +358,7 @@ def unlearn_works(ctx: Context, subsets: list[Subset]) -> list[Work]:
 
 def _write_runs_manifest(ctx: Context, subsets: list[Subset]) -> None:
     """`unlearn/manifest.json` listing every run, in the exact form `spunge unlearn` writes."""
-    from spunge_merge.unlearn.base import RunOutcome, run_subsets
+    from spunge_merge.runs import RunOutcome, run_subsets
 
     run_subsets(subsets, ctx.unlearn_dir, method=ctx.pipeline.unlearn.method,
                 run_one=lambda subset, path: RunOutcome(name=subset.name, path=path, skipped=True), split_source=ctx.split_dir)
@@ -514,7 +514,8 @@ def merge_task(*, model_ref: str, model_path: str, runs: list[str], out: str, se
         cuda = torch.cuda.is_available()
     merge_runs(resolved_model(model_ref, model_path), runs, out, method=settings["method"], density=settings.get("density"),
                weight=settings.get("weight"), lam=lam, normalize=settings.get("normalize"), dtype=settings.get("dtype"),
-               parameters=settings.get("parameters"), cuda=cuda, force=force, views_dir=views_dir, progress=False)
+               parameters=settings.get("parameters"), cuda=cuda, force=force, views_dir=views_dir, progress=False,
+               method_descriptions=registry.descriptions())
     return {"path": out}
 
 
@@ -648,7 +649,8 @@ def push_task(*, model_dir: str, settings: dict[str, Any], record: str) -> dict[
 
     result = push_model(model_dir, settings["repo_id"], private=settings["private"], revision=settings["revision"],
                         create_pr=settings["create_pr"], commit_message=settings["commit_message"], dry_run=settings["dry_run"],
-                        datasets=settings.get("datasets"), exclude=settings.get("exclude"))
+                        datasets=settings.get("datasets"), exclude=settings.get("exclude"),
+                        method_descriptions=registry.descriptions())
     write_json(record, result)
     return {"url": result.get("commit_url") or result.get("pr_url"), "dry_run": settings["dry_run"]}
 

@@ -94,8 +94,8 @@ def delta_to_model(base: ResolvedModel, run: Path, lam: float | None, out: Path,
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from spunge_merge.merge.tensorfiles import weight_files
     from spunge_merge.models import check_safetensors
+    from spunge_merge.tensorfiles import weight_files
 
     run = Path(run)
     if not (run / DELTA_FILE).is_file():

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.merge.tensorfiles import weight_files
 from spunge_merge.models import ResolvedModel
+from spunge_merge.tensorfiles import weight_files
 
 
 def model_depth(config) -> int:

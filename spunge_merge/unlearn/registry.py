@@ -80,7 +80,7 @@ class UnlearningMethod:
       docs table, its constraints the one definition of the valid range. It has a `seed: int` field.
     - `retain`: whether a run needs retain data ("required"), may use it ("optional") or takes none.
     - `output_kind(config)`: the kind of run directory `train` writes with these settings.
-    - `train(request)`: the runs, through `unlearn.base.execute_run`/`run_subsets` (resumable, atomic);
+    - `train(request)`: the runs, through `runs.execute_run`/`run_subsets` (resumable, atomic);
       returns their `RunOutcome`s. `request.config` may be a mapping: validate it with `config_class`.
     - `planned_steps(config, forget_texts, retain_texts)`: optimizer steps one run will take (texts,
       not counts: a method may drop some, e.g. RMU's `min_chars`).
@@ -157,3 +157,8 @@ def _builtin_names() -> list[str]:
 def all_methods() -> list[UnlearningMethod]:
     """Every method's record, built-in ones imported."""
     return [get_method(name) for name in method_names()]
+
+
+def descriptions() -> dict[str, str]:
+    """Every method's model-card paragraph by name (the card and the Hub push take this mapping)."""
+    return {method.name: method.description for method in all_methods()}

@@ -45,18 +45,12 @@ from pydantic import Field, field_validator, model_validator
 from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
 from spunge_merge.errors import SpungeError
-from spunge_merge.merge.tensorfiles import weight_files
 from spunge_merge.models import ResolvedModel, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
+from spunge_merge.runs import RunOutcome, execute_run, run_subsets
+from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
+from spunge_merge.tensorfiles import weight_files
 from spunge_merge.unlearn import registry
-from spunge_merge.unlearn.base import (
-    RunOutcome,
-    execute_run,
-    pick_device,
-    pick_dtype,
-    run_subsets,
-    seed_everything,
-)
 from spunge_merge.unlearn.outputs import delta_to_model
 from spunge_merge.unlearn.partial_model import load_partial_decoder, model_depth
 from spunge_merge.unlearn.registry import BaselineBudget, TrainRequest, UnlearningMethod

@@ -30,17 +30,9 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, copy_file, write_json
 from spunge_merge.models import ALIASES, ResolvedModel, check_safetensors, load_causal_lm, load_tokenizer, resolve_model
 from spunge_merge.provenance import PROVENANCE_FILE, fingerprint, is_complete, read_provenance, write_provenance
+from spunge_merge.runs import RUNS_MANIFEST, RunOutcome, execute_run, list_runs, run_subsets
+from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
 from spunge_merge.unlearn import budget, lm_data, registry
-from spunge_merge.unlearn.base import (
-    RUNS_MANIFEST,
-    RunOutcome,
-    execute_run,
-    list_runs,
-    pick_device,
-    pick_dtype,
-    run_subsets,
-    seed_everything,
-)
 from spunge_merge.unlearn.outputs import apply_adapter
 from spunge_merge.unlearn.registry import TrainRequest, UnlearningMethod
 

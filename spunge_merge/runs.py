@@ -1,15 +1,14 @@
-"""What every unlearning method shares: devices and dtypes, seeding, and the per-subset fan-out
-with resume. (Methods are declared in `registry`.)
+"""Run directories: what one unlearning run is on disk, and the per-subset fan-out with resume.
 
-A method turns (base model, forget subset, settings) into a run directory holding its
-result and a `spunge.json`. `run_subsets` calls it once per subset of a split directory,
-always from the same base model, skipping runs that are already complete, and writes
-`DIR/manifest.json` listing the runs for the merge stage.
+A method turns (base model, forget subset, settings) into a run directory holding its result and a
+`spunge.json`. `run_subsets` calls it once per subset of a split directory, always from the same base
+model, skipping runs that are already complete, and writes `DIR/manifest.json` listing the runs;
+`list_runs` reads that listing back for the merge and the evaluations. It sits below both `unlearn/`
+and `merge/` so that neither has to import the other to agree on what a run directory is.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,44 +21,6 @@ from spunge_merge.fsutil import atomic_output_dir, is_nonempty_dir, read_json, w
 from spunge_merge.provenance import is_complete, read_provenance
 
 RUNS_MANIFEST = "manifest.json"
-
-
-def pick_device(spec: str = "auto"):
-    """`cpu`, `cuda`, `cuda:N`, `mps` or `auto` (cuda when available)."""
-    import torch
-
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise SpungeError(f"device '{spec}' requested but CUDA is not available")
-    try:
-        return torch.device(spec)
-    except RuntimeError as exc:
-        raise SpungeError(f"unknown device '{spec}' (use cpu, cuda, cuda:N or auto)") from exc
-
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
-
-
-def pick_dtype(spec: str, device) -> Any:
-    """`auto` is bf16 on CUDA and fp32 elsewhere; else float32/bfloat16/float16."""
-    import torch
-
-    if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if spec not in _DTYPES:
-        raise SpungeError(f"unknown dtype '{spec}' (use auto, float32, bfloat16, float16)")
-    return getattr(torch, _DTYPES[spec])
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass(frozen=True)
