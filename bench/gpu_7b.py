@@ -327,7 +327,7 @@ def work_plain(p: dict) -> dict:
 def _tensor(base_dir: Path, name: str):
     from safetensors import safe_open
 
-    from spunge_merge.merge.tensorfiles import weight_files
+    from spunge_merge.tensorfiles import weight_files
 
     with safe_open(str(weight_files(base_dir)[name]), framework="pt") as handle:
         return handle.get_tensor(name)
@@ -409,8 +409,8 @@ def work_merge(p: dict) -> dict:
     Writes its figures to p["json"] after each measurement (a timeout keeps what was measured)."""
     import importlib.util
 
-    from spunge_merge.merge.tensorfiles import weight_files
     from spunge_merge.models import resolve_model
+    from spunge_merge.tensorfiles import weight_files
 
     spec = importlib.util.spec_from_file_location("bench_merge", BENCH / "merge.py")
     bench_merge = importlib.util.module_from_spec(spec)

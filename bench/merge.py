@@ -261,8 +261,8 @@ def main() -> None:
     if threads is None:
         os.environ["OMP_NUM_THREADS"] = threads = "1"
 
-    from spunge_merge.merge.tensorfiles import model_slots
     from spunge_merge.models import resolve_model
+    from spunge_merge.tensorfiles import model_slots
 
     base = resolve_model("smollm2-135m")
     workdir = args.workdir
