@@ -53,11 +53,13 @@ def _constraints(field) -> str:
 
 def options_table(cls: type[BaseModel]) -> str:
     """A markdown table of a settings class: key / CLI option, default, range, meaning."""
-    rows = ["| key (`--option`) | default | range | meaning |", "|---|---|---|---|"]
+    rows = ["| key (option) | default | range | meaning |", "|---|---|---|---|"]
     for name, field in cls.model_fields.items():
         key = field.alias or name
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flags = ", ".join(f"`{flag}`" for flag in extra.get("cli_flags") or [f"--{key.replace('_', '-')}"])
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| `{key}` (`--{key.replace('_', '-')}`) | {_default(field)} | {_constraints(field)} | {description} |")
+        rows.append(f"| `{key}` ({flags}) | {_default(field)} | {_constraints(field)} | {description} |")
     return "\n".join(rows) + "\n"
 
 
