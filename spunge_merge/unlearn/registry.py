@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 OutputKind = Literal["peft-adapter", "tensor-delta", "full-checkpoint"]
 RetainNeed = Literal["required", "optional", "none"]
 
-BUILTIN_METHODS = ("tvn", "rmu")
+BUILTIN_METHODS = ("tvn", "rmu", "ga", "graddiff", "npo", "simnpo")
 
 
 @dataclass(frozen=True)
