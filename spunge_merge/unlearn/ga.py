@@ -21,6 +21,7 @@ def forget_sum(lp: SequenceLogProbs, reference, config: GAConfig):
     return -nll_sum(lp)
 
 
+OBJECTIVE = Objective(forget_sum=forget_sum, per="token")
 METHOD = register(loss_method(
     name="ga",
     summary="Gradient ascent on the forget NLL.",
@@ -28,5 +29,5 @@ METHOD = register(loss_method(
                 "--full, a delta of the chosen tensors.",
     config_class=GAConfig,
     retain="none",
-    objective=Objective(forget_sum=forget_sum, per="token"),
+    objective=OBJECTIVE,
 ))

@@ -25,6 +25,7 @@ def forget_sum(lp: SequenceLogProbs, reference, config: GradDiffConfig):
     return -nll_sum(lp)
 
 
+OBJECTIVE = Objective(forget_sum=forget_sum, per="token")
 METHOD = register(loss_method(
     name="graddiff",
     summary="Gradient ascent on the forget NLL plus descent on the retain NLL.",
@@ -32,5 +33,5 @@ METHOD = register(loss_method(
                 "the whole retain set beside the forget batches.",
     config_class=GradDiffConfig,
     retain="required",
-    objective=Objective(forget_sum=forget_sum, per="token"),
+    objective=OBJECTIVE,
 ))

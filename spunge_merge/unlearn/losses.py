@@ -37,8 +37,8 @@ class SequenceLogProbs:
 def sequence_logprobs(logits, labels) -> SequenceLogProbs:
     """log π(y|x) summed per sequence over the next-token predictions whose label is not IGNORE_INDEX.
 
-    Through `cross_entropy(reduction="none")` rather than a full log_softmax tensor: the same
-    numbers, without a second [batch, length, vocab] buffer.
+    Through `cross_entropy(reduction="none")`, the kernel transformers' own loss uses, rather than a
+    log_softmax tensor gathered by hand.
     """
     import torch.nn.functional as F
 
@@ -46,7 +46,9 @@ def sequence_logprobs(logits, labels) -> SequenceLogProbs:
     if shifted.element_size() < 4:  # bf16/fp16 logits: the softmax in fp32
         shifted = shifted.float()
     targets = labels[:, 1:]
-    nll = F.cross_entropy(shifted.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    # Rows of a 2-D [tokens, vocab] view: cross_entropy on the [batch, vocab, length] transpose is ~3× slower on CPU.
+    nll = F.cross_entropy(shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                          reduction="none").view(targets.shape)
     mask = targets != IGNORE_INDEX
     return SequenceLogProbs(total=-(nll * mask).sum(dim=-1), tokens=mask.sum(dim=-1).float())
 

@@ -30,6 +30,7 @@ def forget_sum(lp: SequenceLogProbs, reference, config: NPOConfig):
     return npo_terms(lp, reference, config.beta).sum()
 
 
+OBJECTIVE = Objective(forget_sum=forget_sum, per="sequence", reference=True)
 METHOD = register(loss_method(
     name="npo",
     summary="Negative preference optimization against the base model, plus an optional retain NLL.",
@@ -37,5 +38,5 @@ METHOD = register(loss_method(
                 "open-unlearning's NPO). π_ref is the base model, scored once per forget text with the adapter off.",
     config_class=NPOConfig,
     retain="optional",
-    objective=Objective(forget_sum=forget_sum, per="sequence", reference=True),
+    objective=OBJECTIVE,
 ))

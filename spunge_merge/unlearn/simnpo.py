@@ -29,6 +29,7 @@ def forget_sum(lp: SequenceLogProbs, reference, config: SimNPOConfig):
     return simnpo_terms(lp, config.beta, config.delta).sum()
 
 
+OBJECTIVE = Objective(forget_sum=forget_sum, per="sequence")
 METHOD = register(loss_method(
     name="simnpo",
     summary="SimNPO: length-normalised NPO with a margin and no reference model, plus an optional retain NLL.",
@@ -36,5 +37,5 @@ METHOD = register(loss_method(
                 "SimNPO). Needs no reference model.",
     config_class=SimNPOConfig,
     retain="optional",
-    objective=Objective(forget_sum=forget_sum, per="sequence"),
+    objective=OBJECTIVE,
 ))
