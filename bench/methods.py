@@ -150,7 +150,7 @@ def speed(args) -> None:
         rows.append({"method": name, "spunge_s_per_step": round(s, 3), "plain_s_per_step": round(p, 3),
                      "ratio": round(s / p, 3), "rounds": {k: [round(x, 3) for x in v] for k, v in times.items()}})
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n| method | spunge s/step | plain s/step | ratio |\n|---|---|---|---|")
+    print("\n| method | spunge s/step | plain s/step | ratio |\n|---|---|---|---|")
     for row in rows:
         print(f"| {row['method']} | {row['spunge_s_per_step']} | {row['plain_s_per_step']} | {row['ratio']} |")
 

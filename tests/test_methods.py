@@ -255,3 +255,32 @@ def test_gradient_accumulation_equals_one_larger_batch(name, base, forget_file, 
     big = json.loads((tmp_path / "big" / "spunge.json").read_text())["result"]["losses"]
     acc = json.loads((tmp_path / "acc" / "spunge.json").read_text())["result"]["losses"]
     assert acc == pytest.approx(big, rel=1e-5)
+
+
+def test_parallel_lists_give_the_same_budget():
+    method = get_method("npo")
+    configs = [{"batch_size": 4}, {"batch_size": 4, "epochs": 2}]
+    budget = method.match_baseline(configs, [10, 7], {"batch_size": 8}, None, "union")
+    assert budget.record["split_total"] == 7 and budget.config.max_steps == 7
+
+
+def test_split_runs_merge_with_ties(base, tiny_dataset, tmp_path):
+    """Both kinds of run go through spunge's TIES merge (mergekit) into a model transformers loads."""
+    from transformers import AutoModelForCausalLM
+
+    from spunge_merge.merge import merge_runs
+
+    split = tmp_path / "split"
+    split_dataset(tiny_dataset, by="group", out=split, values=["alpha", "beta"])
+    for full in (False, True):
+        runs = tmp_path / f"runs-{full}"
+        train("ga", base, split, runs, full=full)
+        merged = merge_runs(base, [runs], tmp_path / f"merged-{full}", method="ties", progress=False)
+        model = AutoModelForCausalLM.from_pretrained(merged)
+        weights = dict(model.named_parameters())
+        original = load_file(base.path / "model.safetensors")
+        moved = sorted(name for name, value in original.items() if not torch.equal(weights[name].detach(), value))
+        if full:
+            assert moved == [f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)]
+        else:
+            assert len(moved) >= 7 * 8 and all(name.startswith("model.layers.") for name in moved)

@@ -530,8 +530,12 @@ def match_baseline_for(config_class: type[LossMethodConfig]):
     def as_config(value: Any) -> LossMethodConfig:
         return value if isinstance(value, config_class) else config_class.model_validate(dict(value))
 
-    def match_baseline(split_configs: Mapping[str, Any], split_rows: Mapping[str, int], baseline: Any,
-                       retain_rows: int | None = None, corpora: str = "union") -> BaselineBudget:
+    def match_baseline(split_configs: Mapping[str, Any] | Sequence[Any], split_rows: Mapping[str, int] | Sequence[int],
+                       baseline: Any, retain_rows: int | None = None, corpora: str = "union") -> BaselineBudget:
+        """`split_configs` and `split_rows` by run name (or as parallel lists); settings or mappings."""
+        if not isinstance(split_rows, Mapping):  # parallel lists: name the runs by position
+            split_configs = dict(enumerate(split_configs))
+            split_rows = dict(enumerate(split_rows))
         per_run = {name: planned_steps(as_config(split_configs[name]), rows, retain_rows) for name, rows in split_rows.items()}
         total = sum(per_run.values())
         cfg = as_config(baseline)
