@@ -61,8 +61,9 @@ class LossMethodConfig(FrozenConfig):
     full: bool = Field(False, description="Train the tensors named by full_params directly and write only the changed "
                                           "ones (delta.safetensors) instead of a LoRA adapter.")
     full_params: list[str] = Field([r".*layers\.(5|6|7)\.mlp\.down_proj\.weight"], min_length=1,
-                                   description="With full: regexes; a parameter trains when one matches its whole name "
-                                               "(default: the MLP down_proj of layers 5-7, RMU's choice).")
+                                   description="With full: regexes (commas between them in one string); a parameter "
+                                               "trains when one matches its whole name (default: the MLP down_proj of "
+                                               "layers 5-7, RMU's choice).")
     rank: int = Field(16, ge=1, description="LoRA rank r.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha; the update is scaled by alpha/r.")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
