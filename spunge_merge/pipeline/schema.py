@@ -132,11 +132,20 @@ class UnlearnSection(FrozenConfig):
 
     @model_validator(mode="after")
     def _retain_as_the_method_needs(self):
-        need = registry.get_method(self.method).retain
+        method = registry.get_method(self.method)
+        need = method.retain
+        if need == "optional" and method.uses_retain is not None:
+            try:
+                need = "required" if method.uses_retain(method.config_class.model_validate(self.config)) else "none"
+            except ValidationError:
+                return self  # the settings' own error is reported where the config is checked
+            with_these = " with these settings (see its retain weight)"
+        else:
+            with_these = ""
         if need == "required" and not self.retain:
-            raise ValueError(f"method '{self.method}' needs `retain` data (e.g. wikitext)")
+            raise ValueError(f"method '{self.method}' needs `retain` data{with_these} (e.g. wikitext)")
         if need == "none" and self.retain:
-            raise ValueError(f"method '{self.method}' uses no retain data; remove `retain`")
+            raise ValueError(f"method '{self.method}' uses no retain data{with_these}; remove `retain`")
         return self
 
 

@@ -95,6 +95,9 @@ class UnlearningMethod:
     - `baseline_corpora`: how the un-split run may take the subsets: "union" (one corpus of all texts,
       one data file) or "alternating" (one corpus per subset, several data files in one `train`);
       the first is the default.
+    - `uses_retain(config)`: for a method whose `retain` is "optional", whether these settings use retain
+      data (NPO with a retain weight α > 0 does, with α = 0 it does not), so that a pipeline is refused
+      before anything runs when it gives retain data the settings ignore, or none that they need.
     """
 
     name: str
@@ -109,6 +112,7 @@ class UnlearningMethod:
     to_model: Callable[[ResolvedModel, Path, float | None, Path, Path], Path]
     default_lambda: Callable[[Any], float | None] = lambda config: None  # noqa: E731 - a default, not a definition
     baseline_corpora: tuple[str, ...] = ("union",)  # how the un-split run may take the subsets
+    uses_retain: Callable[[Any], bool] | None = None
 
     def validate_config(self, values: dict[str, Any], source: str):
         """The method's settings from a mapping, with errors naming `source` and the key."""
