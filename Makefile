@@ -38,7 +38,7 @@ lint: $(BIN)/.installed
 # ------------------------------------------------------------------------------------------------
 # Benchmarks (bench/, BENCHMARKS.md). Offline judges: the Gemma-3-270M fluency judge and the
 # encoder of the ToxiGen judge that bench/judge.py fine-tunes (once, ~10-15 min at 1 thread).
-# where bench/toxigen_smollm2*.yaml read the judge
+# where recipes/bench-toxigen-smollm2-*.yaml read the judge
 JUDGE ?= $(HOME)/.cache/spunge/judges/toxigen-minilm
 SPUNGE_RUN = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/spunge run
 TOXIGEN_RUNS ?= runs/bench/toxigen
@@ -58,20 +58,20 @@ bench-setup: $(BIN)/.bench-installed $(JUDGE)/config.json
 # `make -j2 bench-toxigen` runs two pipelines at a time (one thread each). Every stage is resumable:
 # a rerun redoes only what is missing or changed.
 bench-toxigen-tvn-unlearn: bench-setup
-	$(SPUNGE_RUN) bench/toxigen_smollm2.yaml --run-dir $(TOXIGEN_RUNS)/tvn --only unlearn
+	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-tvn.yaml --run-dir $(TOXIGEN_RUNS)/tvn --only unlearn
 bench-toxigen-rmu-unlearn: bench-setup
-	$(SPUNGE_RUN) bench/toxigen_smollm2_rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu --only unlearn
+	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu --only unlearn
 bench-toxigen-tvn: bench-toxigen-tvn-unlearn
-	$(SPUNGE_RUN) bench/toxigen_smollm2.yaml --run-dir $(TOXIGEN_RUNS)/tvn
+	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-tvn.yaml --run-dir $(TOXIGEN_RUNS)/tvn
 bench-toxigen-rmu: bench-toxigen-rmu-unlearn
-	$(SPUNGE_RUN) bench/toxigen_smollm2_rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu
+	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu
 bench-toxigen-tvn-paper: bench-toxigen-tvn-unlearn
 	$(BIN)/python bench/seed_run.py $(TOXIGEN_RUNS)/tvn $(TOXIGEN_RUNS)/tvn-paper
-	$(SPUNGE_RUN) bench/toxigen_smollm2.yaml --run-dir $(TOXIGEN_RUNS)/tvn-paper \
+	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-tvn.yaml --run-dir $(TOXIGEN_RUNS)/tvn-paper \
 		--set baseline.config.lr=2e-5 --set 'eval.models=[baseline]' --set 'baseline.lambda=[1, 2, 5]' --set 'merge.lambda=[1]'
 bench-toxigen-rmu-paper: bench-toxigen-rmu-unlearn
 	$(BIN)/python bench/seed_run.py $(TOXIGEN_RUNS)/rmu $(TOXIGEN_RUNS)/rmu-paper
-	$(SPUNGE_RUN) bench/toxigen_smollm2_rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu-paper \
+	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu-paper \
 		--set baseline.config.lr=2e-4 --set 'eval.models=[baseline]' --set 'baseline.lambda=[0.5, 1]' --set 'merge.lambda=[1]'
 bench-toxigen: bench-toxigen-tvn bench-toxigen-rmu bench-toxigen-tvn-paper bench-toxigen-rmu-paper
 	$(BIN)/python bench/toxigen_frontiers.py $(TOXIGEN_RUNS) --publish bench/results/toxigen_smollm2
