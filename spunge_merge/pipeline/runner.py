@@ -69,8 +69,9 @@ def default_run_dir(pipeline: Pipeline) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(run_dir: Path):
-    lock_path = run_dir / STATE_DIR / "lock"
+def run_dir_lock(run_dir: Path, name: str = "lock"):
+    """One `spunge run` per run directory at a time (a file lock named `name` in its state folder)."""
+    lock_path = run_dir / STATE_DIR / name
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(lock_path, "a+")
     try:
@@ -127,7 +128,7 @@ def run_pipeline(
     _make_run_dir(run_dir)
     stages = [s for s in STAGES if (s != "baseline" or pipeline.baseline.enabled) and (s != "push" or pipeline.push)]
     changes = check_recorded_settings(run_dir, raw, stages, accept=accept_changes or force)
-    with _locked(run_dir):
+    with run_dir_lock(run_dir):
         effective = pipeline_file.read_text(encoding="utf-8")
         if overrides:  # the file as run: its text would not say what --set changed
             settings = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)

@@ -25,11 +25,8 @@ runs: each seed directory is a run directory of its own.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +36,9 @@ import yaml
 from spunge_merge.config import apply_overrides, load_yaml
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text, iter_jsonl, read_json, write_json
-from spunge_merge.pipeline.runner import REPORT_FILE, REPORT_JSON, RunSummary, default_run_dir, run_pipeline
+from spunge_merge.pipeline.runner import REPORT_FILE, REPORT_JSON, RunSummary, default_run_dir, run_dir_lock, run_pipeline
 from spunge_merge.pipeline.schema import Pipeline
-from spunge_merge.pipeline.state import STATE_DIR, StateStore
+from spunge_merge.pipeline.state import StateStore
 from spunge_merge.unlearn import registry
 
 SEEDS_DIR = "seeds"
@@ -71,24 +68,6 @@ def seed_overrides(pipeline: Pipeline, seed: int) -> list[str]:
                                   "drop its `seed` override")
             assignments.append(f"unlearn.overrides.{name}.seed={seed}")
     return assignments
-
-
-@contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    """One seeded run per run directory at a time (each seed's run also locks its own directory)."""
-    path = run_dir / STATE_DIR / "seeds-lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise SpungeError(f"{run_dir} is in use by another `spunge run` (lock {path})") from None
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -145,7 +124,7 @@ def run_seeds(pipeline_file: str | Path, pipeline: Pipeline, *, run_dir: str | P
               "accept_changes": accept_changes}
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(run_dir):
+    with run_dir_lock(run_dir, "seeds-lock"):  # one seeded run at a time; each seed's run locks its own dir too
         split = run_pipeline(pipeline_file, run_dir=run_dir, only="split", overrides=[*given, "seeds=null"], **common)
         _record_pipeline_file(pipeline_file, run_dir, given)
         ran = ["split"] if split.ran else []
