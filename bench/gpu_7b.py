@@ -60,7 +60,7 @@ SHARD_SIZE = {"7b": "5GB", "tiny": "1MB"}  # the tiny model is sharded too: the 
 # expected to take about: build 60-90, rmu 60-90, train 90-150, merge 150-250, demo 60-120.
 BUDGETS = {"7b": {"build": 150, "rmu": 150, "train": 200, "merge": 300, "demo": 240},
            "tiny": {"build": 60, "rmu": 90, "train": 90, "merge": 180, "demo": 150}}
-# Measured steps and sequence lengths: the at 7B; fewer and shorter for the CPU smoke test
+# Measured steps and sequence lengths: the reference's shape at 7B; fewer and shorter for the CPU smoke test
 # (bf16 matmuls on a CPU are slow, and the smoke test checks the path, not the figures).
 RUN_SHAPES = {"7b": {"steps": 20, "warmup": 3, "rmu_seq": 512, "train_seq": 256, "floor_repeats": 1, "remerge": True},
               "tiny": {"steps": 4, "warmup": 1, "rmu_seq": 128, "train_seq": 64, "floor_repeats": 1, "remerge": False}}
