@@ -85,3 +85,20 @@ def test_a_loss_method_goes_through_the_whole_pipeline(method, config, retain, k
     for label in ("base", "baseline", "spunge"):
         assert json.loads((run_dir / "eval" / label / "perplexity.json").read_text())["perplexity"] > 0
     assert registry.get_method(method).description in (run_dir / "merge" / "spunge" / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_loss_method_runs_on_the_ray_executor_with_the_local_executors_files(tiny_model, tmp_path):
+    """The jobs carry the method's name and the module that registers it, so a Ray worker trains the same runs."""
+    pytest.importorskip("ray", reason="the `ray` extra is not installed (pip install 'spunge-merge[ray]')")
+    from spunge_merge.pipeline import run_pipeline
+
+    pipeline = _pipeline(tmp_path, tiny_model, "npo", {}, True)
+    local = run_pipeline(pipeline, run_dir=tmp_path / "local", live=False)
+    on_ray = run_pipeline(pipeline, run_dir=tmp_path / "ray", executor="ray", live=False)
+    assert local.merged and on_ray.merged
+    for group in GROUPS:
+        mine = load_file(tmp_path / "ray" / "unlearn" / group / "adapter_model.safetensors")
+        theirs = load_file(tmp_path / "local" / "unlearn" / group / "adapter_model.safetensors")
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    merged_local, merged_ray = _weights(tmp_path / "local" / "merge" / "spunge"), _weights(tmp_path / "ray" / "merge" / "spunge")
+    assert all(torch.equal(merged_local[k], merged_ray[k]) for k in merged_local)
