@@ -70,8 +70,6 @@ WORDS = ("the quick brown fox jumps over lazy dog cats and dogs live together in
          "berlin germany water boils at one hundred degrees celsius sea level sun rises east sets west group people walked "
          "to market buy bread numbers like two three four five six seven eight nine ten").split()
 TOKENIZER_CORPUS = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(0, len(WORDS), 7)]
-RUN_VALUES = ("asian", "black", "jewish", "latino", "women")
-RMU_LAYERS = (5, 6, 7)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -110,26 +108,14 @@ def child(kind: str, payload: dict, timeout: float) -> dict:
     return {**result, "process_s": round(time.perf_counter() - started, 2)}
 
 
-def step_clock(cuda: bool) -> list[float]:
-    """Times at which any torch optimizer in this process finished a step (GPU work synchronised)."""
-    import torch
-    from torch.optim.optimizer import register_optimizer_step_post_hook
+def bench_module(name: str):
+    """Another script of bench/ as a module (bench/ is not a package): its helpers serve here too."""
+    import importlib.util
 
-    times: list[float] = []
-
-    def stamp(optimizer, args, kwargs):
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter())
-
-    register_optimizer_step_post_hook(stamp)
-    return times
-
-
-def per_step(times: list[float], warmup: int) -> float:
-    if len(times) <= warmup:
-        raise RuntimeError(f"only {len(times)} optimizer steps were taken; need more than the {warmup} warm-up ones")
-    return (times[-1] - times[warmup - 1]) / (len(times) - warmup)
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def device_info(device: str) -> dict:
@@ -273,10 +259,11 @@ def work_train(p: dict) -> dict:
     config = config_class.model_validate({k: v for k, v in wanted.items() if k in fields})
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = step_clock(cuda)
+    clock = bench_module("rmu_gpu")
+    times = clock.step_clock(cuda)
     started = time.perf_counter()
     train(resolve_model(p["model"]), forget, retain, work / "out", config)
-    seconds = per_step(times, p["warmup"])
+    seconds = clock.per_step(times, p["warmup"])
     return {"method": p["method"], "s_per_step": seconds, "tokens_per_s": p["batch"] * p["seq"] / seconds, "peak_gib": peak_gib(device),
             "steps_taken": len(times), "command_s": round(time.perf_counter() - started, 2),
             "config": {k: v for k, v in config.model_dump(mode="json").items() if k in wanted}, **device_info(device)}
@@ -296,7 +283,8 @@ def work_plain(p: dict) -> dict:
     texts = texts[: (p["warmup"] + p["steps"]) * p["batch"]]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = step_clock(cuda)
+    clock = bench_module("rmu_gpu")
+    times = clock.step_clock(cuda)
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(p["model"])
     model = AutoModelForCausalLM.from_pretrained(p["model"], dtype=torch.bfloat16).to(device)
@@ -316,70 +304,12 @@ def work_plain(p: dict) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens = int(batch["attention_mask"].sum())
-    seconds = per_step(times, p["warmup"])
+    seconds = clock.per_step(times, p["warmup"])
     return {"method": "plain peft + transformers", "s_per_step": seconds, "tokens_per_s": p["batch"] * p["seq"] / seconds,
             "tokens_last_batch": tokens, "peak_gib": peak_gib(device), "steps_taken": len(times), **device_info(device)}
 
 
 # ------------------------------------------------------------------------------------------------ step 4: merge
-
-
-def _tensor(base_dir: Path, name: str):
-    from safetensors import safe_open
-
-    from spunge_merge.tensorfiles import weight_files
-
-    with safe_open(str(weight_files(base_dir)[name]), framework="pt") as handle:
-        return handle.get_tensor(name)
-
-
-def make_runs(base, workdir: Path, count: int) -> dict[str, list[Path]]:
-    """RMU deltas and negated TVN adapters in the formats the unlearn stages write (as bench/merge.py, any shape)."""
-    import torch
-    from peft import LoraConfig
-    from safetensors.torch import save_file
-    from transformers import AutoConfig
-
-    from spunge_merge.fsutil import write_json
-    from spunge_merge.provenance import write_provenance
-
-    config = AutoConfig.from_pretrained(base.path)
-    head = config.hidden_size // config.num_attention_heads
-    outputs = {"q_proj": config.num_attention_heads * head, "v_proj": config.num_key_value_heads * head}
-    runs: dict[str, list[Path]] = {"rmu": [], "tvn": []}
-    for i, value in enumerate(RUN_VALUES[:count]):
-        generator = torch.Generator().manual_seed(i)
-        common = {"base_model": base.describe(), "data": {"rows": 100 + i, "value": value, "synthetic": True},
-                  "attribute": {"column": "target_group", "value": value}}
-        run = workdir / "runs" / "rmu" / value
-        run.mkdir(parents=True, exist_ok=True)
-        delta = {}
-        for layer in RMU_LAYERS:
-            name = f"model.layers.{layer}.mlp.down_proj.weight"
-            weight = _tensor(base.path, name)
-            noise = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
-            delta[name] = (weight.float() + 0.1 * weight.float().std() * noise).to(weight.dtype)
-        save_file(delta, run / "delta.safetensors", metadata={"format": "pt"})
-        write_provenance(run, kind="rmu-delta", fingerprint=f"bench-rmu-{i}", method="rmu",
-                         config={"layers": list(RMU_LAYERS), "synthetic": True}, result={}, **common)
-        runs["rmu"].append(run)
-        run = workdir / "runs" / "tvn" / value
-        run.mkdir(parents=True, exist_ok=True)
-        LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM").save_pretrained(run)
-        tensors = {}
-        for layer in range(config.num_hidden_layers):
-            for module, out_features in outputs.items():
-                prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-                tensors[f"{prefix}.lora_A.weight"] = 0.02 * torch.randn(16, config.hidden_size, generator=generator)
-                tensors[f"{prefix}.lora_B.weight"] = -0.01 * torch.randn(out_features, 16, generator=generator)
-        save_file(tensors, run / "adapter_model.safetensors", metadata={"format": "pt"})
-        write_provenance(run, kind="tvn-adapter", fingerprint=f"bench-tvn-{i}", method="tvn",
-                         config={"rank": 16, "lora_alpha": 16, "synthetic": True}, result={"lambda": 1.0}, **common)
-        runs["tvn"].append(run)
-    for kind, found in runs.items():
-        write_json(workdir / "runs" / kind / "manifest.json", {"kind": "unlearn-runs", "method": kind, "attribute": "target_group",
-                   "runs": [{"name": r.name, "value": r.name, "rows": 100, "path": r.name} for r in found]})
-    return runs
 
 
 _FLOOR_CHILD = r"""
@@ -407,14 +337,11 @@ os.remove(args["out"])
 def work_merge(p: dict) -> dict:
     """Both kinds of runs: spunge merge (cold, then with views built) vs mergekit-yaml on spunge's recipe, and the floor.
     Writes its figures to p["json"] after each measurement (a timeout keeps what was measured)."""
-    import importlib.util
 
     from spunge_merge.models import resolve_model
     from spunge_merge.tensorfiles import weight_files
 
-    spec = importlib.util.spec_from_file_location("bench_merge", BENCH / "merge.py")
-    bench_merge = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_merge)
+    bench_merge = bench_module("merge")
 
     cuda = p["device"].startswith("cuda")
     base = resolve_model(p["model"])
@@ -422,7 +349,7 @@ def work_merge(p: dict) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     started = time.perf_counter()
-    runs = make_runs(base, workdir, p["runs"])
+    runs = bench_merge.make_runs(base, workdir, p["runs"])
     result: dict = {"runs_per_kind": p["runs"], "make_runs_s": round(time.perf_counter() - started, 2), "cuda": cuda, "kinds": {}}
     record = Path(p["json"])
     record.write_text(json.dumps(result, indent=2))

@@ -133,47 +133,61 @@ def io_floor(base_file: Path, changed: list[Path], scratch: Path, repeats: int) 
 # --------------------------------------------------------------------------- synthetic runs
 
 
+def _tensor(base_dir: Path, name: str):
+    from safetensors import safe_open
+
+    from spunge_merge.tensorfiles import weight_files
+
+    with safe_open(str(weight_files(base_dir)[name]), framework="pt") as handle:
+        return handle.get_tensor(name)
+
+
 def make_runs(base, workdir: Path, count: int) -> dict[str, list[Path]]:
+    """RMU deltas and negated TVN adapters in the formats the unlearn stages write, for a base of any shape
+    (smollm2-135m here, the 7B shape in bench/gpu_7b.py); runs already written are kept."""
     import torch
     from peft import LoraConfig
-    from safetensors import safe_open
     from safetensors.torch import save_file
+    from transformers import AutoConfig
 
     from spunge_merge.fsutil import write_json
     from spunge_merge.provenance import write_provenance
 
-    runs = {"rmu": [], "tvn": []}
-    weights = safe_open(str(base.path / "model.safetensors"), framework="pt")
+    config = AutoConfig.from_pretrained(base.path)
+    head = config.hidden_size // config.num_attention_heads
+    outputs = {"q_proj": config.num_attention_heads * head, "v_proj": config.num_key_value_heads * head}
+    runs: dict[str, list[Path]] = {"rmu": [], "tvn": []}
     for i, value in enumerate(VALUES[:count]):
         generator = torch.Generator().manual_seed(i)
         common = {"base_model": base.describe(), "data": {"rows": 100 + i, "value": value, "synthetic": True},
                   "attribute": {"column": "target_group", "value": value}}
         run = workdir / "runs" / "rmu" / value
-        if not (run / "spunge.json").is_file():
-            run.mkdir(parents=True, exist_ok=True)
-            delta = {}
-            for layer in RMU_LAYERS:
-                name = f"model.layers.{layer}.mlp.down_proj.weight"
-                w = weights.get_tensor(name)
-                delta[name] = w + 0.1 * w.std() * torch.randn(w.shape, generator=generator)
-            save_file(delta, run / "delta.safetensors", metadata={"format": "pt"})
-            write_provenance(run, kind="rmu-delta", fingerprint=f"bench-rmu-{i}", method="rmu",
-                             config={"layers": list(RMU_LAYERS), "synthetic": True}, result={}, **common)
         runs["rmu"].append(run)
-        run = workdir / "runs" / "tvn" / value
-        if not (run / "spunge.json").is_file():
-            run.mkdir(parents=True, exist_ok=True)
-            LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM").save_pretrained(run)
-            tensors = {}
-            for layer in range(30):
-                for module, out_features in (("q_proj", 576), ("v_proj", 192)):
-                    prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-                    tensors[f"{prefix}.lora_A.weight"] = 0.02 * torch.randn(16, 576, generator=generator)
-                    tensors[f"{prefix}.lora_B.weight"] = -0.01 * torch.randn(out_features, 16, generator=generator)
-            save_file(tensors, run / "adapter_model.safetensors", metadata={"format": "pt"})
-            write_provenance(run, kind="tvn-adapter", fingerprint=f"bench-tvn-{i}", method="tvn",
-                             config={"rank": 16, "lora_alpha": 16, "synthetic": True}, result={"lambda": 1.0}, **common)
-        runs["tvn"].append(run)
+        runs["tvn"].append(workdir / "runs" / "tvn" / value)
+        if (run / "spunge.json").is_file() and (runs["tvn"][-1] / "spunge.json").is_file():
+            continue
+        run.mkdir(parents=True, exist_ok=True)
+        delta = {}
+        for layer in RMU_LAYERS:
+            name = f"model.layers.{layer}.mlp.down_proj.weight"
+            weight = _tensor(base.path, name)
+            noise = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
+            delta[name] = (weight.float() + 0.1 * weight.float().std() * noise).to(weight.dtype)
+        save_file(delta, run / "delta.safetensors", metadata={"format": "pt"})
+        write_provenance(run, kind="rmu-delta", fingerprint=f"bench-rmu-{i}", method="rmu",
+                         config={"layers": list(RMU_LAYERS), "synthetic": True}, result={}, **common)
+        run = runs["tvn"][-1]
+        run.mkdir(parents=True, exist_ok=True)
+        LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM").save_pretrained(run)
+        tensors = {}
+        for layer in range(config.num_hidden_layers):
+            for module, out_features in outputs.items():
+                prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+                tensors[f"{prefix}.lora_A.weight"] = 0.02 * torch.randn(16, config.hidden_size, generator=generator)
+                tensors[f"{prefix}.lora_B.weight"] = -0.01 * torch.randn(out_features, 16, generator=generator)
+        save_file(tensors, run / "adapter_model.safetensors", metadata={"format": "pt"})
+        write_provenance(run, kind="tvn-adapter", fingerprint=f"bench-tvn-{i}", method="tvn",
+                         config={"rank": 16, "lora_alpha": 16, "synthetic": True}, result={"lambda": 1.0}, **common)
     for kind, found in runs.items():
         write_json(workdir / "runs" / kind / "manifest.json", {"kind": "unlearn-runs", "method": kind, "attribute": "target_group",
                    "runs": [{"name": r.name, "value": r.name, "rows": 100, "path": r.name} for r in found]})

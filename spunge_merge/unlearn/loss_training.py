@@ -42,6 +42,7 @@ from spunge_merge.unlearn import lm_data
 from spunge_merge.unlearn.losses import SequenceLogProbs, nll_sum, sequence_logprobs
 from spunge_merge.unlearn.outputs import delta_to_model, peft_adapter_to_model
 from spunge_merge.unlearn.registry import BaselineBudget, OutputKind, RetainNeed, TrainRequest, UnlearningMethod
+from spunge_merge.unlearn.tvn import check_target_modules, target_module_names
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,8 @@ class LossMethodConfig(FrozenConfig):
     @field_validator("target_modules", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
-        """Accept `q_proj,v_proj` (CLI, YAML) as well as a list."""
-        if isinstance(value, str) and value.strip().lower() != "all-linear":
-            names = [name.strip() for name in value.split(",") if name.strip()]
-            if not names:
-                raise ValueError("give module names separated by commas, or all-linear")
-            return names
-        if isinstance(value, str):
-            return "all-linear"
-        if isinstance(value, list) and not value:
-            raise ValueError("empty list; leave it unset for peft's default")
-        return value
+        """Accept `q_proj,v_proj` (CLI, YAML) as well as a list (TVN's rule)."""
+        return target_module_names(value)
 
     @field_validator("full_params", mode="before")
     @classmethod
@@ -217,8 +209,6 @@ def check_trainable(config: LossMethodConfig, resolved: ResolvedModel) -> None:
     if config.full:
         select_full_params([name for name, _ in _skeleton(resolved).named_parameters()], config, resolved.ref)
     else:
-        from spunge_merge.unlearn.tvn import check_target_modules
-
         check_target_modules(config, resolved)
 
 

@@ -48,6 +48,21 @@ _LORA_B = re.compile(r"\.lora_(embedding_)?B(\.|$)")
 _NOT_IN_FINGERPRINT = frozenset({"lam", "eval_samples", "device", "dtype"})
 
 
+def target_module_names(value: Any) -> Any:
+    """LoRA target modules as people write them: `q_proj,v_proj` (CLI, YAML) or a list, or `all-linear`.
+    Shared by every LoRA-based method's settings."""
+    if isinstance(value, str) and value.strip().lower() != "all-linear":
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if not names:
+            raise ValueError("give module names separated by commas, or all-linear")
+        return names
+    if isinstance(value, str):
+        return "all-linear"
+    if isinstance(value, list) and not value:
+        raise ValueError("empty list; leave it unset for peft's default")
+    return value
+
+
 class TVNConfig(FrozenConfig):
     """TVN hyperparameters; defaults follow the paper (Kadhe et al. 2024) where it gives a value."""
 
@@ -78,17 +93,7 @@ class TVNConfig(FrozenConfig):
     @field_validator("target_modules", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
-        """Accept `q_proj,v_proj` (CLI, YAML) as well as a list."""
-        if isinstance(value, str) and value.strip().lower() != "all-linear":
-            names = [name.strip() for name in value.split(",") if name.strip()]
-            if not names:
-                raise ValueError("give module names separated by commas, or all-linear")
-            return names
-        if isinstance(value, str):
-            return "all-linear"
-        if isinstance(value, list) and not value:
-            raise ValueError("empty list; leave it unset for peft's default")
-        return value
+        return target_module_names(value)
 
     def training_fingerprint_part(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
