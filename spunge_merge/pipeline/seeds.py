@@ -35,7 +35,7 @@ import yaml
 
 from spunge_merge.config import apply_overrides, load_yaml
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_write_text, iter_jsonl, read_json, write_json
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, atomic_write_text, copy_file, iter_jsonl, read_json, write_json
 from spunge_merge.pipeline.runner import REPORT_FILE, REPORT_JSON, RunSummary, default_run_dir, run_dir_lock, run_pipeline
 from spunge_merge.pipeline.schema import Pipeline
 from spunge_merge.pipeline.state import StateStore
@@ -71,19 +71,9 @@ def seed_overrides(pipeline: Pipeline, seed: int) -> list[str]:
 
 
 def _copy_tree(source: Path, target: Path) -> None:
-    """A plain (symlink-free) copy of `source` that replaces `target` only once complete."""
-    temporary = target.with_name(f".{target.name}.tmp-copy")
-    shutil.rmtree(temporary, ignore_errors=True)
-    shutil.copytree(source, temporary, symlinks=False)
-    if target.exists():
-        old = target.with_name(f".{target.name}.tmp-old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        temporary.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary.rename(target)
+    """A plain (symlink-free) copy of `source` that replaces `target` only once complete; never a link into `source`."""
+    with atomic_output_dir(target, force=True) as tmp:
+        shutil.copytree(source, tmp, symlinks=False, copy_function=copy_file, dirs_exist_ok=True)
 
 
 def _copy_record(key: str, source_dir: Path, target_dir: Path) -> bool:
@@ -102,9 +92,7 @@ def _copy_record(key: str, source_dir: Path, target_dir: Path) -> bool:
         if origin.is_dir():
             _copy_tree(origin, destination)
         else:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(origin, destination.with_name(destination.name + ".tmp-copy"))
-            destination.with_name(destination.name + ".tmp-copy").replace(destination)
+            atomic_write_bytes(destination, origin.read_bytes())  # records and small result files
     if key == SPLIT_KEY:  # the split's record names its manifest; the subset files beside it travel with it
         _copy_tree(source_dir / "split", target_dir / "split")
     extra = {k: v for k, v in record.items() if k not in ("status", "fingerprint", "parts", "outputs")}
