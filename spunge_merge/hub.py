@@ -26,7 +26,7 @@ from typing import Any
 
 from spunge_merge.card import MERGEKIT_RECIPE, PORTABLE_RECIPE, build_model_card, is_excluded
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_write_text
+from spunge_merge.fsutil import atomic_write_text, human_bytes
 
 HUB_FILE_LIMIT = 50 * 1000**3  # the Hub refuses any single file above 50 GB
 LFS_THRESHOLD = 10 * 1000**2  # above this size (or for binary files) the Hub stores a file through LFS/Xet
@@ -243,7 +243,7 @@ def plan_push(model_dir: str | Path, repo_id: str, *, allow_pickle: bool = False
             continue  # replaced by the card regenerated below
         size = path.stat().st_size
         if size > HUB_FILE_LIMIT:
-            problems.append(f"{name} is {human_size(size)}, over the Hub's {human_size(HUB_FILE_LIMIT)} single-file limit; "
+            problems.append(f"{name} is {human_bytes(size)}, over the Hub's {human_bytes(HUB_FILE_LIMIT)} single-file limit; "
                             "re-shard the model (smaller max shard size)")
         binary = path.suffix == ".safetensors" or _looks_binary(path)
         if not binary and size <= _SCAN_LIMIT:
@@ -363,14 +363,6 @@ def _check_repo_id(repo_id: str) -> None:
         raise SpungeError(f"--repo '{repo_id}' is not a valid Hub repo id ({exc})") from exc
 
 
-def human_size(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size} B"
-
-
 # --------------------------------------------------------------------------- the upload
 
 
@@ -447,7 +439,7 @@ def _upload(plan: PushPlan, *, token: str, private: bool, revision: str | None, 
     for upload in plan.files:
         source = upload.content if upload.content is not None else str(upload.local_path)
         operations.append(CommitOperationAdd(path_in_repo=upload.path_in_repo, path_or_fileobj=source))
-    description = (f"{len(plan.files)} files, {human_size(plan.total_size)}, checked and uploaded by `spunge push`."
+    description = (f"{len(plan.files)} files, {human_bytes(plan.total_size)}, checked and uploaded by `spunge push`."
                    + (f" Removed stale weight files: {', '.join(stale)}." if stale else ""))
     info = api.create_commit(plan.repo_id, operations, commit_message=commit_message, commit_description=description,
                              repo_type="model", revision=revision, create_pr=create_pr)

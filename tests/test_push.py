@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 
 from spunge_merge.card import build_model_card
 from spunge_merge.cli import app
-from spunge_merge.hub import find_secrets, human_size, path_replacements, push_model, scrub_local_paths
+from spunge_merge.fsutil import human_bytes
+from spunge_merge.hub import find_secrets, path_replacements, push_model, scrub_local_paths
 from spunge_merge.provenance import write_provenance
 from spunge_merge.unlearn import registry
 
@@ -261,7 +262,7 @@ def test_dry_run_lists_files_and_card_without_token_or_network(hub_env, merged_d
     assert hub.requests == []
     assert sorted(p.name for p in merged_dir.iterdir()) == before  # README.md not written either
     size = (merged_dir / "model.safetensors").stat().st_size
-    assert f"lfs      {human_size(size)}  model.safetensors" in result.output
+    assert f"lfs      {human_bytes(size)}  model.safetensors" in result.output
     assert f"Would commit {len(_expected_files(merged_dir))} files" in result.output
     card_text = result.output.split("----- README.md (model card) -----\n")[1].split("----- end of README.md -----")[0]
     local_card = build_model_card(merged_dir, repo_id=REPO, method_descriptions=registry.descriptions()).content
@@ -380,7 +381,7 @@ def test_files_over_the_hub_limit_are_refused(hub_env, merged_dir, monkeypatch):
     monkeypatch.setattr(hub_module, "HUB_FILE_LIMIT", size - 1)  # instead of writing a 50 GB file
     result = _push(str(merged_dir), "--repo", REPO)
     assert result.exit_code == 2
-    assert f"model.safetensors is {human_size(size)}, over the Hub's {human_size(size - 1)} single-file limit" in result.output
+    assert f"model.safetensors is {human_bytes(size)}, over the Hub's {human_bytes(size - 1)} single-file limit" in result.output
     assert hub_env.requests == []
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from spunge_merge.hub import HUB_FILE_LIMIT, human_size, push_model
+from spunge_merge.fsutil import human_bytes
+from spunge_merge.hub import HUB_FILE_LIMIT, push_model
 from spunge_merge.unlearn import registry
 
 
@@ -48,17 +49,17 @@ def push_command(
     target = f"a pull request against {revision or 'main'}" if create_pr else f"branch {revision or 'main'}"
     visibility = " (private if new)" if private else ""
     verb = "Would commit" if dry_run else "Committed"
-    typer.echo(f"{verb} {len(result['files'])} files ({human_size(result['total_size'])}) to {repo}{visibility}, "
+    typer.echo(f"{verb} {len(result['files'])} files ({human_bytes(result['total_size'])}) to {repo}{visibility}, "
                f"one commit on {target}:")
-    width = max(len(human_size(f["size"])) for f in result["files"])
+    width = max(len(human_bytes(f["size"])) for f in result["files"])
     typer.echo(f"  {'storage':<8} {'size':>{width}}  path   (storage as the Hub will likely choose: LFS/Xet for binary or > 10 MB)")
     for entry in result["files"]:
-        typer.echo(f"  {entry['storage']:<8} {human_size(entry['size']):>{width}}  {entry['path']}")
+        typer.echo(f"  {entry['storage']:<8} {human_bytes(entry['size']):>{width}}  {entry['path']}")
     checks = result["checks"]
     typer.echo(f"Checks passed: config loads ({checks['architecture']}); {len(checks['shards'])} safetensors shard(s), "
                f"{checks['tensors']} tensors{', index consistent' if checks['indexed'] else ''}; "
                + (f"pickle files allowed: {', '.join(checks['pickles'])}; " if checks["pickles"] else "no pickle files; ")
-               + f"no file over {human_size(HUB_FILE_LIMIT)}; no token-like strings.")
+               + f"no file over {human_bytes(HUB_FILE_LIMIT)}; no token-like strings.")
     for path in result["deleted"]:
         typer.echo(f"Removed stale weight file from the branch: {path}")
     if dry_run:
