@@ -312,28 +312,6 @@ def work_plain(p: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ step 4: merge
 
 
-_FLOOR_CHILD = r"""
-import json, os, sys, time
-args = json.loads(sys.argv[1])
-buffer = bytearray(16 << 20)
-view = memoryview(buffer)
-started = time.perf_counter()
-with open(args["out"], "wb") as out:
-    for path in args["base"]:                               # every output tensor starts from a base tensor
-        with open(path, "rb", buffering=0) as src:
-            while n := src.readinto(buffer):
-                out.write(view[:n])
-    for path in args["changed"]:                            # plus what each run changed
-        with open(path, "rb", buffering=0) as src:
-            while src.readinto(buffer):
-                pass
-    out.flush()
-    os.fsync(out.fileno()) if args.get("fsync") else None
-print(json.dumps({"seconds": time.perf_counter() - started}))
-os.remove(args["out"])
-"""
-
-
 def work_merge(p: dict) -> dict:
     """Both kinds of runs: spunge merge (cold, then with views built) vs mergekit-yaml on spunge's recipe, and the floor.
     Writes its figures to p["json"] after each measurement (a timeout keeps what was measured)."""
@@ -377,13 +355,9 @@ def work_merge(p: dict) -> dict:
         shutil.rmtree(theirs)
         record.write_text(json.dumps(result, indent=2))
         changed = [v / "changed.safetensors" for v in view_dirs if (v / "changed.safetensors").is_file()]
-        payload = json.dumps({"base": [str(f) for f in base_files], "changed": [str(c) for c in changed],
-                              "out": str(workdir / "floor.bin")})
-        floor = [json.loads(bench_merge.measure([sys.executable, "-c", _FLOOR_CHILD, payload])["stdout"])["seconds"]
-                 for _ in range(p["floor_repeats"])]
-        row["floor"] = {"seconds": min(floor), "times": floor,
-                        "read_gb": (sum(f.stat().st_size for f in base_files) + sum(c.stat().st_size for c in changed)) / 1e9,
-                        "write_gb": sum(f.stat().st_size for f in base_files) / 1e9}
+        floor = bench_merge.io_floor(base_files, changed, workdir, p["floor_repeats"])
+        row["floor"] = {"seconds": floor["seconds"], "times": floor["times"], "read_gb": floor["read_mb"] / 1e3,
+                        "write_gb": floor["write_mb"] / 1e3}
         record.write_text(json.dumps(result, indent=2))
         if p["remerge"]:  # a re-merge with the views built (another λ or density): what every later merge costs
             again = bench_merge.run_cli("spunge", command)

@@ -99,9 +99,10 @@ buffer = bytearray(16 << 20)
 view = memoryview(buffer)
 started = time.perf_counter()
 with open(args["out"], "wb") as out:
-    with open(args["base"], "rb", buffering=0) as src:       # every output tensor starts from a base tensor
-        while n := src.readinto(buffer):
-            out.write(view[:n])
+    for path in args["base"]:                               # every output tensor starts from a base tensor
+        with open(path, "rb", buffering=0) as src:
+            while n := src.readinto(buffer):
+                out.write(view[:n])
     for path in args["changed"]:                            # plus what each run changed
         with open(path, "rb", buffering=0) as src:
             while src.readinto(buffer):
@@ -122,12 +123,14 @@ def spunge_merge(base: str, runs: list[Path], out: Path, views: Path) -> dict:
     return {**result, "record": json.loads((out / "spunge.json").read_text())["result"]}
 
 
-def io_floor(base_file: Path, changed: list[Path], scratch: Path, repeats: int) -> dict:
-    payload = json.dumps({"base": str(base_file), "changed": [str(p) for p in changed], "out": str(scratch / "floor.bin")})
+def io_floor(base_files: list[Path], changed: list[Path], scratch: Path, repeats: int) -> dict:
+    """The least any merge must do: read the base's shards and each run's changed tensors, write the base's bytes."""
+    payload = json.dumps({"base": [str(p) for p in base_files], "changed": [str(p) for p in changed],
+                          "out": str(scratch / "floor.bin")})
     times = sorted(json.loads(measure([PYTHON, "-c", _FLOOR_CHILD, payload])["stdout"])["seconds"] for _ in range(repeats))
+    base_bytes = sum(p.stat().st_size for p in base_files)
     return {"seconds": times[0], "median": statistics.median(times), "times": times,
-            "read_mb": (base_file.stat().st_size + sum(p.stat().st_size for p in changed)) / 1e6,
-            "write_mb": base_file.stat().st_size / 1e6}
+            "read_mb": (base_bytes + sum(p.stat().st_size for p in changed)) / 1e6, "write_mb": base_bytes / 1e6}
 
 
 # --------------------------------------------------------------------------- synthetic runs
@@ -307,7 +310,7 @@ def main() -> None:
         out = workdir / "out" / f"{kind}-spunge"
         view_dirs = [Path(m["model"]) for m in json.loads((out / "spunge.json").read_text())["runs"]]
         changed = [v / "changed.safetensors" for v in view_dirs]
-        floor = io_floor(base.path / "model.safetensors", changed, workdir / "out", args.repeats)
+        floor = io_floor([base.path / "model.safetensors"], changed, workdir / "out", args.repeats)
         own_mb = sum(p.stat().st_size for v in view_dirs for p in v.iterdir() if p.is_file() and not p.is_symlink()) / 1e6 / len(view_dirs)
         row = {"kind": kind, "runs": len(runs[kind]), "cold": cold, "warm": warm, "two": two, "floor": floor,
                "record": warm["record"], "view_mb": own_mb}
