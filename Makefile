@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev,demo,eval,ray,discover
 
 .PHONY: setup demo test lint clean bench-setup bench-toxigen bench-toxigen-tvn bench-toxigen-rmu \
-	bench-toxigen-tvn-paper bench-toxigen-rmu-paper bench-toxigen-tvn-unlearn bench-toxigen-rmu-unlearn
+	bench-toxigen-tvn-paper bench-toxigen-rmu-paper bench-toxigen-tvn-unlearn bench-toxigen-rmu-unlearn bench-toxigen-clusters
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,12 @@ bench-toxigen-rmu-paper: bench-toxigen-rmu-unlearn
 		--set baseline.config.lr=2e-4 --set 'eval.models=[baseline]' --set 'baseline.lambda=[0.5, 1]' --set 'merge.lambda=[1]'
 bench-toxigen: bench-toxigen-tvn bench-toxigen-rmu bench-toxigen-tvn-paper bench-toxigen-rmu-paper
 	$(BIN)/python bench/toxigen_frontiers.py $(TOXIGEN_RUNS) --publish bench/results/toxigen_smollm2
+
+# Does a discovered attribute serve as well as the true one? The same TVN runs split by k-means clusters
+# (K = 5, target_group hidden) against the true groups and the un-split baseline; one seed.
+bench-toxigen-clusters: bench-toxigen-tvn
+	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-tvn-clusters.yaml --run-dir $(TOXIGEN_RUNS)/tvn-clusters
+	$(BIN)/python bench/discovered_frontier.py $(TOXIGEN_RUNS) --publish bench/results/discovered_frontier
 
 clean:
 	rm -rf $(VENV) runs
