@@ -346,8 +346,9 @@ def test_set_changes_one_setting_for_one_run_and_the_run_directory_records_it(wo
     manifest = json.loads((run_dir / "split" / "manifest.json").read_text())
     assert [s["value"] for s in manifest["subsets"]] == ["gamma", "beta"]
     recorded = load_pipeline(run_dir / "pipeline.yaml")  # the settings as run, not the file's text
-    assert recorded.split.values == ["gamma", "beta"] and recorded.baseline.config == {"lr": 2e-5}
-    assert recorded.unlearn.overrides == {"beta": {"lr": 2e-2}}  # untouched settings kept
+    assert recorded.split.values == ["gamma", "beta"] and recorded.baseline.config.lr == 2e-5
+    assert recorded.baseline.config == recorded.unlearn.config.model_copy(update={"lr": 2e-5})  # the rest as unlearn.config
+    assert list(recorded.unlearn.overrides) == ["beta"] and recorded.unlearn.overrides["beta"].lr == 2e-2  # untouched settings kept
     assert yaml.safe_load(pipeline.read_text())["split"].get("values") is None  # the file itself is unchanged
 
 
