@@ -239,6 +239,45 @@ def test_ties_on_tvn_adapters_matches_the_paper_algorithm(tiny_model, runs, tmp_
         negate_in_place(runs["tvn"][0], LAM)
 
 
+def test_spunge_merge_validates_its_options_once_and_builds_and_checks_the_recipe_once(tiny_model, runs, tmp_path, monkeypatch):
+    """One `spunge merge`: the options become one MergeSettings, which becomes one recipe, checked once by mergekit;
+    the recipe that runs names the views, with the densities given on the command line."""
+    from spunge_merge.cli import merge as cli_merge
+    from spunge_merge.merge import api, settings
+
+    calls = {"settings": 0, "build": 0, "validate": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(cli_merge, "merge_settings", counted("settings", settings.merge_settings))
+    monkeypatch.setattr(api, "merge_settings", counted("settings", settings.merge_settings))
+    monkeypatch.setattr(api, "build_recipe", counted("build", api.build_recipe))
+    monkeypatch.setattr(api, "validate_recipe", counted("validate", api.validate_recipe))
+    result = cli("--base", tiny_model, *runs["rmu"], "--density", "0.5", "--density", "0.25", "--density", "1",
+                 "--lambda", "0.8", "--out", tmp_path / "merged", "--views-dir", runs["views"], "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert calls == {"settings": 1, "build": 1, "validate": 1}
+    recipe = yaml.safe_load((tmp_path / "merged" / "mergekit_config.yml").read_text())
+    assert [m["parameters"]["density"] for m in recipe["models"]] == [0.5, 0.25, 1.0]
+    assert recipe["parameters"]["lambda"] == 0.8
+    views = [Path(m["model"]) for m in recipe["models"]]
+    assert all(view.parent == runs["views"] and (view / "config.json").is_file() for view in views)  # views, not the runs
+    record = json.loads((tmp_path / "merged" / "spunge.json").read_text())
+    assert [Path(r["path"]) for r in record["runs"]] == [run.resolve() for run in runs["rmu"]]
+
+
+def test_merge_runs_takes_settings_or_keywords_not_both(tiny_model, runs, tmp_path):
+    from spunge_merge.merge.settings import merge_settings
+
+    with pytest.raises(TypeError, match="not both"):
+        merge_runs(str(tiny_model), runs["rmu"], tmp_path / "m", settings=merge_settings(density=0.5), density=0.5)
+    assert not (tmp_path / "m").exists()
+
+
 def views_of(views_dir: Path, run: Path) -> list[Path]:
     found = []
     for view in views_dir.iterdir():

@@ -329,6 +329,80 @@ def test_pipeline_file_errors_name_the_key(change, message):
     assert str(error.value).startswith("p.yaml: ") and message in str(error.value)
 
 
+def test_a_parsed_pipeline_holds_the_methods_own_settings_with_overrides_and_baseline_changes_applied():
+    from pydantic import ValidationError
+
+    from spunge_merge.unlearn.rmu import RMUConfig
+    from spunge_merge.unlearn.tvn import TVNConfig
+
+    pipeline = parse_pipeline({**GOOD, "split": {"data": "d.jsonl", "by": "g", "values": ["g1", "g2"]},
+                               "unlearn": {"method": "tvn", "config": {"lr": 1e-3, "rank": 4},
+                                           "overrides": {"g1": {"lr": 2e-3}}},
+                               "baseline": {"config": {"epochs": 3}}}, "p.yaml")
+    config = pipeline.unlearn.config
+    assert type(config) is TVNConfig and (config.lr, config.rank) == (1e-3, 4)
+    assert config.epochs == TVNConfig.model_fields["epochs"].default and config.model_fields_set == {"lr", "rank"}
+    g1 = pipeline.unlearn.overrides["g1"]
+    assert type(g1) is TVNConfig and (g1.lr, g1.rank, g1.epochs) == (2e-3, 4, config.epochs)
+    assert g1.model_fields_set == {"lr", "rank"}  # what a run's fingerprint records: the keys given
+    baseline = pipeline.baseline.config
+    assert type(baseline) is TVNConfig and (baseline.lr, baseline.rank, baseline.epochs) == (1e-3, 4, 3)
+    assert parse_pipeline(GOOD).baseline.config == TVNConfig()  # no baseline section: unlearn.config as it is
+    with pytest.raises(ValidationError, match="frozen"):  # a stage cannot change a setting behind the fingerprint's back
+        config.lr = 1.0  # type: ignore[misc]
+    # another method: its own class, through the registry
+    rmu = parse_pipeline({**GOOD, "unlearn": {"method": "rmu", "retain": "r.jsonl", "config": {"steering_coeff": 6.5}}})
+    assert type(rmu.unlearn.config) is RMUConfig and rmu.unlearn.config.steering_coeff == 6.5
+
+
+def test_jobs_carry_the_function_itself_and_the_settings_object(workspace, tmp_path, monkeypatch):
+    """Every job's function is a callable that pickles by reference; the training jobs get each run's settings object
+    (the subset's override applied, the baseline's changes and matched budget) and use it without validating again."""
+    import pickle
+
+    from spunge_merge.merge.settings import MergeSettings
+    from spunge_merge.pipeline import executors, jobs
+    from spunge_merge.unlearn.tvn import TVNConfig
+
+    seen, validations, running = [], [], []
+    real_run_job, real_validate = executors.run_job, TVNConfig.model_validate.__func__
+
+    def recording_run_job(job, threads=None):
+        seen.append(job)
+        running.append(job.key)
+        try:
+            return real_run_job(job, threads)
+        finally:
+            running.pop()
+
+    def counting_validate(cls, *args, **kwargs):
+        validations.append(running[-1] if running else "driver")
+        return real_validate(cls, *args, **kwargs)
+
+    monkeypatch.setattr(executors, "run_job", recording_run_job)
+    monkeypatch.setattr(TVNConfig, "model_validate", classmethod(counting_validate))
+    pipeline = tvn_pipeline(workspace["root"], **{"baseline.lambda": [1.0], "eval": {
+        "models": ["spunge"], "device": "cpu", "perplexity": {"data": "retain.jsonl", "max_length": 32, "stride": 32}}})
+    run_pipeline(pipeline, run_dir=tmp_path / "run", live=False)
+    by_key = {job.key: job for job in seen}
+    assert {"unlearn/alpha", "unlearn/beta", "unlearn/gamma", "baseline/run", "merge/spunge", "eval/spunge"} <= set(by_key)
+    for job in seen:
+        assert callable(job.function) and pickle.loads(pickle.dumps(job)).function is job.function
+    assert by_key["unlearn/alpha"].function is jobs.train
+    configs = {key: by_key[key].kwargs["config"] for key in ("unlearn/alpha", "unlearn/beta", "baseline/run")}
+    assert all(type(c) is TVNConfig for c in configs.values())
+    assert (configs["unlearn/alpha"].lr, configs["unlearn/beta"].lr, configs["baseline/run"].lr) == (1e-2, 2e-2, 5e-3)
+    recorded = json.loads((tmp_path / "run" / "unlearn" / "beta" / "spunge.json").read_text())
+    assert recorded["config"]["lr"] == 2e-2
+    steps = {name: json.loads((tmp_path / "run" / name / "spunge.json").read_text())["result"]["steps"]
+             for name in ("unlearn/alpha", "unlearn/beta", "unlearn/gamma", "baseline/run")}
+    assert steps["baseline/run"] == sum(steps.values()) - steps["baseline/run"]  # the matched budget
+    merge = by_key["merge/spunge"].kwargs["settings"]
+    assert type(merge) is MergeSettings and (merge.density, merge.lam, merge.method) == (0.5, 1.0, "ties")
+    assert "driver" in validations  # the counter counts (the pipeline file is parsed in this run)
+    assert [key for key in validations if key != "driver"] == []  # the jobs validate no settings again
+
+
 def test_cli_reports_a_broken_pipeline_in_one_line_with_exit_code_2(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump({**GOOD, "merge": {"densty": 0.5}}), encoding="utf-8")
@@ -346,8 +420,9 @@ def test_set_changes_one_setting_for_one_run_and_the_run_directory_records_it(wo
     manifest = json.loads((run_dir / "split" / "manifest.json").read_text())
     assert [s["value"] for s in manifest["subsets"]] == ["gamma", "beta"]
     recorded = load_pipeline(run_dir / "pipeline.yaml")  # the settings as run, not the file's text
-    assert recorded.split.values == ["gamma", "beta"] and recorded.baseline.config == {"lr": 2e-5}
-    assert recorded.unlearn.overrides == {"beta": {"lr": 2e-2}}  # untouched settings kept
+    assert recorded.split.values == ["gamma", "beta"] and recorded.baseline.config.lr == 2e-5
+    assert recorded.baseline.config == recorded.unlearn.config.model_copy(update={"lr": 2e-5})  # the rest as unlearn.config
+    assert list(recorded.unlearn.overrides) == ["beta"] and recorded.unlearn.overrides["beta"].lr == 2e-2  # untouched settings kept
     assert yaml.safe_load(pipeline.read_text())["split"].get("values") is None  # the file itself is unchanged
 
 

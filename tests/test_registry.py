@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from spunge_merge.cli import app
 from spunge_merge.config import FrozenConfig
 from spunge_merge.data.loading import is_split_dir, load_subsets
+from spunge_merge.errors import SpungeError
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
 from spunge_merge.runs import execute_run, run_subsets
 from spunge_merge.unlearn import registry
@@ -161,6 +162,19 @@ def test_a_method_registered_in_a_test_goes_through_the_whole_pipeline(shrink, t
     assert values["spunge"] != values["base"]
     # The merged model's card describes the method from its record (the pipeline hands the card the registry's text).
     assert SHRINK.description in (run_dir / "merge" / "spunge" / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_registered_methods_settings_in_a_pipeline_are_its_own_class(shrink, tiny_model, tmp_path):
+    from spunge_merge.pipeline import load_pipeline
+
+    pipeline = load_pipeline(pipeline_file(tmp_path, tiny_model))
+    assert type(pipeline.unlearn.config) is ShrinkConfig and pipeline.unlearn.config.scale == 0.01
+    beta = pipeline.unlearn.overrides["beta"]
+    assert type(beta) is ShrinkConfig and (beta.epochs, beta.scale, beta.batch_size) == (2, 0.01, 4)
+    assert type(pipeline.baseline.config) is ShrinkConfig and pipeline.baseline.config.epochs == 1
+    bad = pipeline_file(tmp_path, tiny_model, unlearn={"method": "shrink", "overrides": {"beta": {"scale": 0}}})
+    with pytest.raises(SpungeError, match=r"unlearn\.overrides\.beta\.scale: Input should be greater than 0"):
+        load_pipeline(bad)
 
 
 def test_generated_command_trains_the_registered_method(shrink, tiny_model, tmp_path):

@@ -11,7 +11,7 @@ import typer
 import yaml
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.merge.settings import MERGE_DTYPES
+from spunge_merge.merge.settings import MERGE_DTYPES, merge_settings
 from spunge_merge.unlearn import registry
 
 _OPTION_NAMES = {"lam": "--lambda", "param": "--param"}
@@ -104,9 +104,11 @@ def merge_command(
             raise SpungeError("--base is required (the model the runs were unlearned from), unless --recipe is given")
         if not runs:
             raise SpungeError("give the runs to merge (RUN...), or a recipe with --recipe")
-        result = merge_runs(base, runs, out, method=method, density=list(density) if density else None,
-                            weight=list(weight) if weight else None, lam=lam, normalize=normalize, dtype=dtype,
-                            parameters=_parameters(param), cuda=cuda, force=force, recipe_out=recipe_out, dry_run=dry_run,
+        # the options, validated once into the settings object that the recipe is built from
+        settings = merge_settings(method=method, density=list(density) if density else None,
+                                  weight=list(weight) if weight else None, lam=lam, normalize=normalize, dtype=dtype,
+                                  parameters=_parameters(param))
+        result = merge_runs(base, runs, out, settings=settings, cuda=cuda, force=force, recipe_out=recipe_out, dry_run=dry_run,
                             seed=seed, shard_size=shard_bytes, views_dir=views_dir, progress=progress,
                             method_descriptions=registry.descriptions())
         if dry_run:

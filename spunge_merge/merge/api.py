@@ -27,7 +27,7 @@ from spunge_merge.merge.recipe import (
     validate_recipe,
 )
 from spunge_merge.merge.runner import MERGED_KIND, RECIPE_FILE, MergeStats, check_output, merge_options, run_recipe_into
-from spunge_merge.merge.settings import check_recipe_ranges, merge_settings
+from spunge_merge.merge.settings import MergeSettings, check_recipe_ranges, merge_settings
 from spunge_merge.merge.views import describe_model_dir, model_for_run, model_identity
 from spunge_merge.models import ALIASES, ResolvedModel, resolve_model
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
@@ -44,7 +44,8 @@ def merge_runs(
     runs: list[str | Path],
     out: str | Path,
     *,
-    method: str = "ties",
+    settings: MergeSettings | None = None,
+    method: str | None = None,
     density: float | list[float] | None = None,
     weight: float | list[float] | None = None,
     lam: float | None = None,
@@ -64,15 +65,25 @@ def merge_runs(
     """Merge per-attribute runs of `base` into `out`; returns `out` (the recipe's path with `dry_run`).
 
     `runs`: run directories (TVN adapters, RMU deltas, full checkpoints) or `spunge unlearn` output
-    directories (expanded through their manifest). None for density/weight/lam/normalize means
-    the default: density 0.2 and lambda 1.0 (TIES paper), weight 1.0, normalize as the method's
-    default (true for ties: the mean over the models agreeing with the elected sign). density and
-    weight take one value for all runs or one per run. `parameters` adds mergekit parameters
-    (e.g. {"int8_mask": True}). `dtype` defaults to the base's weights' dtype. `method_descriptions`
-    (method name → paragraph, from the caller's method registry) goes into the local model card.
+    directories (expanded through their manifest). The merge's settings are `settings` (a validated
+    `MergeSettings`, as `spunge merge` and the pipeline build it), or the keyword values method ...
+    parameters (validated here into one; give one form, not both). None means the default: ties,
+    density 0.2 and lambda 1.0 (TIES paper), weight 1.0, normalize as the method's default (true for
+    ties: the mean over the models agreeing with the elected sign). density and weight take one value
+    for all runs or one per run. `parameters` adds mergekit parameters (e.g. {"int8_mask": True}).
+    `dtype` defaults to the base's weights' dtype. `method_descriptions` (method name → paragraph,
+    from the caller's method registry) goes into the local model card.
+
+    The recipe is built and checked once, over the runs themselves, before any view is built; its
+    models are then pointed at the views (`_pointed_at`).
     """
-    settings = merge_settings(method=method, density=density, weight=weight, lam=lam, normalize=normalize, dtype=dtype,
-                              parameters=dict(parameters or {}))
+    values = {"method": method, "density": density, "weight": weight, "lam": lam, "normalize": normalize, "dtype": dtype,
+              "parameters": parameters}
+    if settings is None:
+        settings = merge_settings(**{**values, "parameters": dict(parameters or {})})
+    elif any(value is not None for value in values.values()):
+        given = ", ".join(name for name, value in values.items() if value is not None)
+        raise TypeError(f"merge_runs: give `settings` or the settings as keywords ({given}), not both")
     resolved = base if isinstance(base, ResolvedModel) else resolve_model(base)
     base_slots = model_slots(resolved.path)
     if settings.dtype is None:
@@ -80,20 +91,13 @@ def merge_runs(
     inputs = expand_runs(list(runs))
     out = Path(out)
     # settings and the output directory are checked before any view is built
-    validate_recipe(build_recipe(str(resolved.path), [str(run.path) for run in inputs], settings)[0], "recipe")
+    data, _ = build_recipe(str(resolved.path), [str(run.path) for run in inputs], settings)
+    config = validate_recipe(data, "recipe")
     if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
         raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
     model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
-    comments = ["The models below are merge views in a cache (safe to delete, rebuilt by spunge merge); once they are",
-                f"gone, run {PORTABLE_RECIPE_FILE} from the merged model instead: it names the runs themselves.",
-                "models (each a per-attribute run; a view = the tensors it changed + links to the base's):"]
-    for i, run in enumerate(inputs):
-        described = run.describe()
-        attribute = described["attribute"] or {}
-        label = f"{attribute.get('column')}={attribute.get('value')}" if attribute.get("column") else run.name
-        comments.append(f"  [{i}] {label}: {run.kind} {run.path}" + (f" ({described['rows']} rows)" if described["rows"] else ""))
-    data, text = build_recipe(str(resolved.path), [str(d) for d in model_dirs], settings, comments)
-    config = validate_recipe(data, "recipe")
+    data, config = _pointed_at(data, config, model_dirs)
+    text = recipe_text(data, _view_comments(inputs))
     if dry_run:
         target = Path(recipe_out) if recipe_out else out.with_name(out.name + ".yml")
         atomic_write_text(target, text)
@@ -103,6 +107,30 @@ def merge_runs(
     return _execute(config, text, out, base=resolved, cuda=cuda, force=force, seed=seed, shard_size=shard_size,
                     progress=progress, source="recipe",
                     method_descriptions=method_descriptions)
+
+
+def _pointed_at(data: dict, config, model_dirs: list[Path]) -> tuple[dict, Any]:
+    """The checked recipe (data and mergekit's `MergeConfiguration`) with its models, in order, replaced by
+    `model_dirs` (the runs' views): only the paths change, so nothing is checked again."""
+    from mergekit.common import ModelReference
+
+    entries = [{**entry, "model": str(path)} for entry, path in zip(data["models"], model_dirs, strict=True)]
+    models = [entry.model_copy(update={"model": ModelReference.model_validate(str(path))})
+              for entry, path in zip(config.models, model_dirs, strict=True)]
+    return {**data, "models": entries}, config.model_copy(update={"models": models})
+
+
+def _view_comments(inputs: list) -> list[str]:
+    """The recipe's header: what each of its models (a view in a cache) is a view of."""
+    comments = ["The models below are merge views in a cache (safe to delete, rebuilt by spunge merge); once they are",
+                f"gone, run {PORTABLE_RECIPE_FILE} from the merged model instead: it names the runs themselves.",
+                "models (each a per-attribute run; a view = the tensors it changed + links to the base's):"]
+    for i, run in enumerate(inputs):
+        described = run.describe()
+        attribute = described["attribute"] or {}
+        label = f"{attribute.get('column')}={attribute.get('value')}" if attribute.get("column") else run.name
+        comments.append(f"  [{i}] {label}: {run.kind} {run.path}" + (f" ({described['rows']} rows)" if described["rows"] else ""))
+    return comments
 
 
 def merge_recipe(

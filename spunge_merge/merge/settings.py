@@ -36,6 +36,14 @@ class MergeOptions(FrozenConfig):
                                                        "(default: the base weights' dtype).")
     parameters: dict[str, Any] | None = Field(None, description="Extra mergekit parameters, passed through.")
 
+    def at(self, lam: float | None, *, dtype: str | None = None) -> MergeSettings:
+        """One merge's settings: these options (already validated, so not validated again) at scale `lam`,
+        with `dtype` where these leave it unset (the pipeline's `merge:` section → one merged model)."""
+        values = {name: getattr(self, name) for name in MergeOptions.model_fields}
+        values["parameters"] = dict(values["parameters"] or {})
+        values["dtype"] = values["dtype"] or dtype
+        return MergeSettings.model_construct(**values, lam=lam)
+
 
 class MergeSettings(MergeOptions):
     """What `spunge merge RUN...` and `merge_runs` turn into a recipe: one λ."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from spunge_merge.pipeline.schema import Pipeline
+from spunge_merge.config import FrozenConfig
+from spunge_merge.pipeline.schema import Pipeline, apply_changes
 
 
 def _given(pipeline: Pipeline) -> dict[str, str]:
@@ -19,18 +20,12 @@ def _given(pipeline: Pipeline) -> dict[str, str]:
     return {key: value for key, value in (("device", runtime.device), ("dtype", runtime.dtype)) if value != "auto"}
 
 
-def _method_fields(method: str) -> dict[str, Any]:
-    """The settings fields of an unlearning method, from its registry record."""
-    from spunge_merge.unlearn import registry
-
-    return registry.get_method(method).config_class.model_fields
-
-
-def method_settings(pipeline: Pipeline, config: dict[str, Any]) -> dict[str, Any]:
+def method_settings(pipeline: Pipeline, config: FrozenConfig) -> FrozenConfig:
     """An unlearning run's settings: `config`, with the runtime's device and dtype where the method
-    has such a setting and `config` leaves it unset."""
-    fields = _method_fields(pipeline.unlearn.method)
-    return {**{key: value for key, value in _given(pipeline).items() if key in fields}, **config}
+    has such a setting and `config` leaves it unset (the object itself when nothing changes)."""
+    changes = {key: value for key, value in _given(pipeline).items()
+               if key in type(config).model_fields and key not in config.model_fields_set}
+    return apply_changes(config, changes) if changes else config
 
 
 def merge_dtype(pipeline: Pipeline) -> str | None:

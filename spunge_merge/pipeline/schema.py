@@ -2,9 +2,11 @@
 
 Validated by pydantic models that are frozen and reject unknown keys, so a typo is an error
 that names its key (`unlearn.config.lr: ...`), never a silently ignored setting. The method's
-hyperparameters (`unlearn.config`, `unlearn.overrides.<subset>`, `baseline.config`) are checked
-against the method's own settings class (its registry record's `config_class`) when the file is loaded, before
-any work starts.
+hyperparameters are validated once, here, into the method's own settings object (its registry
+record's `config_class`, found by `unlearn.method`: the registry is open to plug-ins, so this is a
+validator rather than a static union): `unlearn.config` is that object, each
+`unlearn.overrides.<subset>` is it with the subset's changes applied, and `baseline.config` with
+the un-split run's. Later stages and the jobs carry these objects as they are.
 
 Relative paths in the file are relative to the file's own directory (so a recipe runs from any
 working directory); a value that is not an existing path relative to it (a Hub id, a model alias)
@@ -13,10 +15,20 @@ is kept as written.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml, reattribute
 from spunge_merge.data.discovery.spec import ClassifierBy, ClusterBy, build_by
@@ -26,6 +38,22 @@ from spunge_merge.unlearn import registry
 
 STAGES = ("split", "unlearn", "baseline", "merge", "eval", "push")
 MODEL_ROLES = ("base", "baseline", "spunge")
+
+
+# A method's settings object: the registered method's `config_class`, dumped with all of its fields.
+MethodConfig = SerializeAsAny[FrozenConfig]
+
+
+def apply_changes(config: FrozenConfig, changes: Mapping[str, Any]) -> FrozenConfig:
+    """`config` with `changes`, validated again by its own class; the keys given stay the ones set (fingerprints)."""
+    return type(config).model_validate({**config.model_dump(exclude_unset=True), **changes})
+
+
+def _changed(config: FrozenConfig, by_name: Mapping[str, Any]) -> dict[str, FrozenConfig]:
+    """`config` with each name's changes, validated in one go so that an error is located at `NAME.KEY`."""
+    values = {name: {**config.model_dump(exclude_unset=True), **changes} if isinstance(changes, Mapping) else changes
+              for name, changes in by_name.items()}
+    return TypeAdapter(dict[str, type(config)]).validate_python(values)
 
 
 def _as_list(value: Any) -> Any:
@@ -112,9 +140,11 @@ class Resources(FrozenConfig):
 
 class UnlearnSection(FrozenConfig):
     method: str = Field(..., description="Unlearning method: a registered name (`spunge unlearn --help` lists them).")
-    config: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (keys of the method's settings class).")
-    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
-                                                 description="Per-subset changes to `config`, keyed by subset name or value.")
+    config: MethodConfig = Field(default_factory=dict, validate_default=True,
+                                 description="Method hyperparameters (keys of the method's settings class).")
+    overrides: dict[str, MethodConfig] = Field(default_factory=dict,
+                                               description="Per-subset changes to `config`, keyed by subset name or value "
+                                                           "(validated: each subset's whole settings).")
     retain: list[DataRef] | None = Field(None, description="Retain data, for methods that use it: one source for every run.")
     resources: Resources = Field(default_factory=Resources)
 
@@ -125,28 +155,55 @@ class UnlearnSection(FrozenConfig):
             raise ValueError(f"unknown unlearning method '{value}' (available: {', '.join(registry.method_names())})")
         return value
 
+    @field_validator("config", mode="before")
+    @classmethod
+    def _method_config(cls, value: Any, info: ValidationInfo) -> Any:
+        """The registered method's settings object (its errors are located at `unlearn.config.KEY`)."""
+        if "method" not in info.data:
+            return FrozenConfig()  # the method's own error is reported; its settings cannot be checked
+        if isinstance(value, FrozenConfig):
+            return value
+        return registry.get_method(info.data["method"]).config_class.model_validate(value)
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _subset_configs(cls, value: Any, info: ValidationInfo) -> Any:
+        """Each subset's settings: `config` with the subset's changes (errors at `unlearn.overrides.NAME.KEY`)."""
+        config = info.data.get("config")
+        if config is None or type(config) is FrozenConfig:
+            return {}  # the method's or the config's own error is reported
+        return _changed(config, value) if isinstance(value, Mapping) else value
+
     @field_validator("retain", mode="before")
     @classmethod
     def _retain_list(cls, value: Any) -> Any:
         return _as_list(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _retain_as_the_method_always_needs(cls, value: Any) -> Any:
+        """A method that always (or never) takes retain data is checked first: that error stands alone."""
+        method = value.get("method") if isinstance(value, Mapping) else None
+        if isinstance(method, str) and method in registry.method_names():
+            record = registry.get_method(method)
+            if record.retain != "optional" or record.uses_retain is None:
+                _check_retain(method, record.retain, value.get("retain"), "")
+        return value
+
     @model_validator(mode="after")
     def _retain_as_the_method_needs(self):
         method = registry.get_method(self.method)
-        need = method.retain
-        if need == "optional" and method.uses_retain is not None:
-            try:
-                need = "required" if method.uses_retain(method.config_class.model_validate(self.config)) else "none"
-            except ValidationError:
-                return self  # the settings' own error is reported where the config is checked
-            with_these = " with these settings (see its retain weight)"
-        else:
-            with_these = ""
-        if need == "required" and not self.retain:
-            raise ValueError(f"method '{self.method}' needs `retain` data{with_these} (e.g. wikitext)")
-        if need == "none" and self.retain:
-            raise ValueError(f"method '{self.method}' uses no retain data{with_these}; remove `retain`")
+        if method.retain == "optional" and method.uses_retain is not None:
+            need = "required" if method.uses_retain(self.config) else "none"
+            _check_retain(self.method, need, self.retain, " with these settings (see its retain weight)")
         return self
+
+
+def _check_retain(method: str, need: str, retain: Any, with_these: str) -> None:
+    if need == "required" and not retain:
+        raise ValueError(f"method '{method}' needs `retain` data{with_these} (e.g. wikitext)")
+    if need == "none" and retain:
+        raise ValueError(f"method '{method}' uses no retain data{with_these}; remove `retain`")
 
 
 class MergeSection(MergeOptions):
@@ -166,8 +223,9 @@ class BaselineSection(FrozenConfig):
     """The same method on the un-split union of the subsets, evaluated the same way (the paper's comparison)."""
 
     enabled: bool = Field(True, description="Train and evaluate the baseline.")
-    config: dict[str, Any] = Field(default_factory=dict,
-                                   description="Changes to `unlearn.config` for the un-split run (paper TVN: lr 2e-5).")
+    config: MethodConfig = Field(default_factory=FrozenConfig,
+                                 description="Changes to `unlearn.config` for the un-split run (paper TVN: lr 2e-5); validated: "
+                                             "the un-split run's whole settings.")
     budget: Literal["matched", "config"] = Field(
         "matched", description="matched: as many optimizer steps as all split runs together; config: the settings as given.")
     lambdas: list[float] | None = Field(
@@ -248,12 +306,23 @@ class Pipeline(FrozenConfig):
     split: SplitSection
     unlearn: UnlearnSection
     merge: MergeSection = Field(default_factory=MergeSection)
-    baseline: BaselineSection = Field(default_factory=BaselineSection)
+    baseline: BaselineSection = Field(default_factory=dict, validate_default=True)
     eval: EvalSection
     push: PushSection | None = None
     seeds: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(
         None, description="Run every arm once per seed (unlearning seeds set to each) into run_dir/seeds/<seed>/, and "
                           "report means, spreads and Spunge − baseline intervals over seeds and prompts (see docs/seeds.md).")
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _baseline_config(cls, value: Any, info: ValidationInfo) -> Any:
+        """`baseline.config`: `unlearn.config` with the un-split run's changes (errors at `baseline.config.KEY`)."""
+        unlearn = info.data.get("unlearn")
+        if not isinstance(value, Mapping) or isinstance(value.get("config"), FrozenConfig):
+            return value
+        if unlearn is None or type(unlearn.config) is FrozenConfig:
+            return {**value, "config": FrozenConfig()}  # unlearn's own error is reported
+        return {**value, "config": _changed(unlearn.config, {"config": value.get("config") or {}})["config"]}
 
     @field_validator("seeds")
     @classmethod
@@ -293,18 +362,8 @@ def _prefixed(exc: ValidationError, prefix: str, source: str) -> str:
     return f"{source}: " + "; ".join(problems)
 
 
-def check_method_configs(pipeline: Pipeline, source: str) -> None:
-    """Validate `unlearn.config`, each override and `baseline.config` against the method's settings class."""
-    cls = registry.get_method(pipeline.unlearn.method).config_class
-    checks = [("unlearn.config", dict(pipeline.unlearn.config))]
-    for name, changes in pipeline.unlearn.overrides.items():
-        checks.append((f"unlearn.overrides.{name}", {**pipeline.unlearn.config, **changes}))
-    checks.append(("baseline.config", {**pipeline.unlearn.config, **pipeline.baseline.config}))
-    for prefix, values in checks:
-        try:
-            cls.model_validate(values)
-        except ValidationError as exc:
-            raise SpungeError(_prefixed(exc, prefix, source)) from exc
+def check_override_names(pipeline: Pipeline, source: str) -> None:
+    """Each `unlearn.overrides` key names a subset, where the file lists them (`split.values` or `split.subsets`)."""
     if pipeline.split.values is not None:
         names = set(pipeline.split.values)
         unknown = sorted(set(pipeline.unlearn.overrides) - names)
@@ -352,7 +411,7 @@ def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
     except ValidationError as exc:
         raise SpungeError(format_validation_error(exc, source, data)) from exc
     try:
-        check_method_configs(pipeline, source)
+        check_override_names(pipeline, source)
         _check_eval_kwargs(pipeline, source)
     except SpungeError as exc:  # a value given by --set is blamed on the --set, not on the file
         raise SpungeError(reattribute(str(exc), source, data)) from exc

@@ -55,14 +55,18 @@ class SeedsSummary(RunSummary):
     aggregate: dict[str, Any] = field(default_factory=dict)
 
 
-def seed_overrides(pipeline: Pipeline, seed: int) -> list[str]:
-    """`--set` assignments that make one seed's single run: no `seeds`, every unlearning seed set to `seed`."""
+def seed_overrides(pipeline: Pipeline, seed: int, written: dict[str, Any] | None = None) -> list[str]:
+    """`--set` assignments that make one seed's single run: no `seeds`, every unlearning seed set to `seed`.
+
+    `written` is the pipeline file as read (with its `--set`s): an override's own `seed` is the one the
+    file writes under `unlearn.overrides.NAME` (the parsed pipeline holds each subset's whole settings)."""
     cls = registry.get_method(pipeline.unlearn.method).config_class
     if "seed" not in cls.model_fields:
         raise SpungeError(f"seeds: unlearn.method {pipeline.unlearn.method} has no `seed` setting to vary")
     assignments = ["seeds=null", f"unlearn.config.seed={seed}", f"baseline.config.seed={seed}"]
-    for name, changes in pipeline.unlearn.overrides.items():
-        if "seed" in changes:
+    overrides = ((written or {}).get("unlearn") or {}).get("overrides") or {}
+    for name, changes in overrides.items():
+        if isinstance(changes, dict) and "seed" in changes:
             if "." in name or "=" in name:
                 raise SpungeError(f"unlearn.overrides.{name}.seed: a subset name with '.' or '=' cannot be re-seeded by `seeds`; "
                                   "drop its `seed` override")
@@ -108,6 +112,7 @@ def run_seeds(pipeline_file: str | Path, pipeline: Pipeline, *, run_dir: str | P
     pipeline_file = Path(pipeline_file)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(pipeline)
     given = list(overrides or [])
+    written = apply_overrides(load_yaml(pipeline_file), given, str(pipeline_file))
     common = {"force": force, "executor": executor, "ray_address": ray_address, "live": live, "console": console,
               "accept_changes": accept_changes}
     started = time.perf_counter()
@@ -126,7 +131,7 @@ def run_seeds(pipeline_file: str | Path, pipeline: Pipeline, *, run_dir: str | P
                     for key in SHARED_WORK:
                         _copy_record(key, first_done, seed_dir)
                 summary = run_pipeline(pipeline_file, run_dir=seed_dir, only=only,
-                                       overrides=[*given, *seed_overrides(pipeline, seed)], **common)
+                                       overrides=[*given, *seed_overrides(pipeline, seed, written)], **common)
                 per_seed[seed] = summary
                 ran += [f"seed {seed}: {stage}" for stage in summary.ran]
                 first_done = first_done or seed_dir

@@ -61,8 +61,8 @@ class TrainRequest:
 class BaselineBudget:
     """The un-split run's settings, changed so that it takes as many optimizer steps as all split runs.
 
-    `config` is a mapping of `config_class` keys (the pipeline fingerprints and ships it to a job as
-    is): the baseline's settings as given, with the changes the budget needs.
+    `config` is a mapping of `config_class` keys: the baseline's settings as given, with the changes
+    the budget needs (the pipeline validates it into the method's settings object for the job).
     """
 
     config: dict[str, Any]

@@ -1,0 +1,112 @@
+"""`eval`: the chosen evaluations of the base, baseline and Spunge models, and their comparison.
+
+What an evaluation is (its function, which arguments are paths) is `pipeline/evals.py`'s; this
+stage only reads it there and ships one job per model to `evals.evaluate_model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spunge_merge.fsutil import atomic_write_text, sha256_json
+from spunge_merge.pipeline import evals, inputs, runtime
+from spunge_merge.pipeline.jobs import Job
+from spunge_merge.pipeline.schema import DataRef
+from spunge_merge.pipeline.stages.common import FORMAT, Context, Work, path_identity, run_stage, run_works
+from spunge_merge.provenance import fingerprint
+
+
+def model_labels(ctx: Context) -> dict[str, Path]:
+    """label -> model directory, for the roles the eval section names (base first)."""
+    roles = ctx.pipeline.eval.models
+    found: dict[str, Path] = {}
+    if "base" in roles:
+        found["base"] = ctx.model.path
+        ctx.model_parts["base"] = ctx.model.fingerprint
+    if "baseline" in roles and ctx.pipeline.baseline.enabled:
+        found.update(ctx.labels.get("baseline", {}))
+    if "spunge" in roles:
+        found.update(ctx.labels.get("spunge", {}))
+    return found
+
+
+def _eval_settings(ctx: Context) -> dict[str, dict[str, Any]]:
+    """Each chosen evaluation's keyword arguments, paths made absolute and data sources written out."""
+    section = ctx.pipeline.eval
+    chosen: dict[str, dict[str, Any]] = {}
+    for name in evals.ORDER:
+        given = getattr(section, name)
+        if given is None:
+            continue
+        kwargs = dict(given)
+        for key in evals.PATH_ARGUMENTS.get(name, ()):
+            if isinstance(kwargs.get(key), str):
+                kwargs[key] = ctx.path(kwargs[key])
+        if name == "perplexity" and isinstance(kwargs.get("data"), dict):
+            ref = DataRef.model_validate(kwargs["data"])
+            target = ctx.inputs_dir / "eval-perplexity.jsonl"
+            identity = inputs.identity(ref, ctx.base_dir)
+            marker = ctx.inputs_dir / ".eval-perplexity.sha"
+            wanted = sha256_json(identity)
+            if not target.is_file() or not marker.is_file() or marker.read_text() != wanted:
+                inputs.write_rows(ref, ctx.base_dir, target, texts_only=True)
+                atomic_write_text(marker, wanted)
+            kwargs["data"] = str(target)
+            kwargs.pop("text_column", None)
+        chosen[name] = runtime.eval_settings(ctx.pipeline, evals.accepted_keywords(name), kwargs)
+    return chosen
+
+
+def stage_eval(ctx: Context) -> dict[str, Any]:
+    """Every chosen evaluation of every chosen model (one job per model), then the comparison table."""
+    models = model_labels(ctx)
+    settings = _eval_settings(ctx)
+    identities = {name: {k: path_identity(v) for k, v in kwargs.items()} for name, kwargs in settings.items()}
+    resources = ctx.pipeline.unlearn.resources
+    works = []
+    for label, path in models.items():
+        parts = {name: fingerprint(format=FORMAT, model=ctx.model_parts[label], settings=identities[name]) for name in settings}
+        out = ctx.eval_dir / label
+
+        def build(force: dict[str, bool], label=label, path=path, out=out) -> Job:
+            ref = ctx.model.ref if label == "base" else str(path)
+            return Job(key=f"eval/{label}", label=label, function=evals.evaluate_model,
+                       kwargs={"model_ref": ref, "model_path": str(path), "out": str(out), "evaluations": settings, "force": force},
+                       cpus=resources.cpus, gpus=resources.gpus)
+
+        works.append(Work(stage="eval", key=f"eval/{label}", label=label, parts=parts, outputs=[out], build=build))
+    from spunge_merge.evaluate.compare import RESULT_FILES
+
+    compared = [name for name in settings if name in RESULT_FILES]  # what compare_results reads
+    compare_out = ctx.eval_dir / "compare"
+    if compared:
+        reference = "base" if "base" in models else None
+        compare_kwargs = {"reference_label": reference, **ctx.pipeline.eval.compare}
+        part = fingerprint(format=FORMAT, inputs=[w.fingerprint for w in works], settings=compare_kwargs)
+
+        def build_compare(force: dict[str, bool]) -> Job:
+            return Job(key="eval/compare", label="compare", function=compare_task,
+                       kwargs={"results": {label: str(ctx.eval_dir / label) for label in models}, "out": str(compare_out),
+                               "settings": compare_kwargs, "force": force["compare"]})
+
+        compare_work = Work(stage="eval", key="eval/compare", label="comparison table", parts={"compare": part},
+                            outputs=[compare_out], build=build_compare, local=True)
+    fp = fingerprint(format=FORMAT, evals=[w.fingerprint for w in works], compare=compare_work.fingerprint if compared else None)
+    outputs = [w.outputs[0] for w in works] + ([compare_out] if compared else [])
+    ctx.info["eval_models"] = {label: str(path) for label, path in models.items()}
+
+    def work() -> dict[str, Any]:
+        results = run_works(ctx, works)
+        if compared:
+            run_works(ctx, [compare_work])
+        return {"detail": f"{len(works)} models", "summary": {k: v.get("summary") for k, v in results.items()}}
+
+    return run_stage(ctx, "eval", fp, outputs, work)
+
+
+def compare_task(*, results: dict[str, str], out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]:
+    from spunge_merge.evaluate.compare import compare_results
+
+    compare_results(results, out, force=force, **settings)
+    return {"path": out}

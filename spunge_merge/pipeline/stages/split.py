@@ -1,0 +1,84 @@
+"""`split`: the unlearning data as one file per subset (`spunge split`'s layout), and the retain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spunge_merge.data.loading import SPLIT_MANIFEST
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, read_json, write_json
+from spunge_merge.pipeline import inputs
+from spunge_merge.pipeline.schema import DataRef
+from spunge_merge.pipeline.stages.common import FORMAT, Context, run_stage
+from spunge_merge.provenance import fingerprint
+
+
+def stage_split(ctx: Context) -> dict[str, Any]:
+    section = ctx.pipeline.split
+    retain = ctx.pipeline.unlearn.retain or []
+    if section.subsets is None:
+        data = inputs.identity(section.data, ctx.base_dir)
+    else:
+        data = {name: inputs.identity(ref, ctx.base_dir) for name, ref in section.subsets.items()}
+    fp = fingerprint(format=FORMAT, split=section.model_dump(mode="json", by_alias=True), data=data,
+                     retain=[inputs.identity(ref, ctx.base_dir) for ref in retain])
+    outputs = [ctx.split_dir / SPLIT_MANIFEST] + ([ctx.retain_file] if retain else [])
+
+    def work() -> dict[str, Any]:
+        if section.subsets is None:
+            _split_by_column(ctx)
+        else:
+            _split_from_sources(ctx)
+        if retain:
+            _write_retain(ctx, retain)
+        manifest = read_json(ctx.split_dir / SPLIT_MANIFEST)
+        counts = {entry["value"]: entry["rows"] for entry in manifest["subsets"]}
+        return {"detail": ", ".join(f"{v} {n}" for v, n in counts.items()), "rows": counts}
+
+    return run_stage(ctx, "split", fp, outputs, work)
+
+
+def _split_by_column(ctx: Context) -> None:
+    from spunge_merge.data.split import split_dataset
+
+    section = ctx.pipeline.split
+    ref = section.data
+    if ref.config is not None or ref.limit is not None:  # Hub configuration or a row limit: write the rows first
+        source = ctx.inputs_dir / "forget.jsonl"
+        inputs.write_rows(ref, ctx.base_dir, source)
+        split_dataset(source, by=section.by, out=ctx.split_dir, values=section.values, text_column="text", force=True,
+                      progress=False)
+    else:  # `by` a column, or how to discover one (clusters, a classifier): split_dataset handles both
+        split_dataset(ctx.path(ref.path), by=section.by, out=ctx.split_dir, where=ref.where, values=section.values,
+                      text_column=ref.text_column, force=True, hub_split=ref.hub_split, progress=False)
+
+
+def _split_from_sources(ctx: Context) -> None:
+    """`split.subsets`: one data source per subset, laid out as a `spunge split` directory."""
+    from spunge_merge import __version__
+    from spunge_merge.data.split import safe_name
+
+    section = ctx.pipeline.split
+    with atomic_output_dir(ctx.split_dir, force=True) as tmp:
+        entries = []
+        for name, ref in section.subsets.items():
+            file = f"{safe_name(name)}.jsonl"
+            rows = inputs.write_rows(ref, ctx.base_dir, tmp / file, texts_only=True)
+            entries.append({"value": name, "name": safe_name(name), "file": file, "rows": rows})
+        write_json(tmp / SPLIT_MANIFEST, {
+            "kind": "split", "spunge_version": __version__, "column": section.attribute, "text_column": "text", "format": "jsonl",
+            "source": {name: inputs.identity(ref, ctx.base_dir) for name, ref in section.subsets.items()},
+            "filters": [], "values": list(section.subsets), "subsets": entries,
+            "rows_after_filter": sum(e["rows"] for e in entries),
+        })
+
+
+def _write_retain(ctx: Context, refs: list[DataRef]) -> None:
+    """All retain sources as one text file (RMU uses one retain set for every run)."""
+    parts = []
+    for i, ref in enumerate(refs):
+        part = ctx.inputs_dir / f".retain-{i}.jsonl"
+        inputs.write_rows(ref, ctx.base_dir, part, texts_only=True)
+        parts.append(part.read_text(encoding="utf-8"))
+        part.unlink()
+    atomic_write_text(ctx.retain_file, "".join(parts))
+
