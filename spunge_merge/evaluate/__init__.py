@@ -1,15 +1,30 @@
-"""`spunge eval`: toxicity per attribute, fluency, perplexity, harness utility, comparisons.
+"""`spunge eval`: knowledge, toxicity per attribute, fluency, perplexity, harness utility, comparisons.
 
-The functions below are the public API the pipeline calls; each writes its JSON into `out`
-and returns the same dict.
+Every evaluation is declared once in `evaluate.registry` (its record: settings class, run function,
+result file, headline, comparison columns); `registry.run_evaluation` runs any of them. The
+functions below are the public API (each writes its JSON into `out` and returns the same dict);
+they are imported on first use, so that `import spunge_merge.evaluate.registry` does not load torch.
 """
 
-from spunge_merge.evaluate.compare import compare_results
-from spunge_merge.evaluate.fluency import evaluate_fluency
-from spunge_merge.evaluate.frontier import frontier_results
-from spunge_merge.evaluate.harness import evaluate_harness
-from spunge_merge.evaluate.perplexity import evaluate_perplexity
-from spunge_merge.evaluate.toxicity import evaluate_toxicity
+from __future__ import annotations
 
-__all__ = ["compare_results", "evaluate_fluency", "evaluate_harness", "evaluate_perplexity", "evaluate_toxicity",
-           "frontier_results"]
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "compare_results": "compare",
+    "evaluate_fluency": "fluency",
+    "evaluate_harness": "harness",
+    "evaluate_knowledge": "knowledge",
+    "evaluate_perplexity": "perplexity",
+    "evaluate_toxicity": "toxicity",
+    "frontier_results": "frontier",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"spunge_merge.evaluate.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'spunge_merge.evaluate' has no attribute '{name}'")
