@@ -197,3 +197,16 @@ def test_no_module_outside_the_registry_lists_evaluation_names():
             if len(listed) >= 2:
                 offenders.append(f"{path.relative_to(package.parent)}:{node.lineno}: {sorted(listed)}")
     assert offenders == []
+
+
+def test_its_command_is_generated_from_its_config_class(embnorm, tiny_model, tmp_path):
+    listed = runner.invoke(app, ["eval", "--help"])
+    assert listed.exit_code == 0 and "embnorm" in listed.output
+    helped = runner.invoke(app, ["eval", "embnorm", "--help"])
+    assert helped.exit_code == 0 and "--scale" in helped.output and "Factor applied to the norm." in helped.output
+    done = runner.invoke(app, ["eval", "embnorm", "--model", str(tiny_model), "--scale", "3", "--out", str(tmp_path / "e")])
+    assert done.exit_code == 0, done.output
+    saved = json.loads((tmp_path / "e" / "embnorm.json").read_text())
+    assert math.isclose(saved["norm"], 3 * _norm(tiny_model), rel_tol=1e-12) and "embnorm.json" in done.output
+    refused = runner.invoke(app, ["eval", "embnorm", "--model", str(tiny_model), "--scale", "0", "--out", str(tmp_path / "f")])
+    assert refused.exit_code == 2 and "--scale must be > 0" in refused.output and not (tmp_path / "f").exists()
