@@ -214,6 +214,9 @@ class NamesView(Sequence):
     def __getitem__(self, index):
         return names()[index]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(names())
+
     def __len__(self) -> int:
         return len(names())
 

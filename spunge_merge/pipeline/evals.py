@@ -22,6 +22,8 @@ class _PathSettings(Mapping):
     """name -> settings that name local files or directories (made absolute against the pipeline file's folder)."""
 
     def __getitem__(self, name: str) -> tuple[str, ...]:
+        if name not in registry.names():
+            raise KeyError(name)
         return registry.get(name).path_settings
 
     def __iter__(self) -> Iterator[str]:
