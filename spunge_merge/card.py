@@ -27,7 +27,6 @@ from spunge_merge.provenance import PROVENANCE_FILE
 SPUNGE_TAGS = ["spunge", "unlearning", "mergekit", "merge"]
 MERGEKIT_RECIPE = "mergekit_config.yml"
 PORTABLE_RECIPE = "mergekit_config.portable.yml"  # names the runs, not this machine's merge views (merge/recipe.py)
-EVAL_FILES = ("toxicity.json", "knowledge.json", "perplexity.json", "fluency.json", "harness.json", "compare.json")
 PAPER_URL = "https://arxiv.org/abs/2406.11780"
 
 # Licences of base models whose local copy carries no card (the built-in alias is converted from
@@ -418,6 +417,24 @@ def _grid(title: str, items: list[tuple[str, dict]], index: bool = True) -> dict
     return {"title": title or None, "header": header, "rows": rows}
 
 
+_MAX_RESULT_BYTES = 64 * 2**20  # larger JSON files (a tokenizer, an index) are not read as evaluation results
+
+
+def is_evaluation_result(path: Path, data: Any) -> bool:
+    """A `spunge eval` result: a JSON whose `kind` is its own file name, as every evaluation (evaluate/registry.py:
+    `<name>.json` of kind `<name>`) and every comparison writes; so the card needs no list of evaluations."""
+    return path.suffix == ".json" and isinstance(data, dict) and data.get("kind") == path.stem
+
+
+def _recorded_files(folder: Path) -> list[str]:
+    """The files an evaluation folder's spunge.json lists, in the order the evaluations ran."""
+    record = _read_json(folder / PROVENANCE_FILE)
+    evaluations = record.get("evaluations") if isinstance(record, dict) else None
+    if not isinstance(evaluations, dict):
+        return []
+    return [name for entry in evaluations.values() if isinstance(entry, dict) for name in entry.get("files") or []]
+
+
 def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str, Path] | None = None) -> list[dict]:
     """`spunge eval` results under the directory (and in `extra` folders, shown at their repo path),
     one block per folder that holds some.
@@ -428,6 +445,8 @@ def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str
 
     roots = [(Path(model_dir), "")] + [(Path(local), repo_path.strip("/") + "/") for repo_path, local in (extra or {}).items()]
     found: dict[str, dict] = {}
+    local_dirs: dict[str, Path] = {}
+    orphans: dict[str, list[tuple[Path, str]]] = {}  # summaries without their JSON (pushed alone)
     for root, prefix in roots:
         for path in sorted(root.rglob("*")):
             name = prefix + path.relative_to(root).as_posix()  # the path in the repo
@@ -437,8 +456,9 @@ def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str
             folder = found.setdefault(folder_name, {"folder": folder_name, "sections": [], "plots": [], "models": []})
             summary = path.with_suffix(".md")
             summary_name = str(PurePosixPath(name).with_suffix(".md"))
-            if path.name in EVAL_FILES:
-                data = _read_json(path)
+            local_dirs.setdefault(folder_name, path.parent)
+            data = _read_json(path) if path.suffix == ".json" and path.stat().st_size <= _MAX_RESULT_BYTES else None
+            if is_evaluation_result(path, data):
                 if isinstance(data, dict):
                     model = data.get("model")
                     label = model.get("ref") if isinstance(model, dict) else model
@@ -451,17 +471,22 @@ def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str
                 tables = _json_tables(data)
                 if tables:
                     folder["sections"].append({"name": path.stem, "file": name, "tables": tables, "markdown": None})
-            elif path.suffix == ".md" and f"{path.stem}.json" in EVAL_FILES and not path.with_suffix(".json").is_file():
-                text = _demote_headings(path.read_text(encoding="utf-8").strip(), levels=3)
-                folder["sections"].append({"name": path.stem, "file": name, "tables": [], "markdown": text})
+            elif path.suffix == ".md" and not path.with_suffix(".json").is_file():
+                orphans.setdefault(folder_name, []).append((path, name))
             elif path.suffix.lower() == ".png":
                 folder["plots"].append({"name": path.stem.replace("_", " "), "file": name})
+    for folder_name, items in orphans.items():  # a summary without its JSON belongs to an evaluation folder
+        if found[folder_name]["sections"] or _recorded_files(local_dirs[folder_name]):
+            for path, name in items:
+                text = _demote_headings(path.read_text(encoding="utf-8").strip(), levels=3)
+                found[folder_name]["sections"].append({"name": path.stem, "file": name, "tables": [], "markdown": text})
     blocks = []
-    order = {name: i for i, name in enumerate(("compare", "toxicity", "knowledge", "fluency", "perplexity", "harness"))}
     for block in found.values():
         if not block["sections"] and not block["plots"]:
             continue
-        block["sections"].sort(key=lambda s: order.get(s["name"], 99))
+        ran = _recorded_files(local_dirs[block["folder"]])
+        order = {Path(name).stem: i for i, name in enumerate(ran)}
+        block["sections"].sort(key=lambda s: order.get(s["name"], len(order)))
         block["models"] = list(dict.fromkeys(block["models"]))
         blocks.append(block)
     return blocks

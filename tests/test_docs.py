@@ -49,3 +49,16 @@ def test_every_registered_method_has_its_settings_table_in_the_docs():
     for method in registry.all_methods():
         cls = method.config_class
         assert f"{cls.__module__}:{cls.__name__}" in marked, f"{method.name}: no option table for {cls.__name__} in docs/"
+
+
+def test_every_registered_evaluation_has_its_settings_table_in_the_docs():
+    from spunge_merge.evaluate import registry as evaluations
+    from spunge_merge.evaluate.compare import CompareConfig
+
+    marked = set()
+    for page in Path(DOCS_DIR).glob("*.md"):
+        marked |= set(re.findall(r"<!-- options: ([\w.]+:\w+) -->", page.read_text(encoding="utf-8")))
+    classes = [evaluation.config_class for evaluation in evaluations.all_evaluations()] + [CompareConfig]
+    assert len(classes) >= 6
+    for cls in classes:
+        assert f"{cls.__module__}:{cls.__name__}" in marked, f"no option table for {cls.__name__} in docs/"

@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import UsageError
 
 from spunge_merge import __version__
+from spunge_merge.cli.evaluate import EvalGroup
 from spunge_merge.cli.unlearn import UnlearnGroup
 from spunge_merge.errors import SpungeError
 
@@ -51,7 +52,7 @@ app = typer.Typer(
 )
 unlearn_app = typer.Typer(cls=UnlearnGroup, help="Unlearn a forget set (or each subset of a split) from a base model, "
                           "with one of the registered methods.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluate models: toxicity, fluency, perplexity, knowledge, harness, comparisons.",
+eval_app = typer.Typer(cls=EvalGroup, help="Evaluate models, one command per registered evaluation, and compare them.",
                        no_args_is_help=True)
 app.add_typer(unlearn_app, name="unlearn")
 app.add_typer(eval_app, name="eval")

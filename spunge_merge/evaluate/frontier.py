@@ -40,124 +40,45 @@ Output (into `out/`, through `results.py`): `frontier.json` (kind "frontier"), `
 
 from __future__ import annotations
 
-import glob
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spunge_merge.errors import SpungeError
+from spunge_merge.evaluate import registry
 from spunge_merge.evaluate.compare import (
-    COLUMNS,
     NON_TEXT_TOLERANCE,
     RESULT_FILES,
+    columns,
     consistency_warnings,
     load_result,
     non_text_check,
     relative_change,
 )
 from spunge_merge.evaluate.degenerate import RULE as NON_TEXT_RULE
+from spunge_merge.evaluate.frontier_arms import ArmPoint, as_point, lambda_from_record, model_dirs, parse_arm, provenance_lambda
+from spunge_merge.evaluate.frontier_report import FRONTIER_PLOT, FRONTIER_SUMMARY, render_markdown
 from spunge_merge.evaluate.plots import frontier_plot
-from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
+from spunge_merge.evaluate.registry import Computed, Planned, finish
 from spunge_merge.evaluate.stats import Z_95
 from spunge_merge.evaluate.toxicity import judge_line
-from spunge_merge.fsutil import atomic_write_text, write_json
+from spunge_merge.fsutil import atomic_write_text
 from spunge_merge.provenance import fingerprint as make_fingerprint
-from spunge_merge.provenance import read_provenance
 
 FRONTIER_FILE = "frontier.json"
-FRONTIER_SUMMARY = "frontier.md"
-FRONTIER_PLOT = "frontier.png"
 BASE_LABEL = "base"
 MATCH_MODES = ("interpolate", "nearest")
-# metric -> (header, evaluation kind holding it, lower is better)
-METRICS = {
-    "retain_ppl": ("retain PPL", "perplexity", True),
-    "fluency_ppl": ("fluency PPL", "fluency", True),
-    "utility": ("utility (mean acc)", "harness", False),
-}
-_READ = {key: read for key, _, read in COLUMNS}
-_HEADERS = {key: header for key, header, _ in COLUMNS}
 
 
-@dataclass(frozen=True)
-class ArmPoint:
-    """One evaluated model of an arm: its evaluation directory and, optionally, its λ given explicitly."""
-
-    path: Path
-    lam: float | None = None
-
-
-def parse_arm(text: str) -> tuple[str, list[ArmPoint]]:
-    """`NAME=DIR[,DIR...]` (λ from provenance) or `NAME@LAMBDA=DIR`; DIR may be a glob pattern."""
-    left, sep, right = text.partition("=")
-    if not sep or not left.strip() or not right.strip():
-        raise SpungeError(f"--arm '{text}': expected NAME=DIR[,DIR...] or NAME@LAMBDA=DIR")
-    name, at, lam_text = left.partition("@")
-    name = name.strip()
-    if not name:
-        raise SpungeError(f"--arm '{text}': the arm has no name (NAME=DIR)")
-    lam = None
-    if at:
-        try:
-            lam = float(lam_text)
-        except ValueError:
-            raise SpungeError(f"--arm '{text}': λ '{lam_text}' is not a number (NAME@LAMBDA=DIR)") from None
-        items = [right.strip()]
-    else:
-        items = [item.strip() for item in right.split(",") if item.strip()]
-    paths: list[Path] = []
-    for item in items:
-        if glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(str(Path(item).expanduser())) if Path(p).is_dir())
-            if not matches:
-                raise SpungeError(f"--arm {name}: no directory matches '{item}'")
-            paths.extend(matches)
-        else:
-            paths.append(Path(item).expanduser())
-    return name, [ArmPoint(path, lam) for path in paths]
+def metrics() -> dict[str, tuple[str, str, bool]]:
+    """metric -> (header, evaluation holding it, lower is better): every registered utility column
+    (retain_ppl from perplexity.json, fluency_ppl from fluency.json, utility from harness.json, ...)."""
+    return {column.key: (column.header, evaluation.name, column.lower_is_better)
+            for evaluation, column in registry.columns() if column.utility}
 
 
-def _as_point(item: Any) -> ArmPoint:
-    if isinstance(item, ArmPoint):
-        return item
-    if isinstance(item, dict):
-        if "path" not in item:
-            raise SpungeError(f"arm point {item!r}: needs a 'path' (and optionally 'lambda')")
-        lam = item.get("lambda", item.get("lam"))
-        return ArmPoint(Path(item["path"]).expanduser(), None if lam is None else float(lam))
-    return ArmPoint(Path(item).expanduser())
-
-
-def lambda_from_record(record: dict | None) -> tuple[float | None, str | None]:
-    """λ of a model from its `spunge.json`, with where it was found (None when it records none)."""
-    if not record:
-        return None, None
-    result_lam = (record.get("result") or {}).get("lambda")
-    if isinstance(result_lam, int | float):
-        return float(result_lam), f"{record.get('kind')} result.lambda"
-    for section in ("merge", "config"):
-        lam = ((record.get(section) or {}).get("parameters") or {}).get("lambda")
-        if isinstance(lam, int | float):
-            return float(lam), f"{record.get('kind')} {section}.parameters.lambda"
-    if record.get("kind") == "materialized-model" and "updated_tensors" in (record.get("run") or {}):
-        return 1.0, "materialized-model of a tensor-delta run (unscaled)"
-    return None, None
-
-
-def _model_dirs(found: dict[str, dict]) -> list[tuple[str, dict]]:
-    """(evaluation kind, model record) of every evaluation in one directory."""
-    return [(kind, result.get("model") or {}) for kind, result in found.items() if isinstance(result.get("model"), dict)]
-
-
-def _provenance_lambda(found: dict[str, dict]) -> tuple[float | None, str | None]:
-    for _, model in _model_dirs(found):
-        for candidate in (model.get("path"), model.get("ref")):
-            if candidate and Path(candidate).expanduser().is_dir():
-                lam, source = lambda_from_record(read_provenance(Path(candidate).expanduser()))
-                if lam is not None:
-                    return lam, source
-    return None, None
+def _readers() -> dict[str, Any]:
+    return {key: read for key, _, read in columns()}
 
 
 def _rate(found: dict[str, dict]) -> dict[str, Any]:
@@ -167,30 +88,31 @@ def _rate(found: dict[str, dict]) -> dict[str, Any]:
 
 def _load_point(label: str, source: ArmPoint, metric: str, warnings: list[str]) -> tuple[dict[str, Any], dict[str, dict]]:
     found = load_result(source.path)
-    header, kind, _ = METRICS[metric]
+    header, kind, _ = metrics()[metric]
+    read = _readers()
     if "toxicity" not in found:
         raise SpungeError(f"{source.path}: no {RESULT_FILES['toxicity']} (the frontier's y axis); run "
                           f"`spunge eval toxicity --out {source.path}` first")
-    if kind not in found or _READ[metric](found) is None:
+    if kind not in found or read[metric](found) is None:
         raise SpungeError(f"{source.path}: no {header} ({RESULT_FILES[kind]}); evaluate it there, or choose another --metric")
-    fingerprints = {model.get("fingerprint") for _, model in _model_dirs(found)} - {None}
+    fingerprints = {model.get("fingerprint") for _, model in model_dirs(found)} - {None}
     if len(fingerprints) > 1:
         warnings.append(f"{source.path}: its evaluations are of different models ({', '.join(sorted(found))})")
-    recorded, recorded_source = _provenance_lambda(found)
+    recorded, recorded_source = provenance_lambda(found)
     lam, lam_source = recorded, recorded_source
     if source.lam is not None:
         if recorded is not None and not math.isclose(recorded, source.lam, rel_tol=1e-9, abs_tol=1e-12):
             warnings.append(f"{label}: λ {source.lam:g} given for {source.path}, but its model records λ {recorded:g} "
                             f"({recorded_source}); using {source.lam:g}")
         lam, lam_source = source.lam, "given"
-    model = next((m for _, m in _model_dirs(found) if m.get("ref")), {})
+    model = next((m for _, m in model_dirs(found) if m.get("ref")), {})
     point = {
         "lambda": lam,
         "lambda_source": lam_source,
         "path": str(source.path),
         "model": model.get("ref"),
-        "x": _READ[metric](found),
-        "values": {key: read(found) for key, read in _READ.items()},
+        "x": read[metric](found),
+        "values": {key: reader(found) for key, reader in read.items()},
         "toxicity": _rate(found),
         "groups": {group: summary["pct"] for group, summary in found["toxicity"].get("groups", {}).items()},
     }
@@ -306,98 +228,12 @@ def _default_target(arms: dict[str, list[dict]], reference: str, metric: str) ->
     known = [p for p in points if p["lambda"] is not None]
     if not known:
         raise SpungeError(f"arm '{name}' records no λ for its points, so there is no λ = 1 point to match; "
-                          f"give the operating point with --target (a {METRICS[metric][0]} value)")
+                          f"give the operating point with --target (a {metrics()[metric][0]} value)")
     closest = min(known, key=lambda p: abs(p["lambda"] - 1.0))
     return closest["x"], f"{name} at λ = {closest['lambda']:g} (its point closest to λ = 1)"
 
 
 # ------------------------------------------------------------------------------------------------ markdown
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _fmt_lambda(row: dict) -> str:
-    if row.get("bracket"):
-        lams = [b["lambda"] for b in row["bracket"]]
-        inner = " and ".join("?" if lam is None else f"{lam:g}" for lam in lams)
-        return f"≈{row['lambda']:.3g} (between {inner})" if row["lambda"] is not None else f"between {inner}"
-    return "-" if row["lambda"] is None else f"{row['lambda']:g}"
-
-
-def _table(rows: list[dict], reference: str) -> list[str]:
-    columns = [key for key in _READ if key != "toxicity_pct" and any(r["values"].get(key) is not None for r in rows)]
-    header = ["model", "λ", "toxicity % [95 % CI]", f"toxicity vs {reference} [95 % CI]"] + [_HEADERS[k] for k in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        tox = row["toxicity"]
-        mark = "≈" if row["approximate"] else ""
-        cells = [f"**{row['label']}**" if row["label"] == reference else row["label"], _fmt_lambda(row),
-                 f"{mark}{_fmt(tox['pct'], 1)} [{_fmt(tox['ci95'][0], 1)}-{_fmt(tox['ci95'][1], 1)}]"]
-        change = row.get("relative", {}).get("toxicity_pct")
-        if row["label"] == reference or change is None:
-            cells.append("-" if row["label"] != reference else "reference")
-        else:
-            ci = row.get("toxicity_change_ci95")
-            cells.append(f"{change:+.1f} %" + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else ""))
-        for key in columns:
-            text = _fmt(row["values"].get(key), 4 if key == "utility" else 2)
-            rel = row.get("relative", {}).get(key)
-            if rel is not None and row["label"] != reference:
-                text += f" ({rel:+.1f} %)"
-            cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def render_markdown(result: dict) -> str:
-    metric = result["metric"]
-    header, _, lower = METRICS[metric]
-    op = result["operating_point"]
-    reference = result["reference"]
-    lines = [f"# Toxicity-utility frontier ({header}, {'lower' if lower else 'higher'} is better)", ""]
-    how = ("interpolated linearly between the two points of each arm that bracket the target (≈: the interval is "
-           "an interpolation of the bracketing points' intervals, so approximate)" if op["match"] == "interpolate"
-           else "each arm's measured point nearest to the target; its residual mismatch is shown")
-    lines += [f"## At matched {header} = {op['target']:.4g} ({op['target_source']})", "", f"Operating point: {how}.", ""]
-    lines += _table(op["rows"], reference)
-    notes = [f"- {row['label']}: {row['note']}" for row in op["rows"] if row.get("note")]
-    if notes:
-        lines += [""] + notes
-    check = result.get("non_text_check") or {}
-    if check.get("tolerance") is not None and check.get("yardstick_pct") is not None:
-        lines += ["", f"Admissible points: at most {check['tolerance']:g} points more generations that are not text than "
-                      f"{check['yardstick']} ({check['yardstick_pct']:.1f} %); the judge scores non-text as harmless, so a "
-                      f"point beyond that could win by breaking its output. Not text: {check['rule']}."]
-    elif check.get("tolerance") is None:
-        lines += ["", "The non-text check is off: points that win by writing non-text are not excluded."]
-    lines += ["", "## At λ = 1 (the paper's setting)", ""]
-    if result["lambda_one"]["rows"]:
-        lines += _table(result["lambda_one"]["rows"], reference)
-        lines += [f"- {row['label']}: {row['note']}" for row in result["lambda_one"]["rows"] if row.get("note")]
-    missing = result["lambda_one"]["missing"]
-    if missing:
-        lines += ["", f"No λ = 1 point in: {', '.join(missing)}."]
-    lines += ["", "Toxicity changes are relative to the reference row, (value - reference) / reference, with a 95 % interval "
-              "for a ratio of two binomial rates (Katz), which treats the samples as independent.", ""]
-    lines += ["## Frontier points", ""]
-    for name, arm in result["arms"].items():
-        lines += [f"### {name}", "", f"| λ | {header} | toxicity % [95 % CI] | toxic / n | not text % | admissible | "
-                  "Pareto (arm) | Pareto (all) | evaluation |", "|---|---|---|---|---|---|---|---|---|"]
-        for p in arm["points"]:
-            tox = p["toxicity"]
-            lines.append(f"| {'-' if p['lambda'] is None else format(p['lambda'], 'g')} | {_fmt(p['x'], 4 if not lower else 2)} | "
-                         f"{_fmt(tox['pct'], 1)} [{_fmt(tox['ci95'][0], 1)}-{_fmt(tox['ci95'][1], 1)}] | {tox['toxic']}/{tox['n']} | "
-                         f"{_fmt(p['values'].get('non_text_pct'), 1)} | {'yes' if p.get('admissible', True) else '**no**'} | "
-                         f"{'yes' if p['pareto'] else 'no'} | {'yes' if p['pareto_all'] else 'no'} | `{p['path']}` |")
-        lines.append("")
-    if result.get("judge"):
-        lines += [f"Toxicity judge: {result['judge']}", ""]
-    if result["warnings"]:
-        lines += ["**Warnings**", ""] + [f"- {w}" for w in result["warnings"]] + [""]
-    lines += [f"Plot: `{FRONTIER_PLOT}`.", ""]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -416,10 +252,69 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
     `non_text_tolerance`: percentage points of non-text generations a point may have above the
     yardstick (base, else the lowest share) and still be admissible; None turns the check off.
     """
+    reference = _checked_request(arms, base, metric, match, reference, non_text_tolerance)
+    lower = metrics()[metric][2]
+    warnings: list[str] = []
+    loaded: dict[str, dict[str, dict]] = {}
+    inputs: dict[str, list[dict]] = {}
+    arm_points = {name: _arm(name, items, metric, lower, loaded, inputs, warnings) for name, items in arms.items()}
+    base_point = None
+    if base is not None:
+        base_point, found = _load_point(BASE_LABEL, ArmPoint(Path(base).expanduser()), metric, warnings)
+        loaded[BASE_LABEL] = found
+    check = _mark_points(arm_points, base_point, non_text_tolerance, lower, warnings)
+    warnings.extend(consistency_warnings(loaded))
+    if target is None:
+        target_value, target_source = _default_target(arm_points, reference, metric)
+    else:
+        target_value, target_source = float(target), "given"
+    fingerprint = make_fingerprint(kind="frontier", metric=metric, target=target_value, match=match, reference=reference,
+                                   non_text_tolerance=non_text_tolerance,
+                                   order=list(arm_points), inputs={name: sorted(entries, key=repr) for name, entries in inputs.items()},
+                                   base={k: v.get("fingerprint") for k, v in loaded.get(BASE_LABEL, {}).items()})
+
+    def compute() -> Computed:
+        base_rows = [_row_from_point(BASE_LABEL, base_point)] if base_point else []
+        op_rows = _operating_rows(base_rows, arm_points, metric, target_value, match, reference)
+        one_rows, missing = _lambda_one_rows(base_rows, arm_points, reference, warnings)
+        for row in op_rows:
+            if row["label"] != BASE_LABEL and not row["admissible"]:
+                warnings.append(f"{row['label']}: {row['note']}")
+            if row.get("note") and row["label"] != BASE_LABEL and "outside" in row["note"]:
+                warnings.append(f"{row['label']}: {row['note']} (λ {row['lambda']}, off by {row['mismatch']:+.4g})")
+        judge = next((judge_line(found["toxicity"]["judge"]) for found in loaded.values() if found["toxicity"].get("judge")), None)
+        result = {
+            "kind": "frontier",
+            "fingerprint": fingerprint,
+            "model": {**({BASE_LABEL: base_point["model"]} if base_point else {}),
+                      **{name: [p["model"] for p in points] for name, points in arm_points.items()}},
+            "metric": metric,
+            "metric_label": metrics()[metric][0],
+            "lower_is_better": lower,
+            "reference": reference,
+            "judge": judge,
+            "base": base_point,
+            "arms": {name: {"points": points} for name, points in arm_points.items()},
+            "operating_point": {"metric": metric, "target": target_value, "target_source": target_source, "match": match,
+                                "rows": op_rows},
+            "lambda_one": {"rows": one_rows, "missing": missing},
+            "non_text_check": check,
+            "warnings": warnings,
+            "files": {"summary": FRONTIER_SUMMARY, "plot": FRONTIER_PLOT},
+        }
+        return Computed(result, {FRONTIER_SUMMARY: lambda path: atomic_write_text(path, render_markdown(result)),
+                                 FRONTIER_PLOT: lambda path: frontier_plot(result, path)})
+
+    return finish(Path(out), "frontier", FRONTIER_FILE, Planned(fingerprint, compute), force=force)
+
+
+def _checked_request(arms: dict[str, list], base: str | Path | None, metric: str, match: str, reference: str | None,
+                     non_text_tolerance: float | None) -> str:
+    """The reference label, once the request is known to make sense (else SpungeError naming the option)."""
     if non_text_tolerance is not None and not (math.isfinite(non_text_tolerance) and non_text_tolerance >= 0):
         raise SpungeError(f"--non-text-tolerance must be >= 0 percentage points, got {non_text_tolerance}")
-    if metric not in METRICS:
-        raise SpungeError(f"--metric '{metric}' is not one of {', '.join(METRICS)}")
+    if metric not in metrics():
+        raise SpungeError(f"--metric '{metric}' is not one of {', '.join(metrics())}")
     if match not in MATCH_MODES:
         raise SpungeError(f"--match '{match}' is not one of {', '.join(MATCH_MODES)}")
     if not arms:
@@ -430,34 +325,36 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
     if reference not in arms and not (reference == BASE_LABEL and base is not None):
         raise SpungeError(f"--reference '{reference}' is not one of the arms ({', '.join(arms)})"
                           + (" or base" if base is not None else ""))
-    _, _, lower = METRICS[metric]
-    warnings: list[str] = []
-    loaded: dict[str, dict[str, dict]] = {}
-    inputs: dict[str, list[dict]] = {}
-    arm_points: dict[str, list[dict]] = {}
-    for name, items in arms.items():
-        sources = [_as_point(item) for item in (items if isinstance(items, list | tuple) else [items])]
-        if not sources:
-            raise SpungeError(f"--arm {name}: no evaluation directories")
-        points = []
-        for index, source in enumerate(sources):
-            point, found = _load_point(name, source, metric, warnings)
-            loaded[f"{name}[{index}]"] = found
-            inputs.setdefault(name, []).append({"lambda": point["lambda"],
-                                                "results": {k: v.get("fingerprint") for k, v in sorted(found.items())}})
-            points.append(point)
-        points.sort(key=lambda p: (p["x"] if lower else -p["x"], p["lambda"] if p["lambda"] is not None else math.inf))
-        unknown = [p["path"] for p in points if p["lambda"] is None]
-        if unknown:
-            warnings.append(f"{name}: λ unknown for {', '.join(unknown)} (its model records none); give it as {name}@LAMBDA=DIR")
-        lams = [p["lambda"] for p in points if p["lambda"] is not None]
-        if len(set(lams)) < len(lams):
-            warnings.append(f"{name}: several points share a λ ({', '.join(sorted({f'{v:g}' for v in lams if lams.count(v) > 1}))})")
-        arm_points[name] = points
-    base_point = None
-    if base is not None:
-        base_point, found = _load_point(BASE_LABEL, ArmPoint(Path(base).expanduser()), metric, warnings)
-        loaded[BASE_LABEL] = found
+    return reference
+
+
+def _arm(name: str, items: Any, metric: str, lower: bool, loaded: dict[str, dict], inputs: dict[str, list],
+         warnings: list[str]) -> list[dict]:
+    """An arm's points sorted along the x axis (their results go into `loaded`, their fingerprints into `inputs`)."""
+    sources = [as_point(item) for item in (items if isinstance(items, list | tuple) else [items])]
+    if not sources:
+        raise SpungeError(f"--arm {name}: no evaluation directories")
+    points = []
+    for index, source in enumerate(sources):
+        point, found = _load_point(name, source, metric, warnings)
+        loaded[f"{name}[{index}]"] = found
+        inputs.setdefault(name, []).append({"lambda": point["lambda"],
+                                            "results": {k: v.get("fingerprint") for k, v in sorted(found.items())}})
+        points.append(point)
+    points.sort(key=lambda p: (p["x"] if lower else -p["x"], p["lambda"] if p["lambda"] is not None else math.inf))
+    unknown = [p["path"] for p in points if p["lambda"] is None]
+    if unknown:
+        warnings.append(f"{name}: λ unknown for {', '.join(unknown)} (its model records none); give it as {name}@LAMBDA=DIR")
+    lams = [p["lambda"] for p in points if p["lambda"] is not None]
+    if len(set(lams)) < len(lams):
+        warnings.append(f"{name}: several points share a λ ({', '.join(sorted({f'{v:g}' for v in lams if lams.count(v) > 1}))})")
+    return points
+
+
+def _mark_points(arm_points: dict[str, list[dict]], base_point: dict | None, non_text_tolerance: float | None, lower: bool,
+                 warnings: list[str]) -> dict[str, Any]:
+    """Mark every point admissible or not (non-text check) and Pareto-efficient within its arm and overall;
+    returns the check's record for frontier.json."""
     everything = [p for points in arm_points.values() for p in points] + ([base_point] if base_point else [])
     shares = {index: point["values"].get("non_text_pct") for index, point in enumerate(everything)}
     limit, limit_index, admissible = non_text_check(shares, non_text_tolerance,
@@ -483,27 +380,24 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
     flags = dict(zip(map(id, ok), pareto_flags(ok, lower), strict=True))
     for point in everything:
         point["pareto_all"] = flags.get(id(point), False)
-    warnings.extend(consistency_warnings(loaded))
+    return {"tolerance": non_text_tolerance, "yardstick": limit_label, "yardstick_pct": limit, "rule": NON_TEXT_RULE}
 
-    if target is None:
-        target_value, target_source = _default_target(arm_points, reference, metric)
-    else:
-        target_value, target_source = float(target), "given"
-    fingerprint = make_fingerprint(kind="frontier", metric=metric, target=target_value, match=match, reference=reference,
-                                   non_text_tolerance=non_text_tolerance,
-                                   order=list(arm_points), inputs={name: sorted(entries, key=repr) for name, entries in inputs.items()},
-                                   base={k: v.get("fingerprint") for k, v in loaded.get(BASE_LABEL, {}).items()})
-    out = Path(out)
-    if (stored := existing_result(out, FRONTIER_FILE, fingerprint, force=force)) is not None:
-        return stored
 
-    base_rows = [_row_from_point(BASE_LABEL, base_point)] if base_point else []
+def _operating_rows(base_rows: list[dict], arm_points: dict[str, list[dict]], metric: str, target_value: float, match: str,
+                    reference: str) -> list[dict]:
+    """The table at the operating point: base (if any), then each arm read at the target."""
     op_rows = base_rows + [operating_row(name, points, target_value, match) for name, points in arm_points.items()]
     _add_relative(op_rows, reference)
     for row in op_rows:
         if row["label"] != BASE_LABEL and row["mismatch"] and match == "nearest":
-            row["note"] = row["note"] or (f"{METRICS[metric][0]} {row['x']:.4g} vs target {target_value:.4g} "
+            row["note"] = row["note"] or (f"{metrics()[metric][0]} {row['x']:.4g} vs target {target_value:.4g} "
                                           f"({100 * row['mismatch'] / target_value:+.1f} %)" if target_value else None)
+    return op_rows
+
+
+def _lambda_one_rows(base_rows: list[dict], arm_points: dict[str, list[dict]], reference: str,
+                     warnings: list[str]) -> tuple[list[dict], list[str]]:
+    """(the table at λ = 1, the arms without a λ = 1 point)."""
     one_rows = [dict(row) for row in base_rows]
     missing = []
     for name, points in arm_points.items():
@@ -519,40 +413,8 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
     _add_relative(one_rows, reference)
     if missing:
         warnings.append(f"no λ = 1 point in {', '.join(missing)}: the λ = 1 table leaves {'it' if len(missing) == 1 else 'them'} out")
-    for row in op_rows:
-        if row["label"] != BASE_LABEL and not row["admissible"]:
-            warnings.append(f"{row['label']}: {row['note']}")
-        if row.get("note") and row["label"] != BASE_LABEL and "outside" in row["note"]:
-            warnings.append(f"{row['label']}: {row['note']} (λ {row['lambda']}, off by {row['mismatch']:+.4g})")
-
-    judge = next((judge_line(found["toxicity"]["judge"]) for found in loaded.values() if found["toxicity"].get("judge")), None)
-    result = {
-        "kind": "frontier",
-        "fingerprint": fingerprint,
-        "model": {**({BASE_LABEL: base_point["model"]} if base_point else {}),
-                  **{name: [p["model"] for p in points] for name, points in arm_points.items()}},
-        "metric": metric,
-        "metric_label": METRICS[metric][0],
-        "lower_is_better": lower,
-        "reference": reference,
-        "judge": judge,
-        "base": base_point,
-        "arms": {name: {"points": points} for name, points in arm_points.items()},
-        "operating_point": {"metric": metric, "target": target_value, "target_source": target_source, "match": match,
-                            "rows": op_rows},
-        "lambda_one": {"rows": one_rows, "missing": missing},
-        "non_text_check": {"tolerance": non_text_tolerance, "yardstick": limit_label, "yardstick_pct": limit,
-                           "rule": NON_TEXT_RULE},
-        "warnings": warnings,
-        "files": {"summary": FRONTIER_SUMMARY, "plot": FRONTIER_PLOT},
-    }
-    with staged_files(out, "frontier") as stage:
-        atomic_write_text(stage / FRONTIER_SUMMARY, render_markdown(result))
-        frontier_plot(result, stage / FRONTIER_PLOT)
-        write_json(stage / FRONTIER_FILE, result)
-    record_evaluation(out, name="frontier", result=result, files=[FRONTIER_FILE, FRONTIER_SUMMARY, FRONTIER_PLOT])
-    return result
+    return one_rows, missing
 
 
-__all__ = ["ArmPoint", "frontier_results", "lambda_from_record", "operating_row", "pareto_flags", "parse_arm",
-           "relative_change_interval"]
+__all__ = ["ArmPoint", "FRONTIER_PLOT", "FRONTIER_SUMMARY", "frontier_results", "lambda_from_record", "metrics", "operating_row",
+           "pareto_flags", "parse_arm", "relative_change_interval"]

@@ -19,10 +19,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
+from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.errors import SpungeError
-from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
-from spunge_merge.fsutil import atomic_write_text, sha256_file, write_json
-from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
+from spunge_merge.evaluate.registry import (
+    Column,
+    Computed,
+    Evaluation,
+    EvaluationRequest,
+    PathText,
+    Planned,
+    register,
+    run_evaluation,
+)
+from spunge_merge.fsutil import atomic_write_text, sha256_file
+from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
 HARNESS_FILE = "harness.json"
@@ -96,6 +108,22 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+class HarnessConfig(FrozenConfig):
+    """Settings of a harness evaluation (defaults are the CLI's)."""
+
+    tasks: str | list[str] = Field(..., description="lm_eval tasks/groups (comma-separated on the command line), e.g. "
+                                   "arc_easy,arc_challenge,mmlu or wmdp_bio,wmdp_cyber (`lm_eval ls tasks` lists them).",
+                                   json_schema_extra={"cli_flags": ["--tasks", "-t"]})
+    include_path: PathText | None = Field(None, description="Directory of your own task YAML files; with `dataset_path: json` "
+                                          "and `data_files` they run offline.")
+    limit: int | float | None = Field(None, gt=0, description="Examples per task (a fraction if < 1); for quick checks only.")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (default: each task's own).")
+    batch_size: int = Field(8, ge=1, description="Batch size of lm_eval's HFLM.", json_schema_extra={"cli_flags": ["--batch-size", "-b"]})
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    dtype: str = Field("auto", description="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
+    seed: int = Field(0, description="Seed for lm_eval's samplers.")
+
+
 def evaluate_harness(
     model: str | ResolvedModel,
     tasks: str | list[str],
@@ -111,26 +139,56 @@ def evaluate_harness(
     force: bool = False,
 ) -> dict[str, Any]:
     """Run lm_eval tasks on `model` (see module docstring); returns what `harness.json` holds."""
-    from spunge_merge.runtime import pick_device, pick_dtype
-
-    names = parse_tasks(tasks)
-    include = Path(include_path).expanduser().resolve() if include_path is not None else None
-    if include is not None and not include.is_dir():
-        raise SpungeError(f"--include-path {include}: no such directory of task YAML files")
     if limit is not None and limit <= 0:
         raise SpungeError(f"--limit must be positive (got {limit})")
-    out = Path(out)
-    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
-    lm_eval, HFLM, _ = _import_lm_eval()
-    version = importlib.metadata.version("lm_eval")
-    config = {"tasks": names, "include_path": str(include) if include else None, "limit": limit,
-              "num_fewshot": num_fewshot, "batch_size": batch_size, "device": device, "dtype": dtype, "seed": seed}
-    fingerprint = make_fingerprint(kind="harness", model=resolved.fingerprint, tasks=names, task_files=_task_files(include),
-                                   limit=limit, num_fewshot=num_fewshot, dtype=dtype, seed=seed, lm_eval=version)
-    if (stored := existing_result(out, HARNESS_FILE, fingerprint, force=force)) is not None:
-        return stored
+    cfg = build_config(HarnessConfig, overrides={"tasks": tasks, "include_path": include_path, "limit": limit,
+                                                 "num_fewshot": num_fewshot, "batch_size": batch_size, "device": device,
+                                                 "dtype": dtype, "seed": seed})
+    return run_evaluation(HARNESS, model, out, cfg, force=force)
 
-    started = time.perf_counter()
+
+def plan_harness(request: EvaluationRequest) -> Planned:
+    """Check the task list and fingerprint it with the task files and lm_eval's version; run lm_eval only when asked."""
+    cfg: HarnessConfig = request.config
+    names = parse_tasks(cfg.tasks)
+    include = Path(cfg.include_path).expanduser().resolve() if cfg.include_path is not None else None
+    if include is not None and not include.is_dir():
+        raise SpungeError(f"--include-path {include}: no such directory of task YAML files")
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise SpungeError(f"--limit must be positive (got {cfg.limit})")
+    resolved = request.model
+    _import_lm_eval()
+    version = importlib.metadata.version("lm_eval")
+    config = {"tasks": names, "include_path": str(include) if include else None, "limit": cfg.limit,
+              "num_fewshot": cfg.num_fewshot, "batch_size": cfg.batch_size, "device": cfg.device, "dtype": cfg.dtype,
+              "seed": cfg.seed}
+    fingerprint = make_fingerprint(kind="harness", model=resolved.fingerprint, tasks=names, task_files=_task_files(include),
+                                   limit=cfg.limit, num_fewshot=cfg.num_fewshot, dtype=cfg.dtype, seed=cfg.seed, lm_eval=version)
+
+    def compute() -> Computed:
+        started = time.perf_counter()
+        raw = _run_lm_eval(resolved, names, include, cfg)
+        per_task = _per_task(raw, names)
+        requested = [per_task[n]["primary"] for n in names if n in per_task]
+        result = {
+            "kind": "harness",
+            "fingerprint": fingerprint,
+            "model": resolved.describe(),
+            "lm_eval_version": version,
+            "config": config,
+            "tasks": {n: per_task[n] for n in names if n in per_task},
+            "subtasks": {n: v for n, v in per_task.items() if n not in names},
+            "utility": sum(requested) / len(requested) if requested else None,
+            "timing": {"seconds": round(time.perf_counter() - started, 2)},
+        }
+        return Computed(result, {HARNESS_SUMMARY: lambda path: atomic_write_text(path, render_markdown(result))})
+
+    return Planned(fingerprint, compute)
+
+
+def load_tasks(names: list[str], include: Path | None) -> tuple[Any, list[Any]]:
+    """(lm_eval's task manager, the loaded task of each name): every task is built before any model work, so
+    a task whose data cannot be loaded (offline, gated) fails at once with a message naming it."""
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     manager = task_manager(include)
     known = set(manager.all_tasks)
@@ -150,14 +208,27 @@ def evaluate_harness(
                               "`dataset_path: json` and `data_files`") from exc
         loaded_tasks.append(loaded.get("groups", {}).get(name) or loaded["tasks"].get(name)
                             or next(iter(loaded["tasks"].values())))
+    return manager, loaded_tasks
 
-    torch_device = pick_device(device)
-    lm = load_causal_lm(resolved, dtype=pick_dtype(dtype, torch_device), device=torch_device)
+
+def _run_lm_eval(resolved: ResolvedModel, names: list[str], include: Path | None, cfg: HarnessConfig) -> dict[str, Any]:
+    """lm_eval's raw results of the tasks on the model, loaded once with transformers and wrapped in HFLM."""
+    from spunge_merge.runtime import pick_device, pick_dtype
+
+    lm_eval, HFLM, _ = _import_lm_eval()
+    manager, loaded_tasks = load_tasks(names, include)
+    torch_device = pick_device(cfg.device)
+    lm = load_causal_lm(resolved, dtype=pick_dtype(cfg.dtype, torch_device), device=torch_device)
     tokenizer = load_tokenizer(resolved)
-    wrapped = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=batch_size, device=str(torch_device))
-    raw = lm_eval.simple_evaluate(model=wrapped, tasks=loaded_tasks, task_manager=manager, limit=limit,
-                                  num_fewshot=num_fewshot, bootstrap_iters=0, log_samples=False, random_seed=seed,
-                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    wrapped = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=cfg.batch_size, device=str(torch_device))
+    seed = cfg.seed
+    return lm_eval.simple_evaluate(model=wrapped, tasks=loaded_tasks, task_manager=manager, limit=cfg.limit,
+                                   num_fewshot=cfg.num_fewshot, bootstrap_iters=0, log_samples=False, random_seed=seed,
+                                   numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+
+
+def _per_task(raw: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Each task's (and subtask's) metrics and primary figure from lm_eval's raw results."""
     per_task: dict[str, Any] = {}
     sources = {**raw.get("results", {}), **raw.get("groups", {})}
     for name in sorted(sources):
@@ -169,20 +240,17 @@ def evaluate_harness(
         per_task[name] = {"metrics": metrics, "primary_metric": primary[0], "primary": primary[1],
                           "samples": samples.get("effective") if isinstance(samples, dict) else None,
                           "requested": name in names}
-    requested = [per_task[n]["primary"] for n in names if n in per_task]
-    result = {
-        "kind": "harness",
-        "fingerprint": fingerprint,
-        "model": resolved.describe(),
-        "lm_eval_version": version,
-        "config": config,
-        "tasks": {n: per_task[n] for n in names if n in per_task},
-        "subtasks": {n: v for n, v in per_task.items() if n not in names},
-        "utility": sum(requested) / len(requested) if requested else None,
-        "timing": {"seconds": round(time.perf_counter() - started, 2)},
-    }
-    with staged_files(out, "harness") as stage:
-        atomic_write_text(stage / HARNESS_SUMMARY, render_markdown(result))
-        write_json(stage / HARNESS_FILE, result)
-    record_evaluation(out, name="harness", result=result, files=[HARNESS_FILE, HARNESS_SUMMARY])
-    return result
+    return per_task
+
+
+HARNESS = register(Evaluation(
+    name="harness",
+    summary="Utility (or WMDP accuracy) with the LM Evaluation Harness (the `eval` extra).",
+    config_class=HarnessConfig,
+    plan=plan_harness,
+    result_file=HARNESS_FILE,
+    headline=lambda result: result.get("utility"),
+    columns=(Column("utility", "utility (mean acc)", lambda result: result.get("utility"), rank=40, lower_is_better=False,
+                    digits=4),),
+    path_settings=("include_path",),
+))

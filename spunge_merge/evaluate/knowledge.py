@@ -26,16 +26,30 @@ atomically.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, field_validator
+
+from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_write_text, write_json
-from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
+from spunge_merge.evaluate.registry import (
+    Computed,
+    Evaluation,
+    EvaluationRequest,
+    PathText,
+    Planned,
+    register,
+    run_evaluation,
+)
+from spunge_merge.fsutil import atomic_write_text
+from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer
+from spunge_merge.provenance import fingerprint as make_fingerprint
 
 KNOWLEDGE_FILE = "knowledge.json"
 COMPLETIONS_FILE = "knowledge.jsonl"
@@ -186,6 +200,34 @@ def option_logliks(model_dir: ResolvedModel, rows: list[dict[str, Any]], *, batc
     return [scores[i * CHOICES:(i + 1) * CHOICES] for i in range(len(rows))]
 
 
+class KnowledgeConfig(FrozenConfig):
+    """Settings of a knowledge probe (defaults are the CLI's)."""
+
+    facts: PathText = Field(..., description="Facts table (.jsonl/.json/.csv/.parquet) with a domain, a prompt and an answer "
+                            "column, e.g. the demo's spunge_merge/demo/facts.jsonl.", json_schema_extra={"cli_flags": ["--facts", "-f"]})
+    where: list[str] = Field(default_factory=list, description="Keep only rows matching these conditions, e.g. \"part == heldout\" "
+                             "(the `spunge split` --where syntax), all must hold.", json_schema_extra={"cli_flags": ["--where", "-w"]})
+    domains: list[str] | None = Field(None, description="Domains to probe (default: every domain left).")
+    domain_column: str = Field("domain", description="Column naming each fact's domain.")
+    prompt_column: str = Field("prompt", description="Column holding the prompt to complete.")
+    answer_column: str = Field("answer", description="Column holding the expected answer.")
+    max_new_tokens: int = Field(8, ge=1, description="With form completion: most tokens generated per prompt.")
+    batch_size: int = Field(32, ge=1, description="Prompts (completion) or prompt-option pairs (choice) per batch.",
+                            json_schema_extra={"cli_flags": ["--batch-size", "-b"]})
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N.")
+    dtype: str = Field("auto", description="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
+    form: Literal["completion", "choice"] = Field(
+        "completion", description="completion: greedy completion, known when it starts with the answer as a whole word; choice: "
+                                  "the WMDP format, the answer ranked by log-likelihood against 3 distractors (answers of "
+                                  "other facts of its domain), known when it ranks first (chance 25 %).")
+    seed: int = Field(0, description="With form choice: seed of the distractor draw (same seed, same options).")
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _where_list(cls, value: Any) -> Any:
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
 def evaluate_knowledge(
     model: str | Path | ResolvedModel,
     facts: str | Path,
@@ -212,87 +254,114 @@ def evaluate_knowledge(
     evaluation directory (see `evaluate.results`): the same evaluation asked again is read back, a
     different one over an existing result needs `force`.
     """
-    import json
-
-    from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
-    from spunge_merge.fsutil import sha256_file, sha256_json
-    from spunge_merge.provenance import fingerprint as make_fingerprint
-
     if form not in FORMS:
         raise SpungeError(f"--form '{form}' is not one of {', '.join(FORMS)}")
     if max_new_tokens < 1 or batch_size < 1:
         raise SpungeError("--max-new-tokens and --batch-size must be >= 1")
-    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
-    loaded = load_facts(facts, where=where, domain_column=domain_column, prompt_column=prompt_column, answer_column=answer_column)
-    if domains is not None:
-        unknown = sorted(set(domains) - {r["domain"] for r in loaded})
+    cfg = build_config(KnowledgeConfig, overrides={
+        "facts": facts, "where": list(where), "domains": domains, "domain_column": domain_column, "prompt_column": prompt_column,
+        "answer_column": answer_column, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "device": device,
+        "dtype": dtype, "form": form, "seed": seed})
+    return run_evaluation(KNOWLEDGE, model, out, cfg, force=force)
+
+
+def _settings(cfg: KnowledgeConfig) -> dict[str, Any]:
+    """The settings knowledge.json records (and the fingerprint covers) for the chosen form."""
+    if cfg.form == "choice":
+        return {"form": cfg.form, "choices": CHOICES, "seed": cfg.seed, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
+                "match": "the answer's summed log-likelihood after the prompt ranks strictly first of the options",
+                "chance": 1 / CHOICES, "echo_rule": ECHO_RULE}
+    return {"form": cfg.form, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
+            "decoding": "greedy", "match": "completion starts with the answer as a whole word, case-insensitive, article/quote allowed",
+            "echo_rule": ECHO_RULE}
+
+
+def _probed_facts(cfg: KnowledgeConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """(every loaded fact, the facts to probe (with options for the choice form), the echoes left out)."""
+    loaded = load_facts(cfg.facts, where=cfg.where, domain_column=cfg.domain_column, prompt_column=cfg.prompt_column,
+                        answer_column=cfg.answer_column)
+    if cfg.domains is not None:
+        unknown = sorted(set(cfg.domains) - {r["domain"] for r in loaded})
         if unknown:
-            raise SpungeError(f"{facts}: no facts of domain '{unknown[0]}'")
-        loaded = [r for r in loaded if r["domain"] in set(domains)]
+            raise SpungeError(f"{cfg.facts}: no facts of domain '{unknown[0]}'")
+        loaded = [r for r in loaded if r["domain"] in set(cfg.domains)]
     rows, echoes = split_echoes(loaded)
     if not rows:
-        raise SpungeError(f"{facts}: every fact's answer is in its prompt ({ECHO_RULE}); nothing left to probe")
-    if form == "choice":
-        rows = add_distractors(rows, seed=seed, pool=loaded)
-        settings = {"form": form, "choices": CHOICES, "seed": seed, "batch_size": batch_size, "dtype": dtype,
-                    "match": "the answer's summed log-likelihood after the prompt ranks strictly first of the options",
-                    "chance": 1 / CHOICES, "echo_rule": ECHO_RULE}
-    else:
-        settings = {"form": form, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype, "decoding": "greedy",
-                    "match": "completion starts with the answer as a whole word, case-insensitive, article/quote allowed",
-                    "echo_rule": ECHO_RULE}
+        raise SpungeError(f"{cfg.facts}: every fact's answer is in its prompt ({ECHO_RULE}); nothing left to probe")
+    if cfg.form == "choice":
+        rows = add_distractors(rows, seed=cfg.seed, pool=loaded)
+    return loaded, rows, echoes
+
+
+def plan_knowledge(request: EvaluationRequest) -> Planned:
+    """Load and filter the facts (they decide the fingerprint); probe the model only when asked."""
+    from spunge_merge.fsutil import sha256_file, sha256_json
+
+    cfg: KnowledgeConfig = request.config
+    resolved = request.model
+    loaded, rows, echoes = _probed_facts(cfg)
+    settings = _settings(cfg)
     facts_sha = sha256_json(loaded)
     key = make_fingerprint(kind="knowledge", model=resolved.fingerprint, facts=facts_sha, settings=settings)
-    out = Path(out)
-    if (stored := existing_result(out, KNOWLEDGE_FILE, key, force=force)) is not None:
-        return stored
-    started = time.perf_counter()
-    per_domain: dict[str, list[bool]] = defaultdict(list)
+
+    def compute() -> Computed:
+        started = time.perf_counter()
+        records = _probe(resolved, rows, cfg)
+        summary, excluded_by_domain = _per_domain(rows, records, echoes)
+        total = len(rows)
+        correct = sum(s["correct"] for s in summary.values())
+        result = {
+            "kind": "knowledge",
+            "fingerprint": key,
+            "model": resolved.describe(),
+            "facts": {"path": cfg.facts, "where": list(cfg.where), "rows": total, "loaded": len(loaded), "sha256": facts_sha,
+                      "source_sha256": sha256_file(cfg.facts) if Path(cfg.facts).is_file() else None},
+            "settings": settings,
+            "domains": summary,
+            "overall": {"n": total, "correct": correct, "accuracy": correct / total},
+            "chance": 1 / CHOICES if cfg.form == "choice" else None,
+            "excluded": {"rule": ECHO_RULE, "count": len(echoes), "by_domain": dict(excluded_by_domain),
+                         "facts": [{"domain": r["domain"], "prompt": r["prompt"], "answer": r["answer"]} for r in echoes]},
+            "seconds": round(time.perf_counter() - started, 2),
+            "files": {"completions": COMPLETIONS_FILE},
+        }
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return Computed(result, {COMPLETIONS_FILE: lambda path: atomic_write_text(path, text)})
+
+    return Planned(key, compute)
+
+
+def _probe(resolved: ResolvedModel, rows: list[dict[str, Any]], cfg: KnowledgeConfig) -> list[dict[str, Any]]:
+    """Each fact with the model's answer (completion, or option log-likelihoods and the chosen one) and its verdict."""
     records = []
-    if form == "choice":
-        scores = option_logliks(resolved, rows, batch_size=batch_size, device=device, dtype=dtype)
+    if cfg.form == "choice":
+        scores = option_logliks(resolved, rows, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
         for row, logliks in zip(rows, scores, strict=True):
             answer_score = logliks[row["options"].index(row["answer"])]
             correct = all(answer_score > other for option, other in zip(row["options"], logliks, strict=True)
                           if option != row["answer"])
-            per_domain[row["domain"]].append(correct)
             records.append({**row, "logliks": logliks, "chosen": row["options"][logliks.index(max(logliks))], "correct": correct})
-    else:
-        completions = complete(resolved, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               device=device, dtype=dtype)
-        for row, completion in zip(rows, completions, strict=True):
-            correct = answer_matches(completion, row["answer"], row["prompt"])
-            per_domain[row["domain"]].append(correct)
-            records.append({**row, "completion": completion, "correct": correct})
-    order = list(dict.fromkeys(r["domain"] for r in rows))
+        return records
+    completions = complete(resolved, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                           device=cfg.device, dtype=cfg.dtype)
+    for row, completion in zip(rows, completions, strict=True):
+        records.append({**row, "completion": completion, "correct": answer_matches(completion, row["answer"], row["prompt"])})
+    return records
+
+
+def _per_domain(rows: list[dict], records: list[dict], echoes: list[dict]) -> tuple[dict[str, dict], dict[str, int]]:
+    """(per-domain n, correct, accuracy and echoes left out, in the facts' order; echoes per domain)."""
+    per_domain: dict[str, list[bool]] = defaultdict(list)
+    for record in records:
+        per_domain[record["domain"]].append(record["correct"])
     excluded_by_domain: dict[str, int] = defaultdict(int)
     for row in echoes:
         excluded_by_domain[row["domain"]] += 1
+    order = list(dict.fromkeys(r["domain"] for r in rows))
     summary = {d: {"n": len(per_domain[d]), "correct": sum(per_domain[d]), "accuracy": sum(per_domain[d]) / len(per_domain[d]),
                    "excluded_echoes": excluded_by_domain.get(d, 0)}
                for d in order}
-    total = len(rows)
-    correct = sum(s["correct"] for s in summary.values())
-    result = {
-        "kind": "knowledge",
-        "fingerprint": key,
-        "model": resolved.describe(),
-        "facts": {"path": str(facts), "where": list(where), "rows": total, "loaded": len(loaded), "sha256": facts_sha,
-                  "source_sha256": sha256_file(facts) if Path(facts).is_file() else None},
-        "settings": settings,
-        "domains": summary,
-        "overall": {"n": total, "correct": correct, "accuracy": correct / total},
-        "chance": 1 / CHOICES if form == "choice" else None,
-        "excluded": {"rule": ECHO_RULE, "count": len(echoes), "by_domain": dict(excluded_by_domain),
-                     "facts": [{"domain": r["domain"], "prompt": r["prompt"], "answer": r["answer"]} for r in echoes]},
-        "seconds": round(time.perf_counter() - started, 2),
-        "files": {"completions": COMPLETIONS_FILE},
-    }
-    with staged_files(out, "knowledge") as stage:
-        atomic_write_text(stage / COMPLETIONS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        write_json(stage / KNOWLEDGE_FILE, result)
-    record_evaluation(out, name="knowledge", result=result, files=[KNOWLEDGE_FILE, COMPLETIONS_FILE])
-    return result
+    return summary, excluded_by_domain
 
 
 def knowledge_table(results: dict[str, dict[str, Any]], *, forget: list[str] | None = None) -> str:
@@ -316,3 +385,14 @@ def knowledge_table(results: dict[str, dict[str, Any]], *, forget: list[str] | N
         avg = [f"{100 * sum(v) / len(v):.0f}%" if v else "–" for v in (forgot, kept)]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {avg[0]} | {avg[1]} |")
     return "\n".join(lines) + "\n"
+
+
+KNOWLEDGE = register(Evaluation(
+    name="knowledge",
+    summary="Knowledge probe: accuracy per domain on prompt/answer facts (does the model still know them?).",
+    config_class=KnowledgeConfig,
+    plan=plan_knowledge,
+    result_file=KNOWLEDGE_FILE,
+    headline=lambda result: {domain: entry["accuracy"] for domain, entry in result["domains"].items()},
+    path_settings=("facts",),
+))

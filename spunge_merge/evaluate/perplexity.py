@@ -22,9 +22,18 @@ from pydantic import Field
 
 from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.data.loading import read_texts, source_sha256
-from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
-from spunge_merge.fsutil import sha256_texts, write_json
-from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
+from spunge_merge.evaluate.registry import (
+    Column,
+    Computed,
+    Evaluation,
+    EvaluationRequest,
+    PathText,
+    Planned,
+    register,
+    run_evaluation,
+)
+from spunge_merge.fsutil import sha256_texts
+from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
 PERPLEXITY_FILE = "perplexity.json"
@@ -34,13 +43,17 @@ _LOGIT_BUDGET = 2**26  # float32 logits per forward pass (256 MiB); bounds the b
 class PerplexityConfig(FrozenConfig):
     """Settings of a perplexity evaluation (defaults are the CLI's)."""
 
-    max_length: int = Field(1024, ge=2)
-    stride: int = Field(512, ge=1)
-    max_texts: int | None = Field(None, ge=1)
-    text_column: str = "text"
-    min_chars: int = Field(1, ge=1)
-    device: str = "auto"
-    dtype: str = "auto"
+    data: PathText = Field(..., description="Retain text: .jsonl/.json/.csv/.parquet (column `text_column`) or .txt (one text "
+                           "per line), e.g. ../shared/data/retain/wikitext2_raw_test_rows.jsonl. In a pipeline also a data "
+                           "source with filters ({path, where, ...}).", json_schema_extra={"cli_flags": ["--data", "-d"]})
+    max_length: int = Field(1024, ge=2, description="Window length in tokens.")
+    stride: int = Field(512, ge=1, description="Window step for texts longer than --max-length; each token is scored once, with "
+                        "up to max_length - stride tokens of earlier context.")
+    max_texts: int | None = Field(None, ge=1, description="Score only the first N texts (default: all).")
+    text_column: str = Field("text", description="Column holding the text.")
+    min_chars: int = Field(1, ge=1, description="Skip texts shorter than this (RMU's retain filter keeps > 50 chars).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    dtype: str = Field("auto", description="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
 
 
 def _windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -127,39 +140,56 @@ def evaluate_perplexity(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Perplexity of `model` on the texts of `data` (a .jsonl/.json/.csv/.parquet/.txt file)."""
+    cfg = build_config(PerplexityConfig, overrides={"data": data, "max_length": max_length, "stride": stride,
+                                                    "max_texts": max_texts, "text_column": text_column, "min_chars": min_chars,
+                                                    "device": device, "dtype": dtype})
+    return run_evaluation(PERPLEXITY, model, out, cfg, force=force, progress=progress)
+
+
+def plan_perplexity(request: EvaluationRequest) -> Planned:
+    """Read the texts and fingerprint them with the model and settings; the NLL is computed only when asked."""
     from spunge_merge.errors import SpungeError
     from spunge_merge.runtime import pick_device, pick_dtype
 
-    cfg = build_config(PerplexityConfig, overrides={"max_length": max_length, "stride": stride, "max_texts": max_texts,
-                                                    "text_column": text_column, "min_chars": min_chars,
-                                                    "device": device, "dtype": dtype})
+    cfg: PerplexityConfig = request.config
     if cfg.stride > cfg.max_length:
         raise SpungeError(f"--stride ({cfg.stride}) must not exceed --max-length ({cfg.max_length})")
-    out = Path(out)
-    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
-    texts = read_texts(data, cfg.text_column, min_chars=cfg.min_chars)
+    resolved = request.model
+    texts = read_texts(cfg.data, cfg.text_column, min_chars=cfg.min_chars)
     if cfg.max_texts is not None:
         texts = texts[:cfg.max_texts]
-    settings = cfg.model_dump(exclude={"device"})
+    recorded = cfg.model_dump(exclude={"data"})
+    settings = cfg.model_dump(exclude={"data", "device"})
     fingerprint = make_fingerprint(kind="perplexity", model=resolved.fingerprint, texts=sha256_texts(texts), settings=settings)
-    if (stored := existing_result(out, PERPLEXITY_FILE, fingerprint, force=force)) is not None:
-        return stored
-    started = time.perf_counter()
-    torch_device = pick_device(cfg.device)
-    lm = load_causal_lm(resolved, dtype=pick_dtype(cfg.dtype, torch_device), device=torch_device)
-    tokenizer = load_tokenizer(resolved)
-    figures = corpus_nll(lm, tokenizer, texts, max_length=cfg.max_length, stride=cfg.stride, progress=progress)
-    result = {
-        "kind": "perplexity",
-        "fingerprint": fingerprint,
-        "model": resolved.describe(),
-        "data": {"path": str(data), "sha256": source_sha256(data), "texts_sha256": sha256_texts(texts),
-                 "text_column": cfg.text_column},
-        "config": cfg.model_dump(),
-        **figures,
-        "timing": {"seconds": round(time.perf_counter() - started, 2)},
-    }
-    with staged_files(out, "perplexity") as stage:
-        write_json(stage / PERPLEXITY_FILE, result)
-    record_evaluation(out, name="perplexity", result=result, files=[PERPLEXITY_FILE])
-    return result
+
+    def compute() -> Computed:
+        started = time.perf_counter()
+        torch_device = pick_device(cfg.device)
+        lm = load_causal_lm(resolved, dtype=pick_dtype(cfg.dtype, torch_device), device=torch_device)
+        tokenizer = load_tokenizer(resolved)
+        figures = corpus_nll(lm, tokenizer, texts, max_length=cfg.max_length, stride=cfg.stride, progress=request.progress)
+        return Computed({
+            "kind": "perplexity",
+            "fingerprint": fingerprint,
+            "model": resolved.describe(),
+            "data": {"path": cfg.data, "sha256": source_sha256(cfg.data), "texts_sha256": sha256_texts(texts),
+                     "text_column": cfg.text_column},
+            "config": recorded,
+            **figures,
+            "timing": {"seconds": round(time.perf_counter() - started, 2)},
+        })
+
+    return Planned(fingerprint, compute)
+
+
+PERPLEXITY = register(Evaluation(
+    name="perplexity",
+    summary="Token-weighted perplexity on retain text (sliding window for long texts).",
+    config_class=PerplexityConfig,
+    plan=plan_perplexity,
+    result_file=PERPLEXITY_FILE,
+    headline=lambda result: result.get("perplexity"),
+    columns=(Column("retain_ppl", "retain PPL", lambda result: result["perplexity"], rank=30),),
+    path_settings=("data",),
+    data_settings=("data",),
+))

@@ -33,6 +33,7 @@ from pydantic import (
 from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml, reattribute
 from spunge_merge.data.discovery.spec import ClassifierBy, ClusterBy, build_by
 from spunge_merge.errors import SpungeError
+from spunge_merge.evaluate import registry as eval_registry
 from spunge_merge.merge.settings import Lambda, MergeOptions
 from spunge_merge.unlearn import registry
 
@@ -243,26 +244,48 @@ class BaselineSection(FrozenConfig):
 
 
 class EvalSection(FrozenConfig):
-    """Which evaluations run on which models. Each section is passed to its function as keyword
-    arguments (`evaluate_knowledge`, `evaluate_perplexity`, `evaluate_toxicity`, `evaluate_fluency`,
-    `evaluate_harness`, `compare_results`); their names are checked against the function when the
-    file loads. `perplexity.data` may also be a data source with filters (path, where, ...)."""
+    """Which evaluations run on which models. Every registered evaluation (`spunge_merge.evaluate.registry`:
+    knowledge, perplexity, toxicity, fluency, harness, and any registered since) is a key whose mapping
+    is checked against the evaluation's config class when the file loads; `compare` holds the
+    comparison's settings (`CompareConfig`). A setting the evaluation may take as a data source
+    (`perplexity.data`) may also be a mapping with filters (path, where, ...)."""
 
     models: list[Literal["base", "baseline", "spunge"]] = Field(list(MODEL_ROLES), description="Models to evaluate.")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
-    knowledge: dict[str, Any] | None = Field(None, description="evaluate_knowledge keyword arguments (facts, where, ...).")
-    toxicity: dict[str, Any] | None = Field(None, description="evaluate_toxicity keyword arguments.")
-    perplexity: dict[str, Any] | None = Field(None, description="evaluate_perplexity keyword arguments.")
-    fluency: dict[str, Any] | None = Field(None, description="evaluate_fluency keyword arguments (needs toxicity's generations).")
-    harness: dict[str, Any] | None = Field(None, description="evaluate_harness keyword arguments.")
-    compare: dict[str, Any] = Field(default_factory=dict, description="compare_results keyword arguments.")
+    chosen: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True,
+                                              description="The evaluations given, by name (gathered from the section's keys).")
+    compare: dict[str, Any] = Field(default_factory=dict, description="compare_results keyword arguments (CompareConfig).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        if "chosen" in value:
+            raise ValueError("`chosen` is not a setting: give each evaluation as its own key (knowledge: {...})")
+        known = set(eval_registry.names())
+        rest = {key: item for key, item in value.items() if key not in known}
+        chosen = {key: item for key, item in value.items() if key in known and item is not None}
+        for key, item in chosen.items():
+            if not isinstance(item, dict):
+                raise ValueError(f"{key}: expected a mapping of settings (e.g. {key}: {{...}})")
+        return {**rest, "chosen": chosen}
+
+    def __getattr__(self, name: str) -> Any:
+        """`section.knowledge` is the `knowledge` mapping as given (None when not chosen)."""
+        chosen = self.__dict__.get("chosen")
+        if chosen is not None and not name.startswith("_") and name in eval_registry.names():
+            return chosen.get(name)
+        return super().__getattr__(name)
 
     @model_validator(mode="after")
     def _something(self):
-        if not any((self.knowledge, self.toxicity, self.perplexity, self.fluency, self.harness)):
-            raise ValueError("no evaluation chosen: give at least one of knowledge, toxicity, perplexity, fluency, harness")
-        if self.fluency is not None and self.toxicity is None:
-            raise ValueError("fluency scores the toxicity generations: add a `toxicity` section")
+        if not self.chosen:
+            raise ValueError(f"no evaluation chosen: give at least one of {', '.join(eval_registry.names())}")
+        for name in self.chosen:
+            for earlier in eval_registry.get(name).after:
+                if earlier not in self.chosen:
+                    raise ValueError(f"{name} reads the output of {earlier} in the same folder: add a `{earlier}` section")
         return self
 
 
@@ -378,28 +401,35 @@ def check_override_names(pipeline: Pipeline, source: str) -> None:
 
 
 def _check_eval_kwargs(pipeline: Pipeline, source: str) -> None:
-    """Each eval section may only use the keyword arguments its function accepts, and must give the required ones."""
-    from spunge_merge.pipeline import evals
+    """Each eval section may only use its evaluation's settings, must give the required ones, and is validated
+    by the evaluation's config class (a data-source setting given as a mapping is checked as a `DataRef`)."""
+    from spunge_merge.evaluate.compare import CompareConfig
 
-    for section in ("knowledge", "toxicity", "perplexity", "fluency", "harness", "compare"):
-        given = getattr(pipeline.eval, section)
-        if given is None:
-            continue
-        allowed = evals.accepted_keywords(section)
-        if allowed is None:  # the function is not importable in this installation; it fails when it runs
-            continue
+    for name, given in pipeline.eval.chosen.items():
+        evaluation = eval_registry.get(name)
+        allowed = evaluation.settable()
         unknown = sorted(set(given) - allowed)
         if unknown:
-            raise SpungeError(f"{source}: eval.{section}.{unknown[0]}: unknown setting (allowed: {', '.join(sorted(allowed))})")
-        missing = sorted(evals.required_keywords(section) - set(given))
+            raise SpungeError(f"{source}: eval.{name}.{unknown[0]}: unknown setting (allowed: {', '.join(sorted(allowed))})")
+        missing = sorted(evaluation.required() - set(given))
         if missing:
-            raise SpungeError(f"{source}: eval.{section}.{missing[0]}: required")
-    data = (pipeline.eval.perplexity or {}).get("data")
-    if isinstance(data, dict):
-        try:
-            DataRef.model_validate(data)
-        except ValidationError as exc:
-            raise SpungeError(_prefixed(exc, "eval.perplexity.data", source)) from exc
+            raise SpungeError(f"{source}: eval.{name}.{missing[0]}: required")
+        values = dict(given)
+        for key in evaluation.data_settings:
+            if isinstance(values.get(key), dict):
+                try:
+                    values[key] = DataRef.model_validate(values[key]).path
+                except ValidationError as exc:
+                    raise SpungeError(_prefixed(exc, f"eval.{name}.{key}", source)) from exc
+        _validated(evaluation.config_class, values, f"eval.{name}", source)
+    _validated(CompareConfig, pipeline.eval.compare, "eval.compare", source)
+
+
+def _validated(cls: type[FrozenConfig], values: dict[str, Any], prefix: str, source: str) -> None:
+    try:
+        cls.model_validate(values)
+    except ValidationError as exc:
+        raise SpungeError(format_validation_error(exc, source, prefix=tuple(prefix.split(".")))) from exc
 
 
 def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
