@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from spunge_merge.evaluate import registry
 from spunge_merge.fsutil import atomic_write_text, sha256_json
 from spunge_merge.pipeline import evals, inputs, runtime
 from spunge_merge.pipeline.jobs import Job
@@ -43,19 +44,24 @@ def _eval_settings(ctx: Context) -> dict[str, dict[str, Any]]:
         for key in evals.PATH_ARGUMENTS.get(name, ()):
             if isinstance(kwargs.get(key), str):
                 kwargs[key] = ctx.path(kwargs[key])
-        if name == "perplexity" and isinstance(kwargs.get("data"), dict):
-            ref = DataRef.model_validate(kwargs["data"])
-            target = ctx.inputs_dir / "eval-perplexity.jsonl"
-            identity = inputs.identity(ref, ctx.base_dir)
-            marker = ctx.inputs_dir / ".eval-perplexity.sha"
-            wanted = sha256_json(identity)
-            if not target.is_file() or not marker.is_file() or marker.read_text() != wanted:
-                inputs.write_rows(ref, ctx.base_dir, target, texts_only=True)
-                atomic_write_text(marker, wanted)
-            kwargs["data"] = str(target)
-            kwargs.pop("text_column", None)
+        for key in registry.get(name).data_settings:
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = str(_write_data_source(ctx, name, key, DataRef.model_validate(kwargs[key])))
+                kwargs.pop("text_column", None)
         chosen[name] = runtime.eval_settings(ctx.pipeline, evals.accepted_keywords(name), kwargs)
     return chosen
+
+
+def _write_data_source(ctx: Context, name: str, key: str, ref: DataRef) -> Path:
+    """A data source with filters, given as an evaluation's setting, written out once as a texts file."""
+    stem = f"eval-{name}" if key == "data" else f"eval-{name}-{key}"
+    target = ctx.inputs_dir / f"{stem}.jsonl"
+    marker = ctx.inputs_dir / f".{stem}.sha"
+    wanted = sha256_json(inputs.identity(ref, ctx.base_dir))
+    if not target.is_file() or not marker.is_file() or marker.read_text() != wanted:
+        inputs.write_rows(ref, ctx.base_dir, target, texts_only=True)
+        atomic_write_text(marker, wanted)
+    return target
 
 
 def stage_eval(ctx: Context) -> dict[str, Any]:
