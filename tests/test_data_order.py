@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from spunge_merge.unlearn import lm_data
-from spunge_merge.unlearn import rmu as rmu_module
 from spunge_merge.unlearn.rmu import Corpus, RMUConfig, make_plan, train_rmu
+from spunge_merge.unlearn.rmu import session as rmu_session
 from spunge_merge.unlearn.tvn import train_tvn
 
 FAST = {"lr": 5e-3, "steering_coeff": 4.0, "alpha": 20.0, "batch_size": 4, "device": "cpu", "dtype": "float32"}
@@ -111,13 +111,13 @@ def test_tvn_epoch_orders_do_not_repeat_across_neighbouring_seeds():
 
 def _spy_tokenize(monkeypatch) -> list[tuple[str, list[str]]]:
     fed: list[tuple[str, list[str]]] = []
-    real = rmu_module._tokenize
+    real = rmu_session._tokenize
 
     def spy(tokenizer, texts, max_length, device, key):
         fed.append((key[0], list(texts)))
         return real(tokenizer, texts, max_length, device, key)
 
-    monkeypatch.setattr(rmu_module, "_tokenize", spy)
+    monkeypatch.setattr(rmu_session, "_tokenize", spy)  # where the run looks it up
     return fed
 
 

@@ -375,10 +375,10 @@ def test_refuses_a_directory_that_fails_a_check(hub_env, merged_dir, breaker):
 
 
 def test_files_over_the_hub_limit_are_refused(hub_env, merged_dir, monkeypatch):
-    import spunge_merge.hub as hub_module
+    from spunge_merge.hub import plan as hub_plan  # where plan_push reads the limit
 
     size = (merged_dir / "model.safetensors").stat().st_size
-    monkeypatch.setattr(hub_module, "HUB_FILE_LIMIT", size - 1)  # instead of writing a 50 GB file
+    monkeypatch.setattr(hub_plan, "HUB_FILE_LIMIT", size - 1)  # instead of writing a 50 GB file
     result = _push(str(merged_dir), "--repo", REPO)
     assert result.exit_code == 2
     assert f"model.safetensors is {human_bytes(size)}, over the Hub's {human_bytes(size - 1)} single-file limit" in result.output

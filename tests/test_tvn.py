@@ -19,8 +19,8 @@ from spunge_merge.data.split import split_dataset
 from spunge_merge.errors import SpungeError
 from spunge_merge.runs import list_runs
 from spunge_merge.unlearn import lm_data, registry
-from spunge_merge.unlearn import tvn as tvn_module
 from spunge_merge.unlearn.tvn import TVNConfig, negate_output, negate_run, train_tvn
+from spunge_merge.unlearn.tvn import training as tvn_training  # where train_tvn looks up fit_lora, load_causal_lm
 
 runner = CliRunner()
 LAM = 0.7  # not 1, so a forgotten or doubled λ shows
@@ -177,8 +177,8 @@ def test_split_mode_resume_and_relambda(tiny_model, tiny_dataset, tmp_path, monk
     def refuse(*args, **kwargs):
         raise AssertionError("resumed run must not train")
 
-    monkeypatch.setattr(tvn_module, "fit_lora", refuse)
-    monkeypatch.setattr(tvn_module, "load_causal_lm", refuse)
+    monkeypatch.setattr(tvn_training, "fit_lora", refuse)
+    monkeypatch.setattr(tvn_training, "load_causal_lm", refuse)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     again = train_tvn(str(tiny_model), split, out, SHORT, progress=False)
     assert [o.skipped for o in again] == [True, True]
@@ -201,7 +201,7 @@ def test_interrupted_split_run_resumes(tiny_model, tiny_dataset, tmp_path, monke
     split = tmp_path / "split"
     split_dataset(tiny_dataset, by="group", out=split, values=["alpha", "beta"])
     out = tmp_path / "runs"
-    real_fit, calls = tvn_module.fit_lora, []
+    real_fit, calls = tvn_training.fit_lora, []
 
     def dies_on_second_subset(*args, **kwargs):
         calls.append(kwargs["label"])
@@ -209,7 +209,7 @@ def test_interrupted_split_run_resumes(tiny_model, tiny_dataset, tmp_path, monke
             raise RuntimeError("simulated crash")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(tvn_module, "fit_lora", dies_on_second_subset)
+    monkeypatch.setattr(tvn_training, "fit_lora", dies_on_second_subset)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_tvn(str(tiny_model), split, out, {**SHORT, "max_steps": 1}, progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["alpha", "manifest.json"]  # no half-written beta

@@ -121,13 +121,7 @@ def split_dataset(
         raise SpungeError(f"unknown format '{fmt}' (use jsonl or parquet)")
     conditions = [parse_condition(expr) for expr in where]
     table = load_table(source, split=hub_split)
-    columns = table.column_names
-    if not is_discovery(by) and by not in columns:
-        raise SpungeError(f"{source}: no column '{by}' (columns: {', '.join(columns)})")
-    if text_column is None:
-        text_column = "text" if "text" in columns else None
-    elif text_column not in columns:
-        raise SpungeError(f"{source}: no text column '{text_column}' (columns: {', '.join(columns)})")
+    text_column = _check_columns(source, table.column_names, by, text_column)
     rows_in = len(table)
     table = apply_filters(table, conditions, str(source))
     if len(table) == 0:
@@ -142,35 +136,10 @@ def split_dataset(
 
     attribute = [None if v is None else str(v) for v in table[by]]
     counts = Counter(v for v in attribute if v is not None)
-    if values is not None:
-        missing = [v for v in values if v not in counts]
-        if missing:
-            raise SpungeError(
-                f"{source}: value(s) {', '.join(repr(m) for m in missing)} of column '{by}' do not occur "
-                f"after filtering (values present: {', '.join(sorted(counts))})"
-            )
-        chosen = list(dict.fromkeys(values))
-    else:
-        chosen = sorted(counts)
-    if not chosen:
-        raise SpungeError(f"{source}: column '{by}' has no values after filtering")
-
-    names = subset_names(chosen)
-    subsets = []
+    chosen = _chosen_values(source, by, counts, values)
+    names = subset_names(chosen)  # may refuse the values: before the output exists
     with atomic_output_dir(out, force=force) as tmp:
-        for value in chosen:
-            indices = [i for i, v in enumerate(attribute) if v == value]
-            subset = table.select(indices)
-            file_name = f"{names[value]}.{fmt}"
-            target = tmp / file_name
-            try:
-                if fmt == "jsonl":
-                    subset.to_json(str(target), lines=True, force_ascii=False)
-                else:
-                    subset.to_parquet(str(target))
-            except OSError as exc:  # the output's fault (full disk, permissions), never the input's
-                raise SpungeError(f"cannot write {Path(out) / file_name}: {exc.strerror or exc}") from exc
-            subsets.append({"value": value, "name": names[value], "file": file_name, "rows": len(indices)})
+        subsets = _write_subsets(tmp, Path(out), table, attribute, chosen, names, fmt)
         write_json(tmp / SPLIT_MANIFEST, {
             "kind": "split",
             "spunge_version": __version__,
@@ -190,3 +159,51 @@ def split_dataset(
             discovery.write_report(tmp)
     return SplitResult(out=Path(out), column=by, counts={v: counts[v] for v in chosen},
                        rows_in=rows_in, rows_after_filter=len(table), discovery=discovery)
+
+
+def _check_columns(source: str | Path, columns: list[str], by: str | ClusterBy | ClassifierBy, text_column: str | None) -> str | None:
+    """The text column to record (`text` when present and none was named); SpungeError naming a missing column."""
+    if not is_discovery(by) and by not in columns:
+        raise SpungeError(f"{source}: no column '{by}' (columns: {', '.join(columns)})")
+    if text_column is None:
+        return "text" if "text" in columns else None
+    if text_column not in columns:
+        raise SpungeError(f"{source}: no text column '{text_column}' (columns: {', '.join(columns)})")
+    return text_column
+
+
+def _chosen_values(source: str | Path, by: str, counts: Counter, values: list[str] | None) -> list[str]:
+    """The values to write a subset for: those asked for (each must occur after filtering), else every one, sorted."""
+    if values is not None:
+        missing = [v for v in values if v not in counts]
+        if missing:
+            raise SpungeError(
+                f"{source}: value(s) {', '.join(repr(m) for m in missing)} of column '{by}' do not occur "
+                f"after filtering (values present: {', '.join(sorted(counts))})"
+            )
+        chosen = list(dict.fromkeys(values))
+    else:
+        chosen = sorted(counts)
+    if not chosen:
+        raise SpungeError(f"{source}: column '{by}' has no values after filtering")
+    return chosen
+
+
+def _write_subsets(tmp: Path, out: Path, table, attribute: list[str | None], chosen: list[str], names: dict[str, str],
+                   fmt: str) -> list[dict]:
+    """One file per chosen value, named `names[value]`, in `tmp` (the output being assembled); the manifest's `subsets`."""
+    subsets = []
+    for value in chosen:
+        indices = [i for i, v in enumerate(attribute) if v == value]
+        subset = table.select(indices)
+        file_name = f"{names[value]}.{fmt}"
+        target = tmp / file_name
+        try:
+            if fmt == "jsonl":
+                subset.to_json(str(target), lines=True, force_ascii=False)
+            else:
+                subset.to_parquet(str(target))
+        except OSError as exc:  # the output's fault (full disk, permissions), never the input's
+            raise SpungeError(f"cannot write {out / file_name}: {exc.strerror or exc}") from exc
+        subsets.append({"value": value, "name": names[value], "file": file_name, "rows": len(indices)})
+    return subsets

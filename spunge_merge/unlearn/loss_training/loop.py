@@ -1,0 +1,115 @@
+"""The optimisation loop: γ·forget term + α·retain NLL, exact gradient accumulation, NPO's reference log-probabilities."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spunge_merge.errors import SpungeError
+from spunge_merge.unlearn import lm_data
+from spunge_merge.unlearn.loss_training.config import LossMethodConfig, Objective
+from spunge_merge.unlearn.loss_training.order import forget_groups, planned_steps, retain_stream
+from spunge_merge.unlearn.losses import nll_sum, sequence_logprobs
+
+
+@dataclass
+class Fit:
+    losses: list[float]
+    forget_terms: list[float]
+    retain_terms: list[float]
+    forget_used: set[int]
+    retain_used: set[int]
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled)
+
+
+def reference_logprobs(model, encoded: Sequence[Sequence[int]], *, pad_id: int, batch_size: int, device):
+    """log π(y|x) summed per row, without gradients, in eval mode, in row order (a float32 tensor on `device`)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                batch = lm_data.collate(encoded[start:start + batch_size], pad_id).to(device)
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+                out.append(sequence_logprobs(logits, batch.labels).total)
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def fit(model, params, forget: Sequence[Sequence[int]], retain: Sequence[Sequence[int]] | None, *, objective: Objective,
+        config: LossMethodConfig, pad_id: int, device, reference=None, progress: bool = True, label: str = "unlearn") -> Fit:
+    """Minimise γ·forget term + α·retain NLL over the trainable `params`; one entry per optimizer step.
+
+    Each micro-batch's forget and retain terms are back-propagated one after the other (one graph
+    alive at a time), each divided by its unit count over the whole accumulation group.
+    """
+    import torch
+    from transformers import get_scheduler
+
+    gamma, alpha = config.forget_weight(), config.retain_weight()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = planned_steps(config, len(forget))
+    warmup = int(config.warmup) if config.warmup >= 1 else math.ceil(config.warmup * total)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    stream = retain_stream(len(retain), config.seed) if retain else None
+    result = Fit([], [], [], set(), set())
+
+    def forward(rows: Sequence[Sequence[int]]):
+        batch = lm_data.collate(rows, pad_id).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        return sequence_logprobs(logits, batch.labels)
+
+    model.train()
+    with _progress(progress) as bar:
+        task = bar.add_task(label, total=total, loss="-")
+        for epoch in range(config.epochs):
+            for group in forget_groups(len(forget), config, epoch):
+                if len(result.losses) >= total:
+                    break
+                retain_group = [[next(stream) for _ in micro] for micro in group] if stream else []
+                if objective.per == "token":
+                    forget_norm = sum(len(forget[i]) - 1 for micro in group for i in micro)
+                else:
+                    forget_norm = sum(len(micro) for micro in group)
+                retain_norm = sum(len(retain[i]) - 1 for micro in retain_group for i in micro)
+                step_forget = step_retain = 0.0
+                for position, micro in enumerate(group):
+                    lp = forward([forget[i] for i in micro])
+                    ref = reference[torch.tensor(micro, device=reference.device)] if objective.reference else None
+                    term = gamma * objective.forget_sum(lp, ref, config) / forget_norm
+                    term.backward()
+                    step_forget += float(term.detach())
+                    result.forget_used.update(micro)
+                    if retain_group:
+                        rows = retain_group[position]
+                        term = alpha * nll_sum(forward([retain[i] for i in rows])) / retain_norm
+                        term.backward()
+                        step_retain += float(term.detach())
+                        result.retain_used.update(rows)
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss = step_forget + step_retain
+                if not math.isfinite(loss):
+                    raise SpungeError(f"training loss became {loss} at step {len(result.losses) + 1}; lower lr")
+                result.losses.append(loss)
+                result.forget_terms.append(step_forget)
+                result.retain_terms.append(step_retain)
+                bar.update(task, advance=1, loss=f"{loss:.4f}")
+    model.eval()
+    return result
