@@ -17,7 +17,7 @@ MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 # Directories still being split: their modules are expected to fail for now (strict=False: a module
 # already within the limits passes). Remove a directory from here once its split is merged.
-PENDING = ("evaluate", "pipeline")
+PENDING: tuple[str, ...] = ()
 
 
 def oversized(source: str) -> list[str]:

@@ -11,7 +11,6 @@ conventions; the body is a Jinja template rendered by `ModelCard.from_template`.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatch
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from spunge_merge.card.tables import cell, config_tables, is_scalar, json_tables, runs_table, scalar_rows
 from spunge_merge.provenance import PROVENANCE_FILE
 
 SPUNGE_TAGS = ["spunge", "unlearning", "mergekit", "merge"]
@@ -56,8 +56,6 @@ MERGE_DESCRIPTIONS = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".arrow", ".gz", ".zst"}
 _CACHE_SNAPSHOT = re.compile(r"models--([^/]+)--([^/]+)/snapshots/")
-_SKIP_KEYS = {"kind", "model", "fingerprint", "spunge_version", "versions", "config", "created", "timestamp", "timing", "files"}
-_MAX_TABLE_ROWS = 40
 
 
 def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: Iterable[str] | None = None,
@@ -100,8 +98,8 @@ def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: I
         title=(repo_id or model_dir.name).split("/")[-1],
         base=base,
         runs=runs,
-        runs_table=_runs_table(runs),
-        config_tables=_config_tables(runs),
+        runs_table=runs_table(runs),
+        config_tables=config_tables(runs),
         methods=methods,
         method_descriptions=[method_descriptions[m] for m in methods if m in (method_descriptions or {})],
         columns=columns,
@@ -224,11 +222,11 @@ def _merge_view(record: dict, recipe: dict) -> dict:
     parameters = merge.get("parameters") if isinstance(merge.get("parameters"), dict) else None
     if parameters is None:
         parameters = recipe.get("parameters") if isinstance(recipe.get("parameters"), dict) else {}
-    details = {k: v for k, v in merge.items() if k not in {"method", "parameters", "recipe"} and _is_scalar(v)}
+    details = {k: v for k, v in merge.items() if k not in {"method", "parameters", "recipe"} and is_scalar(v)}
     for key in ("dtype", "tokenizer_source"):
         if key in recipe and key not in details:
             details[key] = recipe[key]
-    return {"method": str(method) if method else None, "parameters": _scalar_rows(parameters), "details": _scalar_rows(details)}
+    return {"method": str(method) if method else None, "parameters": scalar_rows(parameters), "details": scalar_rows(details)}
 
 
 def _recipe_models_table(recipe: dict, runs: list[dict]) -> dict | None:
@@ -253,7 +251,7 @@ def _recipe_models_table(recipe: dict, runs: list[dict]) -> dict | None:
         if not isinstance(entry, dict):
             continue
         parameters = entry.get("parameters") if isinstance(entry.get("parameters"), dict) else {}
-        rows.append([_cell(label(entry.get("model", "?"))), *(_cell(parameters.get(k, "")) for k in keys)])
+        rows.append([cell(label(entry.get("model", "?"))), *(cell(parameters.get(k, "")) for k in keys)])
     return {"header": ["model", *keys], "rows": rows}
 
 
@@ -307,116 +305,6 @@ def _provenance(record: dict) -> dict:
             "versions": ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))}
 
 
-# --------------------------------------------------------------------------- tables
-
-
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _cell(value: Any) -> str:
-    """A markdown table cell: short numbers, `|` escaped, no line breaks."""
-    if isinstance(value, bool):
-        text = str(value).lower()
-    elif isinstance(value, float):
-        text = "nan" if math.isnan(value) else f"{value:.4g}"
-    elif isinstance(value, (list, tuple)):
-        text = ", ".join(_cell(v) for v in value)
-    elif isinstance(value, dict):
-        text = ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
-    elif value is None:
-        text = "–"
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _scalar_rows(mapping: dict) -> list[list[str]]:
-    return [[_cell(k), _cell(v)] for k, v in mapping.items()]
-
-
-def _runs_table(runs: list[dict]) -> dict:
-    with_results = [k for k in ("lambda", "steps", "final_loss", "loss") if any(k in run["result"] for run in runs)]
-    columns = {run["column"] for run in runs if run["column"]}
-    header = ["subset", f"`{columns.pop()}`" if len(columns) == 1 else "attribute value", "rows", "method", *with_results]
-    rows = [[_cell(run["name"]), _cell(run["value"]), _cell(run["rows"]), _cell(run["method"]),
-             *(_cell(run["result"].get(k)) for k in with_results)] for run in runs]
-    return {"header": header, "rows": rows}
-
-
-def _setting(run: dict, key: str) -> str:
-    """A run's setting; an unset one (None = the library's default) shows the value the run recorded using."""
-    value = run["config"].get(key)
-    if value is None and run["result"].get(key) is not None:
-        return f"{_cell(run['result'][key])} (default)"
-    return _cell(value)
-
-
-def _config_tables(runs: list[dict]) -> list[dict]:
-    """Hyperparameters per method: one column when every run shares them, else one column per run."""
-    tables = []
-    for method in sorted({run["method"] or "?" for run in runs}):
-        group = [run for run in runs if (run["method"] or "?") == method]
-        keys = list(dict.fromkeys(k for run in group for k in run["config"]))
-        if not keys:
-            continue
-        shared = all([_setting(run, k) for k in keys] == [_setting(group[0], k) for k in keys] for run in group)
-        if shared:
-            header = ["hyperparameter", f"value (all {len(group)} runs)" if len(group) > 1 else "value"]
-            rows = [[_cell(k), _setting(group[0], k)] for k in keys]
-        else:
-            header = ["hyperparameter", *(_cell(run["name"]) for run in group)]
-            rows = [[_cell(k), *(_setting(run, k) for run in group)] for k in keys]
-        tables.append({"method": method, "header": header, "rows": rows})
-    return tables
-
-
-def _json_tables(data: Any) -> list[dict]:
-    """Markdown tables from an eval JSON of unknown layout: top-level scalars as metric/value,
-    nested dicts of scalars as metric/value (dotted keys), dicts of dicts (per group, per task)
-    and short lists of records as 2-D tables."""
-    if not isinstance(data, dict):
-        return []
-    metrics: list[list[str]] = []
-    tables: list[dict] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if prefix.endswith("sha256"):
-            return  # hashes belong to the JSON, not the card
-        if isinstance(value, str) and prefix.split(".")[-1] in {"path", "source"}:
-            value = Path(value).name  # no local paths in the card
-        if _is_scalar(value):
-            metrics.append([_cell(prefix), _cell(value)])
-        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            table = _grid(prefix, list(value.items()))
-            if table:
-                tables.append(table)
-        elif isinstance(value, dict):
-            for key, sub in value.items():
-                if str(key) not in _SKIP_KEYS:
-                    walk(f"{prefix}.{key}" if prefix else str(key), sub)
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value) and len(value) <= _MAX_TABLE_ROWS:
-            table = _grid(prefix, [(str(i), v) for i, v in enumerate(value)], index=False)
-            if table:
-                tables.append(table)
-        elif isinstance(value, list) and value and all(_is_scalar(v) for v in value) and len(value) <= 12:
-            metrics.append([_cell(prefix), _cell(value)])
-
-    walk("", data)
-    if metrics:
-        tables.insert(0, {"title": None, "header": ["metric", "value"], "rows": metrics})
-    return tables
-
-
-def _grid(title: str, items: list[tuple[str, dict]], index: bool = True) -> dict | None:
-    columns = list(dict.fromkeys(k for _, row in items for k, v in row.items() if _is_scalar(v)))
-    if not columns or len(items) > _MAX_TABLE_ROWS:
-        return None
-    header = ([title.split(".")[-1] or "key"] if index else []) + [_cell(c) for c in columns]
-    rows = [([_cell(name)] if index else []) + [_cell(row.get(c, "")) for c in columns] for name, row in items]
-    return {"title": title or None, "header": header, "rows": rows}
-
-
 _MAX_RESULT_BYTES = 64 * 2**20  # larger JSON files (a tokenizer, an index) are not read as evaluation results
 
 
@@ -468,7 +356,7 @@ def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str
                     text = _demote_headings(summary.read_text(encoding="utf-8").strip(), levels=3)
                     folder["sections"].append({"name": path.stem, "file": summary_name, "tables": [], "markdown": text})
                     continue
-                tables = _json_tables(data)
+                tables = json_tables(data)
                 if tables:
                     folder["sections"].append({"name": path.stem, "file": name, "tables": tables, "markdown": None})
             elif path.suffix == ".md" and not path.with_suffix(".json").is_file():
