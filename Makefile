@@ -67,12 +67,10 @@ bench-toxigen-rmu: bench-toxigen-rmu-unlearn
 	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu
 bench-toxigen-tvn-paper: bench-toxigen-tvn-unlearn
 	$(BIN)/python bench/seed_run.py $(TOXIGEN_RUNS)/tvn $(TOXIGEN_RUNS)/tvn-paper
-	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-tvn.yaml --run-dir $(TOXIGEN_RUNS)/tvn-paper \
-		--set baseline.config.lr=2e-5 --set 'eval.models=[baseline]' --set 'baseline.lambda=[1, 2, 5]' --set 'merge.lambda=[1]'
+	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-tvn-paper.yaml --run-dir $(TOXIGEN_RUNS)/tvn-paper
 bench-toxigen-rmu-paper: bench-toxigen-rmu-unlearn
 	$(BIN)/python bench/seed_run.py $(TOXIGEN_RUNS)/rmu $(TOXIGEN_RUNS)/rmu-paper
-	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-rmu.yaml --run-dir $(TOXIGEN_RUNS)/rmu-paper \
-		--set baseline.config.lr=2e-4 --set 'eval.models=[baseline]' --set 'baseline.lambda=[0.5, 1]' --set 'merge.lambda=[1]'
+	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-rmu-paper.yaml --run-dir $(TOXIGEN_RUNS)/rmu-paper
 bench-toxigen: bench-toxigen-tvn bench-toxigen-rmu bench-toxigen-tvn-paper bench-toxigen-rmu-paper
 	$(BIN)/python bench/toxigen_frontiers.py $(TOXIGEN_RUNS) --publish bench/results/toxigen_smollm2
 

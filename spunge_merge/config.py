@@ -143,6 +143,60 @@ def load_yaml(path: str | Path) -> Any:
         raise SpungeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
 
 
+EXTENDS = "extends"
+
+
+def load_pipeline_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> Any:
+    """A pipeline file with its `extends: OTHER.yaml` resolved: OTHER's settings, deep-merged with this file's.
+
+    Lets a variant (the paper's learning rate, a discovered split) name only what it changes, so each
+    experiment is defined once. Mappings merge key by key; lists and scalars replace (`null` restores a
+    setting's default). OTHER must sit in the same folder, so the relative paths in both files mean the
+    same thing; chains are allowed, cycles are refused.
+    """
+    path = Path(path)
+    data = load_yaml(path)
+    if not isinstance(data, dict) or EXTENDS not in data:
+        return data
+    target = data[EXTENDS]
+    if not isinstance(target, str) or not target.strip():
+        raise SpungeError(f"{path}: `{EXTENDS}` must name a pipeline file in the same folder")
+    parent = (path.parent / target).resolve()
+    if parent.parent != path.resolve().parent:
+        raise SpungeError(f"{path}: `{EXTENDS}: {target}` must be in the same folder as the file "
+                          "(relative paths in both files must mean the same thing)")
+    if parent in _seen or parent == path.resolve():
+        raise SpungeError(f"{path}: `{EXTENDS}: {target}` forms a cycle")
+    base = load_pipeline_yaml(parent, (*_seen, path.resolve()))
+    if not isinstance(base, dict):
+        raise SpungeError(f"{parent}: expected a mapping of sections (it is extended by {path})")
+    return deep_merge(base, {k: v for k, v in data.items() if k != EXTENDS})
+
+
+def as_run_text(path: Path, data: Any, overrides: list[str] | None = None) -> str:
+    """The text a run directory records as its pipeline file: the file itself, or, when `--set` or
+    `extends` changed what it says, the settings as run (so the record stands on its own)."""
+    text = Path(path).read_text(encoding="utf-8")
+    written = parse_yaml(text)
+    if not overrides and not (isinstance(written, dict) and EXTENDS in written):
+        return text
+    notes = [f"extends {written[EXTENDS]}"] if isinstance(written, dict) and EXTENDS in written else []
+    notes += [f"--set {assignment}" for assignment in overrides or []]
+    settings = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return f"# {path} with {' '.join(notes)}\n{settings}"
+
+
+def deep_merge(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied: nested mappings merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def apply_overrides(data: Any, assignments: list[str], source: str) -> Any:
     """`KEY.PATH=VALUE` assignments applied to a parsed YAML mapping (VALUE is read as YAML: `2e-5`,
     `[baseline]`, `true`). Lets one file serve several runs (a sweep, the paper's setting) without copies."""

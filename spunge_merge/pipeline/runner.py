@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from spunge_merge.config import apply_overrides, load_yaml
+from spunge_merge.config import apply_overrides, as_run_text, load_pipeline_yaml
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text, read_json, write_json
 from spunge_merge.models import resolve_model
@@ -108,7 +108,7 @@ def run_pipeline(
     `accept_changes`: go ahead when the settings differ from those the run directory recorded
     (otherwise SpungeError listing the differences and the stages they would redo)."""
     pipeline_file = Path(pipeline_file)
-    raw = apply_overrides(load_yaml(pipeline_file), list(overrides or []), str(pipeline_file))
+    raw = apply_overrides(load_pipeline_yaml(pipeline_file), list(overrides or []), str(pipeline_file))
     pipeline = parse_pipeline(raw, str(pipeline_file))
     if only is not None and only not in STAGES:
         raise SpungeError(f"--only {only}: no such stage (stages: {', '.join(STAGES)})")
@@ -129,10 +129,7 @@ def run_pipeline(
     stages = [s for s in STAGES if (s != "baseline" or pipeline.baseline.enabled) and (s != "push" or pipeline.push)]
     changes = check_recorded_settings(run_dir, raw, stages, accept=accept_changes or force)
     with run_dir_lock(run_dir):
-        effective = pipeline_file.read_text(encoding="utf-8")
-        if overrides:  # the file as run: its text would not say what --set changed
-            settings = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
-            effective = f"# {pipeline_file} with --set {' --set '.join(overrides)}\n{settings}"
+        effective = as_run_text(pipeline_file, raw, overrides)
         atomic_write_text(run_dir / RECORDED_PIPELINE, effective)
         model = resolve_model(resolve_path(pipeline.model, pipeline_file.resolve().parent))
         with RunView(run_dir, stages, title=f"spunge run {pipeline.name} → {run_dir}", live=live, console=console) as view:

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from spunge_merge.config import FrozenConfig, format_validation_error, load_yaml, reattribute
+from spunge_merge.config import FrozenConfig, format_validation_error, load_pipeline_yaml, reattribute
 from spunge_merge.data.discovery.spec import ClassifierBy, ClusterBy, build_by
 from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate import registry as eval_registry
@@ -451,7 +451,7 @@ def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline YAML file."""
     path = Path(path)
-    return parse_pipeline(load_yaml(path), str(path))
+    return parse_pipeline(load_pipeline_yaml(path), str(path))
 
 
 def resolve_path(value: str, base_dir: Path) -> str:

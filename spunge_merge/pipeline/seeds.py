@@ -31,9 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from spunge_merge.config import apply_overrides, load_yaml
+from spunge_merge.config import apply_overrides, as_run_text, load_pipeline_yaml
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, atomic_write_text, copy_file, iter_jsonl, read_json, write_json
 from spunge_merge.pipeline.runner import REPORT_FILE, REPORT_JSON, RunSummary, default_run_dir, run_dir_lock, run_pipeline
@@ -112,7 +110,7 @@ def run_seeds(pipeline_file: str | Path, pipeline: Pipeline, *, run_dir: str | P
     pipeline_file = Path(pipeline_file)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(pipeline)
     given = list(overrides or [])
-    written = apply_overrides(load_yaml(pipeline_file), given, str(pipeline_file))
+    written = apply_overrides(load_pipeline_yaml(pipeline_file), given, str(pipeline_file))
     common = {"force": force, "executor": executor, "ray_address": ray_address, "live": live, "console": console,
               "accept_changes": accept_changes}
     started = time.perf_counter()
@@ -152,11 +150,8 @@ def run_seeds(pipeline_file: str | Path, pipeline: Pipeline, *, run_dir: str | P
 
 def _record_pipeline_file(pipeline_file: Path, run_dir: Path, overrides: list[str]) -> None:
     """The run directory's pipeline.yaml: the file as given (the split-only run wrote its internal `--set`)."""
-    text = pipeline_file.read_text(encoding="utf-8")
-    if overrides:
-        raw = apply_overrides(load_yaml(pipeline_file), overrides, str(pipeline_file))
-        text = f"# {pipeline_file} with --set {' --set '.join(overrides)}\n" + yaml.safe_dump(raw, sort_keys=False,
-                                                                                              allow_unicode=True)
+    raw = apply_overrides(load_pipeline_yaml(pipeline_file), overrides, str(pipeline_file))
+    text = as_run_text(pipeline_file, raw, overrides)
     atomic_write_text(run_dir / "pipeline.yaml", text)
 
 
