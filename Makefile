@@ -10,7 +10,8 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev,demo,eval,ray,discover
 
 .PHONY: setup demo test lint clean bench-setup bench-toxigen bench-toxigen-tvn bench-toxigen-rmu \
-	bench-toxigen-tvn-paper bench-toxigen-rmu-paper bench-toxigen-tvn-unlearn bench-toxigen-rmu-unlearn
+	bench-toxigen-tvn-paper bench-toxigen-rmu-paper bench-toxigen-tvn-unlearn bench-toxigen-rmu-unlearn \
+	bench-frontiers bench-frontiers-quick bench-frontiers-plan
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +76,20 @@ bench-toxigen-rmu-paper: bench-toxigen-rmu-unlearn
 		--set baseline.config.lr=2e-4 --set 'eval.models=[baseline]' --set 'baseline.lambda=[0.5, 1]' --set 'merge.lambda=[1]'
 bench-toxigen: bench-toxigen-tvn bench-toxigen-rmu bench-toxigen-tvn-paper bench-toxigen-rmu-paper
 	$(BIN)/python bench/toxigen_frontiers.py $(TOXIGEN_RUNS) --publish bench/results/toxigen_smollm2
+
+# Frontier benchmark (recipes/frontiers.yaml, bench/frontiers.py, docs/frontiers.md): where does splitting pay?
+# Methods x merges x forget pairs x base models on the knowledge task, several seeds, read out at matched utility.
+# Resumable: a rerun skips every finished model and evaluation. Results in bench/results/frontiers/.
+#   bench-frontiers-plan:  OMP_NUM_THREADS=1 .venv/bin/python bench/frontiers.py --plan   (cells, cost, what is cut)
+#   bench-frontiers-quick: OMP_NUM_THREADS=1 .venv/bin/python bench/frontiers.py --quick  (~20 min on 2 cores)
+#   bench-frontiers:       OMP_NUM_THREADS=1 .venv/bin/python bench/frontiers.py          (the cells within 6 h)
+FRONTIERS = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/frontiers.py
+bench-frontiers-plan: $(BIN)/.bench-installed
+	$(FRONTIERS) --plan
+bench-frontiers-quick: $(BIN)/.bench-installed
+	$(FRONTIERS) --quick
+bench-frontiers: $(BIN)/.bench-installed
+	$(FRONTIERS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -164,8 +164,10 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
 
 
 def cell_dir(plan: dict, cell: Cell) -> Path:
-    """runs/<facts file stem>/<model>/<method>/<a+b>: another facts file never reuses a cell's work."""
-    return plan["runs"] / cell.facts.stem / cell.model / cell.method / "+".join(cell.pair)
+    """runs/<facts file stem>/<model>/<method>/<a>--<b>: another facts file never reuses a cell's work.
+
+    Not `a+b`: mergekit reads a `+` in a model path as its base+LoRA syntax."""
+    return plan["runs"] / cell.facts.stem / cell.model / cell.method / "--".join(cell.pair)
 
 
 def template(plan: dict, cell: Cell) -> Path:
