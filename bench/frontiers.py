@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from grid_points import build_seed_points  # noqa: E402 - bench/ is on sys.path when this runs as a script
+from grid_points import build_seed_points, evaluate_model  # noqa: E402 - bench/ is on sys.path when this runs as a script
 
 PLAN = REPO / "recipes" / "frontiers.yaml"
 TIMINGS = "timings.json"
@@ -238,8 +238,8 @@ def unit_costs(plan: dict, cell: Cell) -> tuple[float, float, str]:
 
 
 def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: float) -> tuple[str, list[Cell]]:
-    """Every cell with its estimated cost, the total, and the cells kept within the budget (breadth first:
-    every model and method on the first pair, then the second pair, ...)."""
+    """Every cell with its estimated cost, the total, and the cells kept within the budget: in breadth-first
+    order (every model and method on the first pair, then the second pair, ...), each cell that still fits."""
     pair_rank = {}
     for cell in cells:
         pair_rank.setdefault((cell.model, cell.method), []).append(cell.pair)
@@ -269,7 +269,8 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
              *rows, "",
              f"Total: {total / 3600:.1f} h for {len(cells)} cells. Budget {budget_hours:g} h of CPU on two cores: "
              f"{len(kept)} cells run ({used / 3600:.1f} h), {len(cells) - len(kept)} cut "
-             "(kept breadth first: every model and method on the first pair, then the next pair)."]
+             "(taken in breadth-first order, every model and method on the first pair, then the next pair, each cell "
+             "that still fits; a cut cell runs with --only ... --no-cut)."]
     return "\n".join(lines) + "\n", kept
 
 
@@ -286,7 +287,10 @@ def run_cell(plan: dict, cell: Cell, settings: Settings) -> dict[int, dict[str, 
 
     run_dir = cell_dir(plan, cell)
     started = time.perf_counter()
-    summary = run_pipeline(template(plan, cell), run_dir=run_dir, overrides=overrides(plan, cell, settings.seeds), live=False)
+    # only the split and unlearning stages: the grid builds its own models, and the pipeline's merged and
+    # baseline models (a full copy each) would only fill the disk
+    summary = run_pipeline(template(plan, cell), run_dir=run_dir, only="unlearn", overrides=overrides(plan, cell, settings.seeds),
+                           live=False)
     trained = {entry.split(":")[0] for entry in summary.ran if entry.startswith("seed ") and "unlearn" in entry}
     if len(trained) == len(settings.seeds):  # a whole fresh run: one seed's cost is a fair share
         record_timing(plan["results"], "seed_pipeline", f"{cell.model}/{cell.method}",
@@ -294,12 +298,16 @@ def run_cell(plan: dict, cell: Cell, settings: Settings) -> dict[int, dict[str, 
     raw = load_yaml(run_dir / "seeds" / str(settings.seeds[0]) / "pipeline.yaml")
     base = resolve_model(cell.model)
     method = registry.get_method(cell.method)
+    base_eval = run_dir / "grid" / "base"  # no seed touches the base model: evaluated once per cell
+    if not all((base_eval / name).is_file() for name in ("knowledge.json", "perplexity.json")):
+        evaluate_model(base.path, base_eval, raw["eval"], REPO)
     points = {}
     for seed in settings.seeds:
         points[seed] = build_seed_points(
             run_dir / "seeds" / str(seed), run_dir / "grid" / str(seed), base=base, method=method, eval_section=raw["eval"],
             files_dir=REPO, lambdas=settings.lambdas, baseline_lambdas=settings.baseline_lambdas, merges=settings.merges,
-            merge_settings={name: plan["merges"][name] for name in settings.merges},
+            merge_settings={name: plan["merges"][name] for name in settings.merges}, base_eval=base_eval,
+            views_dir=plan["runs"] / ".views" / cell.model, keep_models=False,
             on_model=lambda name, seconds: record_timing(plan["results"], "model", cell.model, seconds))
         print(f"{cell.key} seed {seed}: {len(points[seed])} models evaluated", flush=True)
     return points
@@ -345,7 +353,13 @@ def main() -> None:
         results = collect(plan, todo, settings, cell_dir)
         summary = write_outputs(results, plan, settings, out, plan_markdown=text,
                                 seconds=time.perf_counter() - started, quick=args.quick)
-        print(render(summary))
+        text = render(summary)
+        if args.quick:  # the quick run's record beside the full results: what ran, when, how long
+            from spunge_merge.fsutil import atomic_write_text
+
+            atomic_write_text(plan["results"] / "quick.md", f"<!-- OMP_NUM_THREADS=1 python bench/frontiers.py --quick "
+                              f"(make bench-frontiers-quick); files in quick/ -->\n{text}")
+        print(text)
     except SpungeError as exc:
         sys.exit(f"error: {exc}")
 

@@ -114,7 +114,7 @@ def collect(plan: dict, cells: list, settings, cell_dir) -> dict[tuple[str, str,
             label(f"spunge-{m}", x) for m in settings.merges for x in settings.lambdas]
         for seed in settings.seeds:
             root = cell_dir(plan, cell)
-            dirs = {name: (root / "seeds" / str(seed) / "eval" / "base" if name == "base" else root / "grid" / str(seed) / "eval" / name)
+            dirs = {name: (root / "grid" / "base" if name == "base" else root / "grid" / str(seed) / "eval" / name)
                     for name in labels}
             if not all((d / KNOWLEDGE_FILE).is_file() and (d / "perplexity.json").is_file() for d in dirs.values()):
                 continue

@@ -67,19 +67,26 @@ def evaluate_model(model_dir: Path, out: Path, eval_section: dict, files_dir: Pa
 
 def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section: dict, files_dir: Path,
                       lambdas: list[float], baseline_lambdas: list[float], merges: list[str],
-                      merge_settings: dict[str, dict] | None = None,
+                      merge_settings: dict[str, dict] | None = None, base_eval: Path | None = None,
+                      views_dir: Path | None = None, keep_models: bool = True,
                       on_model: Callable[[str, float], None] | None = None) -> dict[str, Path]:
     """{label: eval dir} for one seed's run: base, baseline at every λ, every merge at every λ.
 
     `base` is the run's `ResolvedModel`, `method` its registry record. Models go to `work/models/<label>`,
-    evaluations to `work/eval/<label>`; both are reused when present. `on_model(label, seconds)` is
-    called after each model that had to be built or evaluated (for timing records).
+    evaluations to `work/eval/<label>`; both are reused when present. `base_eval` is where the base
+    model's evaluation is (default: the seed's own `eval/base`); `views_dir` where mergekit's per-run
+    views go (default `work/.views`; share one across runs of the same base to keep one base view).
+    `keep_models=False` deletes each model once evaluated (a full model per λ adds up to gigabytes;
+    the evaluation is what a rerun skips on). `on_model(label, seconds)` is called after each model that
+    had to be built or evaluated (for timing records).
     """
     from spunge_merge.evaluate.knowledge import KNOWLEDGE_FILE
     from spunge_merge.merge import merge_runs
 
     settings = merge_settings or MERGES
-    points: dict[str, Path] = {"base": seed_dir / "eval" / "base"}
+    import shutil
+
+    points: dict[str, Path] = {"base": base_eval or seed_dir / "eval" / "base"}
     wanted = [("baseline", lam) for lam in baseline_lambdas] + [(f"spunge-{name}", lam) for name in merges for lam in lambdas]
     for arm, lam in wanted:
         name = label(arm, lam)
@@ -92,9 +99,11 @@ def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section:
             if arm == "baseline":
                 method.to_model(base, seed_dir / "baseline" / "run", lam, model_dir, work / "scratch")
             else:
-                merge_runs(base, [seed_dir / "unlearn"], model_dir, lam=lam, views_dir=work / ".views", progress=False,
+                merge_runs(base, [seed_dir / "unlearn"], model_dir, lam=lam, views_dir=views_dir or work / ".views", progress=False,
                            force=True, **settings[arm.removeprefix("spunge-")])
         evaluate_model(model_dir, eval_dir, eval_section, files_dir)
+        if not keep_models:
+            shutil.rmtree(model_dir)
         if on_model is not None:
             on_model(name, time.perf_counter() - started)
     return points
