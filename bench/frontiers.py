@@ -40,6 +40,7 @@ from grid_points import build_seed_points, evaluate_model  # noqa: E402 - bench/
 
 PLAN = REPO / "recipes" / "frontiers.yaml"
 TIMINGS = "timings.json"
+QUICK_MARKER = "<!-- read-out below: written by `python bench/frontiers.py --quick`; notes above this line are kept -->"
 
 
 @dataclass(frozen=True)
@@ -338,8 +339,10 @@ def main() -> None:
         out = plan["results"] / "quick" if args.quick else plan["results"]
         if args.plan:
             print(text)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "plan.md").write_text(text, encoding="utf-8")
+            if not args.only:  # RESULTS/plan.md is the whole plan's, not a slice's
+                from spunge_merge.fsutil import atomic_write_text
+
+                atomic_write_text(out / "plan.md", text)
             return
         todo = cells if (args.no_cut or args.quick) else kept
         started = time.perf_counter()
@@ -354,11 +357,12 @@ def main() -> None:
         summary = write_outputs(results, plan, settings, out, plan_markdown=text,
                                 seconds=time.perf_counter() - started, quick=args.quick)
         text = render(summary)
-        if args.quick:  # the quick run's record beside the full results: what ran, when, how long
+        if args.quick:  # the quick run's record: notes written by hand above the marker survive a rerun
             from spunge_merge.fsutil import atomic_write_text
 
-            atomic_write_text(plan["results"] / "quick.md", f"<!-- OMP_NUM_THREADS=1 python bench/frontiers.py --quick "
-                              f"(make bench-frontiers-quick); files in quick/ -->\n{text}")
+            record = plan["results"] / "quick.md"
+            notes = record.read_text(encoding="utf-8").split(QUICK_MARKER)[0] if record.is_file() else ""
+            atomic_write_text(record, f"{notes}{QUICK_MARKER}\n{text}")
         print(text)
     except SpungeError as exc:
         sys.exit(f"error: {exc}")
