@@ -57,7 +57,7 @@ def build_points(run_dir: Path, work: Path, lambdas: list[float], baseline_lambd
         seed = int(seed_dir.name)
         points[seed] = build_seed_points(seed_dir, work / str(seed), base=base, method=method, eval_section=raw["eval"],
                                          files_dir=files_dir, lambdas=lambdas, baseline_lambdas=baseline_lambdas,
-                                         merges=merges)
+                                         merges=merges, views_dir=work / ".views")
         print(f"seed {seed}: {len(points[seed])} models evaluated", flush=True)
     return {"points": points, "forget": list(pipeline.split.values or [])}
 
