@@ -10,7 +10,8 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev,demo,eval,ray,discover
 
 .PHONY: setup demo test lint clean bench-setup bench-toxigen bench-toxigen-tvn bench-toxigen-rmu \
-	bench-toxigen-tvn-paper bench-toxigen-rmu-paper bench-toxigen-tvn-unlearn bench-toxigen-rmu-unlearn bench-toxigen-clusters
+	bench-toxigen-tvn-paper bench-toxigen-rmu-paper bench-toxigen-tvn-unlearn bench-toxigen-rmu-unlearn \
+	bench-toxigen-clusters bench-frontiers bench-frontiers-quick bench-frontiers-plan
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +80,20 @@ bench-toxigen: bench-toxigen-tvn bench-toxigen-rmu bench-toxigen-tvn-paper bench
 bench-toxigen-clusters: bench-toxigen-tvn
 	$(SPUNGE_RUN) recipes/bench-toxigen-smollm2-tvn-clusters.yaml --run-dir $(TOXIGEN_RUNS)/tvn-clusters
 	$(BIN)/python bench/discovered_frontier.py $(TOXIGEN_RUNS) --publish bench/results/discovered_frontier
+
+# Frontier benchmark (recipes/frontiers.yaml, bench/frontiers.py, docs/frontiers.md): where does splitting pay?
+# Methods x merges x forget pairs x base models on the knowledge task, several seeds, read out at matched utility.
+# Resumable: a rerun skips every finished model and evaluation. Results in bench/results/frontiers/.
+#   bench-frontiers-plan:  OMP_NUM_THREADS=1 .venv/bin/python bench/frontiers.py --plan   (cells, cost, what is cut)
+#   bench-frontiers-quick: OMP_NUM_THREADS=1 .venv/bin/python bench/frontiers.py --quick  (~20 min on 2 cores)
+#   bench-frontiers:       OMP_NUM_THREADS=1 .venv/bin/python bench/frontiers.py          (the cells within 6 h)
+FRONTIERS = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python bench/frontiers.py
+bench-frontiers-plan: $(BIN)/.bench-installed
+	$(FRONTIERS) --plan
+bench-frontiers-quick: $(BIN)/.bench-installed
+	$(FRONTIERS) --quick
+bench-frontiers: $(BIN)/.bench-installed
+	$(FRONTIERS)
 
 clean:
 	rm -rf $(VENV) runs

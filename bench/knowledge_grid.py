@@ -30,13 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-MERGES = {
-    "ties": {"method": "ties", "density": 1.0, "normalize": True},
-    "ties-sum": {"method": "ties", "density": 1.0, "normalize": False},
-    "task_arithmetic": {"method": "task_arithmetic"},
-    "dare_ties": {"method": "dare_ties", "density": 0.5, "normalize": True},
-}
+from grid_points import MERGES, build_seed_points  # noqa: E402 - bench/ is on sys.path when this runs as a script
 
 
 def _pipeline(run_dir: Path):
@@ -47,61 +43,21 @@ def _pipeline(run_dir: Path):
     return raw, parse_pipeline(raw, str(run_dir / "pipeline.yaml"))
 
 
-def _evaluate(model_dir: Path, out: Path, eval_section: dict, base_dir: Path) -> None:
-    """The pipeline's knowledge and perplexity evaluations of one model, skipped when already there."""
-    from spunge_merge.evaluate.knowledge import KNOWLEDGE_FILE, evaluate_knowledge
-    from spunge_merge.evaluate.perplexity import evaluate_perplexity
-    from spunge_merge.models import ResolvedModel
-
-    model = ResolvedModel(ref=str(model_dir), path=model_dir)
-    knowledge = dict(eval_section["knowledge"])
-    if not (out / KNOWLEDGE_FILE).is_file():
-        evaluate_knowledge(model, base_dir / knowledge.pop("facts"), out, device="cpu", **knowledge)
-    if not (out / "perplexity.json").is_file():
-        ppl = dict(eval_section["perplexity"])
-        data = ppl.pop("data")
-        from spunge_merge.data.loading import load_table
-        from spunge_merge.data.split import apply_filters
-        from spunge_merge.data.where import parse_condition
-
-        table = apply_filters(load_table(base_dir / data["path"]), [parse_condition(w) for w in data.get("where", [])], data["path"])
-        texts = out / "ppl-texts.jsonl"
-        texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in table["text"]), encoding="utf-8")
-        evaluate_perplexity(model, texts, out, device="cpu", progress=False, **ppl)
-
-
 def build_points(run_dir: Path, work: Path, lambdas: list[float], baseline_lambdas: list[float], merges: list[str],
                  files_dir: Path) -> dict:
     """{seed: {label: eval_dir}}, every model built and evaluated (resumable: finished ones are kept)."""
-    from spunge_merge.merge import merge_runs
     from spunge_merge.models import resolve_model
     from spunge_merge.unlearn import registry
 
     raw, pipeline = _pipeline(run_dir)
     base = resolve_model(pipeline.model)
     method = registry.get_method(pipeline.unlearn.method)
-    base_dir = files_dir
-    eval_section = raw["eval"]
     points: dict[int, dict[str, Path]] = {}
     for seed_dir in sorted((run_dir / "seeds").iterdir(), key=lambda p: int(p.name)):
         seed = int(seed_dir.name)
-        points[seed] = {"base": seed_dir / "eval" / "base"}
-        for lam in baseline_lambdas:
-            label = f"baseline-lam{lam:g}"
-            model_dir = work / str(seed) / "models" / label
-            if not (model_dir / "config.json").is_file():
-                method.to_model(base, seed_dir / "baseline" / "run", lam, model_dir, work / str(seed) / "scratch")
-            _evaluate(model_dir, work / str(seed) / "eval" / label, eval_section, base_dir)
-            points[seed][label] = work / str(seed) / "eval" / label
-        for name in merges:
-            for lam in lambdas:
-                label = f"spunge-{name}-lam{lam:g}"
-                model_dir = work / str(seed) / "models" / label
-                if not (model_dir / "config.json").is_file():
-                    merge_runs(base, [seed_dir / "unlearn"], model_dir, lam=lam, views_dir=work / ".views", progress=False,
-                               force=True, **MERGES[name])
-                _evaluate(model_dir, work / str(seed) / "eval" / label, eval_section, base_dir)
-                points[seed][label] = work / str(seed) / "eval" / label
+        points[seed] = build_seed_points(seed_dir, work / str(seed), base=base, method=method, eval_section=raw["eval"],
+                                         files_dir=files_dir, lambdas=lambdas, baseline_lambdas=baseline_lambdas,
+                                         merges=merges, views_dir=work / ".views")
         print(f"seed {seed}: {len(points[seed])} models evaluated", flush=True)
     return {"points": points, "forget": list(pipeline.split.values or [])}
 

@@ -1,0 +1,372 @@
+"""Where does splitting pay? A resumable multi-seed frontier benchmark over methods, merges, forget pairs and base models.
+
+The grid is defined once, in `recipes/frontiers.yaml` (the plan); each method's experiment once, in
+`recipes/frontiers-knowledge-<method>.yaml` (a pipeline template). For every cell (task, base model,
+method, forget pair) the driver:
+
+1. runs the method's template once per seed (`spunge run` with `--set` overrides for the cell: model,
+   facts file, the two forgotten domains, seeds): split the forget facts by domain, unlearn each
+   forgotten domain, unlearn the un-split union at the matched step budget (the pipeline's resume);
+2. builds, without retraining, every merge of the plan at every λ and the baseline at every λ
+   (`bench/grid_points.py`, shared with `bench/knowledge_grid.py`), and scores each model on the
+   held-out facts (forget avg over the forgotten domains, keep avg over the kept ones) and the retain
+   perplexity of the held-out kept facts; every finished model and evaluation is kept and skipped on
+   a rerun, so a killed run loses at most the model in progress;
+3. reads out one row per (task, method, model) (`bench/frontiers_readout.py`): the best Spunge merge
+   against the baseline at matched utility (forget avg where keep avg = base − 5 points), with a 95 %
+   hierarchical bootstrap interval over (pair, seed) units and facts, and a verdict; plus λ = 1 and
+   matched forgetting; a frontier PNG per row; RESULTS/summary.md and summary.json.
+
+    OMP_NUM_THREADS=1 python bench/frontiers.py --plan     # every cell, its estimated cost, what is cut
+    OMP_NUM_THREADS=1 python bench/frontiers.py --quick    # smollm2-135m, rmu, one pair, 3 seeds, 2 merges, 3 λ
+    OMP_NUM_THREADS=1 python bench/frontiers.py            # the cells that fit the plan's CPU budget
+    OMP_NUM_THREADS=1 python bench/frontiers.py --only model=gemma3-270m,method=tvn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from grid_points import build_seed_points, evaluate_model  # noqa: E402 - bench/ is on sys.path when this runs as a script
+
+PLAN = REPO / "recipes" / "frontiers.yaml"
+TIMINGS = "timings.json"
+QUICK_MARKER = "<!-- read-out below: written by `python bench/frontiers.py --quick`; notes above this line are kept -->"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment: a method unlearning two domains of one model's facts, every seed."""
+
+    task: str
+    model: str
+    method: str
+    pair: tuple[str, str]
+    facts: Path
+    fallback: bool  # the model's own facts file is missing: the plan's fallback is used
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.model}/{self.method}/{'+'.join(self.pair)}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The plan's axes after --quick and --only: what each cell runs."""
+
+    seeds: list[int]
+    merges: list[str]
+    lambdas: list[float]
+    baseline_lambdas: list[float]
+
+    @property
+    def models_per_seed(self) -> int:
+        return len(self.baseline_lambdas) + len(self.merges) * len(self.lambdas)
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan
+
+
+def load_plan(path: Path = PLAN) -> dict:
+    """The plan file, its relative paths resolved against its folder, checked for the keys the driver reads."""
+    from spunge_merge.config import load_yaml
+    from spunge_merge.errors import SpungeError
+
+    plan = dict(load_yaml(path))
+    for key in ("task", "runs", "results", "models", "fallback_facts", "methods", "pairs", "seeds", "merges", "lambdas",
+                "baseline_lambdas", "readout", "budget_hours", "estimates", "quick"):
+        if key not in plan:
+            raise SpungeError(f"{path}: missing key `{key}`")
+    for name, merge in plan["merges"].items():
+        if not isinstance(merge, dict) or "method" not in merge:
+            raise SpungeError(f"{path}: merges.{name} needs a mapping with `method`")
+    here = path.parent
+    plan["runs"], plan["results"] = (here / plan["runs"]).resolve(), (here / plan["results"]).resolve()
+    plan["fallback_facts"] = (here / plan["fallback_facts"]).resolve()
+    plan["models"] = {m: {**v, "facts": (here / v["facts"]).resolve()} for m, v in plan["models"].items()}
+    plan["_dir"] = here
+    return plan
+
+
+def parse_only(text: str | None) -> dict[str, set[str]]:
+    """`model=a,method=b` (repeat a key for several values: `method=rmu,method=tvn`) → {key: values}."""
+    from spunge_merge.errors import SpungeError
+
+    found: dict[str, set[str]] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in ("task", "model", "method", "pair"):
+            raise SpungeError(f"--only {text}: use KEY=VALUE with KEY one of task, model, method, pair (pair=a+b)")
+        found.setdefault(key.strip(), set()).add(value.strip())
+    return found
+
+
+def facts_domains(facts: Path) -> list[str]:
+    from spunge_merge.fsutil import iter_jsonl
+
+    return sorted({row["domain"] for _, row in iter_jsonl(facts)})
+
+
+def pairs_for(plan: dict, facts: Path, n_pairs: int) -> list[tuple[str, str]]:
+    """The plan's forget pairs for one facts file (`auto`: disjoint pairs of its sorted domains)."""
+    from spunge_merge.errors import SpungeError
+
+    domains = facts_domains(facts)
+    if plan["pairs"] == "auto":
+        if len(domains) < 3:
+            raise SpungeError(f"{facts}: {len(domains)} domains; forgetting two needs at least one more to keep")
+        pairs = [(domains[i], domains[i + 1]) for i in range(0, len(domains) - 1, 2)]
+    else:
+        pairs = [tuple(p) for p in plan["pairs"]]
+        for pair in pairs:
+            if missing := [d for d in pair if d not in domains]:
+                raise SpungeError(f"recipes/frontiers.yaml: pairs: domain {', '.join(missing)} is not in {facts} "
+                                  f"(its domains: {', '.join(domains)})")
+    return pairs[:n_pairs]
+
+
+def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[Cell], Settings]:
+    """The cells and settings to run: the whole plan, or its `quick` subset; narrowed by --only."""
+    from spunge_merge.errors import SpungeError
+
+    sub = plan["quick"] if quick else {}
+    models = sub.get("models", list(plan["models"]))
+    methods = sub.get("methods", plan["methods"])
+    n_pairs = sub.get("n_pairs", plan.get("n_pairs", 3))
+    settings = Settings(seeds=list(sub.get("seeds", plan["seeds"])), merges=list(sub.get("merges", plan["merges"])),
+                        lambdas=[float(x) for x in sub.get("lambdas", plan["lambdas"])],
+                        baseline_lambdas=[float(x) for x in sub.get("baseline_lambdas", plan["baseline_lambdas"])])
+    for merge in settings.merges:
+        if merge not in plan["merges"]:
+            raise SpungeError(f"recipes/frontiers.yaml: quick.merges: unknown merge {merge} (merges: {', '.join(plan['merges'])})")
+    cells = []
+    for model in models:
+        own = plan["models"][model]["facts"]
+        facts, fallback = (own, False) if own.is_file() else (plan["fallback_facts"], True)
+        for method in methods:
+            for pair in pairs_for(plan, facts, n_pairs):
+                cell = Cell(plan["task"], model, method, pair, facts, fallback)
+                wanted = {"task": cell.task, "model": model, "method": method, "pair": "+".join(pair)}
+                if all(wanted[k] in v for k, v in only.items()):
+                    cells.append(cell)
+    return cells, settings
+
+
+def cell_dir(plan: dict, cell: Cell) -> Path:
+    """runs/<facts file stem>/<model>/<method>/<a>--<b>: another facts file never reuses a cell's work.
+
+    Not `a+b`: mergekit reads a `+` in a model path as its base+LoRA syntax."""
+    return plan["runs"] / cell.facts.stem / cell.model / cell.method / "--".join(cell.pair)
+
+
+def template(plan: dict, cell: Cell) -> Path:
+    from spunge_merge.errors import SpungeError
+
+    path = plan["_dir"] / f"frontiers-{cell.task}-{cell.method}.yaml"
+    if not path.is_file():
+        raise SpungeError(f"{path}: no pipeline template for task {cell.task}, method {cell.method}")
+    return path
+
+
+def overrides(plan: dict, cell: Cell, seeds: list[int]) -> list[str]:
+    """`--set` assignments that turn the method's template into this cell's pipeline."""
+    from spunge_merge.config import load_yaml
+
+    raw = load_yaml(template(plan, cell))
+    facts, (a, b) = str(cell.facts), cell.pair
+    keep = f"domain not in {a},{b}"
+    found = [f"model={cell.model}", f"seeds={json.dumps(seeds)}", f"split.data.path={facts}",
+             f"split.values={json.dumps([a, b])}", f"eval.knowledge.facts={facts}", f"eval.perplexity.data.path={facts}",
+             f"eval.perplexity.data.where={json.dumps(['part == heldout', keep])}"]
+    if raw["unlearn"].get("retain"):
+        found += [f"unlearn.retain.path={facts}", f"unlearn.retain.where={json.dumps(['part == train', keep])}"]
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# Cost
+
+
+def read_timings(results: Path) -> dict:
+    from spunge_merge.fsutil import read_json
+
+    path = results / TIMINGS
+    return read_json(path) if path.is_file() else {"seed_pipeline": {}, "model": {}}
+
+
+def record_timing(results: Path, kind: str, key: str, seconds: float) -> None:
+    """Append one measured figure (seconds) to RESULTS/timings.json: the plan's cost estimates read them."""
+    from spunge_merge.fsutil import write_json
+
+    timings = read_timings(results)
+    timings.setdefault(kind, {}).setdefault(key, []).append(round(seconds, 1))
+    results.mkdir(parents=True, exist_ok=True)
+    write_json(results / TIMINGS, timings)
+
+
+def unit_costs(plan: dict, cell: Cell) -> tuple[float, float, str]:
+    """(seconds per seed's pipeline, seconds per grid model, where from): measured on this model, else measured on
+    another model scaled by the plans' cost_scale, else the plan's estimate scaled."""
+    timings = read_timings(plan["results"])
+    scale = {m: float(v.get("cost_scale", 1.0)) for m, v in plan["models"].items()}
+
+    def pick(kind: str, key_of, estimate: float) -> tuple[float, str]:
+        measured = timings.get(kind, {})
+        own = measured.get(key_of(cell.model))
+        if own:
+            return sum(own) / len(own), "measured"
+        for other in plan["models"]:
+            if measured.get(key_of(other)):
+                values = measured[key_of(other)]
+                return sum(values) / len(values) * scale[cell.model] / scale[other], f"measured on {other}, scaled"
+        return estimate * scale[cell.model], "estimate"
+
+    per_seed, how_seed = pick("seed_pipeline", lambda m: f"{m}/{cell.method}", plan["estimates"]["seed_pipeline"][cell.method])
+    per_model, how_model = pick("model", lambda m: m, plan["estimates"]["model"])
+    return per_seed, per_model, how_seed if how_seed == how_model else f"{how_seed}; models {how_model}"
+
+
+def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: float) -> tuple[str, list[Cell]]:
+    """Every cell with its estimated cost, the total, and the cells kept within the budget: in breadth-first
+    order (every model and method on the first pair, then the second pair, ...), each cell that still fits."""
+    pair_rank = {}
+    for cell in cells:
+        pair_rank.setdefault((cell.model, cell.method), []).append(cell.pair)
+    order = sorted(cells, key=lambda c: (pair_rank[(c.model, c.method)].index(c.pair),
+                                         list(plan["models"]).index(c.model), plan["methods"].index(c.method)))
+    rows, kept, total, used = [], [], 0.0, 0.0
+    budget = budget_hours * 3600
+    for cell in order:
+        per_seed, per_model, how = unit_costs(plan, cell)
+        cost = len(settings.seeds) * (per_seed + settings.models_per_seed * per_model)
+        total += cost
+        fits = used + cost <= budget
+        if fits:
+            used += cost
+            kept.append(cell)
+        rows.append(f"| {cell.model} | {cell.method} | {' + '.join(cell.pair)} | {len(settings.seeds)} | "
+                    f"{per_seed:.0f} s + {settings.models_per_seed} × {per_model:.0f} s | {cost / 60:.0f} min | "
+                    f"{'run' if fits else '**cut**'} | {how} |")
+    fallback = sorted({f"{c.model} (its facts file is missing: {c.facts.name} used)" for c in cells if c.fallback})
+    lines = [f"# Frontier benchmark plan ({plan['task']})", "",
+             f"Seeds {settings.seeds}; merges {', '.join(settings.merges)} at λ {settings.lambdas}; baseline at λ "
+             f"{settings.baseline_lambdas}: {settings.models_per_seed} grid models per seed.",
+             *([f"Facts: {'; '.join(fallback)}."] if fallback else []), "",
+             "Cost per cell = seeds × (one seed's pipeline + grid models × one model's build and evaluation), from "
+             f"RESULTS/{TIMINGS} where measured (OMP_NUM_THREADS=1, shared 2-core machine), else the plan's estimates.", "",
+             "| model | method | forget pair | seeds | per seed | cost | within budget | from |", "|---|---|---|---:|---|---:|---|---|",
+             *rows, "",
+             f"Total: {total / 3600:.1f} h for {len(cells)} cells. Budget {budget_hours:g} h of CPU on two cores: "
+             f"{len(kept)} cells run ({used / 3600:.1f} h), {len(cells) - len(kept)} cut "
+             "(taken in breadth-first order, every model and method on the first pair, then the next pair, each cell "
+             "that still fits; a cut cell runs with --only ... --no-cut)."]
+    return "\n".join(lines) + "\n", kept
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+
+
+def run_cell(plan: dict, cell: Cell, settings: Settings) -> dict[int, dict[str, Path]]:
+    """The cell's pipeline (every seed, resumable) and its grid models; {seed: {label: eval dir}}."""
+    from spunge_merge.config import load_yaml
+    from spunge_merge.models import resolve_model
+    from spunge_merge.pipeline.runner import run_pipeline
+    from spunge_merge.unlearn import registry
+
+    run_dir = cell_dir(plan, cell)
+    started = time.perf_counter()
+    # only the split and unlearning stages: the grid builds its own models, and the pipeline's merged and
+    # baseline models (a full copy each) would only fill the disk
+    summary = run_pipeline(template(plan, cell), run_dir=run_dir, only="unlearn", overrides=overrides(plan, cell, settings.seeds),
+                           live=False)
+    trained = {entry.split(":")[0] for entry in summary.ran if entry.startswith("seed ") and "unlearn" in entry}
+    if len(trained) == len(settings.seeds):  # a whole fresh run: one seed's cost is a fair share
+        record_timing(plan["results"], "seed_pipeline", f"{cell.model}/{cell.method}",
+                      (time.perf_counter() - started) / len(trained))
+    raw = load_yaml(run_dir / "seeds" / str(settings.seeds[0]) / "pipeline.yaml")
+    base = resolve_model(cell.model)
+    method = registry.get_method(cell.method)
+    base_eval = run_dir / "grid" / "base"  # no seed touches the base model: evaluated once per cell
+    if not all((base_eval / name).is_file() for name in ("knowledge.json", "perplexity.json")):
+        evaluate_model(base.path, base_eval, raw["eval"], REPO)
+    points = {}
+    for seed in settings.seeds:
+        points[seed] = build_seed_points(
+            run_dir / "seeds" / str(seed), run_dir / "grid" / str(seed), base=base, method=method, eval_section=raw["eval"],
+            files_dir=REPO, lambdas=settings.lambdas, baseline_lambdas=settings.baseline_lambdas, merges=settings.merges,
+            merge_settings={name: plan["merges"][name] for name in settings.merges}, base_eval=base_eval,
+            views_dir=plan["runs"] / ".views" / cell.model, keep_models=False,
+            on_model=lambda name, seconds: record_timing(plan["results"], "model", cell.model, seconds))
+        print(f"{cell.key} seed {seed}: {len(points[seed])} models evaluated", flush=True)
+    return points
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--plan-file", type=Path, default=PLAN, help="the plan (default recipes/frontiers.yaml)")
+    parser.add_argument("--plan", action="store_true", help="print every cell with its estimated cost, the total and "
+                        "what is cut to fit the plan's budget_hours; write RESULTS/plan.md; run nothing")
+    parser.add_argument("--quick", action="store_true", help="run the plan's `quick` subset (about 20 min on 2 cores) "
+                        "and write RESULTS/quick/ instead of RESULTS/")
+    parser.add_argument("--only", default=None, help="run a slice: model=NAME,method=NAME,pair=A+B (a key repeated "
+                        "for several values)")
+    parser.add_argument("--no-cut", action="store_true", help="run every selected cell, even beyond the budget")
+    parser.add_argument("--readout-only", action="store_true", help="train and build nothing: read out what is finished")
+    args = parser.parse_args()
+
+    from spunge_merge.errors import SpungeError
+
+    try:
+        plan = load_plan(args.plan_file)
+        cells, settings = select(plan, quick=args.quick, only=parse_only(args.only))
+        if not cells:
+            raise SpungeError(f"--only {args.only}: no cell of the plan matches")
+        text, kept = plan_text(plan, cells, settings, float(plan["budget_hours"]))
+        out = plan["results"] / "quick" if args.quick else plan["results"]
+        if args.plan:
+            print(text)
+            if not args.only:  # RESULTS/plan.md is the whole plan's, not a slice's
+                from spunge_merge.fsutil import atomic_write_text
+
+                atomic_write_text(out / "plan.md", text)
+            return
+        todo = cells if (args.no_cut or args.quick) else kept
+        started = time.perf_counter()
+        for cell in todo:
+            if args.readout_only:
+                continue
+            print(f"== {cell.key} ({cell.facts.name}{', fallback' if cell.fallback else ''})", flush=True)
+            run_cell(plan, cell, settings)
+        from frontiers_readout import collect, render, write_outputs
+
+        results = collect(plan, todo, settings, cell_dir)
+        summary = write_outputs(results, plan, settings, out, plan_markdown=text,
+                                seconds=time.perf_counter() - started, quick=args.quick)
+        text = render(summary)
+        if args.quick:  # the quick run's record: notes written by hand above the marker survive a rerun
+            from spunge_merge.fsutil import atomic_write_text
+
+            record = plan["results"] / "quick.md"
+            notes = record.read_text(encoding="utf-8").split(QUICK_MARKER)[0] if record.is_file() else ""
+            atomic_write_text(record, f"{notes}{QUICK_MARKER}\n{text}")
+        print(text)
+    except SpungeError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

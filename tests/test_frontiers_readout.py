@@ -1,0 +1,104 @@
+"""The frontier benchmark's read-out (bench/frontiers_readout.py) against numbers worked out by hand: the
+matched-utility interpolation, the verdict rule, and a whole row over synthetic per-fact points (no model)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from frontiers_readout import interpolate_at_keep, pick_matched_forgetting, read_row, verdict  # noqa: E402
+
+CURVE = [(0.0, 100.0, 100.0), (1.0, 98.0, 40.0), (2.0, 90.0, 10.0), (4.0, 70.0, 0.0)]  # (λ, keep avg, forget avg)
+
+
+def test_interpolates_forget_between_the_two_points_that_bracket_the_target_keep():
+    found = interpolate_at_keep(CURVE, 95.0)
+    # keep 98 → 90 brackets 95: w = (98 − 95) / (98 − 90) = 3/8; forget 40 + 3/8 · (10 − 40) = 28.75; λ 1.375
+    assert found["reached"] is True
+    assert found["forget"] == pytest.approx(28.75)
+    assert found["lam"] == pytest.approx(1.375)
+    assert found["weights"] == pytest.approx({1: 0.625, 2: 0.375})
+
+
+def test_order_of_points_does_not_matter_and_an_exact_hit_takes_that_point():
+    assert interpolate_at_keep(list(reversed(CURVE)), 95.0)["forget"] == pytest.approx(28.75)
+    hit = interpolate_at_keep(CURVE, 98.0)
+    assert (hit["forget"], hit["weights"], hit["reached"]) == (40.0, {1: 1.0}, True)
+
+
+def test_the_first_crossing_along_lambda_counts_on_a_curve_that_comes_back():
+    bumpy = [(0.0, 100.0, 100.0), (1.0, 94.0, 20.0), (2.0, 97.0, 15.0), (4.0, 80.0, 0.0)]
+    # 100 → 94 crosses 95 first: w = 5/6, forget 100 − 5/6 · 80 = 33.33
+    assert interpolate_at_keep(bumpy, 95.0)["forget"] == pytest.approx(100 - 80 * 5 / 6)
+
+
+def test_an_arm_that_never_loses_enough_uses_its_nearest_point_and_is_flagged():
+    found = interpolate_at_keep([(0.0, 100.0, 100.0), (1.0, 99.0, 50.0), (2.0, 97.0, 20.0)], 95.0)
+    assert (found["forget"], found["lam"], found["reached"]) == (20.0, 2.0, False)
+
+
+@pytest.mark.parametrize(("low", "high", "seeds", "better", "expected"), [
+    (-5.0, -1.0, 3, "lower", "helps"),      # Spunge forgets more at matched utility
+    (1.0, 3.0, 3, "lower", "hurts"),
+    (1.0, 3.0, 3, "higher", "helps"),       # keep avg: higher is better
+    (-1.5, 1.5, 3, "lower", "level"),       # includes 0, inside ± 2
+    (-3.0, 1.0, 3, "lower", "no verdict"),  # includes 0, too wide to call level
+    (-5.0, -1.0, 2, "lower", "no verdict"),  # fewer than 3 seeds: never a verdict
+])
+def test_verdict_rule(low, high, seeds, better, expected):
+    assert verdict(low, high, seeds, better=better, level_margin=2.0, min_seeds=3) == expected
+
+
+def test_matched_forgetting_takes_the_best_keep_among_points_that_forget_enough():
+    points = [(0.0, 100.0, 100.0), (1.0, 99.0, 4.0), (2.0, 97.0, 0.0), (4.0, 99.5, 30.0)]
+    assert pick_matched_forgetting(points, 5.0) == 1
+    assert pick_matched_forgetting([(0.0, 100.0, 100.0), (1.0, 99.0, 40.0), (2.0, 90.0, 20.0)], 5.0) == 2
+
+
+def _point(keep: float, facts: dict[str, list[float]]):
+    items = {domain: {f"{domain}{i}": v for i, v in enumerate(values)} for domain, values in facts.items()}
+    forget = sum(sum(v) / len(v) for v in facts.values()) / len(facts)
+    return {"keep": (keep, None), "forget": (forget, items), "ppl": 10.0}
+
+
+def _unit(seed: int) -> dict:
+    return {"pair": ["a", "b"], "seed": seed, "facts": "f", "fallback": False, "points": {
+        "base": _point(100.0, {"a": [100, 100], "b": [100, 100]}),
+        "baseline-lam1": _point(98.0, {"a": [0, 100], "b": [0, 0]}),
+        "baseline-lam2": _point(90.0, {"a": [0, 0], "b": [0, 0]}),
+        "spunge-ties-lam1": _point(96.0, {"a": [100, 100], "b": [100, 100]}),
+        "spunge-ties-lam2": _point(94.0, {"a": [0, 0], "b": [0, 0]}),
+    }}
+
+
+READOUT = {"keep_drop": 5.0, "forget_at_most": 5.0, "level_margin": 2.0, "min_seeds": 3, "bootstrap": {"n": 500, "seed": 0}}
+
+
+def test_a_row_over_three_seeds_matches_the_hand_computation():
+    row = read_row([_unit(s) for s in (0, 1, 2)], ["ties"], READOUT)
+    matched = row["merges"]["ties"]["matched_utility"]
+    # target keep 95. Baseline: w = 3/8 between λ 1 and 2, per fact a = (0, 62.5), b = (0, 0): forget 15.625.
+    # Spunge: w = 1/2, every fact 50: forget 50. Per fact Spunge − baseline: a = (50, −12.5), b = (50, 50).
+    assert matched["baseline_forget"] == pytest.approx(15.625)
+    assert matched["spunge_forget"] == pytest.approx(50.0)
+    assert matched["mean"] == pytest.approx(34.375)
+    # every resample of a seed is (mean of a's draw + 50) / 2 with a's draw in {50, 18.75, −12.5}: ≥ 18.75 > 0
+    assert matched["low"] >= 18.75 - 1e-9 and matched["high"] <= 50 + 1e-9
+    assert matched["verdict"] == "hurts"
+    assert matched["spunge_lambda"] == [1.5] * 3 and matched["baseline_lambda"] == [1.375] * 3
+    one = row["merges"]["ties"]["lambda_1"]
+    assert one["forget"]["mean"] == pytest.approx(75.0) and one["forget"]["verdict"] == "hurts"
+    assert one["keep"]["mean"] == pytest.approx(-2.0) and one["keep"]["verdict"] == "hurts"
+    # matched forgetting: both arms' only point with forget ≤ 5 % is λ 2: keep 94 − 90 = +4
+    forgetting = row["merges"]["ties"]["matched_forgetting_keep"]
+    assert forgetting["mean"] == pytest.approx(4.0) and forgetting["verdict"] == "helps"
+    assert row["best"] == "ties" and row["why"].startswith("closest: ties")
+
+
+def test_a_row_over_two_seeds_has_no_verdict():
+    row = read_row([_unit(s) for s in (0, 1)], ["ties"], READOUT)
+    assert row["merges"]["ties"]["matched_utility"]["verdict"] == "no verdict"
