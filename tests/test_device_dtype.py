@@ -109,8 +109,11 @@ def test_runtime_bfloat16_reaches_every_stage(workspace, method, tmp_path):
 def test_runtime_fills_only_what_a_stage_leaves_unset():
     base = pipeline_data("tvn")
     given = parse_pipeline({**base, "runtime": {"device": "cuda:1", "dtype": "bfloat16"}})
-    assert runtime_mod.method_settings(given, {"lr": 1e-3}) == {"lr": 1e-3, "device": "cuda:1", "dtype": "bfloat16"}
-    assert runtime_mod.method_settings(given, {"dtype": "float32"}) == {"device": "cuda:1", "dtype": "float32"}
+    config_class = type(given.unlearn.config)  # the method's own settings class (TVNConfig)
+    filled = runtime_mod.method_settings(given, config_class(lr=1e-3))
+    assert (filled.lr, filled.device, filled.dtype) == (1e-3, "cuda:1", "bfloat16")
+    own_dtype = runtime_mod.method_settings(given, config_class(dtype="float32"))
+    assert (own_dtype.device, own_dtype.dtype) == ("cuda:1", "float32")
     assert runtime_mod.merge_cuda(given) is True and runtime_mod.merge_dtype(given) == "bfloat16"
     perplexity = runtime_mod.eval_settings(given, accepted_keywords("perplexity"), {"max_length": 32})
     assert perplexity == {"max_length": 32, "device": "cuda:1", "dtype": "bfloat16"}
@@ -127,7 +130,8 @@ def test_runtime_fills_only_what_a_stage_leaves_unset():
 
     # auto (the default): nothing added, so fingerprints of existing run directories do not change
     auto = parse_pipeline(base)
-    assert runtime_mod.method_settings(auto, {"lr": 1e-3}) == {"lr": 1e-3}
+    untouched = config_class(lr=1e-3)
+    assert runtime_mod.method_settings(auto, untouched) is untouched
     assert runtime_mod.merge_cuda(auto) is None and runtime_mod.merge_dtype(auto) is None
     assert runtime_mod.eval_settings(auto, {"device", "dtype"}, {}) == {"device": "auto"}
 
@@ -167,11 +171,11 @@ def test_spunge_demo_device_and_dtype_reach_every_stage_of_the_shipped_demo(monk
     assert seen["overrides"] == ["runtime.device=cuda", "runtime.dtype=bfloat16"]
 
     demo = parse_pipeline(apply_overrides(load_yaml(seen["pipeline"]), seen["overrides"], "demo"))
-    assert runtime_mod.method_settings(demo, dict(demo.unlearn.config))["device"] == "cuda"
-    assert runtime_mod.method_settings(demo, dict(demo.unlearn.config))["dtype"] == "bfloat16"
+    settings = runtime_mod.method_settings(demo, demo.unlearn.config)
+    assert (settings.device, settings.dtype) == ("cuda", "bfloat16")
     assert runtime_mod.merge_cuda(demo) is True and runtime_mod.merge_dtype(demo) == "bfloat16"
     for section in ("knowledge", "perplexity"):
         kwargs = runtime_mod.eval_settings(demo, accepted_keywords(section), dict(getattr(demo.eval, section)))
         assert (kwargs["device"], kwargs["dtype"]) == ("cuda", "bfloat16"), section
     shipped = parse_pipeline(load_yaml(seen["pipeline"]))  # without the options: the CPU, as before
-    assert shipped.runtime.device == "cpu" and runtime_mod.method_settings(shipped, {})["device"] == "cpu"
+    assert shipped.runtime.device == "cpu" and runtime_mod.method_settings(shipped, shipped.unlearn.config).device == "cpu"
