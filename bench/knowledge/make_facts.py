@@ -1,6 +1,6 @@
 """A WMDP-form knowledge benchmark at small scale: per-model fact files (rerun: see README.md here).
 
-Short, benign factual statements in twelve domains, written for this project (the demo's tables
+Short, benign factual statements in fourteen domains, written for this project (the demo's tables
 are imported, not copied, and extended). A candidate is a prompt, a short answer and the full
 statement. For one base model a fact is kept only where that model knows it twice over:
 
