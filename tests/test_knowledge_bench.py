@@ -146,3 +146,42 @@ def test_harness_tasks_agree_with_choice_form_fact_by_fact(tiny_model, tiny_fact
     # a second run reads the stored result back (the task directory's files did not change by running)
     assert evaluate_harness(str(tiny_model), written["group"], tmp_path / "harness",
                             include_path=include, batch_size=4, device="cpu")["fingerprint"] == result["fingerprint"]
+
+
+def test_fixed_options_from_a_column_survive_a_filter(tiny_model, tiny_facts, tmp_path):
+    """`options_column`: the stored options are ranked as they are, even when a filter leaves out the facts
+    they were drawn from (drawing again from the filtered facts would give other options)."""
+    rows = _rows(tiny_facts)
+    for i, row in enumerate(rows):
+        row["part"] = "heldout" if i % 2 else "train"
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    whole = evaluate_knowledge(str(tiny_model), mixed, tmp_path / "whole", form="choice", seed=0, device="cpu", batch_size=8)
+    fixed = evaluate_knowledge(str(tiny_model), mixed, tmp_path / "fixed", form="choice", options_column="options",
+                               where=["part == heldout"], device="cpu", batch_size=8)
+    assert fixed["settings"]["options_from"] == "options" and "options_from" not in whole["settings"]
+    heldout = {r["prompt"]: r for r in rows if r["part"] == "heldout"}
+    probed = {r["prompt"]: r for r in _rows(tmp_path / "fixed" / "knowledge.jsonl")}
+    assert set(probed) == set(heldout)
+    assert all(probed[p]["options"] == heldout[p]["options"] for p in heldout)
+    verdicts = {r["prompt"]: r["correct"] for r in _rows(tmp_path / "whole" / "knowledge.jsonl")}
+    assert {p: r["correct"] for p, r in probed.items()} == {p: verdicts[p] for p in heldout}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda r: {**r, "options": r["options"][:3]}, "expected a list of 4 options"),
+    (lambda r: {**r, "options": [r["answer"]] * 4}, "are not distinct"),
+    (lambda r: {**r, "options": [o for o in r["options"] if o != r["answer"]] + ["elsewhere"]}, "is not one of the options"),
+])
+def test_bad_fixed_options_are_refused_naming_the_fact(tiny_model, tiny_facts, tmp_path, change, message):
+    from spunge_merge.errors import SpungeError
+
+    rows = _rows(tiny_facts)
+    rows[3] = change(rows[3])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(SpungeError, match=message) as caught:
+        evaluate_knowledge(str(tiny_model), bad, tmp_path / "out", form="choice", options_column="options", device="cpu")
+    assert rows[3]["prompt"] in str(caught.value) and not (tmp_path / "out" / "knowledge.json").exists()
+    with pytest.raises(SpungeError, match="fixed options are for --form choice"):
+        evaluate_knowledge(str(tiny_model), tiny_facts, tmp_path / "out", options_column="options", device="cpu")

@@ -249,6 +249,7 @@ def knowledge_command(
     domains: str = _option(KnowledgeConfig, "domains", suffix=" Comma-separated."),
     form: str = _option(KnowledgeConfig, "form"),
     seed: int = _option(KnowledgeConfig, "seed"),
+    options_column: str = _option(KnowledgeConfig, "options_column"),
     domain_column: str = _option(KnowledgeConfig, "domain_column"),
     prompt_column: str = _option(KnowledgeConfig, "prompt_column"),
     answer_column: str = _option(KnowledgeConfig, "answer_column"),
@@ -270,7 +271,7 @@ def knowledge_command(
     result = evaluate_knowledge(model, facts, out, where=list(where or ()), domains=_split_list(domains),
                                 domain_column=domain_column, prompt_column=prompt_column, answer_column=answer_column,
                                 max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
-                                form=form, seed=seed, force=force)
+                                form=form, seed=seed, options_column=options_column, force=force)
     table = Table(title=f"Knowledge ({result['settings']['form']}): {result['model']['ref']}")
     for column in ("domain", "accuracy %", "correct / n", "left out (answer in prompt)"):
         table.add_column(column, justify="left" if column == "domain" else "right")

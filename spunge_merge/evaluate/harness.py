@@ -76,7 +76,8 @@ def _task_files(include_path: Path | None) -> dict[str, str]:
     """sha256 of every file in the user's task directory (its data and YAML decide the result)."""
     if include_path is None:
         return {}
-    return {str(p.relative_to(include_path)): sha256_file(p) for p in sorted(include_path.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(include_path)): sha256_file(p) for p in sorted(include_path.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}  # Python's bytecode cache of a task's utils.py is not an input
 
 
 def _metrics(entry: dict[str, Any]) -> dict[str, float]:

@@ -97,24 +97,43 @@ def split_echoes(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list
 
 
 def load_facts(facts: str | Path, *, where: list[str] | tuple[str, ...] = (), domain_column: str = "domain",
-               prompt_column: str = "prompt", answer_column: str = "answer") -> list[dict[str, str]]:
+               prompt_column: str = "prompt", answer_column: str = "answer",
+               options_column: str | None = None) -> list[dict[str, Any]]:
     """The facts of a table (after `where` filters) as dicts with domain, prompt, answer (echoes included:
-    `split_echoes` separates them)."""
+    `split_echoes` separates them), and `options` when `options_column` names the fixed choices."""
     from spunge_merge.data.loading import load_table
     from spunge_merge.data.split import apply_filters
     from spunge_merge.data.where import parse_condition
 
     table = load_table(facts)
-    missing = [c for c in (domain_column, prompt_column, answer_column) if c not in table.column_names]
+    wanted = (domain_column, prompt_column, answer_column, *([options_column] if options_column else []))
+    missing = [c for c in wanted if c not in table.column_names]
     if missing:
         raise SpungeError(f"{facts}: no column '{missing[0]}' (columns: {', '.join(table.column_names)})")
     table = apply_filters(table, [parse_condition(expr) for expr in where], str(facts))
-    rows = [{"domain": str(r[domain_column]), "prompt": str(r[prompt_column]), "answer": str(r[answer_column])}
-            for r in table]
+    rows = []
+    for r in table:
+        row: dict[str, Any] = {"domain": str(r[domain_column]), "prompt": str(r[prompt_column]), "answer": str(r[answer_column])}
+        if options_column:
+            row["options"] = checked_options(r[options_column], row, f"{facts}: column '{options_column}'")
+        rows.append(row)
     rows = [r for r in rows if r["prompt"].strip() and r["answer"].strip()]
     if not rows:
         raise SpungeError(f"{facts}: no facts left after the filters {' AND '.join(where)}")
     return rows
+
+
+def checked_options(value: Any, row: dict[str, str], where: str) -> list[str]:
+    """A fact's fixed choices (WMDP's form: 4 options, the answer among them), refused with the fact's
+    prompt named when they could not measure anything: a wrong count, duplicates, the answer missing."""
+    if not isinstance(value, list | tuple) or len(value) != CHOICES:
+        raise SpungeError(f"{where}: '{row['prompt']}': expected a list of {CHOICES} options, got {value!r}")
+    options = [str(v) for v in value]
+    if len({o.strip().casefold() for o in options}) != CHOICES:
+        raise SpungeError(f"{where}: '{row['prompt']}': the options {options} are not distinct")
+    if row["answer"] not in options:
+        raise SpungeError(f"{where}: '{row['prompt']}': the answer '{row['answer']}' is not one of the options {options}")
+    return options
 
 
 def complete(model_dir: ResolvedModel, prompts: list[str], *, max_new_tokens: int, batch_size: int, device: str = "auto",
@@ -221,6 +240,9 @@ class KnowledgeConfig(FrozenConfig):
                                   "the WMDP format, the answer ranked by log-likelihood against 3 distractors (answers of "
                                   "other facts of its domain), known when it ranks first (chance 25 %).")
     seed: int = Field(0, description="With form choice: seed of the distractor draw (same seed, same options).")
+    options_column: str | None = Field(
+        None, description="With form choice: a column holding each fact's 4 options (the answer among them), used as "
+                          "they are instead of drawing distractors, e.g. `options` in bench/knowledge/facts-*.jsonl.")
 
     @field_validator("where", mode="before")
     @classmethod
@@ -244,6 +266,7 @@ def evaluate_knowledge(
     dtype: str = "auto",
     form: str = "completion",
     seed: int = 0,
+    options_column: str | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Per-domain accuracy of `model` on `facts`; writes knowledge.json/.jsonl into `out`.
@@ -261,16 +284,17 @@ def evaluate_knowledge(
     cfg = build_config(KnowledgeConfig, overrides={
         "facts": facts, "where": list(where), "domains": domains, "domain_column": domain_column, "prompt_column": prompt_column,
         "answer_column": answer_column, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "device": device,
-        "dtype": dtype, "form": form, "seed": seed})
+        "dtype": dtype, "form": form, "seed": seed, "options_column": options_column})
     return run_evaluation(KNOWLEDGE, model, out, cfg, force=force)
 
 
 def _settings(cfg: KnowledgeConfig) -> dict[str, Any]:
     """The settings knowledge.json records (and the fingerprint covers) for the chosen form."""
     if cfg.form == "choice":
+        fixed = {"options_from": cfg.options_column} if cfg.options_column else {}  # absent: results made before stay valid
         return {"form": cfg.form, "choices": CHOICES, "seed": cfg.seed, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
                 "match": "the answer's summed log-likelihood after the prompt ranks strictly first of the options",
-                "chance": 1 / CHOICES, "echo_rule": ECHO_RULE}
+                "chance": 1 / CHOICES, "echo_rule": ECHO_RULE, **fixed}
     return {"form": cfg.form, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
             "decoding": "greedy", "match": "completion starts with the answer as a whole word, case-insensitive, article/quote allowed",
             "echo_rule": ECHO_RULE}
@@ -278,8 +302,10 @@ def _settings(cfg: KnowledgeConfig) -> dict[str, Any]:
 
 def _probed_facts(cfg: KnowledgeConfig) -> tuple[list[dict], list[dict], list[dict]]:
     """(every loaded fact, the facts to probe (with options for the choice form), the echoes left out)."""
+    if cfg.options_column and cfg.form != "choice":
+        raise SpungeError(f"--options-column {cfg.options_column}: fixed options are for --form choice")
     loaded = load_facts(cfg.facts, where=cfg.where, domain_column=cfg.domain_column, prompt_column=cfg.prompt_column,
-                        answer_column=cfg.answer_column)
+                        answer_column=cfg.answer_column, options_column=cfg.options_column)
     if cfg.domains is not None:
         unknown = sorted(set(cfg.domains) - {r["domain"] for r in loaded})
         if unknown:
@@ -288,7 +314,7 @@ def _probed_facts(cfg: KnowledgeConfig) -> tuple[list[dict], list[dict], list[di
     rows, echoes = split_echoes(loaded)
     if not rows:
         raise SpungeError(f"{cfg.facts}: every fact's answer is in its prompt ({ECHO_RULE}); nothing left to probe")
-    if cfg.form == "choice":
+    if cfg.form == "choice" and not cfg.options_column:
         rows = add_distractors(rows, seed=cfg.seed, pool=loaded)
     return loaded, rows, echoes
 
