@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -288,10 +289,13 @@ def run_cell(plan: dict, cell: Cell, settings: Settings) -> dict[int, dict[str, 
 
     run_dir = cell_dir(plan, cell)
     started = time.perf_counter()
-    # only the split and unlearning stages: the grid builds its own models, and the pipeline's merged and
-    # baseline models (a full copy each) would only fill the disk
-    summary = run_pipeline(template(plan, cell), run_dir=run_dir, only="unlearn", overrides=overrides(plan, cell, settings.seeds),
-                           live=False)
+    # the split, unlearning and baseline stages, not the merge: the grid builds its own models. The baseline
+    # stage trains the un-split run and then writes its own model (a full copy), deleted below: only the run is read.
+    settings_given = overrides(plan, cell, settings.seeds)
+    summary = run_pipeline(template(plan, cell), run_dir=run_dir, only="unlearn", overrides=settings_given, live=False)
+    run_pipeline(template(plan, cell), run_dir=run_dir, only="baseline", overrides=settings_given, live=False)
+    for seed in settings.seeds:
+        shutil.rmtree(run_dir / "seeds" / str(seed) / "baseline" / "models", ignore_errors=True)
     trained = {entry.split(":")[0] for entry in summary.ran if entry.startswith("seed ") and "unlearn" in entry}
     if len(trained) == len(settings.seeds):  # a whole fresh run: one seed's cost is a fair share
         record_timing(plan["results"], "seed_pipeline", f"{cell.model}/{cell.method}",
