@@ -107,7 +107,7 @@ def main() -> None:
             shutil.copy2(out / name, args.publish / name)
         for directory in sorted(out.glob("frontier-*")):
             for file in sorted(directory.iterdir()):
-                if file.suffix in (".png", ".json", ".md"):
+                if file.suffix in (".png", ".json", ".md") and file.name != "spunge.json":
                     shutil.copy2(file, args.publish / f"{directory.name}-{file.name}")
     print((out / "summary.md").read_text(encoding="utf-8"))
 

@@ -33,6 +33,13 @@ Items = dict[str, dict[str, float]]  # domain → fact key → 100 or 0
 # Pure rules (tests/test_frontiers_readout.py checks them by hand)
 
 
+def _repo_relative(path) -> str:
+    """A path as the repository names it (no machine's absolute path in a published summary)."""
+    repo = Path(__file__).resolve().parents[1]
+    path = Path(path)
+    return str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
+
+
 def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: float) -> dict[str, Any]:
     """Where an arm's curve reaches keep avg = `target`.
 
@@ -335,7 +342,7 @@ def write_outputs(rows: dict, plan: dict, settings, out: Path, *, plan_markdown:
         plot_row(units, settings.merges, f"{task} · {method} · {model}: {len(units)} units", row["base_keep"]
                  - float(plan["readout"]["keep_drop"]), out / plot)
         summary_rows.append({"task": task, "method": method, "model": model, "plot": plot, **row})
-    summary = {"quick": quick, "rows": summary_rows, "readout": plan["readout"], "fallback_facts": str(plan["fallback_facts"]),
+    summary = {"quick": quick, "rows": summary_rows, "readout": plan["readout"], "fallback_facts": _repo_relative(plan["fallback_facts"]),
                "settings": {"seeds": settings.seeds, "merges": {m: plan["merges"][m] for m in settings.merges},
                             "lambdas": settings.lambdas, "baseline_lambdas": settings.baseline_lambdas},
                "seconds": round(seconds, 1), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
