@@ -101,7 +101,6 @@ class Evaluation:
       pipeline file's folder).
     - `data_settings`: settings a pipeline file may also give as a data source with filters
       (`{path, where, ...}`); the pipeline writes the rows to a file and passes its path.
-    - `model_free`: True when the model is not read (fluency scores another model's generations).
     """
 
     name: str
