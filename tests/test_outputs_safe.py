@@ -369,9 +369,12 @@ def test_ctrl_c_during_a_run_is_one_line_exit_130_and_queued_jobs_are_not_starte
     pipeline, _ = _pipeline(root, **{"unlearn.config": {"epochs": 200, "batch_size": 2, "max_length": 32, "device": "cpu",
                                                         "eval_samples": 0}, "baseline.enabled": False})
     run_dir = tmp_path / "run"
+    # Ctrl-C as a terminal delivers it. A test runner started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then keeps ignoring it: the child starts with the default action.
     process = subprocess.Popen([sys.executable, "-m", "spunge_merge", "run", str(pipeline), "--run-dir", str(run_dir)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                               env={**ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = run_dir / "pipeline.log"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (log.is_file() and "[unlearn] g1: running" in log.read_text()):
