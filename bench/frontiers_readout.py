@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 TIE = 1e-9
+# Linear interpolation is trusted across at most this many points of keep avg: a wider bracket (the base and a λ
+# that already broke the model) says nothing about where the curve crosses, so the unit counts as not reached.
+MAX_KEEP_GAP = 25.0
 Items = dict[str, dict[str, float]]  # domain → fact key → 100 or 0
 
 
@@ -40,13 +43,15 @@ def _repo_relative(path) -> str:
     return str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
 
 
-def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: float) -> dict[str, Any]:
+def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: float,
+                        max_gap: float = MAX_KEEP_GAP) -> dict[str, Any]:
     """Where an arm's curve reaches keep avg = `target`.
 
     `points` are (λ, keep avg, forget avg), base first (λ 0). Returns `forget` (interpolated forget avg),
     `lam` (interpolated λ), `weights` ({index into points: weight}, summing to 1) and `reached`
     (False: the curve never came down to the target; the point whose keep avg is nearest it is used,
-    the larger λ on a tie).
+    the larger λ on a tie. Also False when the bracketing points are more than `max_gap` points of keep
+    avg apart: the crossing is then a guess).
     """
     ordered = sorted(range(len(points)), key=lambda i: points[i][0])
     for a, b in zip(ordered, ordered[1:], strict=False):
@@ -58,7 +63,7 @@ def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: fl
         if keep_a > target > keep_b:
             w = (keep_a - target) / (keep_a - keep_b)
             return {"forget": (1 - w) * forget_a + w * forget_b, "lam": (1 - w) * lam_a + w * lam_b,
-                    "weights": {a: 1 - w, b: w}, "reached": True}
+                    "weights": {a: 1 - w, b: w}, "reached": keep_a - keep_b <= max_gap}
     last = ordered[-1]
     if abs(points[last][1] - target) <= TIE:
         return {"forget": points[last][2], "lam": points[last][0], "weights": {last: 1.0}, "reached": True}
@@ -196,8 +201,8 @@ def read_row(units: list[dict], merges: list[str], readout: dict) -> dict[str, A
                 pick[which] = curve[pick_matched_forgetting(_triples(u, curve), float(readout["forget_at_most"]))][0]
             forgetting.append(_paired(u["points"][pick[arm]]["keep"], u["points"][pick["baseline"]]["keep"]))
         per_merge[merge] = {
-            "matched_utility": {**_plain(matched), "verdict": verdict(matched["low"], matched["high"], n_seeds,
-                                                                     level_margin=margin, min_seeds=min_seeds),
+            "matched_utility": {**_plain(matched), "verdict": "no verdict" if any(not x["reached"] for x in spunge + baseline)
+                                else verdict(matched["low"], matched["high"], n_seeds, level_margin=margin, min_seeds=min_seeds),
                                 "spunge_forget": _mean([s["forget"] for s in spunge]),
                                 "baseline_forget": _mean([b["forget"] for b in baseline]),
                                 "spunge_lambda": [round(s["lam"], 3) for s in spunge],

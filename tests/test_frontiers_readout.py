@@ -102,3 +102,12 @@ def test_a_row_over_three_seeds_matches_the_hand_computation():
 def test_a_row_over_two_seeds_has_no_verdict():
     row = read_row([_unit(s) for s in (0, 1)], ["ties"], READOUT)
     assert row["merges"]["ties"]["matched_utility"]["verdict"] == "no verdict"
+
+
+def test_a_bracket_wider_than_the_gap_is_not_reached_and_gives_no_verdict():
+    """Base (keep 100) and a λ that broke the model (keep 15): the crossing of keep 95 is a guess."""
+    points = [(0.0, 100.0, 100.0), (1.0, 15.0, 1.7)]
+    found = interpolate_at_keep(points, 95.0)
+    assert found["reached"] is False and found["weights"] == pytest.approx({0: 1 - 5 / 85, 1: 5 / 85})
+    near = interpolate_at_keep([(0.0, 100.0, 100.0), (1.0, 80.0, 10.0)], 95.0)
+    assert near["reached"] is True and near["forget"] == pytest.approx(100 - 0.25 * 90)
