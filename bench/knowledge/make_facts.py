@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 from spunge_merge.demo.make_facts import CAPITALS, ELEMENTS, LANGUAGES, OPPOSITES
+from spunge_merge.demo.make_facts import candidates as demo_candidates
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
@@ -357,13 +358,7 @@ DOMAINS: dict[str, tuple[dict[str, str], str]] = {
 
 def candidates() -> list[dict[str, str]]:
     """Every candidate fact (prompt, answer, statement), domain by domain, in table order."""
-    rows = []
-    for domain, (table, template) in DOMAINS.items():
-        for key, answer in table.items():
-            prompt = template.format(key=key)
-            prompt = prompt[0].upper() + prompt[1:]
-            rows.append({"domain": domain, "prompt": prompt, "answer": answer, "text": f"{prompt} {answer}."})
-    return rows
+    return demo_candidates(DOMAINS)
 
 
 def facts_path(model: str) -> Path:

@@ -121,11 +121,14 @@ DOMAINS = {
 }
 
 
-def candidates() -> list[dict[str, str]]:
+def candidates(domains: dict[str, tuple[dict[str, str], str]] = DOMAINS) -> list[dict[str, str]]:
+    """Every candidate fact (prompt, answer, statement) of `domains` (name -> (key -> answer, prompt
+    template)), domain by domain in table order; a prompt starts with a capital letter."""
     rows = []
-    for domain, (table, template) in DOMAINS.items():
+    for domain, (table, template) in domains.items():
         for key, answer in table.items():
             prompt = template.format(key=key)
+            prompt = prompt[0].upper() + prompt[1:]
             rows.append({"domain": domain, "prompt": prompt, "answer": answer, "text": f"{prompt} {answer}."})
     return rows
 
