@@ -30,7 +30,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,10 +68,25 @@ class Settings:
     merges: list[str]
     lambdas: list[float]
     baseline_lambdas: list[float]
+    # {method: {"lambdas": [...], "baseline_lambdas": [...]}}: a method whose edit has another natural scale
+    method_lambdas: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     @property
     def models_per_seed(self) -> int:
         return len(self.baseline_lambdas) + len(self.merges) * len(self.lambdas)
+
+    def for_method(self, method: str) -> Settings:
+        """These settings with the method's own λ sweeps, where the plan gives it some."""
+        own = self.method_lambdas.get(method, {})
+        return replace(self, lambdas=own.get("lambdas", self.lambdas),
+                       baseline_lambdas=own.get("baseline_lambdas", self.baseline_lambdas))
+
+    def describe_lambdas(self) -> str:
+        text = f"merges {', '.join(self.merges)} at λ {self.lambdas}; baseline at λ {self.baseline_lambdas}"
+        for method in self.method_lambdas:
+            mine = self.for_method(method)
+            text += f"; {method}: merges at λ {mine.lambdas}, baseline at λ {mine.baseline_lambdas}"
+        return text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,6 +153,21 @@ def pairs_for(plan: dict, facts: Path, n_pairs: int) -> list[tuple[str, str]]:
     return pairs[:n_pairs]
 
 
+def method_lambdas(plan: dict, sub: dict) -> dict[str, dict[str, list[float]]]:
+    """The plan's per-method λ sweeps (`method_lambdas`, or the quick subset's own), checked and as floats."""
+    from spunge_merge.errors import SpungeError
+
+    found = {}
+    for method, own in (sub.get("method_lambdas", plan.get("method_lambdas")) or {}).items():
+        if method not in plan["methods"]:
+            raise SpungeError(f"recipes/frontiers.yaml: method_lambdas: unknown method {method} "
+                              f"(methods: {', '.join(plan['methods'])})")
+        if not isinstance(own, dict) or set(own) - {"lambdas", "baseline_lambdas"}:
+            raise SpungeError(f"recipes/frontiers.yaml: method_lambdas.{method} takes `lambdas` and `baseline_lambdas`")
+        found[method] = {key: [float(x) for x in values] for key, values in own.items()}
+    return found
+
+
 def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[Cell], Settings]:
     """The cells and settings to run: the whole plan, or its `quick` subset; narrowed by --only."""
     from spunge_merge.errors import SpungeError
@@ -148,7 +178,8 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
     n_pairs = sub.get("n_pairs", plan.get("n_pairs", 3))
     settings = Settings(seeds=list(sub.get("seeds", plan["seeds"])), merges=list(sub.get("merges", plan["merges"])),
                         lambdas=[float(x) for x in sub.get("lambdas", plan["lambdas"])],
-                        baseline_lambdas=[float(x) for x in sub.get("baseline_lambdas", plan["baseline_lambdas"])])
+                        baseline_lambdas=[float(x) for x in sub.get("baseline_lambdas", plan["baseline_lambdas"])],
+                        method_lambdas=method_lambdas(plan, sub))
     for merge in settings.merges:
         if merge not in plan["merges"]:
             raise SpungeError(f"recipes/frontiers.yaml: quick.merges: unknown merge {merge} (merges: {', '.join(plan['merges'])})")
@@ -251,19 +282,19 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
     budget = budget_hours * 3600
     for cell in order:
         per_seed, per_model, how = unit_costs(plan, cell)
-        cost = len(settings.seeds) * (per_seed + settings.models_per_seed * per_model)
+        models = settings.for_method(cell.method).models_per_seed
+        cost = len(settings.seeds) * (per_seed + models * per_model)
         total += cost
         fits = used + cost <= budget
         if fits:
             used += cost
             kept.append(cell)
         rows.append(f"| {cell.model} | {cell.method} | {' + '.join(cell.pair)} | {len(settings.seeds)} | "
-                    f"{per_seed:.0f} s + {settings.models_per_seed} × {per_model:.0f} s | {cost / 60:.0f} min | "
+                    f"{per_seed:.0f} s + {models} × {per_model:.0f} s | {cost / 60:.0f} min | "
                     f"{'run' if fits else '**cut**'} | {how} |")
     fallback = sorted({f"{c.model} (its facts file is missing: {c.facts.name} used)" for c in cells if c.fallback})
     lines = [f"# Frontier benchmark plan ({plan['task']})", "",
-             f"Seeds {settings.seeds}; merges {', '.join(settings.merges)} at λ {settings.lambdas}; baseline at λ "
-             f"{settings.baseline_lambdas}: {settings.models_per_seed} grid models per seed.",
+             f"Seeds {settings.seeds}; {settings.describe_lambdas()}.",
              *([f"Facts: {'; '.join(fallback)}."] if fallback else []), "",
              "Cost per cell = seeds × (one seed's pipeline + grid models × one model's build and evaluation), from "
              f"RESULTS/{TIMINGS} where measured (OMP_NUM_THREADS=1, shared 2-core machine), else the plan's estimates.", "",
@@ -354,7 +385,7 @@ def main() -> None:
             if args.readout_only:
                 continue
             print(f"== {cell.key} ({cell.facts.name}{', fallback' if cell.fallback else ''})", flush=True)
-            run_cell(plan, cell, settings)
+            run_cell(plan, cell, settings.for_method(cell.method))
         from frontiers_readout import collect, render, write_outputs
 
         results = collect(plan, todo, settings, cell_dir)

@@ -122,8 +122,9 @@ def collect(plan: dict, cells: list, settings, cell_dir) -> dict[tuple[str, str,
     rows: dict[tuple[str, str, str], list[dict]] = {}
     for cell in cells:
         forget = list(cell.pair)
-        labels = ["base"] + [label("baseline", x) for x in settings.baseline_lambdas] + [
-            label(f"spunge-{m}", x) for m in settings.merges for x in settings.lambdas]
+        sweep = settings.for_method(cell.method)
+        labels = ["base"] + [label("baseline", x) for x in sweep.baseline_lambdas] + [
+            label(f"spunge-{m}", x) for m in sweep.merges for x in sweep.lambdas]
         for seed in settings.seeds:
             root = cell_dir(plan, cell)
             dirs = {name: (root / "grid" / "base" if name == "base" else root / "grid" / str(seed) / "eval" / name)
@@ -349,7 +350,8 @@ def write_outputs(rows: dict, plan: dict, settings, out: Path, *, plan_markdown:
         summary_rows.append({"task": task, "method": method, "model": model, "plot": plot, **row})
     summary = {"quick": quick, "rows": summary_rows, "readout": plan["readout"], "fallback_facts": _repo_relative(plan["fallback_facts"]),
                "settings": {"seeds": settings.seeds, "merges": {m: plan["merges"][m] for m in settings.merges},
-                            "lambdas": settings.lambdas, "baseline_lambdas": settings.baseline_lambdas},
+                            "lambdas": settings.lambdas, "baseline_lambdas": settings.baseline_lambdas,
+                            "method_lambdas": settings.method_lambdas},
                "seconds": round(seconds, 1), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "plan_markdown": plan_markdown}
     out.mkdir(parents=True, exist_ok=True)

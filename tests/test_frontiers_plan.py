@@ -1,0 +1,80 @@
+"""The frontier benchmark's plan (bench/frontiers.py): which cells run, with which λ sweeps, at what cost.
+
+A method whose edit has another natural scale (TVN's negated LoRA breaks the model at λ = 1 where RMU's
+edit is mild) gets its own sweeps through `method_lambdas`; every other method keeps the plan's."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import frontiers  # noqa: E402
+
+from spunge_merge.errors import SpungeError  # noqa: E402
+
+
+def write_plan(tmp_path: Path, **changes) -> Path:
+    """The shipped plan, with its paths pointed back at the repository and `changes` applied."""
+    plan = yaml.safe_load((REPO / "recipes" / "frontiers.yaml").read_text(encoding="utf-8"))
+    plan["runs"], plan["results"] = str(tmp_path / "runs"), str(tmp_path / "results")
+    plan["fallback_facts"] = str(REPO / "spunge_merge" / "demo" / "facts.jsonl")
+    plan["models"] = {name: {**entry, "facts": str((REPO / "recipes" / entry["facts"]).resolve())}
+                      for name, entry in plan["models"].items()}
+    plan.update(changes)
+    path = tmp_path / "frontiers.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_a_method_with_its_own_sweeps_gets_them_and_the_others_keep_the_plans(tmp_path):
+    own = {"lambdas": [0.05, 0.1], "baseline_lambdas": [0.025, 0.05, 0.1]}
+    plan = frontiers.load_plan(write_plan(tmp_path, method_lambdas={"tvn": own}))
+    cells, settings = frontiers.select(plan, quick=False, only={"method": {"tvn", "rmu"}})
+    assert {c.method for c in cells} == {"tvn", "rmu"}
+    tvn, rmu = settings.for_method("tvn"), settings.for_method("rmu")
+    assert (tvn.lambdas, tvn.baseline_lambdas) == (own["lambdas"], own["baseline_lambdas"])
+    assert (rmu.lambdas, rmu.baseline_lambdas) == ([float(x) for x in plan["lambdas"]],
+                                                   [float(x) for x in plan["baseline_lambdas"]])
+    assert tvn.models_per_seed == 3 + len(plan["merges"]) * 2
+    # the cost table counts each cell's own grid models
+    text, _ = frontiers.plan_text(plan, cells, settings, budget_hours=1000.0)
+    tvn_rows = [line for line in text.splitlines() if line.startswith("| ") and "| tvn |" in line]
+    rmu_rows = [line for line in text.splitlines() if line.startswith("| ") and "| rmu |" in line]
+    assert tvn_rows and rmu_rows
+    assert all(f" + {tvn.models_per_seed} × " in line for line in tvn_rows)
+    assert all(f" + {rmu.models_per_seed} × " in line for line in rmu_rows)
+    assert "tvn: merges at λ [0.05, 0.1], baseline at λ [0.025, 0.05, 0.1]" in text
+
+
+def test_the_quick_subset_takes_its_own_method_lambdas_over_the_plans(tmp_path):
+    quick = {"models": ["smollm2-135m"], "methods": ["tvn"], "n_pairs": 1, "seeds": [0],
+             "merges": ["ties"], "method_lambdas": {"tvn": {"lambdas": [0.2]}}}
+    plan = frontiers.load_plan(write_plan(tmp_path, quick=quick, method_lambdas={"tvn": {"lambdas": [0.1]}}))
+    _, settings = frontiers.select(plan, quick=True, only={})
+    assert settings.for_method("tvn").lambdas == [0.2]
+    # a key the method does not set is the subset's or the plan's
+    assert settings.for_method("tvn").baseline_lambdas == [float(x) for x in plan["baseline_lambdas"]]
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"sgd": {"lambdas": [1.0]}}, "unknown method sgd"),
+    ({"tvn": {"lambda": [1.0]}}, "method_lambdas.tvn takes `lambdas` and `baseline_lambdas`"),
+])
+def test_a_wrong_method_lambdas_entry_is_refused_by_name(tmp_path, given, message):
+    plan = frontiers.load_plan(write_plan(tmp_path, method_lambdas=given))
+    with pytest.raises(SpungeError, match=message):
+        frontiers.select(plan, quick=False, only={})
+
+
+def test_the_shipped_plan_gives_tvn_a_sweep_below_one():
+    """TVN's template breaks both arms at λ = 1 (bench/results/frontiers/quick-tvn): its sweep must stay below it."""
+    plan = frontiers.load_plan()
+    _, settings = frontiers.select(plan, quick=False, only={})
+    tvn = settings.for_method("tvn")
+    assert max(tvn.lambdas) < 1.0 and max(tvn.baseline_lambdas) < 1.0
