@@ -51,7 +51,8 @@ def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: fl
     `lam` (interpolated λ), `weights` ({index into points: weight}, summing to 1) and `reached`
     (False: the curve never came down to the target; the point whose keep avg is nearest it is used,
     the larger λ on a tie. Also False when the bracketing points are more than `max_gap` points of keep
-    avg apart: the crossing is then a guess).
+    avg apart: the crossing is then a guess, unless both forget the same, e.g. an arm that already forgets
+    everything before its keep starts to fall: where it crosses then changes nothing).
     """
     ordered = sorted(range(len(points)), key=lambda i: points[i][0])
     for a, b in zip(ordered, ordered[1:], strict=False):
@@ -63,7 +64,8 @@ def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: fl
         if keep_a > target > keep_b:
             w = (keep_a - target) / (keep_a - keep_b)
             return {"forget": (1 - w) * forget_a + w * forget_b, "lam": (1 - w) * lam_a + w * lam_b,
-                    "weights": {a: 1 - w, b: w}, "reached": keep_a - keep_b <= max_gap}
+                    "weights": {a: 1 - w, b: w},
+                    "reached": keep_a - keep_b <= max_gap or abs(forget_a - forget_b) <= TIE}
     last = ordered[-1]
     if abs(points[last][1] - target) <= TIE:
         return {"forget": points[last][2], "lam": points[last][0], "weights": {last: 1.0}, "reached": True}

@@ -111,3 +111,11 @@ def test_a_bracket_wider_than_the_gap_is_not_reached_and_gives_no_verdict():
     assert found["reached"] is False and found["weights"] == pytest.approx({0: 1 - 5 / 85, 1: 5 / 85})
     near = interpolate_at_keep([(0.0, 100.0, 100.0), (1.0, 80.0, 10.0)], 95.0)
     assert near["reached"] is True and near["forget"] == pytest.approx(100 - 0.25 * 90)
+
+
+def test_a_wide_bracket_whose_ends_forget_the_same_is_reached():
+    """The RMU baseline forgets everything at λ 1 (keep 97) and at λ 2 (keep 64): at keep 95 it forgets 0,
+    wherever between them the curve crosses."""
+    found = interpolate_at_keep([(0.0, 100.0, 100.0), (1.0, 97.0, 0.0), (2.0, 64.0, 0.0)], 95.0)
+    assert found["reached"] is True and found["forget"] == 0.0
+    assert found["weights"] == pytest.approx({1: 1 - 2 / 33, 2: 2 / 33})
