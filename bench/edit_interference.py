@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="the cell's base model (alias, path or Hub id)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds to measure, comma-separated")
     parser.add_argument("--lambdas", default="1", help="λ at which each domain's edit is evaluated alone, comma-separated")
-    parser.add_argument("--out", type=Path, required=True, help="folder for summary.json, summary.md and the evaluations")
+    parser.add_argument("--out", type=Path, required=True, help="folder for summary.json and summary.md (the evaluations "
+                        "of each edit alone go to CELL/alone/, skipped when there)")
     args = parser.parse_args()
 
     from spunge_merge.config import load_yaml
@@ -120,7 +121,7 @@ def main() -> None:
         for lam in lambdas:
             row = {"seed": seed, "lambda": lam, "geometry": shape, "alone": {}}
             for domain in forget:
-                work = args.out / str(seed) / label(f"alone-{domain}", lam)
+                work = args.cell / "alone" / str(seed) / label(domain, lam)  # beside the cell's grid, not in the results
                 if not (work / "eval" / "knowledge.json").is_file():
                     method.to_model(base, seed_dir / "unlearn" / domain, lam, work / "model", work / "scratch")
                     evaluate_model(work / "model", work / "eval", raw["eval"], REPO)
@@ -134,7 +135,9 @@ def main() -> None:
             row["base"] = accuracies(args.cell / "grid" / "base", forget)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    summary = {"cell": str(args.cell), "method": args.method, "model": args.model, "forget": forget, "rows": rows}
+    cell = args.cell.resolve()
+    summary = {"cell": str(cell.relative_to(REPO)) if cell.is_relative_to(REPO) else str(cell), "method": args.method,
+               "model": args.model, "forget": forget, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "summary.json", summary)
     atomic_write_text(args.out / "summary.md", render(summary))
