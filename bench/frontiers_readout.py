@@ -196,12 +196,13 @@ def read_row(units: list[dict], merges: list[str], readout: dict) -> dict[str, A
             name_s, name_b = f"{arm}-lam1", "baseline-lam1"
             if all(name_s in u["points"] and name_b in u["points"] for u in units):
                 at_one[figure] = _bootstrap([_paired(u["points"][name_s][figure], u["points"][name_b][figure]) for u in units], boot)
-        forgetting = []
+        forgetting, short = [], 0  # short: (unit, arm)s whose sweep never forgets enough (compared at unmatched forgetting)
         for u in units:
             pick = {}
             for which in (arm, "baseline"):
                 curve = arm_curve(u, which)
                 pick[which] = curve[pick_matched_forgetting(_triples(u, curve), float(readout["forget_at_most"]))][0]
+                short += u["points"][pick[which]]["forget"][0] > float(readout["forget_at_most"])
             forgetting.append(_paired(u["points"][pick[arm]]["keep"], u["points"][pick["baseline"]]["keep"]))
         per_merge[merge] = {
             "matched_utility": {**_plain(matched), "verdict": "no verdict" if any(not x["reached"] for x in spunge + baseline)
@@ -214,9 +215,10 @@ def read_row(units: list[dict], merges: list[str], readout: dict) -> dict[str, A
                                 "baseline_not_reached": sum(not b["reached"] for b in baseline)},
             "lambda_1": {k: {**_plain(v), "verdict": verdict(v["low"], v["high"], n_seeds, better="lower" if k == "forget" else "higher",
                                                              level_margin=margin, min_seeds=min_seeds)} for k, v in at_one.items()},
-            "matched_forgetting_keep": {**_plain(b := _bootstrap(forgetting, boot)),
-                                        "verdict": verdict(b["low"], b["high"], n_seeds, better="higher", level_margin=margin,
-                                                           min_seeds=min_seeds)},
+            "matched_forgetting_keep": {**_plain(b := _bootstrap(forgetting, boot)), "not_reached": short,
+                                        "verdict": "no verdict" if short else verdict(
+                                            b["low"], b["high"], n_seeds, better="higher", level_margin=margin,
+                                            min_seeds=min_seeds)},
         }
     best = min(per_merge, key=lambda m: per_merge[m]["matched_utility"]["mean"])
     return {"units": len(units), "seeds": n_seeds, "pairs": sorted({"+".join(u["pair"]) for u in units}),
@@ -258,6 +260,12 @@ def _ci(entry: dict) -> str:
     return f"{entry['mean']:+.1f} [{entry['low']:+.1f}, {entry['high']:+.1f}]"
 
 
+def _forgetting(entry: dict) -> str:
+    """Δ keep at matched forgetting, marked where some arm never forgot enough (its most-forgetting point stood in)."""
+    missing = entry.get("not_reached", 0)
+    return _ci(entry) + (f" (forget ≤ target not reached by {missing} unit-arm{'s' if missing > 1 else ''})" if missing else "")
+
+
 def render(summary: dict) -> str:
     readout = summary["readout"]
     lines = ["# Where does splitting pay? Spunge vs. the un-split baseline on knowledge frontiers", "",
@@ -271,7 +279,7 @@ def render(summary: dict) -> str:
                      f"{_ci(m)} | **{m['verdict']}** | {row['units']} ({len(row['pairs'])} pair{'s' if len(row['pairs']) > 1 else ''}"
                      f" × {row['seeds']} seeds) | {m['spunge_not_reached']}/{m['baseline_not_reached']} | "
                      f"{_ci(one['forget']) if 'forget' in one else '–'} | {_ci(one['keep']) if 'keep' in one else '–'} | "
-                     f"{_ci(best['matched_forgetting_keep'])} |")
+                     f"{_forgetting(best['matched_forgetting_keep'])} |")
     if any(row["fallback_facts"] for row in summary["rows"]):
         lines += ["", f"† scored on the fallback facts file ({Path(summary['fallback_facts']).name}), not the model's own."]
     lines += ["", f"Matched utility: each arm's forget avg at keep avg = base − {readout['keep_drop']:g} points (interpolated "
@@ -281,7 +289,8 @@ def render(summary: dict) -> str:
               f"{readout['level_margin']:g} points, else no verdict. The best merge is the one with the lowest mean "
               "(chosen after looking: its interval is optimistic when several merges are close). Secondary: at λ = 1 "
               f"for both arms, and at matched forgetting (each arm's best keep avg among forget avg ≤ "
-              f"{readout['forget_at_most']:g} %; Δ keep, higher is better)."]
+              f"{readout['forget_at_most']:g} %; Δ keep, higher is better; where an arm's sweep never forgets that much, "
+              "its most-forgetting point stands in, the row says so and gives no verdict)."]
     for row in summary["rows"]:
         lines += ["", f"## {row['task']} · {row['method']} · {row['model']}", "",
                   f"Pairs: {', '.join(row['pairs'])}; seeds: {row['seeds']}. Base: keep avg {row['base_keep']:.1f} %, "
@@ -296,7 +305,7 @@ def render(summary: dict) -> str:
                          f"{', '.join(f'{x:g}' for x in m['baseline_lambda'])} | "
                          f"{_ci(one['forget']) + ' ' + one['forget']['verdict'] if 'forget' in one else '–'} | "
                          f"{_ci(one['keep']) + ' ' + one['keep']['verdict'] if 'keep' in one else '–'} | "
-                         f"{_ci(entry['matched_forgetting_keep'])} {entry['matched_forgetting_keep']['verdict']} |")
+                         f"{_forgetting(entry['matched_forgetting_keep'])} {entry['matched_forgetting_keep']['verdict']} |")
         lines += ["", "Points (mean over units; forget avg / keep avg / retain PPL):", "",
                   "| model | forget avg % | keep avg % | retain PPL |", "|---|---:|---:|---:|"]
         for name, p in row["points"].items():

@@ -96,6 +96,7 @@ def test_a_row_over_three_seeds_matches_the_hand_computation():
     # matched forgetting: both arms' only point with forget ≤ 5 % is λ 2: keep 94 − 90 = +4
     forgetting = row["merges"]["ties"]["matched_forgetting_keep"]
     assert forgetting["mean"] == pytest.approx(4.0) and forgetting["verdict"] == "helps"
+    assert forgetting["not_reached"] == 0
     assert row["best"] == "ties" and row["why"].startswith("closest: ties")
 
 
@@ -119,3 +120,17 @@ def test_a_wide_bracket_whose_ends_forget_the_same_is_reached():
     found = interpolate_at_keep([(0.0, 100.0, 100.0), (1.0, 97.0, 0.0), (2.0, 64.0, 0.0)], 95.0)
     assert found["reached"] is True and found["forget"] == 0.0
     assert found["weights"] == pytest.approx({1: 1 - 2 / 33, 2: 2 / 33})
+
+
+def test_matched_forgetting_where_an_arm_never_forgets_enough_gives_no_verdict():
+    """TVN's sweep stops at forget ≈ 10 % for Spunge and 44 % for the baseline: their keeps compare models that
+    forget very differently, so the column must not read as a verdict."""
+    units = []
+    for seed in (0, 1, 2):
+        unit = _unit(seed)
+        unit["points"]["baseline-lam2"] = _point(60.0, {"a": [0, 100], "b": [100, 0]})  # forgets 50
+        units.append(unit)
+    forgetting = read_row(units, ["ties"], READOUT)["merges"]["ties"]["matched_forgetting_keep"]
+    # the baseline's most-forgetting point (λ 1: forget 25, keep 98) stands in: Spunge's 94 − 98 = −4 in every unit
+    assert forgetting["mean"] == pytest.approx(-4.0)
+    assert forgetting["not_reached"] == 3 and forgetting["verdict"] == "no verdict"
