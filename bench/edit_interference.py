@@ -150,7 +150,7 @@ def render(summary: dict) -> str:
              "Accuracy (%) on the held-out facts: each forgotten domain, and the keep avg over the kept domains.", "",
              f"| seed | λ | model | {a} | {b} | keep avg |", "|---:|---:|---|---:|---:|---:|"]
     for row in summary["rows"]:
-        arms = [("base", row["base"])] + [(f"{d}'s edit alone", row["alone"][d]) for d in (a, b)]
+        arms = [("base", row["base"])] + [(f"edit of {d} alone", row["alone"][d]) for d in (a, b)]
         arms += [(arm, row[arm]) for arm in ("spunge-ties", "spunge-ties-sum", "baseline") if arm in row]
         for name, acc in arms:
             lines.append(f"| {row['seed']} | {row['lambda']:g} | {name} | {acc[a]:.1f} | {acc[b]:.1f} | {acc['keep']:.1f} |")
