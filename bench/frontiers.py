@@ -154,11 +154,16 @@ def pairs_for(plan: dict, facts: Path, n_pairs: int) -> list[tuple[str, str]]:
 
 
 def method_lambdas(plan: dict, sub: dict) -> dict[str, dict[str, list[float]]]:
-    """The plan's per-method λ sweeps (`method_lambdas`, or the quick subset's own), checked and as floats."""
+    """The per-method λ sweeps, checked and as floats: the quick subset's own `method_lambdas`, else the plan's,
+    less any sweep the subset sets for every method (its `lambdas` or `baseline_lambdas` are its choice)."""
     from spunge_merge.errors import SpungeError
 
+    given = sub.get("method_lambdas")
+    if given is None:
+        given = {method: {key: values for key, values in own.items() if key not in sub} if isinstance(own, dict) else own
+                 for method, own in (plan.get("method_lambdas") or {}).items()}
     found = {}
-    for method, own in (sub.get("method_lambdas", plan.get("method_lambdas")) or {}).items():
+    for method, own in given.items():
         if method not in plan["methods"]:
             raise SpungeError(f"recipes/frontiers.yaml: method_lambdas: unknown method {method} "
                               f"(methods: {', '.join(plan['methods'])})")

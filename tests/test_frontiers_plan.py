@@ -62,6 +62,17 @@ def test_the_quick_subset_takes_its_own_method_lambdas_over_the_plans(tmp_path):
     assert settings.for_method("tvn").baseline_lambdas == [float(x) for x in plan["baseline_lambdas"]]
 
 
+def test_a_sweep_the_quick_subset_sets_for_every_method_wins_over_the_plans_per_method_one(tmp_path):
+    quick = {"models": ["smollm2-135m"], "methods": ["rmu"], "n_pairs": 1, "seeds": [0], "merges": ["ties"],
+             "baseline_lambdas": [1.0, 2.0]}
+    plan = frontiers.load_plan(write_plan(tmp_path, quick=quick,
+                                          method_lambdas={"rmu": {"lambdas": [3.0], "baseline_lambdas": [1.0, 1.5]}}))
+    _, settings = frontiers.select(plan, quick=True, only={})
+    rmu = settings.for_method("rmu")
+    assert rmu.baseline_lambdas == [1.0, 2.0]  # the subset's own
+    assert rmu.lambdas == [3.0]  # the subset leaves the merges' sweep to the plan's per-method one
+
+
 @pytest.mark.parametrize(("given", "message"), [
     ({"sgd": {"lambdas": [1.0]}}, "unknown method sgd"),
     ({"tvn": {"lambda": [1.0]}}, "method_lambdas.tvn takes `lambdas` and `baseline_lambdas`"),
