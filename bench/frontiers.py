@@ -164,6 +164,8 @@ def method_lambdas(plan: dict, sub: dict) -> dict[str, dict[str, list[float]]]:
                  for method, own in (plan.get("method_lambdas") or {}).items()}
     found = {}
     for method, own in given.items():
+        if own == {}:  # every sweep of it set by the subset
+            continue
         if method not in plan["methods"]:
             raise SpungeError(f"recipes/frontiers.yaml: method_lambdas: unknown method {method} "
                               f"(methods: {', '.join(plan['methods'])})")
