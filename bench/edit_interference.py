@@ -49,17 +49,19 @@ def edits(run_path: Path, base, views_dir: Path) -> dict[str, torch.Tensor]:
     (run,) = expand_runs([run_path])
     view = materialize_view(run, base, views_dir)
     files = weight_files(base.path)
-    found = {}
+    found, originals = {}, {}  # each base shard opened once
     with safe_open(str(view / CHANGED_FILE), framework="pt") as changed:
         for name in changed.keys():  # noqa: SIM118 - safe_open has no iterator
-            with safe_open(str(files[name]), framework="pt") as original:
-                found[name] = changed.get_tensor(name).float() - original.get_tensor(name).float()
+            if files[name] not in originals:
+                originals[files[name]] = safe_open(str(files[name]), framework="pt")
+            found[name] = changed.get_tensor(name).float() - originals[files[name]].get_tensor(name).float()
     return found
 
 
 def geometry(a: dict, b: dict, union: dict) -> dict[str, float]:
     """Norms, cosine, sign disagreement and TIES(density 1, normalize) of two edits, over all their tensors."""
     import torch
+    from mergekit.merge_methods.generalized_task_arithmetic import get_mask
 
     names = sorted(a)
     if set(b) != set(a) or set(union) != set(a):
@@ -67,11 +69,11 @@ def geometry(a: dict, b: dict, union: dict) -> dict[str, float]:
     ea, eb, eu = (torch.cat([edit[n].flatten() for n in names]) for edit in (a, b, union))
     both = (ea != 0) & (eb != 0)
     disagree = both & (torch.sign(ea) != torch.sign(eb))
-    # TIES at density 1: elect the sign of the summed edit per entry, average the entries that agree with it
-    elected = torch.sign(ea + eb)
-    agree_a, agree_b = (torch.sign(ea) == elected) & (ea != 0), (torch.sign(eb) == elected) & (eb != 0)
-    count = agree_a.int() + agree_b.int()
-    ties = (ea * agree_a + eb * agree_b) / count.clamp(min=1)
+    # TIES at density 1 as mergekit computes it: its sign election (the summed edit's sign per entry), then the
+    # mean of the entries that agree with it
+    stacked = torch.stack([ea, eb])
+    agree = get_mask(stacked, method="sum")
+    ties = (stacked * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
     total = ea + eb
     return {"norm_a": float(ea.norm()), "norm_b": float(eb.norm()), "norm_union": float(eu.norm()),
             "cosine_a_b": float(torch.nn.functional.cosine_similarity(ea, eb, dim=0)),
