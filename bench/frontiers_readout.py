@@ -262,7 +262,7 @@ def _ci(entry: dict) -> str:
 
 def _forgetting(entry: dict) -> str:
     """Δ keep at matched forgetting, marked where some arm never forgot enough (its most-forgetting point stood in)."""
-    missing = entry.get("not_reached", 0)
+    missing = entry["not_reached"]
     return _ci(entry) + (f" (forget ≤ target not reached by {missing} unit-arm{'s' if missing > 1 else ''})" if missing else "")
 
 
