@@ -106,6 +106,10 @@ def load_plan(path: Path = PLAN) -> dict:
     for name, merge in plan["merges"].items():
         if not isinstance(merge, dict) or "method" not in merge:
             raise SpungeError(f"{path}: merges.{name} needs a mapping with `method`")
+    for task, entry in (plan.get("not_planned") or {}).items():
+        missing = [k for k in ("run", "seed_pipeline", "model", "why") if k not in (entry or {})]
+        if missing:
+            raise SpungeError(f"{path}: not_planned.{task} needs {', '.join(f'`{k}`' for k in missing)}")
     here = path.parent
     plan["runs"], plan["results"] = (here / plan["runs"]).resolve(), (here / plan["results"]).resolve()
     plan["fallback_facts"] = (here / plan["fallback_facts"]).resolve()
@@ -311,7 +315,26 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
              f"{len(kept)} cells run ({used / 3600:.1f} h), {len(cells) - len(kept)} cut "
              "(taken in breadth-first order, every model and method on the first pair, then the next pair, each cell "
              "that still fits; a cut cell runs with --only ... --no-cut)."]
+    lines += not_planned_text(plan, settings)
     return "\n".join(lines) + "\n", kept
+
+
+def not_planned_text(plan: dict, settings: Settings) -> list[str]:
+    """Lines for the tasks the plan names under `not_planned`: what one grid over them would cost at the plan's
+    methods, models and seeds (one cell per model and method: such a task has one split, e.g. ToxiGen's groups),
+    from the per-seed and per-model figures the plan gives for them. They are cut from the CPU budget."""
+    lines = []
+    scale = {m: float(v.get("cost_scale", 1.0)) for m, v in plan["models"].items()}
+    for task, entry in (plan.get("not_planned") or {}).items():
+        per_seed, per_model = float(entry["seed_pipeline"]), float(entry["model"])
+        total = sum(len(settings.seeds) * scale[model] * (per_seed + settings.for_method(method).models_per_seed * per_model)
+                    for model in plan["models"] for method in plan["methods"])
+        lines += ["", f"Not in this plan: **{task}**, cut. The same grid there ({len(plan['methods'])} methods × "
+                  f"{len(plan['models'])} models × {len(settings.seeds)} seeds, one split) would take ≈ {total / 3600:.0f} h "
+                  f"here: one seed's pipeline ≈ {per_seed:.0f} s and one model's evaluation ≈ {per_model:.0f} s at "
+                  f"cost_scale 1, scaled by each model's. {entry['why']} What runs it "
+                  f"today: {entry['run']}."]
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------

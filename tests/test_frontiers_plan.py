@@ -89,3 +89,21 @@ def test_the_shipped_plan_gives_tvn_a_sweep_below_one():
     _, settings = frontiers.select(plan, quick=False, only={})
     tvn = settings.for_method("tvn")
     assert max(tvn.lambdas) < 1.0 and max(tvn.baseline_lambdas) < 1.0
+
+
+def test_a_task_the_plan_does_not_run_is_printed_as_cut_with_its_cost(tmp_path):
+    entry = {"run": "`make x`", "seed_pipeline": 3600, "model": 1800, "why": "Slow judges."}
+    plan = frontiers.load_plan(write_plan(tmp_path, not_planned={"toxigen": entry}, seeds=[0, 1],
+                                          methods=["rmu", "tvn"], merges={"ties": {"method": "ties"}},
+                                          lambdas=[1.0, 2.0], baseline_lambdas=[1.0], method_lambdas={}))
+    cells, settings = frontiers.select(plan, quick=False, only={})
+    text, _ = frontiers.plan_text(plan, cells, settings, budget_hours=1000.0)
+    # per (model, method): 2 seeds × cost_scale × (one seed's pipeline + (1 baseline λ + 1 merge × 2 λ) × one model)
+    expected = sum(2 * float(m["cost_scale"]) * (3600 + 3 * 1800) for m in plan["models"].values()) * 2
+    line = next(x for x in text.splitlines() if x.startswith("Not in this plan: **toxigen**"))
+    assert f"≈ {expected / 3600:.0f} h" in line and "`make x`" in line and "Slow judges." in line
+
+
+def test_a_not_planned_task_without_its_cost_figures_is_refused_by_name(tmp_path):
+    with pytest.raises(SpungeError, match=r"not_planned.toxigen needs `seed_pipeline`, `model`"):
+        frontiers.load_plan(write_plan(tmp_path, not_planned={"toxigen": {"run": "x", "why": "y"}}))
