@@ -5,8 +5,10 @@ Why matched utility: an arm can forget more simply by damaging more. Each arm is
 arm's curve, the forget avg at the keep avg where the model has lost `keep_drop` points against the base
 (keep avg = base − 5), interpolating linearly between the two λ points that bracket it (the first
 crossing along λ). An arm that never loses that much uses its point nearest the target and is flagged
-("not reached"). The interpolation is linear in each fact's verdict, so every fact gets an
-interpolated value with the same weights, and Spunge − baseline is a per-fact paired difference.
+("not reached"); so is one whose crossing lies between λ points too far apart to interpolate across (a
+base-to-broken-model gap in keep, or a cliff from forgetting nothing to forgetting everything). The
+interpolation is linear in each fact's verdict, so every fact gets an interpolated value with the same
+weights, and Spunge − baseline is a per-fact paired difference.
 
 The interval: `hierarchical_bootstrap` with (pair, seed) units as its upper level and the forgotten
 domains' held-out facts as strata below (the weights are held fixed: the interval covers seeds, pairs
@@ -29,6 +31,10 @@ TIE = 1e-9
 # Linear interpolation is trusted across at most this many points of keep avg: a wider bracket (the base and a λ
 # that already broke the model) says nothing about where the curve crosses, so the unit counts as not reached.
 MAX_KEEP_GAP = 25.0
+# Nor across a bracket whose ends differ by more than this many points of forget avg: an arm that goes from
+# forgetting nothing to forgetting everything between two λ points could cross the target keep anywhere on
+# that cliff, and the straight line through it invents the forget avg there.
+MAX_FORGET_GAP = 50.0
 Items = dict[str, dict[str, float]]  # domain → fact key → 100 or 0
 
 
@@ -44,7 +50,7 @@ def _repo_relative(path) -> str:
 
 
 def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: float,
-                        max_gap: float = MAX_KEEP_GAP) -> dict[str, Any]:
+                        max_gap: float = MAX_KEEP_GAP, max_forget_gap: float = MAX_FORGET_GAP) -> dict[str, Any]:
     """Where an arm's curve reaches keep avg = `target`.
 
     `points` are (λ, keep avg, forget avg), base first (λ 0). Returns `forget` (interpolated forget avg),
@@ -52,7 +58,8 @@ def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: fl
     (False: the curve never came down to the target; the point whose keep avg is nearest it is used,
     the larger λ on a tie. Also False when the bracketing points are more than `max_gap` points of keep
     avg apart: the crossing is then a guess, unless both forget the same, e.g. an arm that already forgets
-    everything before its keep starts to fall: where it crosses then changes nothing).
+    everything before its keep starts to fall: where it crosses then changes nothing. And False when they are
+    more than `max_forget_gap` points of forget avg apart: the forget avg at the crossing is then a guess).
     """
     ordered = sorted(range(len(points)), key=lambda i: points[i][0])
     for a, b in zip(ordered, ordered[1:], strict=False):
@@ -65,7 +72,8 @@ def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: fl
             w = (keep_a - target) / (keep_a - keep_b)
             return {"forget": (1 - w) * forget_a + w * forget_b, "lam": (1 - w) * lam_a + w * lam_b,
                     "weights": {a: 1 - w, b: w},
-                    "reached": keep_a - keep_b <= max_gap or abs(forget_a - forget_b) <= TIE}
+                    "reached": (keep_a - keep_b <= max_gap or abs(forget_a - forget_b) <= TIE)
+                    and abs(forget_a - forget_b) <= max_forget_gap}
     last = ordered[-1]
     if abs(points[last][1] - target) <= TIE:
         return {"forget": points[last][2], "lam": points[last][0], "weights": {last: 1.0}, "reached": True}
@@ -242,9 +250,9 @@ def _why(merge: str, entry: dict) -> str:
     parts = [f"closest: {merge} (at keep = base − the drop it forgets {m['spunge_forget']:.1f} % against the baseline's "
              f"{m['baseline_forget']:.1f} %)"]
     if m["spunge_not_reached"] or m["baseline_not_reached"]:
-        parts.append(f"the target keep avg was not reached in {m['spunge_not_reached']} Spunge and "
-                     f"{m['baseline_not_reached']} baseline units (their nearest point is used), so the comparison is "
-                     "partly at unmatched utility: extend the λ sweep")
+        parts.append(f"the target keep avg was not reached, or fell between λ points too far apart, in "
+                     f"{m['spunge_not_reached']} Spunge and {m['baseline_not_reached']} baseline units, so the comparison "
+                     "there is a guess: extend the λ sweep or add points to it")
     one = entry["lambda_1"]
     if "forget" in one and "keep" in one:
         parts.append(f"at λ = 1 it forgets {one['forget']['mean']:+.1f} points against the baseline and keeps "
@@ -283,7 +291,10 @@ def render(summary: dict) -> str:
     if any(row["fallback_facts"] for row in summary["rows"]):
         lines += ["", f"† scored on the fallback facts file ({Path(summary['fallback_facts']).name}), not the model's own."]
     lines += ["", f"Matched utility: each arm's forget avg at keep avg = base − {readout['keep_drop']:g} points (interpolated "
-              "along λ; base = λ 0). Spunge − baseline in points (negative: Spunge forgets more at the same utility), 95 % "
+              "along λ; base = λ 0). A unit counts as not reached where its arm never gets down to that keep avg, or "
+              f"where the two λ points around it are more than {MAX_KEEP_GAP:g} points of keep avg (unless both forget the "
+              f"same) or {MAX_FORGET_GAP:g} points of forget avg apart; a merge with such a unit has no verdict. "
+              "Spunge − baseline in points (negative: Spunge forgets more at the same utility), 95 % "
               "hierarchical bootstrap over (pair, seed) units and held-out facts. Verdict only with ≥ "
               f"{readout['min_seeds']} seeds: helps / hurts when the interval excludes 0, level when it lies within ± "
               f"{readout['level_margin']:g} points, else no verdict. The best merge is the one with the lowest mean "

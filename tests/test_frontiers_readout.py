@@ -71,6 +71,9 @@ def _unit(seed: int) -> dict:
         "baseline-lam1": _point(98.0, {"a": [0, 100], "b": [0, 0]}),
         "baseline-lam2": _point(90.0, {"a": [0, 0], "b": [0, 0]}),
         "spunge-ties-lam1": _point(96.0, {"a": [100, 100], "b": [100, 100]}),
+        # measured on the target keep (a point between λ 1 and 2, whose 100-point forget gap is too wide to
+        # interpolate across); per-fact values stand for the facts' mean over prompts
+        "spunge-ties-lam1.5": _point(95.0, {"a": [50, 50], "b": [50, 50]}),
         "spunge-ties-lam2": _point(94.0, {"a": [0, 0], "b": [0, 0]}),
     }}
 
@@ -82,7 +85,7 @@ def test_a_row_over_three_seeds_matches_the_hand_computation():
     row = read_row([_unit(s) for s in (0, 1, 2)], ["ties"], READOUT)
     matched = row["merges"]["ties"]["matched_utility"]
     # target keep 95. Baseline: w = 3/8 between λ 1 and 2, per fact a = (0, 62.5), b = (0, 0): forget 15.625.
-    # Spunge: w = 1/2, every fact 50: forget 50. Per fact Spunge − baseline: a = (50, −12.5), b = (50, 50).
+    # Spunge: at λ 1.5 exactly, every fact 50: forget 50. Per fact Spunge − baseline: a = (50, −12.5), b = (50, 50).
     assert matched["baseline_forget"] == pytest.approx(15.625)
     assert matched["spunge_forget"] == pytest.approx(50.0)
     assert matched["mean"] == pytest.approx(34.375)
@@ -110,8 +113,8 @@ def test_a_bracket_wider_than_the_gap_is_not_reached_and_gives_no_verdict():
     points = [(0.0, 100.0, 100.0), (1.0, 15.0, 1.7)]
     found = interpolate_at_keep(points, 95.0)
     assert found["reached"] is False and found["weights"] == pytest.approx({0: 1 - 5 / 85, 1: 5 / 85})
-    near = interpolate_at_keep([(0.0, 100.0, 100.0), (1.0, 80.0, 10.0)], 95.0)
-    assert near["reached"] is True and near["forget"] == pytest.approx(100 - 0.25 * 90)
+    near = interpolate_at_keep([(0.0, 100.0, 100.0), (1.0, 80.0, 60.0)], 95.0)
+    assert near["reached"] is True and near["forget"] == pytest.approx(100 - 0.25 * 40)
 
 
 def test_a_wide_bracket_whose_ends_forget_the_same_is_reached():
@@ -120,6 +123,17 @@ def test_a_wide_bracket_whose_ends_forget_the_same_is_reached():
     found = interpolate_at_keep([(0.0, 100.0, 100.0), (1.0, 97.0, 0.0), (2.0, 64.0, 0.0)], 95.0)
     assert found["reached"] is True and found["forget"] == 0.0
     assert found["weights"] == pytest.approx({1: 1 - 2 / 33, 2: 2 / 33})
+
+
+def test_a_bracket_across_a_forgetting_cliff_is_not_reached():
+    """gemma3-270m's RMU merge: base (keep 100, forget 100), λ 0.5 (keep 94, forget 0). The straight line says
+    forget 17 % at keep 95; the merge may as well forget everything there. A finer sweep resolves it."""
+    cliff = interpolate_at_keep([(0.0, 100.0, 100.0), (0.5, 94.0, 0.0)], 95.0)
+    assert cliff["reached"] is False and cliff["forget"] == pytest.approx(100 / 6)
+    finer = interpolate_at_keep([(0.0, 100.0, 100.0), (0.25, 96.0, 60.0), (0.5, 94.0, 0.0)], 95.0)
+    assert finer["reached"] is False  # still 60 points apart
+    resolved = interpolate_at_keep([(0.0, 100.0, 100.0), (0.25, 97.0, 60.0), (0.375, 96.0, 30.0), (0.5, 94.0, 0.0)], 95.0)
+    assert resolved["reached"] is True and resolved["forget"] == pytest.approx(15.0)
 
 
 def test_matched_forgetting_where_an_arm_never_forgets_enough_gives_no_verdict():
