@@ -22,6 +22,7 @@ pays once. That is what the read-out's "TIES forgets less at matched utility" wo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -49,11 +50,12 @@ def edits(run_path: Path, base, views_dir: Path) -> dict[str, torch.Tensor]:
     (run,) = expand_runs([run_path])
     view = materialize_view(run, base, views_dir)
     files = weight_files(base.path)
-    found, originals = {}, {}  # each base shard opened once
-    with safe_open(str(view / CHANGED_FILE), framework="pt") as changed:
+    found, originals = {}, {}  # each base shard opened once, and closed with the stack
+    with contextlib.ExitStack() as stack:
+        changed = stack.enter_context(safe_open(str(view / CHANGED_FILE), framework="pt"))
         for name in changed.keys():  # noqa: SIM118 - safe_open has no iterator
             if files[name] not in originals:
-                originals[files[name]] = safe_open(str(files[name]), framework="pt")
+                originals[files[name]] = stack.enter_context(safe_open(str(files[name]), framework="pt"))
             found[name] = changed.get_tensor(name).float() - originals[files[name]].get_tensor(name).float()
     return found
 

@@ -259,11 +259,16 @@ def record_timing(results: Path, kind: str, key: str, seconds: float) -> None:
     write_json(results / TIMINGS, timings)
 
 
+def cost_scales(plan: dict) -> dict[str, float]:
+    """{model: its per-run and per-model cost relative to the plan's reference model} (`cost_scale`, default 1)."""
+    return {m: float(v.get("cost_scale", 1.0)) for m, v in plan["models"].items()}
+
+
 def unit_costs(plan: dict, cell: Cell) -> tuple[float, float, str]:
     """(seconds per seed's pipeline, seconds per grid model, where from): measured on this model, else measured on
     another model scaled by the plans' cost_scale, else the plan's estimate scaled."""
     timings = read_timings(plan["results"])
-    scale = {m: float(v.get("cost_scale", 1.0)) for m, v in plan["models"].items()}
+    scale = cost_scales(plan)
 
     def pick(kind: str, key_of, estimate: float) -> tuple[float, str]:
         measured = timings.get(kind, {})
@@ -324,7 +329,7 @@ def not_planned_text(plan: dict, settings: Settings) -> list[str]:
     methods, models and seeds (one cell per model and method: such a task has one split, e.g. ToxiGen's groups),
     from the per-seed and per-model figures the plan gives for them. They are cut from the CPU budget."""
     lines = []
-    scale = {m: float(v.get("cost_scale", 1.0)) for m, v in plan["models"].items()}
+    scale = cost_scales(plan)
     for task, entry in (plan.get("not_planned") or {}).items():
         per_seed, per_model = float(entry["seed_pipeline"]), float(entry["model"])
         total = sum(len(settings.seeds) * scale[model] * (per_seed + settings.for_method(method).models_per_seed * per_model)

@@ -70,10 +70,10 @@ def interpolate_at_keep(points: Sequence[tuple[float, float, float]], target: fl
             return {"forget": forget_b, "lam": lam_b, "weights": {b: 1.0}, "reached": True}
         if keep_a > target > keep_b:
             w = (keep_a - target) / (keep_a - keep_b)
+            forget_gap = abs(forget_a - forget_b)
             return {"forget": (1 - w) * forget_a + w * forget_b, "lam": (1 - w) * lam_a + w * lam_b,
                     "weights": {a: 1 - w, b: w},
-                    "reached": (keep_a - keep_b <= max_gap or abs(forget_a - forget_b) <= TIE)
-                    and abs(forget_a - forget_b) <= max_forget_gap}
+                    "reached": (keep_a - keep_b <= max_gap or forget_gap <= TIE) and forget_gap <= max_forget_gap}
     last = ordered[-1]
     if abs(points[last][1] - target) <= TIE:
         return {"forget": points[last][2], "lam": points[last][0], "weights": {last: 1.0}, "reached": True}
