@@ -70,14 +70,17 @@ class Settings:
     baseline_lambdas: list[float]
     # {method: {"lambdas": [...], "baseline_lambdas": [...]}}: a method whose edit has another natural scale
     method_lambdas: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # {model: {method: {...}}}: a model on which a method's scale differs again (`models.<model>.method_lambdas`)
+    model_lambdas: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
 
     @property
     def models_per_seed(self) -> int:
         return len(self.baseline_lambdas) + len(self.merges) * len(self.lambdas)
 
-    def for_method(self, method: str) -> Settings:
-        """These settings with the method's own λ sweeps, where the plan gives it some."""
-        own = self.method_lambdas.get(method, {})
+    def for_method(self, method: str, model: str | None = None) -> Settings:
+        """These settings with the method's own λ sweeps where the plan gives some, and the model's own for that
+        method over them."""
+        own = {**self.method_lambdas.get(method, {}), **self.model_lambdas.get(model, {}).get(method, {})}
         return replace(self, lambdas=own.get("lambdas", self.lambdas),
                        baseline_lambdas=own.get("baseline_lambdas", self.baseline_lambdas))
 
@@ -86,6 +89,10 @@ class Settings:
         for method in self.method_lambdas:
             mine = self.for_method(method)
             text += f"; {method}: merges at λ {mine.lambdas}, baseline at λ {mine.baseline_lambdas}"
+        for model, methods in self.model_lambdas.items():
+            for method in methods:
+                mine = self.for_method(method, model)
+                text += f"; {method} on {model}: merges at λ {mine.lambdas}, baseline at λ {mine.baseline_lambdas}"
         return text
 
 
@@ -94,13 +101,27 @@ class Settings:
 
 
 def load_plan(path: Path = PLAN) -> dict:
-    """The plan file, its relative paths resolved against its folder, checked for the keys the driver reads."""
+    """The plan file over the shipped plan's defaults, each relative path resolved against the file that names it,
+    checked for the keys the driver reads.
+
+    A plan other than the shipped one needs only what differs from it (typically `models` with their facts
+    files): every other key is the shipped plan's. Its `runs` and `results` default to `<stem>-runs` and
+    `<stem>-results` beside it, so it never writes into the shipped benchmark's folders."""
     from spunge_merge.config import load_yaml
     from spunge_merge.errors import SpungeError
+    from spunge_merge.evaluate.matched import FrontierReadout
 
-    plan = dict(load_yaml(path))
-    for key in ("task", "runs", "results", "models", "fallback_facts", "methods", "pairs", "seeds", "merges", "lambdas",
-                "baseline_lambdas", "readout", "budget_hours", "estimates", "quick"):
+    path = Path(path).resolve()
+    given = load_yaml(path)
+    if not isinstance(given, dict):
+        raise SpungeError(f"{path}: expected a mapping (the frontier plan)")
+    plan = _resolved(dict(given), path.parent)
+    if path != PLAN.resolve():
+        defaults = _resolved(dict(load_yaml(PLAN)), PLAN.parent)
+        defaults.update(runs=path.parent / f"{path.stem}-runs", results=path.parent / f"{path.stem}-results")
+        plan = {**defaults, **plan}
+    for key in ("task", "runs", "results", "models", "methods", "pairs", "seeds", "merges", "lambdas",
+                "baseline_lambdas", "readout", "budget_hours", "estimates"):
         if key not in plan:
             raise SpungeError(f"{path}: missing key `{key}`")
     for name, merge in plan["merges"].items():
@@ -110,11 +131,23 @@ def load_plan(path: Path = PLAN) -> dict:
         missing = [k for k in ("run", "seed_pipeline", "model", "why") if k not in (entry or {})]
         if missing:
             raise SpungeError(f"{path}: not_planned.{task} needs {', '.join(f'`{k}`' for k in missing)}")
-    here = path.parent
-    plan["runs"], plan["results"] = (here / plan["runs"]).resolve(), (here / plan["results"]).resolve()
-    plan["fallback_facts"] = (here / plan["fallback_facts"]).resolve()
-    plan["models"] = {m: {**v, "facts": (here / v["facts"]).resolve()} for m, v in plan["models"].items()}
-    plan["_dir"] = here
+    try:
+        plan["readout"] = FrontierReadout(**dict(plan["readout"] or {})).model_dump()
+    except ValueError as exc:
+        raise SpungeError(f"{path}: readout: {str(exc).splitlines()[-1].strip()}") from None
+    plan["_dir"], plan["_file"] = path.parent, path
+    return plan
+
+
+def _resolved(plan: dict, here: Path) -> dict:
+    """The plan's relative paths (runs, results, fallback_facts, each model's facts, templates) made absolute against `here`."""
+    for key in ("runs", "results", "fallback_facts"):
+        if plan.get(key) is not None:
+            plan[key] = (here / plan[key]).resolve()
+    if "models" in plan:
+        plan["models"] = {m: {**v, "facts": (here / v["facts"]).resolve()} for m, v in plan["models"].items()}
+    if plan.get("templates"):
+        plan["templates"] = {m: (here / t).resolve() for m, t in plan["templates"].items()}
     return plan
 
 
@@ -179,6 +212,22 @@ def method_lambdas(plan: dict, sub: dict) -> dict[str, dict[str, list[float]]]:
     return found
 
 
+def model_lambdas(plan: dict) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """`models.<model>.method_lambdas`, checked and as floats: a model's own sweeps for a method (over the method's)."""
+    from spunge_merge.errors import SpungeError
+
+    found = {}
+    for model, entry in plan["models"].items():
+        for method, own in (entry.get("method_lambdas") or {}).items():
+            where = f"{plan.get('_file', 'the plan')}: models.{model}.method_lambdas.{method}"
+            if method not in plan["methods"]:
+                raise SpungeError(f"{where}: unknown method (methods: {', '.join(plan['methods'])})")
+            if not isinstance(own, dict) or not own or set(own) - {"lambdas", "baseline_lambdas"}:
+                raise SpungeError(f"{where}: takes `lambdas` and `baseline_lambdas`")
+            found.setdefault(model, {})[method] = {key: [float(x) for x in values] for key, values in own.items()}
+    return found
+
+
 def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[Cell], Settings]:
     """The cells and settings to run: the whole plan, or its `quick` subset; narrowed by --only."""
     from spunge_merge.errors import SpungeError
@@ -190,13 +239,15 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
     settings = Settings(seeds=list(sub.get("seeds", plan["seeds"])), merges=list(sub.get("merges", plan["merges"])),
                         lambdas=[float(x) for x in sub.get("lambdas", plan["lambdas"])],
                         baseline_lambdas=[float(x) for x in sub.get("baseline_lambdas", plan["baseline_lambdas"])],
-                        method_lambdas=method_lambdas(plan, sub))
+                        method_lambdas=method_lambdas(plan, sub), model_lambdas=model_lambdas(plan))
     for merge in settings.merges:
         if merge not in plan["merges"]:
             raise SpungeError(f"recipes/frontiers.yaml: quick.merges: unknown merge {merge} (merges: {', '.join(plan['merges'])})")
     cells = []
     for model in models:
         own = plan["models"][model]["facts"]
+        if not own.is_file() and plan.get("fallback_facts") is None:
+            raise SpungeError(f"{plan['_file']}: models.{model}.facts: {own} does not exist (and the plan has no fallback_facts)")
         facts, fallback = (own, False) if own.is_file() else (plan["fallback_facts"], True)
         for method in methods:
             for pair in pairs_for(plan, facts, n_pairs):
@@ -215,12 +266,22 @@ def cell_dir(plan: dict, cell: Cell) -> Path:
 
 
 def template(plan: dict, cell: Cell) -> Path:
+    """The method's pipeline template: the plan's `templates.<method>` (relative to the plan), else
+    `frontiers-<task>-<method>.yaml` beside the plan, else the shipped one in recipes/ (its relative paths
+    resolve against its own folder, as `spunge run` reads every pipeline file)."""
     from spunge_merge.errors import SpungeError
 
-    path = plan["_dir"] / f"frontiers-{cell.task}-{cell.method}.yaml"
-    if not path.is_file():
-        raise SpungeError(f"{path}: no pipeline template for task {cell.task}, method {cell.method}")
-    return path
+    given = (plan.get("templates") or {}).get(cell.method)
+    if given is not None:
+        if not given.is_file():
+            raise SpungeError(f"{plan['_file']}: templates.{cell.method}: {given} does not exist")
+        return given
+    name = f"frontiers-{cell.task}-{cell.method}.yaml"
+    for folder in (plan["_dir"], PLAN.parent):
+        if (folder / name).is_file():
+            return folder / name
+    raise SpungeError(f"{name}: no pipeline template for task {cell.task}, method {cell.method} beside "
+                      f"{plan.get('_file', PLAN)} or in {PLAN.parent}; name one under `templates:`")
 
 
 def overrides(plan: dict, cell: Cell, seeds: list[int]) -> list[str]:
@@ -259,6 +320,12 @@ def record_timing(results: Path, kind: str, key: str, seconds: float) -> None:
     write_json(results / TIMINGS, timings)
 
 
+def _shipped_results() -> Path:
+    from spunge_merge.config import load_yaml
+
+    return (PLAN.parent / load_yaml(PLAN)["results"]).resolve()
+
+
 def cost_scales(plan: dict) -> dict[str, float]:
     """{model: its per-run and per-model cost relative to the plan's reference model} (`cost_scale`, default 1)."""
     return {m: float(v.get("cost_scale", 1.0)) for m, v in plan["models"].items()}
@@ -268,6 +335,9 @@ def unit_costs(plan: dict, cell: Cell) -> tuple[float, float, str]:
     """(seconds per seed's pipeline, seconds per grid model, where from): measured on this model, else measured on
     another model scaled by the plans' cost_scale, else the plan's estimate scaled."""
     timings = read_timings(plan["results"])
+    shipped = read_timings(_shipped_results())
+    for kind in ("seed_pipeline", "model"):  # the plan's own measurements first, the shipped benchmark's where it has none
+        timings[kind] = {**shipped.get(kind, {}), **timings.get(kind, {})}
     scale = cost_scales(plan)
 
     def pick(kind: str, key_of, estimate: float) -> tuple[float, str]:
@@ -298,7 +368,7 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
     budget = budget_hours * 3600
     for cell in order:
         per_seed, per_model, how = unit_costs(plan, cell)
-        models = settings.for_method(cell.method).models_per_seed
+        models = settings.for_method(cell.method, cell.model).models_per_seed
         cost = len(settings.seeds) * (per_seed + models * per_model)
         total += cost
         fits = used + cost <= budget
@@ -420,10 +490,13 @@ def main() -> None:
             if args.readout_only:
                 continue
             print(f"== {cell.key} ({cell.facts.name}{', fallback' if cell.fallback else ''})", flush=True)
-            run_cell(plan, cell, settings.for_method(cell.method))
+            run_cell(plan, cell, settings.for_method(cell.method, cell.model))
         from frontiers_readout import collect, render, write_outputs
 
-        results = collect(plan, todo, settings, cell_dir)
+        # every finished cell of the plan (or of its quick subset), not only this invocation's slice: a run with
+        # --only adds its cells to the one summary instead of overwriting it with theirs
+        every, _ = select(plan, quick=args.quick, only={})
+        results = collect(plan, every, settings, cell_dir)
         summary = write_outputs(results, plan, settings, out, plan_markdown=text,
                                 seconds=time.perf_counter() - started, quick=args.quick)
         text = render(summary)

@@ -26,16 +26,17 @@ MERGES = {
 
 
 def label(arm: str, lam: float) -> str:
-    """A grid model's name: `baseline-lam2`, `spunge-ties-lam0.5`."""
-    return f"{arm}-lam{lam:g}"
+    """A grid model's name: `baseline-lam2`, `spunge-ties-lam0.5` (spunge_merge.evaluate.matched's naming)."""
+    from spunge_merge.evaluate.matched import point_label
+
+    return point_label(arm, lam)
 
 
 def arm_and_lambda(name: str) -> tuple[str, float]:
     """The inverse of `label`; the base model is λ 0 of every arm (arm `base`)."""
-    if name == "base":
-        return "base", 0.0
-    arm, lam = name.rsplit("-lam", 1)
-    return arm, float(lam)
+    from spunge_merge.evaluate.matched import arm_and_lambda as parse
+
+    return parse(name)
 
 
 def evaluate_model(model_dir: Path, out: Path, eval_section: dict, files_dir: Path) -> None:

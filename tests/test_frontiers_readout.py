@@ -3,6 +3,7 @@ matched-utility interpolation, the verdict rule, and a whole row over synthetic 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -148,3 +149,79 @@ def test_matched_forgetting_where_an_arm_never_forgets_enough_gives_no_verdict()
     # the baseline's most-forgetting point (λ 1: forget 25, keep 98) stands in: Spunge's 94 − 98 = −4 in every unit
     assert forgetting["mean"] == pytest.approx(-4.0)
     assert forgetting["not_reached"] == 3 and forgetting["verdict"] == "no verdict"
+
+
+# ------------------------------------------------------------------------------------------------ per forget set
+
+
+def _set_unit(seed: int, pair: list[str], spunge: float, baseline: float) -> dict:
+    """Both arms exactly on the target keep (95) at λ 1, every forgotten fact at `spunge` / `baseline`."""
+    a, b = pair
+    return {"pair": pair, "seed": seed, "facts": "", "fallback": False, "excluded": 2, "points": {
+        "base": {**_point(100.0, {a: [100, 100], b: [100, 100]}), "facts_per_domain": {a: 8, b: 8, "k": 8}},
+        "baseline-lam1": _point(95.0, {a: [baseline] * 2, b: [baseline] * 2}),
+        "baseline-lam2": _point(80.0, {a: [0, 0], b: [0, 0]}),
+        "spunge-ties-lam1": _point(95.0, {a: [spunge] * 2, b: [spunge] * 2}),
+        "spunge-ties-lam2": _point(80.0, {a: [0, 0], b: [0, 0]}),
+    }}
+
+
+def test_each_forget_set_gets_its_own_verdict_beside_the_pooled_one_and_its_own_plot(tmp_path):
+    """The issue's case: splitting helps on one pair and hurts on the other; pooled, the two cancel."""
+    import frontiers
+    from frontiers_readout import render, write_outputs
+
+    facts = tmp_path / "facts.jsonl"
+    rows = [{"domain": d, "part": "train"} for d, n in (("a", 8), ("b", 2), ("c", 3), ("d", 3)) for _ in range(n)]
+    facts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    units = [_set_unit(s, ["a", "b"], 0.0, 100.0) for s in (0, 1, 2)] + [_set_unit(s, ["c", "d"], 100.0, 0.0) for s in (0, 1, 2)]
+    for unit in units:
+        unit["facts"] = str(facts)
+    settings = frontiers.Settings(seeds=[0, 1, 2], merges=["ties"], lambdas=[1.0, 2.0], baseline_lambdas=[1.0, 2.0])
+    plan = {"readout": READOUT, "merges": {"ties": {"method": "ties"}}, "fallback_facts": None}
+    summary = write_outputs({("knowledge", "rmu", "tiny"): units}, plan, settings, tmp_path / "out", plan_markdown="# Frontier plan",
+                            seconds=1.0, quick=False)
+    row = summary["rows"][0]
+    pooled = row["merges"]["ties"]["matched_utility"]
+    assert pooled["mean"] == pytest.approx(0.0) and pooled["verdict"] == "no verdict"  # (3 · −100 + 3 · 100) / 6
+    sets = row["sets"]
+    assert list(sets) == ["a+b", "c+d"]
+    helps, hurts = (sets[k]["merges"]["ties"]["matched_utility"] for k in ("a+b", "c+d"))
+    assert (helps["mean"], helps["verdict"]) == (pytest.approx(-100.0), "helps")
+    assert (hurts["mean"], hurts["verdict"]) == (pytest.approx(100.0), "hurts")
+    # one PNG per set, named by the set; the pooled one beside them
+    for name in ("frontier-knowledge-rmu-tiny.png", "frontier-knowledge-rmu-tiny-a--b.png", "frontier-knowledge-rmu-tiny-c--d.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # size ratio counted from the facts file: a 8 rows, b 2 → 4×; c and d 3 each → 1×
+    assert sets["a+b"]["predictors"]["size"] == {"rows": {"a": 8, "b": 2}, "ratio": 4.0}
+    assert sets["c+d"]["predictors"]["size"]["ratio"] == 1.0
+    text = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
+    assert text == render(json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8")))
+    assert "| rmu | tiny | a+b | ties | -100.0 [-100.0, -100.0] | **helps** |" in text
+    assert "| rmu | tiny | c+d | ties | +100.0 [+100.0, +100.0] | **hurts** |" in text
+    assert "a 8 / b 2 (4.00×)" in text
+    assert "left out as echo-answerable (their answer is in their prompt): 2" in text
+    assert "One held-out fact is 12.5 points of its domain's accuracy (8 facts per domain)" in text
+
+
+def test_edit_predictors_average_the_interference_summary_over_seeds(tmp_path):
+    from frontiers_readout import edit_predictors
+
+    def row(seed, cos, disagree, alone_a, alone_b):
+        return {"seed": seed, "lambda": 1.0, "base": {"a": 100.0, "b": 90.0, "keep": 100.0},
+                "geometry": {"cosine_a_b": cos, "sign_disagree": disagree},
+                "alone": {"a": dict(zip(("a", "b", "keep"), alone_a, strict=True)),
+                          "b": dict(zip(("a", "b", "keep"), alone_b, strict=True))}}
+
+    folder = tmp_path / "rmu-tiny"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"method": "rmu", "model": "tiny", "forget": ["a", "b"], "rows": [
+        row(0, 0.2, 0.4, (0.0, 80.0, 99.0), (60.0, 10.0, 97.0)), row(1, 0.4, 0.3, (10.0, 90.0, 97.0), (50.0, 30.0, 95.0))]}))
+    found = edit_predictors("rmu", "tiny", ["b", "a"], folder=tmp_path)
+    assert found["cosine"] == pytest.approx(0.3) and found["sign_agreement"] == pytest.approx(0.65)
+    # edit of a: own lost (100 + 90) / 2 = 95, b lost (10 + 0) / 2 = 5, keep lost (1 + 3) / 2 = 2
+    assert found["selectivity"]["a"] == pytest.approx({"own": 95.0, "other": 5.0, "keep": 2.0, "selectivity": 90.0})
+    # edit of b: own lost (80 + 60) / 2 = 70, a lost (40 + 50) / 2 = 45, keep lost (3 + 5) / 2 = 4
+    assert found["selectivity"]["b"] == pytest.approx({"own": 70.0, "other": 45.0, "keep": 4.0, "selectivity": 25.0})
+    assert edit_predictors("rmu", "tiny", ["a", "c"], folder=tmp_path) is None
+    assert edit_predictors("npo", "tiny", ["a", "b"], folder=tmp_path) is None

@@ -170,29 +170,9 @@ class Figure:
 
 def _knowledge(eval_dir: Path, forget: list[str]) -> dict[str, tuple[float, dict[str, dict[str, float]] | None]]:
     """Per domain, forget avg and keep avg: (value in %, {domain: {fact key: 100 or 0}})."""
-    from spunge_merge.evaluate.knowledge import COMPLETIONS_FILE, KNOWLEDGE_FILE
+    from spunge_merge.evaluate.matched import knowledge_figures
 
-    if not (eval_dir / KNOWLEDGE_FILE).is_file():
-        return {}
-    result = read_json(eval_dir / KNOWLEDGE_FILE)
-    items: dict[str, dict[str, float]] = {}
-    completions = eval_dir / COMPLETIONS_FILE
-    if completions.is_file():
-        seen: dict[tuple[str, str, str], int] = {}
-        for _, row in iter_jsonl(completions):
-            fact = (row["domain"], row["prompt"], row["answer"])
-            seen[fact] = seen.get(fact, 0) + 1
-            items.setdefault(row["domain"], {})[f"{row['prompt']}\t{row['answer']}\t{seen[fact]}"] = 100.0 * bool(row["correct"])
-    figures: dict[str, tuple[float, dict | None]] = {}
-    for domain, entry in result["domains"].items():
-        figures[f"knowledge: {domain}"] = (100.0 * entry["accuracy"], {domain: items[domain]} if domain in items else None)
-    for name, domains in (("forget avg", [d for d in result["domains"] if d in forget]),
-                          ("keep avg", [d for d in result["domains"] if d not in forget])):
-        if domains:
-            value = sum(100.0 * result["domains"][d]["accuracy"] for d in domains) / len(domains)
-            strata = {d: items[d] for d in domains} if all(d in items for d in domains) else None
-            figures[name] = (value, strata)
-    return figures
+    return knowledge_figures(eval_dir, forget)
 
 
 def _toxicity(eval_dir: Path) -> dict[str, tuple[float, dict | None]]:
