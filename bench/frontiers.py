@@ -107,7 +107,9 @@ def load_plan(path: Path = PLAN) -> dict:
     A plan other than the shipped one needs only what differs from it (typically `models` with their facts
     files): every other key is the shipped plan's. Its `runs` and `results` default to `<stem>-runs` and
     `<stem>-results` beside it, so it never writes into the shipped benchmark's folders."""
-    from spunge_merge.config import load_yaml
+    from pydantic import ValidationError
+
+    from spunge_merge.config import format_validation_error, load_yaml
     from spunge_merge.errors import SpungeError
     from spunge_merge.evaluate.matched import FrontierReadout
 
@@ -120,6 +122,8 @@ def load_plan(path: Path = PLAN) -> dict:
         defaults = _resolved(dict(load_yaml(PLAN)), PLAN.parent)
         defaults.update(runs=path.parent / f"{path.stem}-runs", results=path.parent / f"{path.stem}-results")
         plan = {**defaults, **plan}
+        if "method_lambdas" not in given:  # the shipped sweeps of the methods this plan runs
+            plan["method_lambdas"] = {m: v for m, v in (defaults.get("method_lambdas") or {}).items() if m in plan["methods"]}
     for key in ("task", "runs", "results", "models", "methods", "pairs", "seeds", "merges", "lambdas",
                 "baseline_lambdas", "readout", "budget_hours", "estimates"):
         if key not in plan:
@@ -133,8 +137,8 @@ def load_plan(path: Path = PLAN) -> dict:
             raise SpungeError(f"{path}: not_planned.{task} needs {', '.join(f'`{k}`' for k in missing)}")
     try:
         plan["readout"] = FrontierReadout(**dict(plan["readout"] or {})).model_dump()
-    except ValueError as exc:
-        raise SpungeError(f"{path}: readout: {str(exc).splitlines()[-1].strip()}") from None
+    except ValidationError as exc:
+        raise SpungeError(format_validation_error(exc, str(path), prefix=("readout",))) from None
     plan["_dir"], plan["_file"] = path.parent, path
     return plan
 

@@ -5,6 +5,7 @@ edit is mild) gets its own sweeps through `method_lambdas`; every other method k
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -107,3 +108,58 @@ def test_a_task_the_plan_does_not_run_is_printed_as_cut_with_its_cost(tmp_path):
 def test_a_not_planned_task_without_its_cost_figures_is_refused_by_name(tmp_path):
     with pytest.raises(SpungeError, match=r"not_planned.toxigen needs `seed_pipeline`, `model`"):
         frontiers.load_plan(write_plan(tmp_path, not_planned={"toxigen": {"run": "x", "why": "y"}}))
+
+
+def test_a_model_gets_its_own_sweep_for_a_method_over_the_methods(tmp_path):
+    """GradDiff's template breaks gemma3-270m below the plan's lowest λ: that model gets its own sweep for it."""
+    shipped = yaml.safe_load((REPO / "recipes" / "frontiers.yaml").read_text(encoding="utf-8"))
+    models = {name: {**entry, "facts": str((REPO / "recipes" / entry["facts"]).resolve())} for name, entry in shipped["models"].items()}
+    models["gemma3-270m"]["method_lambdas"] = {"graddiff": {"lambdas": [0.02, 0.05]}}
+    plan = frontiers.load_plan(write_plan(tmp_path, models=models))
+    _, settings = frontiers.select(plan, quick=False, only={})
+    gemma, smol = settings.for_method("graddiff", "gemma3-270m"), settings.for_method("graddiff", "smollm2-135m")
+    assert gemma.lambdas == [0.02, 0.05]
+    assert gemma.baseline_lambdas == smol.baseline_lambdas == [float(x) for x in shipped["method_lambdas"]["graddiff"]["baseline_lambdas"]]
+    assert smol.lambdas == [float(x) for x in shipped["method_lambdas"]["graddiff"]["lambdas"]]
+    assert settings.for_method("rmu", "gemma3-270m") == settings.for_method("rmu")
+    models["gemma3-270m"]["method_lambdas"] = {"sgd": {"lambdas": [1.0]}}
+    with pytest.raises(SpungeError, match=r"models.gemma3-270m.method_lambdas.sgd: unknown method"):
+        frontiers.select(frontiers.load_plan(write_plan(tmp_path, models=models)), quick=False, only={})
+
+
+def test_a_plan_for_ones_own_facts_needs_only_what_differs_and_finds_the_shipped_template(tmp_path):
+    facts = tmp_path / "data" / "mine.jsonl"
+    facts.parent.mkdir()
+    rows = [{"domain": d, "part": part, "prompt": f"{d} {i} is", "answer": "x", "text": f"{d} {i} is x."}
+            for d in ("a", "b", "c") for part in ("train", "heldout") for i in range(2)]
+    facts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    path = tmp_path / "plans" / "mine.yaml"
+    path.parent.mkdir()
+    path.write_text("models:\n  smollm2-135m: {facts: ../data/mine.jsonl}\nmethods: [rmu]\nn_pairs: 1\n", encoding="utf-8")
+    plan = frontiers.load_plan(path)
+    # relative paths against the file that names them; outputs beside the plan, never in the shipped results
+    assert plan["models"]["smollm2-135m"]["facts"] == facts.resolve()
+    assert (plan["runs"], plan["results"]) == (path.parent / "mine-runs", path.parent / "mine-results")
+    assert plan["readout"]["keep_drop"] == 5.0 and plan["readout"]["retain_ppl_margin_pct"] == 50.0
+    cells, settings = frontiers.select(plan, quick=False, only={})
+    assert [(c.pair, c.fallback) for c in cells] == [(("a", "b"), False)]
+    assert frontiers.template(plan, cells[0]) == REPO / "recipes" / "frontiers-knowledge-rmu.yaml"
+    # the cost table reads the shipped benchmark's measured timings for this model and method
+    text, _ = frontiers.plan_text(plan, cells, settings, budget_hours=float(plan["budget_hours"]))
+    row = next(line for line in text.splitlines() if line.startswith("| smollm2-135m | rmu |"))
+    assert row.endswith("| measured |")
+    timings = json.loads((REPO / "bench" / "results" / "frontiers" / "timings.json").read_text(encoding="utf-8"))
+    per_seed = timings["seed_pipeline"]["smollm2-135m/rmu"]
+    assert f"| {sum(per_seed) / len(per_seed):.0f} s + " in row
+    # a template beside the plan wins over the shipped one; one named under `templates:` over both
+    beside = path.parent / "frontiers-knowledge-rmu.yaml"
+    beside.write_text("name: x\n", encoding="utf-8")
+    assert frontiers.template(plan, cells[0]) == beside
+    path.write_text(path.read_text(encoding="utf-8") + "templates: {rmu: ../data/t.yaml}\n", encoding="utf-8")
+    with pytest.raises(SpungeError, match=r"templates.rmu: .*t.yaml does not exist"):
+        frontiers.template(frontiers.load_plan(path), cells[0])
+
+
+def test_a_bad_readout_setting_is_refused_by_name(tmp_path):
+    with pytest.raises(SpungeError, match=r"frontiers.yaml: readout.keep_drop: Input should be greater than 0"):
+        frontiers.load_plan(write_plan(tmp_path, readout={"keep_drop": 0}))

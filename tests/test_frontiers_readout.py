@@ -225,3 +225,24 @@ def test_edit_predictors_average_the_interference_summary_over_seeds(tmp_path):
     assert found["selectivity"]["b"] == pytest.approx({"own": 70.0, "other": 45.0, "keep": 4.0, "selectivity": 25.0})
     assert edit_predictors("rmu", "tiny", ["a", "c"], folder=tmp_path) is None
     assert edit_predictors("npo", "tiny", ["a", "b"], folder=tmp_path) is None
+
+
+def test_a_point_whose_retain_perplexity_broke_is_not_a_candidate_at_matched_utility():
+    """GradDiff on gemma3-270m kept 94 % of the facts at retain perplexity 1,015 (base 26): keep alone is gamed."""
+    from spunge_merge.evaluate.matched import FrontierReadout, matched_utility
+
+    def point(keep, forget, ppl):
+        return {"keep": (keep, None), "forget": (forget, {"a": {"x": forget}}), "ppl": ppl}
+
+    unit = {"pair": ["a", "b"], "seed": 0, "points": {
+        "base": point(100.0, 100.0, 10.0), "baseline-lam0.5": point(98.0, 40.0, 11.0),
+        "baseline-lam1": point(95.0, 0.0, 100.0),  # on the target keep, but its language is gone (10× the base)
+        "baseline-lam2": point(90.0, 0.0, 14.9)}}   # within 50 % of the base
+    checked = matched_utility(unit, "baseline", FrontierReadout())
+    # λ 1 dropped: keep 98 → 90 brackets 95, w = 3/8, forget 40 − 3/8 · 40 = 25
+    assert checked["forget"] == pytest.approx(25.0) and checked["labels"] == ["baseline-lam0.5", "baseline-lam2"]
+    assert checked["lam"] == pytest.approx(0.5 + 3 / 8 * 1.5)
+    unchecked = matched_utility(unit, "baseline", FrontierReadout(retain_ppl_margin_pct=None))
+    assert (unchecked["forget"], unchecked["labels"]) == (0.0, ["baseline-lam1"])
+    tight = matched_utility(unit, "baseline", FrontierReadout(retain_ppl_margin_pct=40.0))  # λ 2's 14.9 > 14: gone too
+    assert tight["reached"] is False and tight["labels"] == ["baseline-lam0.5"]
