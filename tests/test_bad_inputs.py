@@ -511,6 +511,8 @@ CASES = [
     case("compare-broken-result", "eval compare a={brokenresult} b={brokenresult} --out {out}", "{brokenresult}/toxicity.json"),
     case("compare-missing-result", "eval compare a={nofile} --out {out}", "{nofile}"),
     case("compare-base-without-arm", "eval compare a={brokenresult} --base {brokenresult} --out {out}", "frontier mode"),
+    case("frontier-not-a-run", "eval frontier {model} --out {out}", "{model}: not a `spunge run` directory"),
+    case("frontier-bad-keep-drop", "eval frontier {model} --keep-drop 0 --out {out}", "--keep-drop 0"),
     # ------------------------------------------------------------------ push (checks only: --dry-run)
     case("push-missing-dir", "push {nofile} --repo alice/x --dry-run", "{nofile}"),
     case("push-secret", "push {push_secret} --repo alice/x --dry-run", "notes.txt"),

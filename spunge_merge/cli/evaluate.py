@@ -21,11 +21,13 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from spunge_merge.cli.unlearn import _check_bounds, _field_kind, _shown_default, _split
+from spunge_merge.config import build_config
 from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate import registry
 from spunge_merge.evaluate.fluency import FluencyConfig
 from spunge_merge.evaluate.harness import HarnessConfig
 from spunge_merge.evaluate.knowledge import KnowledgeConfig
+from spunge_merge.evaluate.matched import FrontierReadout
 from spunge_merge.evaluate.perplexity import PerplexityConfig
 from spunge_merge.evaluate.toxicity import ToxicityConfig
 
@@ -328,6 +330,9 @@ def compare_command(
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="Output directory: compare.json, compare.md, "
                              "compare_radar.png; with --arm frontier.json, frontier.md, frontier.png."),
     force: bool = typer.Option(False, "--force", help="Replace an existing comparison of other results."),
+    forget: str = typer.Option(None, "--forget", help="Frontier mode on knowledge evaluations (knowledge.json, no "
+                               "toxicity.json): the forgotten domains, comma-separated; forget avg against keep avg, "
+                               "read at matched keep as `spunge eval frontier` does."),
 ) -> None:
     """Compare evaluated models in the shape of the paper's Table 1, or arms of a λ sweep as a frontier.
 
@@ -346,6 +351,9 @@ def compare_command(
         for item in arm:
             name, points = parse_arm(item)
             arms.setdefault(name, []).extend(points)
+        if _knowledge_arms(arms, base):
+            _knowledge_compare(arms, base, _split_list(forget) or [], out, force)
+            return
         frontier = frontier_results(arms, out, base=base, metric=metric, target=target, match=match, reference=reference,
                                     non_text_tolerance=None if no_non_text_check else non_text_tolerance, force=force)
         typer.echo((out / FRONTIER_SUMMARY).read_text(encoding="utf-8"))
@@ -371,6 +379,64 @@ def compare_command(
     typer.echo(f"Wrote {out / 'compare.json'}")
 
 
+def _knowledge_arms(arms: dict[str, list], base: Path | None) -> bool:
+    """True when every point is a knowledge evaluation without toxicity: the frontier is then forget against keep."""
+    from spunge_merge.evaluate.frontier_knowledge import has_knowledge
+
+    dirs = [p.path for points in arms.values() for p in points] + ([base] if base is not None else [])
+    return all(has_knowledge(d) and not (d / "toxicity.json").is_file() for d in dirs)
+
+
+def _knowledge_compare(arms: dict[str, list], base: Path | None, forget: list[str], out: Path, force: bool) -> None:
+    from spunge_merge.evaluate.frontier_knowledge import FRONTIER_SUMMARY, knowledge_frontier, unit_from_arms
+
+    warnings: list[str] = []
+    units, baseline = unit_from_arms(arms, base, forget, warnings)
+    result = knowledge_frontier(units, [a for a in arms if a != baseline], baseline, out, warnings=warnings, force=force)
+    typer.echo((out / FRONTIER_SUMMARY).read_text(encoding="utf-8"))
+    for warning in result["warnings"]:
+        typer.secho(f"Warning: {warning}", err=True, fg="yellow")
+    typer.echo(f"Wrote {out / 'frontier.json'} and {out / 'frontier.png'}")
+
+
+def frontier_command(
+    run: Path = typer.Argument(..., help="A `spunge run` directory with a λ sweep (merge.lambda and baseline.lambda lists) "
+                               "whose eval stage ran the knowledge probe on base, baseline and spunge."),
+    keep_drop: float = _option(FrontierReadout, "keep_drop"),
+    retain_ppl_margin_pct: float = _option(FrontierReadout, "retain_ppl_margin_pct"),
+    forget_at_most: float = _option(FrontierReadout, "forget_at_most"),
+    level_margin: float = _option(FrontierReadout, "level_margin"),
+    min_seeds: int = _option(FrontierReadout, "min_seeds"),
+    no_ppl_check: bool = typer.Option(False, "--no-ppl-check", help="Read keep accuracy alone as utility (a model "
+                                      "with broken language may then count as useful)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output directory: frontier.json, frontier.md, frontier.png "
+                             "(default RUN/eval/frontier)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing frontier read with other settings."),
+) -> None:
+    """Does splitting pay on my data? Forget against keep over λ and seeds, read at matched utility.
+
+    Spunge − baseline forget avg where both keep base − KEEP_DROP points (interpolated along λ), with a
+    95 % interval over seeds and facts and a verdict; at λ = 1 and at matched forgetting too; a PNG, e.g.
+    spunge eval frontier runs/my-facts --out frontier
+    """
+    from spunge_merge.evaluate.frontier_knowledge import FRONTIER_SUMMARY, knowledge_frontier, units_from_run
+    from spunge_merge.evaluate.matched import FrontierReadout as Readout
+
+    given = {"keep_drop": keep_drop, "forget_at_most": forget_at_most, "level_margin": level_margin, "min_seeds": min_seeds,
+             "retain_ppl_margin_pct": retain_ppl_margin_pct}
+    readout = build_config(Readout, overrides=given, option_names={key: "--" + key.replace("_", "-") for key in given})
+    if no_ppl_check:
+        readout = readout.model_copy(update={"retain_ppl_margin_pct": None})
+    warnings: list[str] = []
+    units, _ = units_from_run(run, warnings)
+    out = out if out is not None else run / "eval" / "frontier"
+    result = knowledge_frontier(units, ["spunge"], "baseline", out, readout=readout, warnings=warnings, force=force)
+    typer.echo((out / FRONTIER_SUMMARY).read_text(encoding="utf-8"))
+    for warning in result["warnings"]:
+        typer.secho(f"Warning: {warning}", err=True, fg="yellow")
+    typer.echo(f"Wrote {out / 'frontier.json'} and {out / 'frontier.png'}")
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     group = groups["eval"]
     group.command("toxicity")(toxicity_command)
@@ -379,3 +445,4 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     group.command("harness")(harness_command)
     group.command("knowledge")(knowledge_command)
     group.command("compare")(compare_command)
+    group.command("frontier")(frontier_command)
