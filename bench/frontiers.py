@@ -448,14 +448,54 @@ def run_cell(plan: dict, cell: Cell, settings: Settings) -> dict[int, dict[str, 
         evaluate_model(base.path, base_eval, raw["eval"], REPO)
     points = {}
     for seed in settings.seeds:
-        points[seed] = build_seed_points(
-            run_dir / "seeds" / str(seed), run_dir / "grid" / str(seed), base=base, method=method, eval_section=raw["eval"],
-            files_dir=REPO, lambdas=settings.lambdas, baseline_lambdas=settings.baseline_lambdas, merges=settings.merges,
-            merge_settings={name: plan["merges"][name] for name in settings.merges}, base_eval=base_eval,
-            views_dir=plan["runs"] / ".views" / cell.model, keep_models=False,
-            on_model=lambda name, seconds: record_timing(plan["results"], "model", cell.model, seconds))
+        def build(lambdas: list[float], baseline_lambdas: list[float], merges: list[str], seed: int = seed) -> dict[str, Path]:
+            return build_seed_points(
+                run_dir / "seeds" / str(seed), run_dir / "grid" / str(seed), base=base, method=method, eval_section=raw["eval"],
+                files_dir=REPO, lambdas=lambdas, baseline_lambdas=baseline_lambdas, merges=merges,
+                merge_settings={name: plan["merges"][name] for name in settings.merges}, base_eval=base_eval,
+                views_dir=plan["runs"] / ".views" / cell.model, keep_models=False,
+                on_model=lambda name, seconds: record_timing(plan["results"], "model", cell.model, seconds))
+
+        points[seed] = build(settings.lambdas, settings.baseline_lambdas, settings.merges)
+        points[seed].update(refine_seed(plan, cell, points[seed], build))
         print(f"{cell.key} seed {seed}: {len(points[seed])} models evaluated", flush=True)
     return points
+
+
+def refine_seed(plan: dict, cell: Cell, found: dict[str, Path], build) -> dict[str, Path]:
+    """Adaptive λ: each arm's sweep refined by itself (`spunge_merge.evaluate.matched.refine_lambdas`: bisection where
+    the crossing of keep = base − keep_drop lies between points too far apart, doubling where it is not reached) up to
+    the plan's `refine.extra_points` per arm and seed; {label: eval dir} of the points added."""
+    from spunge_merge.evaluate.matched import arm_and_lambda, read_point, refine_lambdas
+
+    budget = int((plan.get("refine") or {}).get("extra_points", 0))
+    if budget <= 0:
+        return {}
+    forget = list(cell.pair)
+    base = read_point(found["base"], forget)
+    target = base["keep"][0] - float(plan["readout"]["keep_drop"])
+    added: dict[str, Path] = {}
+    for arm in sorted({arm_and_lambda(name)[0] for name in found} - {"base"}):
+        curve = [(0.0, base["keep"][0], base["forget"][0])]
+        for name, directory in found.items():
+            if name != "base" and arm_and_lambda(name)[0] == arm:
+                point = read_point(directory, forget)
+                curve.append((arm_and_lambda(name)[1], point["keep"][0], point["forget"][0]))
+
+        def evaluate(lam: float, arm: str = arm) -> tuple[float, float, float | None]:
+            merges = [arm.removeprefix("spunge-")] if arm != "baseline" else []
+            new = build([lam] if merges else [], [lam] if not merges else [], merges)
+            label = next(name for name in new if name != "base")
+            added[label] = new[label]
+            point = read_point(new[label], forget)
+            return point["keep"][0], point["forget"][0], point["ppl"]
+
+        result = refine_lambdas(evaluate, curve, target, budget=budget, base_ppl=base["ppl"],
+                                margin_pct=plan["readout"].get("retain_ppl_margin_pct"))
+        if result["added"]:
+            print(f"{cell.key} {arm}: λ {', '.join(f'{x:g}' for x in result['added'])} added "
+                  f"({'crossing read' if result['reached'] else 'crossing still not read: extra_points spent'})", flush=True)
+    return added
 
 
 def main() -> None:

@@ -379,3 +379,47 @@ def plot_units(units: list[dict], arms: list[str], title: str, target: float, pa
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Adaptive λ: refine an arm's sweep until its crossing is read within the limits
+
+
+def next_lambdas(points: Sequence[tuple[float, float, float]], target: float, *, grow: float = 2.0,
+                 max_gap: float = MAX_KEEP_GAP, max_forget_gap: float = MAX_FORGET_GAP) -> list[float]:
+    """The λ to evaluate next so that the arm's crossing of keep avg = `target` is bracketed within the read-out's
+    limits; [] when it already is. Never reached: the largest λ × `grow`. A bracket too wide (in keep or forget):
+    its midpoint (bisection). `points` are (λ, keep avg, forget avg), base (λ 0) included."""
+    found = interpolate_at_keep(points, target, max_gap, max_forget_gap)
+    if found["reached"]:
+        return []
+    if found["bracket"] is None:
+        return [round(max(p[0] for p in points) * grow, 6)]
+    low, high = found["bracket"]
+    return [round((low + high) / 2, 6)]
+
+
+def refine_lambdas(evaluate: Callable[[float], tuple[float, float, float | None]], points: Sequence[tuple[float, float, float]],
+                   target: float, *, budget: int, base_ppl: float | None = None, margin_pct: float | None = None,
+                   grow: float = 2.0) -> dict[str, Any]:
+    """Add λ points to one arm until `next_lambdas` has none left or `budget` extra points are spent.
+
+    `evaluate(λ)` builds and scores the arm's model at λ: (keep avg, forget avg, retain perplexity or None).
+    `points` are what is measured already, base (λ 0) first. A point whose perplexity fails `useful` is kept
+    out of the curve the next λ is chosen on, as the read-out keeps it out. Returns `added` (λ in order),
+    `points` (the curve with them, by λ) and `reached` (whether the last curve reads within the limits)."""
+    curve = sorted(points)
+    added: list[float] = []
+    while True:
+        wanted = [lam for lam in next_lambdas(curve, target, grow=grow)
+                  if all(abs(lam - seen) > TIE for seen in [p[0] for p in curve] + added)]
+        if not wanted or len(added) >= budget:
+            break
+        lam = wanted[0]
+        keep, forget, ppl = evaluate(lam)
+        added.append(lam)
+        if useful({"ppl": ppl}, {"ppl": base_ppl}, margin_pct):
+            curve = sorted([*curve, (lam, keep, forget)])
+        elif lam > max(p[0] for p in curve):  # past the point where the language breaks: nothing further up helps
+            break
+    return {"added": added, "points": curve, "reached": interpolate_at_keep(curve, target)["reached"]}
