@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -145,7 +145,7 @@ def test_privleak_is_relative_to_the_reference_auc(tiny_model, texts, tmp_path):
     assert json.loads((out / "privleak.json").read_text())["privleak"] == result["privleak"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lcs(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     if not a or not b:
         return 0
