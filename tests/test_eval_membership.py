@@ -227,10 +227,13 @@ def test_truth_ratio_matches_the_normalised_probabilities(form, tiny_model, tmp_
     assert result["retain"]["mean"] == pytest.approx(sum(max(0, 1 - r) for r in ratios) / len(ratios), rel=1e-5, abs=1e-9)
 
 
-def test_the_four_run_in_a_pipeline(tiny_model, texts, tmp_path):
-    members, nonmembers = texts
+def test_the_four_run_in_a_pipeline(tiny_model, tmp_path):
     rows = [{"text": f"{t} {i}", "group": ("alpha", "beta")[i % 2]} for i, t in enumerate(TINY_CORPUS * 2)]
     write_jsonl(tmp_path / "forget.jsonl", rows)
+    # one table holding both sides (MUSE's layout keeps them in splits of one dataset), given as filtered data sources
+    write_jsonl(tmp_path / "muse.jsonl",
+                [{"text": t, "part": "forget"} for t in MEMBERS] + [{"text": t, "part": "holdout"} for t in NONMEMBERS])
+    members, nonmembers = {"path": "muse.jsonl", "where": "part == forget"}, {"path": "muse.jsonl", "where": "part == holdout"}
     write_jsonl(tmp_path / "facts.jsonl", [{"question": "where is paris", "paraphrased_answer": "in france",
                                             "perturbed_answer": ["in germany", "in the east"]}])
     pipeline = {
@@ -241,8 +244,8 @@ def test_the_four_run_in_a_pipeline(tiny_model, texts, tmp_path):
         "merge": {"method": "ties", "density": 1.0, "lambda": [1.0]},
         "baseline": {"enabled": False},
         "eval": {"models": ["base", "spunge"], "device": "cpu",
-                 "mia": {"members": str(members), "nonmembers": str(nonmembers), "resamples": 50},
-                 "privleak": {"members": str(members), "nonmembers": str(nonmembers), "reference": str(tiny_model), "resamples": 50},
+                 "mia": {"members": members, "nonmembers": nonmembers, "resamples": 50},
+                 "privleak": {"members": members, "nonmembers": nonmembers, "reference": str(tiny_model), "resamples": 50},
                  "extraction": {"data": "forget.jsonl", "prefix_tokens": 3, "continuation_tokens": 4, "resamples": 50},
                  "truth_ratio": {"data": "facts.jsonl", "resamples": 50}},
     }
@@ -253,3 +256,5 @@ def test_the_four_run_in_a_pipeline(tiny_model, texts, tmp_path):
     assert base["privleak"] == 0.0  # the base against itself
     for name in ("mia", "extraction", "truth_ratio"):
         assert json.loads((tmp_path / "run" / "eval" / "spunge" / f"{name}.json").read_text())["kind"] == name
+    mia = json.loads((tmp_path / "run" / "eval" / "base" / "mia.json").read_text())
+    assert (mia["members"]["texts"], mia["nonmembers"]["texts"]) == (len(MEMBERS), len(NONMEMBERS))

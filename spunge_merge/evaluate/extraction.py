@@ -189,4 +189,5 @@ EXTRACTION = register(Evaluation(
              Column("extraction_strength", "extraction strength", lambda result: result["extraction_strength"]["mean"], rank=63,
                     digits=3, utility=False)),
     path_settings=("data",),
+    data_settings=("data",),
 ))

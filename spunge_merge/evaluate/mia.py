@@ -50,7 +50,9 @@ ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 class MIAConfig(FrozenConfig):
     """Settings of a membership-inference evaluation (defaults are the CLI's; k = 0.4 as MUSE and open-unlearning)."""
 
-    members: PathText = Field(..., description="The forget texts (members): .jsonl/.json/.csv/.parquet (column text_column) or .txt.",
+    members: PathText = Field(..., description="The forget texts (members): .jsonl/.json/.csv/.parquet (column text_column) or "
+                                               ".txt. In a pipeline also a data source with filters ({path, config, hub_split, "
+                                               "where, ...}), e.g. MUSE's raw forget split.",
                               json_schema_extra={"cli_flags": ["--members"]})
     nonmembers: PathText = Field(..., description="Held-out texts of the same distribution, never trained on (non-members).",
                                  json_schema_extra={"cli_flags": ["--nonmembers"]})
@@ -162,4 +164,5 @@ MIA = register(Evaluation(
     columns=(Column("mia_auc", "MIA AUC (Min-K %++)", lambda result: result["attacks"]["min_k_plus_plus"]["auc"], rank=60,
                     digits=3, utility=False),),
     path_settings=("members", "nonmembers"),
+    data_settings=("members", "nonmembers"),
 ))

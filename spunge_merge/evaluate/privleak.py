@@ -110,4 +110,5 @@ PRIVLEAK = register(Evaluation(
     headline=lambda result: round(result["privleak"], 2),
     columns=(Column("privleak_abs", "|PrivLeak| %", lambda result: abs(result["privleak"]), rank=61, digits=1, utility=False),),
     path_settings=("members", "nonmembers", "reference"),
+    data_settings=("members", "nonmembers"),
 ))
