@@ -258,3 +258,12 @@ def test_the_four_run_in_a_pipeline(tiny_model, tmp_path):
         assert json.loads((tmp_path / "run" / "eval" / "spunge" / f"{name}.json").read_text())["kind"] == name
     mia = json.loads((tmp_path / "run" / "eval" / "base" / "mia.json").read_text())
     assert (mia["members"]["texts"], mia["nonmembers"]["texts"]) == (len(MEMBERS), len(NONMEMBERS))
+    # the model card shows each measurement's summary, figures as in its JSON
+    from spunge_merge.card import build_model_card
+
+    spunge = tmp_path / "run" / "eval" / "spunge"
+    card = str(build_model_card(tmp_path / "run" / "merge" / "spunge", extra_eval={"eval/spunge": spunge}))
+    mia = json.loads((spunge / "mia.json").read_text())["attacks"]["min_k_plus_plus"]
+    assert f"| Min-K %++ | {mia['auc']:.3f} | [{mia['low']:.3f}, {mia['high']:.3f}] |" in card
+    for title in ("# Privacy leakage", "# Verbatim extraction", "# Truth ratio"):
+        assert title.lstrip("# ") in card

@@ -41,6 +41,7 @@ from spunge_merge.provenance import fingerprint as make_fingerprint
 
 EXTRACTION_FILE = "extraction.json"
 ROWS_FILE = "extraction.jsonl"
+SUMMARY_FILE = "extraction.md"
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -164,9 +165,23 @@ def plan_extraction(request: EvaluationRequest) -> Planned:
                   "extraction_strength": summary([r["extraction_strength"] for r in rows]),
                   "seconds": round(time.perf_counter() - started, 2), "files": {"rows": ROWS_FILE}}
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        return Computed(result, {ROWS_FILE: lambda path: atomic_write_text(path, text)})
+        return Computed(result, {ROWS_FILE: lambda path: atomic_write_text(path, text),
+                                 SUMMARY_FILE: lambda path: atomic_write_text(path, summary_markdown(result))})
 
     return Planned(key, compute)
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The model card's view: the three means with their intervals."""
+    settings = result["settings"]
+    lines = ["# Verbatim extraction", "",
+             f"{result['texts']} forget texts, {settings['prefix_tokens']} tokens of prefix, up to "
+             f"{settings['continuation_tokens']} of continuation.", "", "| measure | mean | 95 % interval |", "|---|---:|---|"]
+    for key, label in (("rouge_l_recall", "ROUGE-L recall (VerbMem)"), ("rouge_l_f1", "ROUGE-L F1"),
+                       ("extraction_strength", "extraction strength")):
+        entry = result[key]
+        lines.append(f"| {label} | {entry['mean']:.3f} | [{entry['low']:.3f}, {entry['high']:.3f}] |")
+    return "\n".join(lines) + "\n"
 
 
 def evaluate_extraction(model: str | Path | ResolvedModel, data: str | Path, out: str | Path, *, force: bool = False,

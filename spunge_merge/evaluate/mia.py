@@ -44,6 +44,7 @@ from spunge_merge.provenance import fingerprint as make_fingerprint
 
 MIA_FILE = "mia.json"
 SCORES_FILE = "mia.jsonl"
+SUMMARY_FILE = "mia.md"
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 
 
@@ -142,9 +143,22 @@ def plan_mia(request: EvaluationRequest) -> Planned:
                   "auc": "P(member score > non-member score) + ½·P(tie); 0.5 chance, 1 memorised (open-unlearning reports 1 − AUC)",
                   "seconds": round(time.perf_counter() - started, 2), "files": {"scores": SCORES_FILE}}
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        return Computed(result, {SCORES_FILE: lambda path: atomic_write_text(path, text)})
+        return Computed(result, {SCORES_FILE: lambda path: atomic_write_text(path, text),
+                                 SUMMARY_FILE: lambda path: atomic_write_text(path, summary_markdown(result))})
 
     return Planned(key, compute)
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The model card's view: one row per attack."""
+    lines = ["# Membership inference", "",
+             f"{result['members']['texts']} forget texts (members) against {result['nonmembers']['texts']} held-out texts; "
+             "AUC = P(a member scores above a non-member): 0.5 chance, 1 memorised.", "",
+             "| attack | AUC | 95 % interval |", "|---|---:|---|"]
+    names = {"loss": "LOSS", "zlib": "zlib", "min_k": "Min-K %", "min_k_plus_plus": "Min-K %++"}
+    for attack, entry in result["attacks"].items():
+        lines.append(f"| {names.get(attack, attack)} | {entry['auc']:.3f} | [{entry['low']:.3f}, {entry['high']:.3f}] |")
+    return "\n".join(lines) + "\n"
 
 
 def evaluate_mia(model: str | Path | ResolvedModel, members: str | Path, nonmembers: str | Path, out: str | Path, *,

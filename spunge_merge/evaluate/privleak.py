@@ -28,10 +28,12 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate.mia import MIAConfig, data_identity, membership_scores
 from spunge_merge.evaluate.registry import Column, Computed, Evaluation, EvaluationRequest, PathText, Planned, register, run_evaluation
 from spunge_merge.evaluate.stats import auc
+from spunge_merge.fsutil import atomic_write_text
 from spunge_merge.models import ResolvedModel, resolve_model
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
 PRIVLEAK_FILE = "privleak.json"
+SUMMARY_FILE = "privleak.md"
 
 
 class PrivLeakConfig(MIAConfig):
@@ -88,9 +90,18 @@ def plan_privleak(request: EvaluationRequest) -> Planned:
                   "resamples_undefined": cfg.resamples - len(replicate),
                   "definition": "(AUC_model − AUC_reference) / AUC_reference × 100 (MUSE); AUC = P(member scores above non-member)",
                   "seconds": round(time.perf_counter() - started, 2)}
-        return Computed(result)
+        return Computed(result, {SUMMARY_FILE: lambda path: atomic_write_text(path, summary_markdown(result))})
 
     return Planned(key, compute)
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The model card's view: PrivLeak with its interval and both AUCs."""
+    low, high = result["ci95"]
+    interval = f"[{low:+.1f}, {high:+.1f}]" if low is not None else "undefined"
+    return (f"# Privacy leakage (PrivLeak)\n\n{result['attack']} AUC {result['auc']:.3f} against the reference's "
+            f"{result['reference_auc']:.3f} ({result['reference']['ref']}): PrivLeak **{result['privleak']:+.1f} %** "
+            f"(95 % interval {interval}); near 0 is the aim, positive under-, negative over-unlearning.\n")
 
 
 def evaluate_privleak(model: str | Path | ResolvedModel, members: str | Path, nonmembers: str | Path, reference: str | Path,

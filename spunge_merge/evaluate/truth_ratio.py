@@ -39,6 +39,7 @@ from spunge_merge.provenance import fingerprint as make_fingerprint
 
 TRUTH_RATIO_FILE = "truth_ratio.json"
 ROWS_FILE = "truth_ratio.jsonl"
+SUMMARY_FILE = "truth_ratio.md"
 
 
 class TruthRatioConfig(FrozenConfig):
@@ -139,9 +140,21 @@ def plan_truth_ratio(request: EvaluationRequest) -> Planned:
                                 "retain = mean max(0, 1 − R)",
                   "seconds": round(time.perf_counter() - started, 2), "files": {"rows": ROWS_FILE}}
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        return Computed(result, {ROWS_FILE: lambda path: atomic_write_text(path, text)})
+        return Computed(result, {ROWS_FILE: lambda path: atomic_write_text(path, text),
+                                 SUMMARY_FILE: lambda path: atomic_write_text(path, summary_markdown(result))})
 
     return Planned(key, compute)
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The model card's view: the three aggregates with their intervals."""
+    lines = ["# Truth ratio (TOFU)", "", f"{result['facts']} facts; R = perturbed answers' normalised probability over the "
+             "correct answer's.", "", "| aggregate | mean | 95 % interval |", "|---|---:|---|"]
+    for key, label in (("forget", "min(R, 1/R) (forget: higher is more forgotten)"), ("retain", "max(0, 1 − R) (retain)"),
+                       ("mean_ratio", "R")):
+        entry = result[key]
+        lines.append(f"| {label} | {entry['mean']:.3f} | [{entry['low']:.3f}, {entry['high']:.3f}] |")
+    return "\n".join(lines) + "\n"
 
 
 def evaluate_truth_ratio(model: str | Path | ResolvedModel, data: str | Path, out: str | Path, *, force: bool = False,
