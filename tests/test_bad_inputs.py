@@ -574,6 +574,15 @@ CASES = [
     case("run-set-bad-yaml", "run {pipeline} --run-dir {out} --set merge.lambda=[1,", "--set merge.lambda: value is not valid YAML"),
     case("run-set-through-scalar", "run {pipeline} --run-dir {out} --set name.x=1", "--set name.x: name is not a mapping"),
     case("run-set-name", "run {pipeline} --run-dir {out} --set name=a/b", "--set name=a/b: name: String should match pattern"),
+    case("eval-mia-same-texts", "eval mia --model {model} --members {data} --nonmembers {data} --out {out}", "also in"),
+    case("eval-mia-k-zero", "eval mia --model {model} --members {data} --nonmembers {data} --out {out} --k 0", "--k"),
+    case("eval-privleak-no-reference", "eval privleak --model {model} --members {data} --nonmembers {blank} --out {out}", "--reference"),
+    case("eval-extraction-no-column", "eval extraction --model {model} --data {data} --out {out} --text-column body", "no column 'body'"),
+    case("eval-truth-ratio-no-column", "eval truth_ratio --model {model} --data {data} --out {out}", "no column 'question'"),
+    case("ga-prompt-without-answer", "unlearn ga --model {model} --forget {data} --out {out} --prompt-column text",
+         "prompt_column and answer_column"),
+    case("ga-answer-column-missing", "unlearn ga --model {model} --forget {data} --out {out} --prompt-column text --answer-column body",
+         "no column 'body'"),
 ]
 
 

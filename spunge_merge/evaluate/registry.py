@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from spunge_merge.models import ResolvedModel
 
 # Built-in evaluations: `spunge_merge/evaluate/<name>.py`, imported on first use.
-BUILTIN_EVALUATIONS = ("knowledge", "perplexity", "toxicity", "fluency", "harness")
+BUILTIN_EVALUATIONS = ("knowledge", "perplexity", "toxicity", "fluency", "harness", "mia", "privleak", "extraction", "truth_ratio")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,13 @@ def identity(ref: DataRef, base_dir: Path) -> dict[str, Any]:
     return {"settings": ref.model_dump(mode="json"), "location": location if content is None else None, "sha256": content}
 
 
+def _hub_layout(path: Path) -> bool:
+    """A local copy of a Hub dataset repository (data files and a README declaring its configurations), which
+    `datasets.load_dataset` reads by configuration as it reads the Hub; not a `save_to_disk` directory."""
+    return path.is_dir() and (path / "README.md").is_file() and not any(
+        (path / marker).is_file() for marker in ("dataset_dict.json", "state.json", "dataset_info.json"))
+
+
 def load_ref(ref: DataRef, base_dir: Path):
     """The filtered (and limited) rows of a `DataRef` as a `datasets.Dataset`."""
     from spunge_merge.data.loading import load_table
@@ -37,7 +44,7 @@ def load_ref(ref: DataRef, base_dir: Path):
     from spunge_merge.data.where import parse_condition
 
     location = resolve_path(ref.path, base_dir)
-    if ref.config is not None and not Path(location).exists():
+    if ref.config is not None and (not Path(location).exists() or _hub_layout(Path(location))):
         import datasets
 
         datasets.disable_progress_bars()

@@ -13,6 +13,11 @@ tokenizer (its special tokens included), truncated to `max_length`, and ended wi
 the model also learns where a statement stops. Padding is on the right and is masked out of
 the labels by the attention mask, not by the pad id, because most chat models use EOS as
 their pad token and masking by id would also drop the real EOS targets.
+
+The question/answer form (TOFU's, `prompt_column`/`answer_column` of the loss methods): each row is
+its prompt's tokens followed by its answer's (` answer`, tokenized apart and joined, as the
+knowledge probe scores options) and EOS; the prompt tokens are context only, never a target, so a
+loss sees the answer tokens alone (`AnswerIds`; `collate` masks the labels).
 """
 
 from __future__ import annotations
@@ -36,6 +41,52 @@ def encode_texts(tokenizer, texts: Sequence[str], *, max_length: int, add_eos: b
     if add_eos and eos is not None:
         encoded = [ids + [eos] for ids in encoded]
     return [list(ids) for ids in encoded]
+
+
+class AnswerIds(list):
+    """Token ids of a prompt followed by its answer; the first `prompt_tokens` are context, never a target."""
+
+    def __init__(self, ids: Sequence[int], prompt_tokens: int):
+        super().__init__(ids)
+        self.prompt_tokens = prompt_tokens
+
+
+def predicted_tokens(ids: Sequence[int]) -> int:
+    """How many of a row's tokens are loss targets: all but the first, or (`AnswerIds`) the answer's."""
+    return len(ids) - max(getattr(ids, "prompt_tokens", 0), 1)
+
+
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], *, max_length: int) -> list[AnswerIds]:
+    """Prompt tokens (with the tokenizer's special tokens) + " answer" tokens + EOS, truncated to `max_length`
+    from the end (EOS kept); the prompt keeps at most `max_length - 2` tokens so one answer token and EOS stay."""
+    if max_length < 3:
+        raise ValueError("max_length must be at least 3 with prompts (one prompt token, one answer token, EOS)")
+    eos = tokenizer.eos_token_id
+    rows = []
+    for prompt, answer in pairs:
+        context = tokenizer(prompt.rstrip(), add_special_tokens=True)["input_ids"][-(max_length - 2):]
+        reply = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+        ids = (list(context) + list(reply))[: max_length - (1 if eos is not None else 0)]
+        rows.append(AnswerIds(ids + ([eos] if eos is not None else []), len(context)))
+    return rows
+
+
+def read_pairs(source, prompt_column: str, answer_column: str) -> list[tuple[str, str]]:
+    """(prompt, answer) of every row of a table whose both cells are non-empty text; errors name the file and column."""
+    from pathlib import Path
+
+    from spunge_merge.data.loading import load_table
+    from spunge_merge.errors import SpungeError
+
+    table = load_table(Path(source))
+    for column in (prompt_column, answer_column):
+        if column not in table.column_names:
+            raise SpungeError(f"{source}: no column '{column}' (columns: {', '.join(table.column_names)})")
+    pairs = [(p, a) for p, a in zip(table[prompt_column], table[answer_column], strict=True)
+             if isinstance(p, str) and isinstance(a, str) and p.strip() and a.strip()]
+    if not pairs:
+        raise SpungeError(f"{source}: no row with both '{prompt_column}' and '{answer_column}' non-empty")
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -63,6 +114,8 @@ def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> Batch:
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
     labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    for row, ids in enumerate(sequences):
+        labels[row, : getattr(ids, "prompt_tokens", 0)] = IGNORE_INDEX  # a prompt's tokens are never targets
     tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
     return Batch(input_ids, attention_mask, labels, tokens)
 

@@ -9,6 +9,9 @@ are comparable with the field's reference implementation:
             sequence's tokens (Zhang et al. 2024, "Negative Preference Optimization").
 - SimNPO:   −(2/β)·mean_i log σ(β·(−log π_θ(y_i|x_i)/|y_i| − δ)), no reference model
             (Fan et al. 2024, "Simplicity Prevails"; δ inside the β product as open-unlearning has it).
+- KL retain (`retain_loss: kl` of GradDiff/NPO/SimNPO): KL(π_base ‖ π_θ) of the next-token distributions,
+            summed over the retain tokens' predicted positions, a token mean like the NLL retain term
+            (open-unlearning's `compute_kl_divergence` divides by every position, padding included).
 
 Every function here is written on *sums* (per sequence, or over a batch) so the training loop can
 divide by the token or sequence count of a whole accumulation group: `grad_accum=k` on batches of
@@ -73,6 +76,18 @@ def simnpo_terms(lp: SequenceLogProbs, beta: float, delta: float):
     return -(2.0 / beta) * F.logsigmoid(beta * (mean_nll - delta))
 
 
+def kl_to_base_sum(logits, base_logits, labels):
+    """Σ over predicted positions (label not IGNORE_INDEX) of KL(π_base ‖ π_θ) = Σ_v p_base(v)·(log p_base(v) − log p_θ(v))."""
+    import torch.nn.functional as F
+
+    current, base = logits[:, :-1, :], base_logits[:, :-1, :]
+    if current.element_size() < 4:  # bf16/fp16 logits: the softmax in fp32
+        current, base = current.float(), base.float()
+    current, base = F.log_softmax(current, dim=-1), F.log_softmax(base, dim=-1)
+    per_position = (base.exp() * (base - current)).sum(dim=-1)
+    return (per_position * (labels[:, 1:] != IGNORE_INDEX)).sum()
+
+
 # Batch-mean forms (one micro-batch, no accumulation): the definitions as papers and open-unlearning state them.
 
 
@@ -101,3 +116,8 @@ def npo_loss(logits, labels, reference, *, beta: float):
 def simnpo_loss(logits, labels, *, beta: float, delta: float = 0.0):
     """Mean over sequences of the SimNPO loss."""
     return simnpo_terms(sequence_logprobs(logits, labels), beta, delta).mean()
+
+
+def kl_retain_loss(logits, base_logits, labels):
+    """Token-mean KL(π_base ‖ π_θ) over the retain batch's predicted positions."""
+    return kl_to_base_sum(logits, base_logits, labels) / (labels[:, 1:] != IGNORE_INDEX).sum()

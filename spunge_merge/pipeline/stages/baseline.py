@@ -36,7 +36,7 @@ def baseline_train_work(ctx: Context, subsets: list[Subset]) -> tuple[Work, dict
 
     def build(force: dict[str, bool]) -> Job:
         if union_run:
-            rows = [{"text": text, subset.column or "subset": subset.value} for subset in subsets for text in subset.texts]
+            rows = _union_rows(subsets, config)
             atomic_write_text(union, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             forget = [str(union)]
         else:
@@ -45,6 +45,17 @@ def baseline_train_work(ctx: Context, subsets: list[Subset]) -> tuple[Work, dict
 
     work = Work(stage="baseline", key="baseline/run", label="un-split run", parts={"run": part}, outputs=[out], build=build)
     return work, {"config": config, "budget": budget}
+
+
+def _union_rows(subsets: list[Subset], config: FrozenConfig) -> list[dict[str, Any]]:
+    """The un-split forget rows: each subset's texts, or (a loss method's question/answer form) its prompt and answer."""
+    from spunge_merge.unlearn.lm_data import read_pairs
+
+    prompt, answer = getattr(config, "prompt_column", None), getattr(config, "answer_column", None)
+    if prompt and answer:
+        return [{prompt: p, answer: a, subset.column or "subset": subset.value}
+                for subset in subsets for p, a in read_pairs(subset.source, prompt, answer)]
+    return [{"text": text, subset.column or "subset": subset.value} for subset in subsets for text in subset.texts]
 
 
 def _matched(ctx: Context, subsets: list[Subset], config: FrozenConfig, corpora: str) -> tuple[FrozenConfig, dict[str, Any]]:

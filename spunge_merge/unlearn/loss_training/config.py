@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from spunge_merge.config import FrozenConfig
 from spunge_merge.unlearn.lora import TargetModules, alpha_field, dropout_field, rank_field, target_modules_field
@@ -51,6 +51,17 @@ class LossMethodConfig(FrozenConfig):
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
     dtype: str = Field("auto", description="Model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
     eval_samples: int = Field(32, ge=0, description="Forget texts whose NLL is reported before and after training (0 = skip).")
+    prompt_column: str | None = Field(None, description="Question/answer form (TOFU's): the column holding each row's prompt; "
+                                                        "with answer_column, the loss covers the answer tokens only, the prompt "
+                                                        "is context. Retain files holding both columns are read the same way.")
+    answer_column: str | None = Field(None, description="Question/answer form: the column holding each row's answer (given "
+                                                        "with prompt_column).")
+
+    @model_validator(mode="after")
+    def _question_answer_pair(self):
+        if (self.prompt_column is None) != (self.answer_column is None):
+            raise ValueError("prompt_column and answer_column are given together (the question/answer form) or not at all")
+        return self
 
     @field_validator("full_params", mode="before")
     @classmethod
@@ -81,6 +92,10 @@ class RetainTermConfig(LossMethodConfig):
 
     gamma: float = Field(1.0, gt=0.0, description="γ: weight of the forget term.")
     alpha: float = Field(1.0, ge=0.0, description="α: weight of the retain NLL term (> 0 needs retain data).")
+    retain_loss: Literal["nll", "kl"] = Field(
+        "nll", description="The retain term: nll (token-mean NLL of the retain texts) or kl (token-mean KL(π_base ‖ π_θ) of the "
+                           "next-token distributions on the retain texts; π_base is the same model with the adapter off, or "
+                           "the chosen tensors' values before training with full).")
 
     def forget_weight(self) -> float:
         return self.gamma

@@ -1,4 +1,5 @@
-"""The optimisation loop: γ·forget term + α·retain NLL, exact gradient accumulation, NPO's reference log-probabilities."""
+"""The optimisation loop: γ·forget term + α·retain term (NLL, or KL to the base model), exact gradient accumulation,
+NPO's reference log-probabilities."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.unlearn import lm_data
 from spunge_merge.unlearn.loss_training.config import LossMethodConfig, Objective
 from spunge_merge.unlearn.loss_training.order import forget_groups, planned_steps, retain_stream
-from spunge_merge.unlearn.losses import nll_sum, sequence_logprobs
+from spunge_merge.unlearn.losses import kl_to_base_sum, nll_sum, sequence_logprobs
 
 
 @dataclass
@@ -50,11 +51,14 @@ def reference_logprobs(model, encoded: Sequence[Sequence[int]], *, pad_id: int, 
 
 
 def fit(model, params, forget: Sequence[Sequence[int]], retain: Sequence[Sequence[int]] | None, *, objective: Objective,
-        config: LossMethodConfig, pad_id: int, device, reference=None, progress: bool = True, label: str = "unlearn") -> Fit:
-    """Minimise γ·forget term + α·retain NLL over the trainable `params`; one entry per optimizer step.
+        config: LossMethodConfig, pad_id: int, device, reference=None, progress: bool = True, label: str = "unlearn",
+        base_weights=None) -> Fit:
+    """Minimise γ·forget term + α·retain term over the trainable `params`; one entry per optimizer step.
 
     Each micro-batch's forget and retain terms are back-propagated one after the other (one graph
-    alive at a time), each divided by its unit count over the whole accumulation group.
+    alive at a time), each divided by its unit count over the whole accumulation group. With
+    `retain_loss: kl`, `base_weights()` is a context manager under which `model` computes the base
+    model's logits (the adapter off, or the trained tensors' first values): one model, no copy.
     """
     import torch
     from transformers import get_scheduler
@@ -67,10 +71,26 @@ def fit(model, params, forget: Sequence[Sequence[int]], retain: Sequence[Sequenc
     stream = retain_stream(len(retain), config.seed) if retain else None
     result = Fit([], [], [], set(), set())
 
+    kl_retain = getattr(config, "retain_loss", "nll") == "kl"
+    if kl_retain and base_weights is None:
+        raise ValueError("retain_loss kl needs base_weights")
+
     def forward(rows: Sequence[Sequence[int]]):
         batch = lm_data.collate(rows, pad_id).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         return sequence_logprobs(logits, batch.labels)
+
+    def retain_sum(rows: Sequence[Sequence[int]]):
+        """Summed retain term of a micro-batch: NLL, or KL(π_base ‖ π_θ) per predicted position."""
+        if not kl_retain:
+            return nll_sum(forward(rows))
+        batch = lm_data.collate(rows, pad_id).to(device)
+        model.eval()
+        with torch.no_grad(), base_weights():
+            base_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        model.train()
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        return kl_to_base_sum(logits, base_logits, batch.labels)
 
     model.train()
     with _progress(progress) as bar:
@@ -81,10 +101,10 @@ def fit(model, params, forget: Sequence[Sequence[int]], retain: Sequence[Sequenc
                     break
                 retain_group = [[next(stream) for _ in micro] for micro in group] if stream else []
                 if objective.per == "token":
-                    forget_norm = sum(len(forget[i]) - 1 for micro in group for i in micro)
+                    forget_norm = sum(lm_data.predicted_tokens(forget[i]) for micro in group for i in micro)
                 else:
                     forget_norm = sum(len(micro) for micro in group)
-                retain_norm = sum(len(retain[i]) - 1 for micro in retain_group for i in micro)
+                retain_norm = sum(lm_data.predicted_tokens(retain[i]) for micro in retain_group for i in micro)
                 step_forget = step_retain = 0.0
                 for position, micro in enumerate(group):
                     lp = forward([forget[i] for i in micro])
@@ -95,7 +115,7 @@ def fit(model, params, forget: Sequence[Sequence[int]], retain: Sequence[Sequenc
                     result.forget_used.update(micro)
                     if retain_group:
                         rows = retain_group[position]
-                        term = alpha * nll_sum(forward([retain[i] for i in rows])) / retain_norm
+                        term = alpha * retain_sum([retain[i] for i in rows]) / retain_norm
                         term.backward()
                         step_retain += float(term.detach())
                         result.retain_used.update(rows)

@@ -10,8 +10,9 @@ from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
 from spunge_merge.errors import SpungeError
 from spunge_merge.provenance import fingerprint, is_complete
 from spunge_merge.runs import RunOutcome, execute_run, run_subsets
+from spunge_merge.unlearn import lm_data
 from spunge_merge.unlearn.loss_training.config import LossMethodConfig, Objective
-from spunge_merge.unlearn.loss_training.session import _Session
+from spunge_merge.unlearn.loss_training.session import _Session, has_pair_columns
 from spunge_merge.unlearn.loss_training.weights import check_trainable
 from spunge_merge.unlearn.registry import RetainNeed, TrainRequest
 
@@ -51,15 +52,16 @@ def train_runs(request: TrainRequest, *, method: str, objective: Objective, reta
         raise SpungeError(f"{method} takes one forget data file or split directory (got {len(request.forget)})")
     check_retain(method, retain_need, config, request.retain)
     resolved, forget, out = request.model, Path(request.forget[0]), Path(request.out)
-    subsets = load_subsets(forget, request.text_column)
-    retain = [subset for path in request.retain for subset in load_subsets(path)]
+    subsets = load_subsets(forget, config.answer_column or request.text_column)
+    retain = [subset for path in request.retain
+              for subset in load_subsets(path, config.answer_column if config.answer_column and has_pair_columns(path, config) else None)]
     if any(s.column for s in retain):
         raise SpungeError(f"{method}: --retain takes data files, not a split directory")
     _check_writable(out)
     session = _Session(method, objective, resolved, config, retain, progress=request.progress)
     fingerprints = {
-        subset.name: fingerprint(method=method, config=config.fingerprint_part(), data=subset.sha256,
-                                 retain=[s.sha256 for s in retain], base_model=resolved.fingerprint,
+        subset.name: fingerprint(method=method, config=config.fingerprint_part(), data=_data_sha(subset, config),
+                                 retain=[_data_sha(s, config, retain=True) for s in retain], base_model=resolved.fingerprint,
                                  device=session.device.type, dtype=str(session.dtype))
         for subset in subsets
     }
@@ -75,3 +77,13 @@ def train_runs(request: TrainRequest, *, method: str, objective: Objective, reta
     if split_mode:
         return run_subsets(subsets, out, method=method, run_one=run_one, split_source=forget, force=request.force)
     return [run_one(subsets[0], out)]
+
+
+def _data_sha(subset: Subset, config: LossMethodConfig, *, retain: bool = False) -> str:
+    """What a run's fingerprint knows of a subset: its texts, or in the question/answer form its (prompt, answer)
+    pairs (reading them checks both columns before anything is written; a retain file without them is texts)."""
+    from spunge_merge.fsutil import sha256_json
+
+    if config.answer_column and (not retain or has_pair_columns(subset.source, config)):
+        return sha256_json(lm_data.read_pairs(subset.source, config.prompt_column, config.answer_column))
+    return subset.sha256

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,16 +62,24 @@ class _Session:
         if self._lm is None:
             self._tokenizer = load_tokenizer(self.resolved)
             self._lm = load_causal_lm(self.resolved, dtype=self.dtype, device=self.device)
-            texts = [text for subset in self.retain for text in subset.texts]
-            self._retain_encoded = lm_data.encode_texts(self._tokenizer, texts, max_length=self.config.max_length) if texts else None
+            self._retain_encoded = [ids for subset in self.retain for ids in self.encode(subset, retain=True)] or None
         return self._lm, self._tokenizer
+
+    def encode(self, subset: Subset, *, retain: bool = False) -> list:
+        """A subset's rows as token ids: whole texts, or (prompt_column/answer_column) prompt + answer with the
+        prompt masked; a retain file is read as pairs only when it holds both columns."""
+        config = self.config
+        if config.answer_column and (not retain or has_pair_columns(subset.source, config)):
+            pairs = lm_data.read_pairs(subset.source, config.prompt_column, config.answer_column)
+            return lm_data.encode_pairs(self._tokenizer, pairs, max_length=config.max_length)
+        return lm_data.encode_texts(self._tokenizer, subset.texts, max_length=config.max_length)
 
 
     def train(self, subset: Subset, tmp: Path, fp: str) -> None:
         config = self.config
         lm, tokenizer = self._load()
         pad_id = tokenizer.pad_token_id
-        encoded = lm_data.encode_texts(tokenizer, subset.texts, max_length=config.max_length)
+        encoded = self.encode(subset)
         probe = encoded[: config.eval_samples]
         seed_everything(config.seed)
         weights = self._trainable(lm)
@@ -105,6 +114,27 @@ class _Session:
         with model.disable_adapter():
             return reference_logprobs(model, encoded, pad_id=pad_id, batch_size=config.batch_size, device=self.device)
 
+    @contextmanager
+    def _base_weights(self, weights: _Trainable):
+        """The model at its base weights for the span of the block (KL retain): LoRA's adapter off, or, with
+        `full`, the trained tensors swapped for their values before training and back (no second model)."""
+        import torch
+
+        if not self.config.full:
+            with weights.model.disable_adapter():
+                yield
+            return
+        trained = {name: weights.named[name].detach().clone() for name in weights.names}
+        with torch.no_grad():
+            for name in weights.names:
+                weights.named[name].copy_(weights.originals[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name in weights.names:
+                    weights.named[name].copy_(trained[name])
+
     def _fit(self, weights: _Trainable, encoded, probe, pad_id, tmp: Path, *, label: str) -> _Measured:
         """Train, probe the forget NLL before and after, and save the update (delta.safetensors or the adapter)."""
         config, objective, model = self.config, self.objective, weights.model
@@ -113,7 +143,7 @@ class _Session:
         started = time.perf_counter()
         result = fit(model, weights.params, encoded, self._retain_encoded if config.retain_weight() > 0 else None,
                      objective=objective, config=config, pad_id=pad_id, device=self.device, reference=reference,
-                     progress=self.progress, label=label)
+                     progress=self.progress, label=label, base_weights=lambda: self._base_weights(weights))
         train_seconds = time.perf_counter() - started
         after = self._probe_nll(model, probe, pad_id)
         if config.full:
@@ -166,6 +196,8 @@ class _Session:
                 "reference": ("log π_ref per forget row, computed once before training "
                               + ("(base weights)" if config.full else "(adapter disabled)")) if objective.reference else None,
                 "tokens": sum(len(ids) for ids in encoded),
+                "target_tokens": sum(lm_data.predicted_tokens(ids) for ids in encoded),
+                "form": "question/answer (loss on answer tokens)" if config.answer_column else "text",
                 "trainable_params": measured.trainable,
                 **measured.trained,
                 "device": str(self.device),
@@ -180,3 +212,11 @@ class _Session:
         batches = [lm_data.collate(probe[i:i + self.config.batch_size], pad_id) for i in range(0, len(probe), self.config.batch_size)]
         return lm_data.mean_token_nll(model, batches, self.device)
 
+
+
+def has_pair_columns(source: Path, config: LossMethodConfig) -> bool:
+    """True when the table at `source` holds both the prompt and the answer column."""
+    from spunge_merge.data.loading import load_table
+
+    columns = load_table(source).column_names
+    return config.prompt_column in columns and config.answer_column in columns
