@@ -223,3 +223,47 @@ def test_weights_only_methods_through_merge_runs(tiny_model, runs, tmp_path, met
         torch.testing.assert_close(merged[name].double(), base[name].double() + 0.5 * formula, rtol=1e-4, atol=1e-6)
     assert sum(not torch.equal(merged[n], base[n]) for n in base) == len(LAYERS)
     assert json.loads((out / "spunge.json").read_text())["result"]["copied_from_base"] == len(base) - len(LAYERS)
+
+
+def test_plain_mergekit_yaml_runs_an_anchored_recipe_once_spunge_registers_its_methods(tiny_model, runs, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = merge_runs(str(tiny_model), runs["runs"], tmp_path / "spunge", method="anchored_ls", lam=1.0, progress=False)
+    by_mergekit = tmp_path / "mergekit"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "spunge_merge.merge.mergekit_yaml", str(out / "mergekit_config.yml"),
+                           str(by_mergekit)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours, theirs = _read_model(out), _read_model(by_mergekit)
+    assert set(ours) == set(theirs) and all(torch.equal(ours[n], theirs[n]) for n in ours)
+
+
+def test_anchored_ls_on_lora_runs_anchors_the_materialised_edit(tiny_model, runs, tmp_path):
+    """TVN adapters: the edit is peft's own merge of B·A·scale (computed here by peft), anchored like a delta."""
+    from test_merge import make_tvn_runs, peft_merged
+
+    adapters = make_tvn_runs(tiny_model, tmp_path / "tvn", seeds=(3, 4))
+    for run, value in zip(adapters, FORGET, strict=True):
+        record = json.loads((run / "spunge.json").read_text())
+        write_provenance(run, kind=record["kind"], fingerprint=record["fingerprint"], method="tvn", base_model=record["base_model"],
+                         config=record["config"], data={"forget": [{"path": str(runs["root"] / f"{value}.jsonl")}]},
+                         attribute=record["attribute"])
+    out = merge_runs(str(tiny_model), adapters, tmp_path / "merged", method="anchored_ls", lam=1.0,
+                     parameters={"rho": 0.0, "ridge": 0.01}, progress=False)
+    recipe = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert "retain_gram" not in recipe["parameters"]  # rho 0: no retain statistics needed
+    grams = [load_file(entry["parameters"]["gram"]) for entry in recipe["models"]]
+    tuned = [peft_merged(tiny_model, run) for run in adapters]
+    base, merged = runs["weights"], _read_model(out)
+    name = "model.layers.3.self_attn.v_proj.weight"
+    g = [gram[name].double() for gram in grams]
+    tokens = [int(json.loads((Path(e["parameters"]["gram"]).parent / "spunge.json").read_text())["result"]["tokens"])
+              for e in recipe["models"]]
+    g = [gi / n for gi, n in zip(g, tokens, strict=True)]
+    right = sum(gi @ (t[name] - base[name]).double().T for gi, t in zip(g, tuned, strict=True))
+    left = sum(g) + 0.01 * sum(g).diagonal().mean() * torch.eye(32, dtype=torch.float64)
+    expected = base[name].double() + torch.linalg.solve(left, right).T
+    torch.testing.assert_close(merged[name].double(), expected, rtol=1e-3, atol=1e-5)
+    assert torch.equal(merged["model.layers.3.mlp.down_proj.weight"], base["model.layers.3.mlp.down_proj.weight"])
