@@ -95,6 +95,8 @@ def merge_runs(
     data, _ = build_recipe(str(resolved.path), [str(run.path) for run in inputs], settings)
     model_dirs = None
     if takes_statistics(settings.method):  # the recipe names statistics files, computed (or found) first
+        placeholders = [{**entry, "parameters": {**(entry.get("parameters") or {}), "gram": ""}} for entry in data["models"]]
+        validate_recipe({**data, "models": placeholders}, "recipe", statistics_files=False)  # settings first
         if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
             raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
         model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
