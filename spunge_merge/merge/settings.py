@@ -23,15 +23,19 @@ Weight = Annotated[float, Field(allow_inf_nan=False)]
 MergeDtype = Literal[MERGE_DTYPES]
 
 
+_PIPELINE_ONLY = {"cli_flags": ["pipeline only"]}
+
+
 class StatisticsSettings(FrozenConfig):
     """The statistics pass of data-dependent merges (`anchored_ls`): which inputs its Gram matrices are taken on."""
 
     retain_data: str | None = Field(None, description="Retain data file (text column `text`) for the anchor's Gram matrices "
                                                       "(default: the retain data the runs record).")
-    inputs: Literal["base", "run"] = Field("base", description="Whose activations: the base model's (default) or each run's.")
-    rows: int = Field(256, ge=1, description="Rows read from each data set (the first ones).")
-    max_length: int = Field(128, ge=2, description="Tokens per row (longer rows are cut).")
-    batch_size: int = Field(8, ge=1, description="Rows per forward pass.")
+    inputs: Literal["base", "run"] = Field("base", json_schema_extra={"cli_flags": ["--gram-inputs"]},
+                                           description="Whose activations: the base model's (default) or each run's.")
+    rows: int = Field(256, ge=1, json_schema_extra=_PIPELINE_ONLY, description="Rows read from each data set (the first ones).")
+    max_length: int = Field(128, ge=2, json_schema_extra=_PIPELINE_ONLY, description="Tokens per row (longer rows are cut).")
+    batch_size: int = Field(8, ge=1, json_schema_extra=_PIPELINE_ONLY, description="Rows per forward pass.")
     stats_dir: str | None = Field(None, description="Where statistics files are kept (default $SPUNGE_CACHE/merge-stats); "
                                                     "reused while model and data are unchanged.")
 
