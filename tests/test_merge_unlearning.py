@@ -267,3 +267,24 @@ def test_anchored_ls_on_lora_runs_anchors_the_materialised_edit(tiny_model, runs
     expected = base[name].double() + torch.linalg.solve(left, right).T
     torch.testing.assert_close(merged[name].double(), expected, rtol=1e-3, atol=1e-5)
     assert torch.equal(merged["model.layers.3.mlp.down_proj.weight"], base["model.layers.3.mlp.down_proj.weight"])
+
+
+def test_statistics_settings_choose_the_inputs_rows_and_retain_data(tiny_model, runs, tmp_path):
+    from spunge_merge.merge.gram import recorded_texts
+
+    def grams(out):
+        recipe = yaml.safe_load((out / "mergekit_config.yml").read_text())
+        files = [Path(e["parameters"]["gram"]) for e in recipe["models"]] + [Path(recipe["parameters"]["retain_gram"])]
+        return [(load_file(f), json.loads((f.parent / "spunge.json").read_text())) for f in files]
+
+    on_base = grams(merge_runs(str(tiny_model), runs["runs"], tmp_path / "base", method="anchored_ls", progress=False))
+    retain = _write_jsonl(tmp_path / "other-retain.jsonl", ["a group of people walked to the market to buy bread"] * 3)
+    on_runs = grams(merge_runs(str(tiny_model), runs["runs"], tmp_path / "run", method="anchored_ls", progress=False,
+                               statistics={"inputs": "run", "rows": 1, "retain_data": str(retain)}))
+    name = DOWN.format(7)  # layer 7's down_proj inputs depend on layers 5-6, which the runs changed
+    assert [record["data"]["rows"] for _, record in on_runs] == [1, 1, 1]
+    assert [record["data"]["rows"] for _, record in on_base] == [2, 2, 3]
+    assert on_runs[0][1]["model"] != on_base[0][1]["model"] and "merge-views" in on_runs[0][1]["model"]
+    assert not torch.allclose(on_runs[0][0][name], on_base[0][0][name])
+    # a TVN run records its one forget subset as `data` itself
+    assert recorded_texts({"data": {"path": str(runs["root"] / "alpha.jsonl")}}, "forget", tmp_path) == FORGET["alpha"]

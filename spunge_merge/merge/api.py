@@ -53,6 +53,7 @@ def merge_runs(
     normalize: bool | None = None,
     dtype: str | None = None,
     parameters: dict[str, Any] | None = None,
+    statistics: dict[str, Any] | None = None,
     cuda: bool = False,
     force: bool = False,
     recipe_out: str | Path | None = None,
@@ -71,7 +72,8 @@ def merge_runs(
     parameters (validated here into one; give one form, not both). None means the default: ties,
     density 0.2 and lambda 1.0 (TIES paper), weight 1.0, normalize as the method's default (true for
     ties: the mean over the models agreeing with the elected sign). density and weight take one value
-    for all runs or one per run. `parameters` adds mergekit parameters (e.g. {"int8_mask": True}).
+    for all runs or one per run. `parameters` adds mergekit parameters (e.g. {"int8_mask": True}); `statistics`
+    sets the statistics pass of data-dependent methods (`StatisticsSettings`: retain_data, inputs, rows, ...).
     `dtype` defaults to the base's weights' dtype. `method_descriptions` (method name → paragraph,
     from the caller's method registry) goes into the local model card.
 
@@ -79,7 +81,7 @@ def merge_runs(
     models are then pointed at the views (`_pointed_at`).
     """
     values = {"method": method, "density": density, "weight": weight, "lam": lam, "normalize": normalize, "dtype": dtype,
-              "parameters": parameters}
+              "parameters": parameters, "statistics": statistics}
     if settings is None:
         settings = merge_settings(**{**values, "parameters": dict(parameters or {})})
     elif any(value is not None for value in values.values()):

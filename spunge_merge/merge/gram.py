@@ -96,7 +96,10 @@ def statistics_file(model: ResolvedModel, texts: list[str], names: set[str] | No
 
 def recorded_texts(record: dict | None, role: str, run: Path) -> list[str]:
     """The texts a run records as its `forget` or `retain` data (the files its spunge.json names)."""
-    parts = ((record or {}).get("data") or {}).get(role)
+    data = (record or {}).get("data") or {}
+    parts = data.get(role)
+    if role == "forget" and parts is None and isinstance(data.get("path"), str):
+        parts = [data]  # a TVN run records its one subset as `data` itself
     if not isinstance(parts, list):
         return []
     texts: list[str] = []
