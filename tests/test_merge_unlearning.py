@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from spunge_merge.merge import merge_recipe, merge_runs
-from spunge_merge.merge.methods import anchored_edit, iso_cts_merge, tsv_merge
+from spunge_merge.merge.methods import anchored_edit, iso_cts_merge, knots_ties_merge, tsv_merge
 from spunge_merge.models import ResolvedModel
 from spunge_merge.provenance import write_provenance
 
@@ -109,6 +109,36 @@ def test_iso_cts_is_the_papers_formula():
     u_all, s_all, vt_all = np.linalg.svd(total, full_matrices=False)
     np.testing.assert_allclose(iso_cts_merge([torch.tensor(e) for e in edits], 1.0).numpy(), s_all.mean() * u_all @ vt_all,
                                rtol=1e-7, atol=1e-9)
+
+
+def _ties_rows(rows, density):
+    """TIES (Yadav et al. 2023) over the rows of `rows` (one per task): trim, elect the sign of the sum, disjoint mean."""
+    trimmed = []
+    for row in rows:
+        k = int(density * row.size)
+        cut = np.sort(np.abs(row))[::-1][k - 1]
+        trimmed.append(np.where(np.abs(row) >= cut, row, 0.0))
+    trimmed = np.array(trimmed)
+    sign = np.where(trimmed.sum(axis=0) >= 0, 1.0, -1.0)
+    agree = (np.sign(trimmed) == sign) & (trimmed != 0)
+    return (trimmed * agree).sum(axis=0) / np.maximum(agree.sum(axis=0), 1)
+
+
+def test_knots_ties_is_the_papers_alignment_then_ties():
+    """Stoica et al. 2025: [ΔW_1 … ΔW_T] = U Σ [V_1ᵀ … V_Tᵀ]; merge the V_iᵀ with TIES; ΔW = U Σ V_mergedᵀ."""
+    rng = np.random.default_rng(3)
+    edits = [rng.normal(size=(8, 2)) @ rng.normal(size=(2, 7)) for _ in range(3)]  # rank-2 LoRA-like edits
+    u, s, vt = np.linalg.svd(np.hstack(edits), full_matrices=False)
+    r = int((s > 1e-6 * s[0]).sum())
+    assert r == 6
+    blocks = np.split(vt[:r], 3, axis=1)
+    for density in (1.0, 0.5):
+        merged = _ties_rows(np.array([b.ravel() for b in blocks]), density).reshape(r, 7)
+        got = knots_ties_merge([torch.tensor(e) for e in edits], [density] * 3)
+        np.testing.assert_allclose(got.numpy(), u[:, :r] @ np.diag(s[:r]) @ merged, rtol=1e-7, atol=1e-9)
+    # one edit given three times: the alignment is exact and TIES of equal rows is the row itself
+    same = knots_ties_merge([torch.tensor(edits[0])] * 3, [1.0] * 3)
+    np.testing.assert_allclose(same.numpy(), edits[0], rtol=1e-7, atol=1e-9)
 
 
 # --------------------------------------------------------------------------- the statistics pass
@@ -267,6 +297,12 @@ def test_anchored_ls_on_lora_runs_anchors_the_materialised_edit(tiny_model, runs
     expected = base[name].double() + torch.linalg.solve(left, right).T
     torch.testing.assert_close(merged[name].double(), expected, rtol=1e-3, atol=1e-5)
     assert torch.equal(merged["model.layers.3.mlp.down_proj.weight"], base["model.layers.3.mlp.down_proj.weight"])
+
+    # KnOTS-TIES on the same adapters: aligned through one SVD, merged with TIES (density 1)
+    knots = _read_model(merge_runs(str(tiny_model), adapters, tmp_path / "knots", method="knots_ties", density=1.0, lam=1.0,
+                                   progress=False))
+    expected = base[name].double() + knots_ties_merge([(t[name] - base[name]).double() for t in tuned], [1.0, 1.0])
+    torch.testing.assert_close(knots[name].double(), expected, rtol=1e-3, atol=1e-5)
 
 
 def test_statistics_settings_choose_the_inputs_rows_and_retain_data(tiny_model, runs, tmp_path):

@@ -1,5 +1,5 @@
 """`python -m spunge_merge.merge.mergekit_yaml RECIPE OUT [mergekit-yaml options]`: mergekit's own CLI, with spunge's
-merge methods (`anchored_ls`, `tsv_m`, `iso_cts`) in its registry.
+merge methods (`anchored_ls`, `tsv_m`, `iso_cts`, `knots_ties`) in its registry.
 
 mergekit has no plugin hook: its `mergekit-yaml` knows only the methods registered when it starts. This runs
 exactly `mergekit-yaml` after `register_methods()`; recipes of mergekit's own methods run the same either way.

@@ -12,6 +12,9 @@ call it), so a recipe naming them stays plain mergekit YAML:
   Tensors without statistics (norms, embeddings) get the mean edit, what the solve gives for equal Grams.
 - `tsv_m`: Task Singular Vectors merge (Gargiulo et al., CVPR 2025, arXiv 2412.00081).
 - `iso_cts`: isotropic merging in common and task-specific subspaces (Marczak et al., ICML 2025, arXiv 2502.04959).
+- `knots_ties`: KnOTS (Stoica et al., ICLR 2025, arXiv 2410.19735): LoRA edits aligned in one shared basis by an SVD
+  of the edits side by side, then TIES on their aligned coordinates. Made for low-rank (LoRA) runs; on full-rank
+  edits the alignment is an exact change of basis.
 
 Each method keeps the base where no run changed a tensor (`keeps_unchanged_base`), so the streaming merge
 copies those tensors instead of computing them, as it does for TIES.
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 ANCHORED = "anchored_ls"
 TSV_M = "tsv_m"
 ISO_CTS = "iso_cts"
+KNOTS_TIES = "knots_ties"
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
@@ -104,6 +108,29 @@ def iso_cts_merge(edits: list[torch.Tensor], common_fraction: float) -> torch.Te
             vs.append(vtt[:per_task].T)
     sigma = torch.cat(ss).mean()
     return sigma * _polar(torch.cat(us, dim=1)) @ _polar(torch.cat(vs, dim=1)).T
+
+
+def knots_ties_merge(edits: list[torch.Tensor], densities: list[float], eps: float = 1e-6) -> torch.Tensor:
+    """KnOTS alignment then TIES: [Δ_1 … Δ_T] = U S [V_1ᵀ … V_Tᵀ] (one SVD of the edits side by side, directions
+    with singular value ≤ eps × the largest dropped), so every edit is U S V_iᵀ in one shared basis; TIES merges the
+    V_iᵀ (each one's top `densities[i]` magnitudes, sign of their sum, mean of the agreeing entries); Δ = U S V_mergedᵀ."""
+    import torch
+
+    inputs = edits[0].shape[1]
+    u, s, vt = torch.linalg.svd(torch.cat([e.double() for e in edits], dim=1), full_matrices=False)
+    kept = s > eps * s[0] if len(s) and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
+    u, s, vt = u[:, kept], s[kept], vt[kept]
+    blocks = torch.stack(torch.split(vt, inputs, dim=1))  # T × r × in
+    flat = blocks.reshape(len(edits), -1)
+    rows = []
+    for row, density in zip(flat, densities, strict=True):
+        threshold = row.abs().topk(max(1, int(density * row.numel()))).values[-1]
+        rows.append(torch.where(row.abs() >= threshold, row, torch.zeros_like(row)))
+    trimmed = torch.stack(rows)
+    sign = torch.where(trimmed.sum(dim=0) >= 0, 1.0, -1.0).to(trimmed.dtype)
+    agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+    merged = (trimmed * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
+    return u @ torch.diag(s) @ merged.reshape(blocks.shape[1:])
 
 
 # --------------------------------------------------------------------------- mergekit's side
@@ -217,7 +244,13 @@ def _methods() -> tuple:
         ISO_CTS, "Iso-CTS", "https://arxiv.org/abs/2502.04959",
         ParameterSpec("common_fraction", Fraction, shared, default=0.8, description="Share of the rank for the common subspace."),
     ), lambda group, common_fraction, **p: _svd_kernel(group, lambda edits: iso_cts_merge(edits, common_fraction), **p))
-    return anchored, tsv, iso
+    knots = SpungeMethod(spec(
+        KNOTS_TIES, "KnOTS-TIES", "https://arxiv.org/abs/2410.19735",
+        ParameterSpec("density", Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)], ParameterScope.NON_BASE, default=1.0,
+                      description="Fraction of this run's aligned edit kept by TIES' trimming."),
+    ), lambda group, density, **p: _svd_kernel(
+        group, lambda edits: knots_ties_merge(edits, [density[e.id] for e in group.non_base]), **p))
+    return anchored, tsv, iso, knots
 
 
 def register_methods() -> None:
