@@ -30,12 +30,15 @@ def default_stats_dir() -> Path:
 
 
 def input_grams(model: ResolvedModel, texts: list[str], names: set[str] | None, *, max_length: int,
-                batch_size: int) -> tuple[dict, int]:
-    """({weight name: XᵀX of its layer's inputs}, tokens) over `texts`; `names` None = every linear layer."""
+                batch_size: int, loaded: dict | None = None) -> tuple[dict, int]:
+    """({weight name: XᵀX of its layer's inputs}, tokens) over `texts`; `names` None = every linear layer.
+    `loaded` (model path → (model, tokenizer)) keeps models loaded between calls."""
     import torch
 
-    lm = load_causal_lm(model)
-    tokenizer = load_tokenizer(model)
+    loaded = {} if loaded is None else loaded
+    if model.path not in loaded:
+        loaded[model.path] = (load_causal_lm(model), load_tokenizer(model))
+    lm, tokenizer = loaded[model.path]
     sums: dict[str, torch.Tensor] = {}
     mask: list[torch.Tensor] = []
 
@@ -63,7 +66,7 @@ def input_grams(model: ResolvedModel, texts: list[str], names: set[str] | None, 
 
 
 def statistics_file(model: ResolvedModel, texts: list[str], names: set[str] | None, *, label: str,
-                    settings: StatisticsSettings, model_key: str) -> Path:
+                    settings: StatisticsSettings, model_key: str, loaded: dict | None = None) -> Path:
     """The statistics file of `model` on `texts` (computed once; reused while its inputs are unchanged)."""
     from safetensors.torch import save_file
 
@@ -79,7 +82,8 @@ def statistics_file(model: ResolvedModel, texts: list[str], names: set[str] | No
     if is_complete(out, key):
         return out / GRAM_FILE
     started = time.perf_counter()
-    grams, tokens = input_grams(model, texts, names, max_length=settings.max_length, batch_size=settings.batch_size)
+    grams, tokens = input_grams(model, texts, names, max_length=settings.max_length, batch_size=settings.batch_size,
+                                loaded=loaded)
     if not grams:
         raise SpungeError(f"{label}: none of the changed tensors is a linear layer's weight; nothing to anchor")
     seconds = time.perf_counter() - started
@@ -138,6 +142,7 @@ def statistics_for_runs(runs: list, model_dirs: list[Path], base: ResolvedModel,
             raise SpungeError("anchored_ls with rho > 0 needs retain data: the runs record none; give --retain-data FILE "
                               "(or set rho=0)")
     base_key = model_identity(base.path)
+    loaded: dict = {}  # the base is loaded once for all its files
     forget_files = []
     for run, model_dir in zip(runs, model_dirs, strict=True):
         texts = recorded_texts(run.record, "forget", run.path)
@@ -147,7 +152,8 @@ def statistics_for_runs(runs: list, model_dirs: list[Path], base: ResolvedModel,
             model, key = ResolvedModel(str(model_dir), model_dir), model_identity(model_dir)
         else:
             model, key = base, base_key
-        forget_files.append(statistics_file(model, texts, changed, label=f"{run.name}-forget", settings=settings, model_key=key))
-    retain_file = statistics_file(base, retain_texts, changed, label="retain", settings=settings, model_key=base_key) \
-        if retain_texts else None
+        forget_files.append(statistics_file(model, texts, changed, label=f"{run.name}-forget", settings=settings, model_key=key,
+                                            loaded=loaded if model is base else None))
+    retain_file = statistics_file(base, retain_texts, changed, label="retain", settings=settings, model_key=base_key,
+                                  loaded=loaded) if retain_texts else None
     return forget_files, retain_file
