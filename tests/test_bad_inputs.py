@@ -203,6 +203,10 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
                 entry["parameters"]["density"] = 2.0
         (recipes / f"{name}.yml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
         w[f"recipe_{name}"] = recipes / f"{name}.yml"
+    anchored = {"merge_method": "anchored_ls", "base_model": str(tiny_model), "parameters": {"rho": 0.0},
+                "models": [{"model": str(r), "parameters": {"gram": str(root / "no-stats" / "gram.safetensors")}} for r in rmu]}
+    (recipes / "anchored.yml").write_text(yaml.safe_dump(anchored), encoding="utf-8")
+    w["recipe_anchored"] = recipes / "anchored.yml"
     (recipes / "broken.yml").write_text("merge_method: ties\nmodels: [\n", encoding="utf-8")
     w["recipe_broken"] = recipes / "broken.yml"
 
@@ -476,6 +480,16 @@ CASES = [
     case("merge-recipe-broken-yaml", "merge --recipe {recipe_broken} --out {out}", "{recipe_broken}: not valid YAML"),
     case("merge-recipe-and-lambda", "merge --recipe {recipe_nan} --out {out} --lambda 1", "drop --lambda"),
     case("merge-out-not-empty", "merge {rmu_runs} --base {model} --out {out}", "{out} is not empty", "nonempty"),
+    case("merge-anchored-rho-negative", "merge {rmu_runs} --base {model} --out {out} --method anchored_ls --param rho=-1",
+         "parameters.rho: Input should be greater than or equal to 0"),
+    case("merge-anchored-no-retain", "merge {rmu_runs} --base {model} --out {out} --method anchored_ls",
+         "anchored_ls with rho > 0 needs retain data"),
+    case("merge-anchored-no-forget", "merge {rmu_runs} --base {model} --out {out} --method anchored_ls --param rho=0",
+         "records no forget data"),
+    case("merge-anchored-gram-inputs", "merge {rmu_runs} --base {model} --out {out} --method anchored_ls --gram-inputs other",
+         "--gram-inputs 'other'"),
+    case("merge-recipe-stats-missing", "merge --recipe {recipe_anchored} --out {out}",
+         "{recipe_anchored}: models[0].parameters.gram: "),
     # ------------------------------------------------------------------ eval
     case("ppl-model-pickle-only", "eval perplexity --model {pickle_model} --data {retain} --out {out} --device cpu",
          "{pickle_model} has only pickled weights"),

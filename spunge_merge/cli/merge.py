@@ -15,7 +15,8 @@ from spunge_merge.merge.settings import MERGE_DTYPES, merge_settings
 from spunge_merge.unlearn import registry
 
 _OPTION_NAMES = {"lam": "--lambda", "param": "--param"}
-_RUN_OPTIONS = ("base", "method", "density", "weight", "lam", "normalize", "dtype", "param", "recipe_out", "dry_run")
+_RUN_OPTIONS = ("base", "method", "density", "weight", "lam", "normalize", "dtype", "param", "recipe_out", "dry_run",
+                "retain_data", "gram_inputs", "stats_dir")
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -35,6 +36,15 @@ def _parameters(items: list[str]) -> dict:
         except yaml.YAMLError as exc:
             raise SpungeError(f"--param {item!r}: value is not valid YAML") from exc
     return parameters
+
+
+def _statistics(retain_data: Path | None, inputs: str | None, stats_dir: Path | None) -> dict | None:
+    """The statistics pass's settings (anchored_ls), None when no option of it is given."""
+    given = {"retain_data": str(retain_data) if retain_data else None, "inputs": inputs, "stats_dir": str(stats_dir) if stats_dir else None}
+    given = {key: value for key, value in given.items() if value is not None}
+    if given and inputs is not None and inputs not in ("base", "run"):
+        raise SpungeError(f"--gram-inputs {inputs!r}: expected base or run")
+    return given or None
 
 
 def _size(text: str) -> int:
@@ -65,6 +75,12 @@ def merge_command(
     dtype: str = typer.Option(None, "--dtype", help=f"Merge dtype: {', '.join(MERGE_DTYPES)}. Default: the base weights' dtype."),
     param: list[str] = typer.Option(None, "--param", help="Extra mergekit parameter KEY=VALUE, repeatable "
                                     "(int8_mask=true, rescale=false, epsilon=0.1, gamma=0.01)."),
+    retain_data: Path = typer.Option(None, "--retain-data", help="anchored_ls: retain data file whose inputs anchor the base "
+                                     "(default: the retain data the runs record)."),
+    gram_inputs: str = typer.Option(None, "--gram-inputs", help="anchored_ls: Gram matrices of the base model's inputs "
+                                    "(base, default) or each run's (run)."),
+    stats_dir: Path = typer.Option(None, "--stats-dir", help="anchored_ls: where statistics files are kept. Default: "
+                                   "$SPUNGE_CACHE/merge-stats (reused while model and data are unchanged)."),
     recipe: Path = typer.Option(None, "--recipe", help="Run this mergekit recipe (e.g. one written by --recipe-out and edited) "
                                 "instead of building one from RUN... and the options above."),
     recipe_out: Path = typer.Option(None, "--recipe-out", help="Also write the recipe to this file."),
@@ -107,7 +123,7 @@ def merge_command(
         # the options, validated once into the settings object that the recipe is built from
         settings = merge_settings(method=method, density=list(density) if density else None,
                                   weight=list(weight) if weight else None, lam=lam, normalize=normalize, dtype=dtype,
-                                  parameters=_parameters(param))
+                                  parameters=_parameters(param), statistics=_statistics(retain_data, gram_inputs, stats_dir))
         result = merge_runs(base, runs, out, settings=settings, cuda=cuda, force=force, recipe_out=recipe_out, dry_run=dry_run,
                             seed=seed, shard_size=shard_bytes, views_dir=views_dir, progress=progress,
                             method_descriptions=registry.descriptions())

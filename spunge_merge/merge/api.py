@@ -17,6 +17,7 @@ from typing import Any
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, is_nonempty_dir
 from spunge_merge.merge.inputs import expand_runs, is_model_dir
+from spunge_merge.merge.methods import takes_statistics
 from spunge_merge.merge.recipe import (
     PORTABLE_RECIPE_FILE,
     build_recipe,
@@ -52,6 +53,7 @@ def merge_runs(
     normalize: bool | None = None,
     dtype: str | None = None,
     parameters: dict[str, Any] | None = None,
+    statistics: dict[str, Any] | None = None,
     cuda: bool = False,
     force: bool = False,
     recipe_out: str | Path | None = None,
@@ -70,7 +72,8 @@ def merge_runs(
     parameters (validated here into one; give one form, not both). None means the default: ties,
     density 0.2 and lambda 1.0 (TIES paper), weight 1.0, normalize as the method's default (true for
     ties: the mean over the models agreeing with the elected sign). density and weight take one value
-    for all runs or one per run. `parameters` adds mergekit parameters (e.g. {"int8_mask": True}).
+    for all runs or one per run. `parameters` adds mergekit parameters (e.g. {"int8_mask": True}); `statistics`
+    sets the statistics pass of data-dependent methods (`StatisticsSettings`: retain_data, inputs, rows, ...).
     `dtype` defaults to the base's weights' dtype. `method_descriptions` (method name → paragraph,
     from the caller's method registry) goes into the local model card.
 
@@ -78,7 +81,7 @@ def merge_runs(
     models are then pointed at the views (`_pointed_at`).
     """
     values = {"method": method, "density": density, "weight": weight, "lam": lam, "normalize": normalize, "dtype": dtype,
-              "parameters": parameters}
+              "parameters": parameters, "statistics": statistics}
     if settings is None:
         settings = merge_settings(**{**values, "parameters": dict(parameters or {})})
     elif any(value is not None for value in values.values()):
@@ -92,10 +95,19 @@ def merge_runs(
     out = Path(out)
     # settings and the output directory are checked before any view is built
     data, _ = build_recipe(str(resolved.path), [str(run.path) for run in inputs], settings)
+    model_dirs = None
+    if takes_statistics(settings.method):  # the recipe names statistics files, computed (or found) first
+        placeholders = [{**entry, "parameters": {**(entry.get("parameters") or {}), "gram": ""}} for entry in data["models"]]
+        validate_recipe({**data, "models": placeholders}, "recipe", statistics_files=False)  # settings first
+        if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
+            raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
+        model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
+        data = _with_statistics(data, inputs, model_dirs, resolved, settings)
     config = validate_recipe(data, "recipe")
     if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
         raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
-    model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
+    if model_dirs is None:
+        model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
     data, config = _pointed_at(data, config, model_dirs)
     text = recipe_text(data, _view_comments(inputs))
     if dry_run:
@@ -107,6 +119,23 @@ def merge_runs(
     return _execute(config, text, out, base=resolved, cuda=cuda, force=force, seed=seed, shard_size=shard_size,
                     progress=progress, source="recipe",
                     method_descriptions=method_descriptions)
+
+
+def _with_statistics(data: dict, inputs: list, model_dirs: list[Path], base: ResolvedModel, settings: MergeSettings) -> dict:
+    """The recipe with each run's forget statistics file (`gram`) and the retain one (`retain_gram`) named in it."""
+    from spunge_merge.merge.gram import statistics_for_runs
+    from spunge_merge.merge.settings import StatisticsSettings
+
+    parameters = dict(data.get("parameters") or {})
+    rho = parameters.get("rho", 1.0)
+    need_retain = not isinstance(rho, int | float) or rho > 0
+    forget, retain = statistics_for_runs(inputs, model_dirs, base, settings.statistics or StatisticsSettings(),
+                                         need_retain=need_retain)
+    if retain is not None and "retain_gram" not in parameters:
+        parameters["retain_gram"] = str(retain)
+    models = [{**entry, "parameters": {**(entry.get("parameters") or {}), "gram": str(file)}}
+              for entry, file in zip(data["models"], forget, strict=True)]
+    return {**data, "parameters": parameters, "models": models}
 
 
 def _pointed_at(data: dict, config, model_dirs: list[Path]) -> tuple[dict, Any]:

@@ -31,6 +31,9 @@ def merge_method(name: str, source: str = "--method"):
     """mergekit's merge method object by name; SpungeError listing the known ones otherwise."""
     from mergekit import merge_methods
 
+    from spunge_merge.merge.methods import register_methods
+
+    register_methods()
     try:
         return merge_methods.get(name)
     except RuntimeError as exc:
@@ -111,10 +114,14 @@ def load_recipe(path: str | Path) -> tuple[str, dict]:
     return path.read_text(encoding="utf-8"), data
 
 
-def validate_recipe(data: dict, source: str):
-    """mergekit's `MergeConfiguration` for the recipe, after spunge's checks (see module docstring)."""
+def validate_recipe(data: dict, source: str, *, statistics_files: bool = True):
+    """mergekit's `MergeConfiguration` for the recipe, after spunge's checks (see module docstring); with
+    `statistics_files` False, the statistics files a data-dependent method names are not looked for yet."""
     from mergekit.config import MergeConfiguration
 
+    from spunge_merge.merge.methods import check_statistics, register_methods
+
+    register_methods()
     try:
         config = MergeConfiguration.model_validate(data)
     except ValidationError as exc:
@@ -124,6 +131,8 @@ def validate_recipe(data: dict, source: str):
     method = merge_method(config.merge_method, source)
     _check_parameters(config, method, source)
     _check_negative_weights(config, method, source)
+    if statistics_files:
+        check_statistics(config, source)
     if config.models:
         ids = [entry.model for entry in config.models]
         base = config.base_model

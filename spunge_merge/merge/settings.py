@@ -23,6 +23,23 @@ Weight = Annotated[float, Field(allow_inf_nan=False)]
 MergeDtype = Literal[MERGE_DTYPES]
 
 
+_PIPELINE_ONLY = {"cli_flags": ["pipeline only"]}
+
+
+class StatisticsSettings(FrozenConfig):
+    """The statistics pass of data-dependent merges (`anchored_ls`): which inputs its Gram matrices are taken on."""
+
+    retain_data: str | None = Field(None, description="Retain data file (text column `text`) for the anchor's Gram matrices "
+                                                      "(default: the retain data the runs record).")
+    inputs: Literal["base", "run"] = Field("base", json_schema_extra={"cli_flags": ["--gram-inputs"]},
+                                           description="Whose activations: the base model's (default) or each run's.")
+    rows: int = Field(256, ge=1, json_schema_extra=_PIPELINE_ONLY, description="Rows read from each data set (the first ones).")
+    max_length: int = Field(128, ge=2, json_schema_extra=_PIPELINE_ONLY, description="Tokens per row (longer rows are cut).")
+    batch_size: int = Field(8, ge=1, json_schema_extra=_PIPELINE_ONLY, description="Rows per forward pass.")
+    stats_dir: str | None = Field(None, description="Where statistics files are kept (default $SPUNGE_CACHE/merge-stats); "
+                                                    "reused while model and data are unchanged.")
+
+
 class MergeOptions(FrozenConfig):
     """What every merge takes, whichever way it is started (None = not given: the method's default)."""
 
@@ -35,6 +52,7 @@ class MergeOptions(FrozenConfig):
     dtype: MergeDtype | None = Field(None, description=f"Merge dtype, one of {', '.join(MERGE_DTYPES)} "
                                                        "(default: the base weights' dtype).")
     parameters: dict[str, Any] | None = Field(None, description="Extra mergekit parameters, passed through.")
+    statistics: StatisticsSettings | None = Field(None, description="Statistics pass of data-dependent merges (anchored_ls).")
 
     def at(self, lam: float | None, *, dtype: str | None = None) -> MergeSettings:
         """One merge's settings: these options (already validated, so not validated again) at scale `lam`,
@@ -53,7 +71,8 @@ class MergeSettings(MergeOptions):
 
 
 OPTION_NAMES = {"lam": "--lambda", "method": "--method", "density": "--density", "weight": "--weight",
-                "normalize": "--normalize", "dtype": "--dtype", "parameters": "--param"}
+                "normalize": "--normalize", "dtype": "--dtype", "parameters": "--param",
+                "statistics": "--retain-data"}
 
 
 def merge_settings(**values: Any) -> MergeSettings:

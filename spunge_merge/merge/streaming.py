@@ -56,7 +56,8 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
         planner = _planner_class()(
             config.model_copy(deep=True), arch_info, options=options, out_model_config=out_config, slots=slots,
             changed_by=changed_by, negative_zeros=negative_zeros,
-            copyable=isinstance(get(config.merge_method), GeneralizedTaskArithmeticMerge))
+            copyable=isinstance(get(config.merge_method), GeneralizedTaskArithmeticMerge)
+            or getattr(get(config.merge_method), "keeps_unchanged_base", False))
         # plan_to_disk, not plan_in_memory (which fails pydantic validation in mergekit 0.1.5); planning writes
         # nothing: the SaveTensor tasks only say which tensors the output holds and how each is computed.
         jobs = [_Job(t.tensor_name, t.tensor_task, t.dtype, t.optional)

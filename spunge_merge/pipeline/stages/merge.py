@@ -16,7 +16,8 @@ def stage_merge(ctx: Context) -> dict[str, Any]:
     """One merged model per λ of `merge.lambda`, each from the `merge:` section's settings at that λ."""
     section = ctx.pipeline.merge
     dtype = runtime.merge_dtype(ctx.pipeline)
-    identity = {**section.model_dump(mode="json", by_alias=True, exclude={"lambdas", "cuda"}), "dtype": dtype}
+    unset = {"statistics"} if section.statistics is None else set()  # fingerprints of merges without it stay as they were
+    identity = {**section.model_dump(mode="json", by_alias=True, exclude={"lambdas", "cuda", *unset}), "dtype": dtype}
     works, labels = [], {}
     for lam in section.lambdas:
         label = lam_label("spunge", lam, len(section.lambdas))
