@@ -67,7 +67,8 @@ def _choice_accuracy(lm, tokenizer, rows) -> dict[str, float]:
                 logprobs = torch.log_softmax(lm(input_ids=ids).logits[0].float(), -1)
             scores.append(sum(float(logprobs[len(context) - 1 + j, t]) for j, t in enumerate(continuation)))
         answer = scores[row["options"].index(row["answer"])]
-        hits.setdefault(row["domain"], []).append(all(answer > s for o, s in zip(row["options"], scores) if o != row["answer"]))
+        others = [s for o, s in zip(row["options"], scores, strict=True) if o != row["answer"]]
+        hits.setdefault(row["domain"], []).append(all(answer > s for s in others))
     return {d: sum(v) / len(v) for d, v in hits.items()}
 
 

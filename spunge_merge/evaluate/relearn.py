@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.errors import SpungeError
@@ -174,8 +174,8 @@ def plan_relearn(request: EvaluationRequest) -> Planned:
     texts, available = _attack_texts(cfg)
     try:
         attack = cfg.attack_settings(len(texts))
-    except ValueError as exc:  # pydantic's ValidationError is one
-        raise SpungeError(f"relearn settings: {str(exc).splitlines()[-1].strip()}") from exc
+    except ValidationError as exc:
+        raise SpungeError(f"relearn settings: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from exc
     measure_key = measured.plan(EvaluationRequest(model=request.model, out=request.out, config=settings, progress=False)).fingerprint
     if cfg.base is not None:
         base_identity = {"model": resolve_model(cfg.base).fingerprint}
