@@ -517,6 +517,8 @@ CASES = [
          "--measure perplexity --out {out}", "--measure perplexity: relearn cannot drive it"),
     case("relearn-eval-step-beyond", "eval relearn --model {model} --data {data} --config {relearn_cfg} --base {model} --steps 2 "
          "--eval-at-steps 0,5 --out {out}", "eval_at_steps: step 5 is outside 0..2"),
+    case("relearn-fewshot-without-domains", "eval relearn --model {model} --data {data} --config {relearn_cfg} --base {model} "
+         "--probes fewshot --out {out}", "--probes fewshot: give --fewshot-domains"),
     case("relearn-no-base", "eval relearn --model {model} --data {data} --config {relearn_cfg} --out {out}",
          "relearn needs the base model's accuracy"),
     case("compare-nothing", "eval compare --out {out}", "nothing to compare"),

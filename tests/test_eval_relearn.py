@@ -201,3 +201,35 @@ def test_cli_and_pipeline(world, tmp_path):
         written = json.loads(file.read_text(encoding="utf-8"))
         assert [p["step"] for p in written["curve"]] == [0, 1]
         assert written["measure"]["settings"]["facts"] == str(tmp_path / "facts.jsonl")
+
+
+def test_probes_without_training_score_the_rewritten_prompts(world, tmp_path):
+    from spunge_merge.evaluate.knowledge import answer_in_prompt
+
+    templates = tmp_path / "paraphrases.yaml"
+    templates.write_text(yaml.safe_dump({d: {"pattern": r"^the (?P<d>\w+) thing number (?P<n>\d+) is$",
+                                             "template": "thing {n} of the {d} kind is"} for d in DOMAINS}), encoding="utf-8")
+    result = evaluate_relearn(world["model"], world["facts"], tmp_path / "eval", **_settings(
+        world, steps=1, eval_at_steps=[0, 1], probes=["paraphrase", "fewshot"], paraphrases=str(templates),
+        fewshot_domains=["beta"], fewshot_k=2))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(world["model"])
+    heldout = [r for r in world["rows"] if r["part"] == "heldout"]
+    paraphrased = [{**r, "prompt": f"thing {r['prompt'].split()[4]} of the {r['domain']} kind is"} for r in heldout]
+    shots = []
+    for r in heldout:
+        pool = [f for f in heldout if f["domain"] == "beta" and f["prompt"] != r["prompt"]]
+        context = "".join(f"{s['prompt']} {s['answer']}.\n" for s in random.Random(f"0/fewshot/{r['prompt']}").sample(pool, 2))
+        shots.append({**r, "prompt": context + r["prompt"]})
+    shots = [r for r in shots if not answer_in_prompt(r["prompt"], r["answer"])]
+    for name, rows in (("paraphrase", paraphrased), ("fewshot", shots)):
+        for role, path in (("unlearned", world["model"]), ("base", world["base"])):
+            expected = _choice_accuracy(AutoModelForCausalLM.from_pretrained(path).eval(), tokenizer, rows)
+            got = {d: e[role] for d, e in result["probes"][name]["domains"].items()}
+            assert got == pytest.approx(expected), (name, role)
+        step0 = result["domains"]
+        for d, entry in result["probes"][name]["domains"].items():
+            gap = step0[d]["base"] - step0[d]["unlearned"]
+            assert entry["recovery"] == (None if gap == 0 else pytest.approx((entry["unlearned"] - step0[d]["unlearned"]) / gap))
+    assert "| probe fewshot |" in (tmp_path / "eval" / "relearn.md").read_text(encoding="utf-8")

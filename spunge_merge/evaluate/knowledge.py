@@ -314,8 +314,9 @@ def _settings(cfg: KnowledgeConfig) -> dict[str, Any]:
             "echo_rule": ECHO_RULE}
 
 
-def _probed_facts(cfg: KnowledgeConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """(every loaded fact, the facts to probe (with options for the choice form), the echoes left out)."""
+def _probed_facts(cfg: KnowledgeConfig, rewrite=None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(every loaded fact, the facts to probe (with options for the choice form), the echoes left out).
+    `rewrite(fact, facts)` gives each fact another prompt (relearn's probes), before echoes are left out."""
     if cfg.options_column and cfg.form != "choice":
         raise SpungeError(f"--options-column {cfg.options_column}: fixed options are for --form choice")
     loaded = load_facts(cfg.facts, where=cfg.where, domain_column=cfg.domain_column, prompt_column=cfg.prompt_column,
@@ -325,6 +326,8 @@ def _probed_facts(cfg: KnowledgeConfig) -> tuple[list[dict], list[dict], list[di
         if unknown:
             raise SpungeError(f"{cfg.facts}: no facts of domain '{unknown[0]}'")
         loaded = [r for r in loaded if r["domain"] in set(cfg.domains)]
+    if rewrite is not None:
+        loaded = [{**r, "prompt": rewrite(r, loaded)} for r in loaded]
     rows, echoes = split_echoes(loaded)
     if not rows:
         raise SpungeError(f"{cfg.facts}: every fact's answer is in its prompt ({ECHO_RULE}); nothing left to probe")
@@ -398,10 +401,11 @@ def _probe_loaded(lm, tokenizer, device, rows: list[dict[str, Any]], cfg: Knowle
     return records
 
 
-def score_loaded(cfg: KnowledgeConfig, lm, tokenizer, device) -> dict[str, Any]:
+def score_loaded(cfg: KnowledgeConfig, lm, tokenizer, device, rewrite=None) -> dict[str, Any]:
     """Per-domain accuracy of a model already in memory (what `relearn` reads between attack steps):
-    {"domains": {domain: {n, correct, accuracy, excluded_echoes}}, "overall": {n, correct, accuracy}}."""
-    _, rows, echoes = _probed_facts(cfg)
+    {"domains": {domain: {n, correct, accuracy, excluded_echoes}}, "overall": {n, correct, accuracy}};
+    `rewrite(fact, facts)` -> another prompt for each fact (relearn's probes: paraphrase, few-shot)."""
+    _, rows, echoes = _probed_facts(cfg, rewrite)
     records = _probe_loaded(lm, tokenizer, device, rows, cfg)
     summary, _ = _per_domain(rows, records, echoes)
     correct = sum(entry["correct"] for entry in summary.values())

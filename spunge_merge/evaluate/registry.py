@@ -101,8 +101,9 @@ class Evaluation:
       pipeline file's folder); `outer.inner` names a key inside a mapping setting.
     - `data_settings`: settings a pipeline file may also give as a data source with filters
       (`{path, where, ...}`); the pipeline writes the rows to a file and passes its path.
-    - `score_loaded(config, lm, tokenizer, device)`: the same measurement of a model already in memory,
-      {"domains": {name: {"accuracy": ...}}}; what `relearn` scores between attack steps (None: it cannot).
+    - `score_loaded(config, lm, tokenizer, device, rewrite=None)`: the same measurement of a model already in
+      memory, {"domains": {name: {"accuracy": ...}}}; what `relearn` scores between attack steps (None: it
+      cannot); `rewrite(item, items)` -> another prompt for each item (relearn's probes).
     """
 
     name: str
@@ -116,7 +117,7 @@ class Evaluation:
     supplied: frozenset[str] = frozenset()
     path_settings: tuple[str, ...] = ()
     data_settings: tuple[str, ...] = ()
-    score_loaded: Callable[[Any, Any, Any, Any], dict[str, Any]] | None = None
+    score_loaded: Callable[..., dict[str, Any]] | None = None
 
     def validate_config(self, values: Mapping[str, Any], source: str):
         """The evaluation's settings from a mapping, with errors naming `source` and the key."""

@@ -79,12 +79,21 @@ class RelearnConfig(FrozenConfig):
                              "is acc_base.")
     base_result: PathText | None = Field(None, description="Instead of base: the base model's result of the measure "
                                          "(its evaluation directory or JSON file), made with the same settings.")
+    probes: list[Literal["choice", "paraphrase", "fewshot"]] = Field(
+        default_factory=list, description="Probes without training, read on the model as evaluated (and the base): choice "
+        "(the measure's 4-option form), paraphrase (each prompt reworded by its domain's template), fewshot (fewshot_k "
+        "facts of fewshot_domains before each prompt).")
+    paraphrases: PathText | None = Field(None, description="With probe paraphrase: YAML of per-domain pattern and template "
+                                         "(default: spunge_merge/evaluate/paraphrases.yaml, the knowledge facts' domains).")
+    fewshot_domains: list[str] | None = Field(None, description="With probe fewshot: the kept domains whose measured facts "
+                                              "(prompt and answer) make the context.")
+    fewshot_k: int = Field(3, ge=1, description="With probe fewshot: facts in each prompt's context.")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N.")
     dtype: str = Field("float32", description="float32, bfloat16, float16 (training in float32 is the default).")
 
-    @field_validator("where", mode="before")
+    @field_validator("where", "probes", mode="before")
     @classmethod
-    def _where_list(cls, value: Any) -> Any:
+    def _as_list(cls, value: Any) -> Any:
         return [] if value is None else [value] if isinstance(value, str) else list(value)
 
     def attack_settings(self, texts: int) -> AttackSettings:
@@ -129,8 +138,9 @@ def _measure(cfg: RelearnConfig) -> tuple[Evaluation, FrozenConfig]:
     return measured, measured.validate_config(given, "measure_settings")
 
 
-def _base_domains(cfg: RelearnConfig, measured: Evaluation, settings: FrozenConfig, device) -> tuple[dict[str, Any], dict[str, float]]:
-    """(what the base is, its accuracy per domain)."""
+def _base_domains(cfg: RelearnConfig, measured: Evaluation, settings: FrozenConfig, device,
+                  probes: dict[str, tuple]) -> tuple[dict[str, Any], dict[str, float], dict[str, dict[str, float] | None]]:
+    """(what the base is, its accuracy per domain, per probe (None from a stored result: it holds no probe))."""
     if cfg.base_result is not None:
         path = Path(cfg.base_result)
         file = path / measured.result_file if path.is_dir() else path
@@ -139,10 +149,18 @@ def _base_domains(cfg: RelearnConfig, measured: Evaluation, settings: FrozenConf
         stored = read_json(file)
         if not isinstance(stored, dict) or stored.get("kind") != measured.name or not isinstance(stored.get("domains"), dict):
             raise SpungeError(f"{file}: not a {measured.name} result")
-        return {"result": str(file), "sha256": sha256_file(file)}, {d: e["accuracy"] for d, e in stored["domains"].items()}
+        return ({"result": str(file), "sha256": sha256_file(file)}, {d: e["accuracy"] for d, e in stored["domains"].items()},
+                dict.fromkeys(probes))
     model = resolve_model(cfg.base)
-    scored = _score_model(model, measured, settings, cfg, device)
-    return {"model": model.describe()}, {d: e["accuracy"] for d, e in scored["domains"].items()}
+    lm, tokenizer = _load(model, cfg, device)
+    scored = measured.score_loaded(settings, lm, tokenizer, device)
+    probed = {name: _accuracies(measured.score_loaded(variant, lm, tokenizer, device, rewrite=rewrite))
+              for name, (variant, rewrite, _) in probes.items()}
+    return {"model": model.describe()}, _accuracies(scored), probed
+
+
+def _accuracies(scored: dict[str, Any]) -> dict[str, float]:
+    return {d: e["accuracy"] for d, e in scored["domains"].items()}
 
 
 def _load(model: ResolvedModel, cfg: RelearnConfig, device):
@@ -151,9 +169,51 @@ def _load(model: ResolvedModel, cfg: RelearnConfig, device):
     return load_causal_lm(model, dtype=pick_dtype(cfg.dtype, device), device=device), load_tokenizer(model)
 
 
-def _score_model(model: ResolvedModel, measured: Evaluation, settings: FrozenConfig, cfg: RelearnConfig, device) -> dict[str, Any]:
-    lm, tokenizer = _load(model, cfg, device)
-    return measured.score_loaded(settings, lm, tokenizer, device)
+def _probes(cfg: RelearnConfig, settings: FrozenConfig) -> dict[str, tuple[FrozenConfig, Any, dict[str, Any]]]:
+    """name -> (the measure's settings for the probe, its prompt rewrite or None, what the result records of it)."""
+    import random
+    import re
+
+    from spunge_merge.config import load_yaml
+
+    found: dict[str, tuple[FrozenConfig, Any, dict[str, Any]]] = {}
+    for name in dict.fromkeys(cfg.probes):
+        if name == "choice":
+            if "form" not in type(settings).model_fields:
+                raise SpungeError(f"--probes choice: the measure {cfg.measure} has no `form` setting")
+            found[name] = (settings.model_copy(update={"form": "choice"}), None, {"form": "choice"})
+        elif name == "paraphrase":
+            file = Path(cfg.paraphrases) if cfg.paraphrases else Path(__file__).with_name("paraphrases.yaml")
+            templates = load_yaml(file)
+            if not isinstance(templates, dict) or not all(isinstance(t, dict) and {"pattern", "template"} <= set(t)
+                                                          for t in templates.values()):
+                raise SpungeError(f"{file}: expected per domain a mapping with `pattern` and `template`")
+
+            def paraphrase(fact: dict, facts: list[dict], file=file, templates=templates) -> str:
+                entry = templates.get(fact["domain"])
+                if entry is None:
+                    raise SpungeError(f"{file}: no template for domain '{fact['domain']}'")
+                match = re.match(entry["pattern"], fact["prompt"])
+                if match is None:
+                    raise SpungeError(f"{file}: {fact['domain']}: '{fact['prompt']}' does not match {entry['pattern']!r}")
+                return entry["template"].format(**match.groupdict())
+
+            found[name] = (settings, paraphrase, {"templates": str(file), "sha256": sha256_file(file)})
+        else:
+            if not cfg.fewshot_domains:
+                raise SpungeError("--probes fewshot: give --fewshot-domains (kept domains whose facts make the context)")
+            kept = set(cfg.fewshot_domains)
+
+            def fewshot(fact: dict, facts: list[dict], kept=kept) -> str:
+                pool = [f for f in facts if f["domain"] in kept and f["prompt"] != fact["prompt"]]
+                if len(pool) < cfg.fewshot_k:
+                    raise SpungeError(f"--fewshot-k {cfg.fewshot_k}: the measured facts hold {len(pool)} facts of "
+                                      f"{', '.join(sorted(kept))} for the context")
+                shots = random.Random(f"{cfg.seed}/fewshot/{fact['prompt']}").sample(pool, cfg.fewshot_k)
+                return "".join(f"{s['prompt']} {s['answer']}.\n" for s in shots) + fact["prompt"]
+
+            found[name] = (settings, fewshot, {"domains": sorted(kept), "k": cfg.fewshot_k})
+    return found
 
 
 def recovery(attacked: float, unlearned: float, base: float | None) -> float | None:
@@ -171,6 +231,7 @@ def plan_relearn(request: EvaluationRequest) -> Planned:
     if (cfg.base is None) == (cfg.base_result is None):
         raise SpungeError("relearn needs the base model's accuracy: give one of --base MODEL or --base-result DIR")
     measured, settings = _measure(cfg)
+    probes = _probes(cfg, settings)
     texts, available = _attack_texts(cfg)
     try:
         attack = cfg.attack_settings(len(texts))
@@ -185,13 +246,16 @@ def plan_relearn(request: EvaluationRequest) -> Planned:
         base_identity = {"result": sha256_file(file) if file.is_file() else str(file)}
     texts_sha = sha256_json(texts)
     key = make_fingerprint(kind="relearn", model=request.model.fingerprint, measure=measure_key, attack=attack.model_dump(),
-                           texts=texts_sha, base=base_identity)
+                           texts=texts_sha, base=base_identity,
+                           probes={name: (variant.model_dump(mode="json"), record) for name, (variant, _, record) in probes.items()})
 
     def compute() -> Computed:
         started = time.perf_counter()
         device = pick_device(cfg.device)
-        base_info, base_acc = _base_domains(cfg, measured, settings, device)
+        base_info, base_acc, base_probed = _base_domains(cfg, measured, settings, device, probes)
         lm, tokenizer = _load(request.model, cfg, device)
+        probed = {name: measured.score_loaded(variant, lm, tokenizer, device, rewrite=rewrite)
+                  for name, (variant, rewrite, _) in probes.items()}
         curve: list[dict[str, Any]] = []
 
         def read(step: int, model) -> None:
@@ -208,6 +272,12 @@ def plan_relearn(request: EvaluationRequest) -> Planned:
         last = curve[-1]["domains"]
         domains = {d: {"base": base_acc.get(d), "unlearned": unlearned[d], "attacked": last[d]["accuracy"],
                        "recovery": last[d]["recovery"]} for d in unlearned}
+        probe_results = {
+            name: {**probes[name][2], "domains": {
+                d: {"n": e["n"], "unlearned": e["accuracy"], "base": (base_probed[name] or {}).get(d),
+                    "recovery": recovery(e["accuracy"], unlearned[d], base_acc.get(d)) if d in unlearned else None}
+                for d, e in scored["domains"].items()}}
+            for name, scored in probed.items()}
         result = {
             "kind": "relearn",
             "fingerprint": key,
@@ -221,6 +291,7 @@ def plan_relearn(request: EvaluationRequest) -> Planned:
             "domains": domains,
             "curve": curve,
             "losses": losses,
+            "probes": probe_results,
             "seconds": round(time.perf_counter() - started, 2),
         }
         table = curve_table(result)
@@ -243,6 +314,12 @@ def curve_table(result: dict[str, Any]) -> str:
         cells = [f"{_pct(point['domains'][d]['accuracy'])} ({_pct(point['domains'][d]['recovery'])})" for d in domains]
         loss = "" if point["loss"] is None else f"{point['loss']:.3f}"
         lines.append(f"| {point['step']} | {loss} | " + " | ".join(cells) + " |")
+    for name, probe in result.get("probes", {}).items():
+        cells = []
+        for d in domains:
+            entry = probe["domains"].get(d)
+            cells.append("–" if entry is None else f"{_pct(entry['unlearned'])} ({_pct(entry['recovery'])}; base {_pct(entry['base'])})")
+        lines.append(f"| probe {name} | | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 
