@@ -127,7 +127,7 @@ def test_the_registry_list_is_what_schema_compare_and_card_accept(embnorm, tiny_
     from spunge_merge.pipeline.schema import load_pipeline
 
     names = registry.names()
-    assert set(names) == {"knowledge", "perplexity", "toxicity", "fluency", "harness", "embnorm"}
+    assert set(names) == {"knowledge", "perplexity", "toxicity", "fluency", "harness", "relearn", "embnorm"}
     assert names.index("toxicity") < names.index("fluency")  # fluency reads toxicity's generations
     assert list(evals.ORDER) == names and dict(RESULT_FILES) == {e.name: e.result_file for e in registry.all_evaluations()}
     for evaluation in registry.all_evaluations():
