@@ -519,6 +519,9 @@ CASES = [
          "--eval-at-steps 0,5 --out {out}", "eval_at_steps: step 5 is outside 0..2"),
     case("relearn-fewshot-without-domains", "eval relearn --model {model} --data {data} --config {relearn_cfg} --base {model} "
          "--probes fewshot --out {out}", "--probes fewshot: give --fewshot-domains"),
+    case("relearn-measure-settings-not-a-mapping", ["eval", "relearn", "--model", "{model}", "--data", "{data}", "--base", "{model}",
+                                                   "--measure-settings", "[1, 2]", "--out", "{out}"],
+         "--measure-settings [1, 2]: expected a YAML mapping"),
     case("relearn-no-base", "eval relearn --model {model} --data {data} --config {relearn_cfg} --out {out}",
          "relearn needs the base model's accuracy"),
     case("compare-nothing", "eval compare --out {out}", "nothing to compare"),

@@ -168,15 +168,18 @@ def test_full_fine_tuning_with_a_base_result_and_the_preset_schedule(world, tmp_
 
 def test_cli_and_pipeline(world, tmp_path):
     config = tmp_path / "relearn.yaml"
-    settings = _settings(world, steps=2, eval_at_steps=[0, 2])
-    config.write_text(yaml.safe_dump({"measure_settings": settings.pop("measure_settings")}), encoding="utf-8")
+    config.write_text(yaml.safe_dump({"rank": 4, "alpha": 8.0}), encoding="utf-8")
+    measure = f"{{facts: {world['facts']}, where: [part == heldout], form: choice, options_column: options}}"
     argv = ["eval", "relearn", "--model", str(world["model"]), "--data", str(world["facts"]), "--config", str(config),
-            "--where", "part == train", "--k", "3", "--steps", "2", "--eval-at-steps", "0,1,2", "--base", str(world["base"]),
-            "--device", "cpu", "--out", str(tmp_path / "cli")]
+            "--where", "part == train", "--where", "domain in alpha,beta", "--k", "3", "--steps", "2", "--eval-at-steps", "0,1,2",
+            "--measure-settings", measure, "--base", str(world["base"]), "--device", "cpu", "--out", str(tmp_path / "cli")]
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "cli" / "relearn.json").read_text(encoding="utf-8"))
     assert [p["step"] for p in written["curve"]] == [0, 1, 2] and written["attack"]["data"]["k"] == 3
+    assert written["attack"]["data"]["where"] == ["part == train", "domain in alpha,beta"]
+    assert written["attack"]["settings"]["rank"] == 4 and written["measure"]["settings"]["form"] == "choice"
+    assert set(written["attack"]["data"]["texts"]) <= {r["text"] for r in world["rows"] if r["part"] == "train"}
 
     from conftest import TINY_CORPUS
 

@@ -47,7 +47,7 @@ class RelearnConfig(FrozenConfig):
                            "retain text.", json_schema_extra={"cli_flags": ["--data", "-d"]})
     where: list[str] = Field(default_factory=list, description="Keep only attack rows matching these conditions, e.g. "
                              "\"part == train\" and \"domain == capitals\" (the `spunge split` --where syntax), all must hold.",
-                             json_schema_extra={"cli_flags": ["--where", "-w"]})
+                             json_schema_extra={"cli_flags": ["--where", "-w"], "cli_repeat": True})
     text_column: str = Field("text", description="Column holding each attack text (a facts file's `text`: prompt and answer).")
     k: int | None = Field(None, ge=1, description="Train on k of the filtered rows, drawn by the seed (default: all).")
     preset: Literal[tuple(PRESETS)] = Field(DEFAULT_PRESET, description="Published protocol giving every attack setting "
