@@ -376,27 +376,31 @@ def plan_knowledge(request: EvaluationRequest) -> Planned:
 
 def _probe(resolved: ResolvedModel, rows: list[dict[str, Any]], cfg: KnowledgeConfig) -> list[dict[str, Any]]:
     """Each fact with the model's answer (completion, or option log-likelihoods and the chosen one) and its verdict."""
-    from spunge_merge.runtime import pick_device, pick_dtype
-
-    torch_device = pick_device(cfg.device)
-    lm = load_causal_lm(resolved, dtype=pick_dtype(cfg.dtype, torch_device), device=torch_device)
-    return _probe_loaded(lm, load_tokenizer(resolved), torch_device, rows, cfg)
+    return _verdicts(rows, cfg,
+                     lambda prompts: complete(resolved, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                              device=cfg.device, dtype=cfg.dtype),
+                     lambda facts: option_logliks(resolved, facts, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype))
 
 
 def _probe_loaded(lm, tokenizer, device, rows: list[dict[str, Any]], cfg: KnowledgeConfig) -> list[dict[str, Any]]:
     """`_probe` with a model already in memory."""
+    return _verdicts(rows, cfg,
+                     lambda prompts: complete_loaded(lm, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                                     batch_size=cfg.batch_size, device=device),
+                     lambda facts: option_logliks_loaded(lm, tokenizer, facts, batch_size=cfg.batch_size, device=device))
+
+
+def _verdicts(rows: list[dict[str, Any]], cfg: KnowledgeConfig, completions, logliks) -> list[dict[str, Any]]:
+    """Each fact with its verdict, from `completions(prompts)` (form completion) or `logliks(facts)` (form choice)."""
     records = []
     if cfg.form == "choice":
-        scores = option_logliks_loaded(lm, tokenizer, rows, batch_size=cfg.batch_size, device=device)
-        for row, logliks in zip(rows, scores, strict=True):
-            answer_score = logliks[row["options"].index(row["answer"])]
-            correct = all(answer_score > other for option, other in zip(row["options"], logliks, strict=True)
+        for row, scores in zip(rows, logliks(rows), strict=True):
+            answer_score = scores[row["options"].index(row["answer"])]
+            correct = all(answer_score > other for option, other in zip(row["options"], scores, strict=True)
                           if option != row["answer"])
-            records.append({**row, "logliks": logliks, "chosen": row["options"][logliks.index(max(logliks))], "correct": correct})
+            records.append({**row, "logliks": scores, "chosen": row["options"][scores.index(max(scores))], "correct": correct})
         return records
-    completions = complete_loaded(lm, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
-                                  batch_size=cfg.batch_size, device=device)
-    for row, completion in zip(rows, completions, strict=True):
+    for row, completion in zip(rows, completions([r["prompt"] for r in rows]), strict=True):
         records.append({**row, "completion": completion, "correct": answer_matches(completion, row["answer"], row["prompt"])})
     return records
 
