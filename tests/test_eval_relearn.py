@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from spunge_merge.cli import app
+from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate.relearn import evaluate_relearn
 
 runner = CliRunner()
@@ -164,6 +165,12 @@ def test_full_fine_tuning_with_a_base_result_and_the_preset_schedule(world, tmp_
     base = json.loads((tmp_path / "base" / "knowledge.json").read_text(encoding="utf-8"))
     assert result["base"]["domains"] == {d: e["accuracy"] for d, e in base["domains"].items()}
     assert set(result["domains"]) == set(DOMAINS)  # cross-subset: every measured domain has its row
+
+    evaluate_knowledge(world["base"], measure["facts"], tmp_path / "base-completion", where=measure["where"], device="cpu")
+    with pytest.raises(SpungeError, match="measured with form completion, the measure here uses form choice"):
+        evaluate_relearn(world["model"], world["facts"], tmp_path / "mismatch", where=["part == train"], k=5, steps=1,
+                         base_result=str(tmp_path / "base-completion"), measure_settings=measure, device="cpu")
+    assert not (tmp_path / "mismatch" / "relearn.json").exists()
 
 
 def test_cli_and_pipeline(world, tmp_path):

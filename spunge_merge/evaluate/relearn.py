@@ -149,6 +149,9 @@ def _base_domains(cfg: RelearnConfig, measured: Evaluation, settings: FrozenConf
         stored = read_json(file)
         if not isinstance(stored, dict) or stored.get("kind") != measured.name or not isinstance(stored.get("domains"), dict):
             raise SpungeError(f"{file}: not a {measured.name} result")
+        form, stored_form = getattr(settings, "form", None), (stored.get("settings") or {}).get("form")
+        if form is not None and stored_form is not None and form != stored_form:
+            raise SpungeError(f"--base-result {file}: measured with form {stored_form}, the measure here uses form {form}")
         return ({"result": str(file), "sha256": sha256_file(file)}, {d: e["accuracy"] for d, e in stored["domains"].items()},
                 dict.fromkeys(probes))
     model = resolve_model(cfg.base)
@@ -225,9 +228,10 @@ def recovery(attacked: float, unlearned: float, base: float | None) -> float | N
 
 def plan_relearn(request: EvaluationRequest) -> Planned:
     """Check every setting and input, fingerprint them; the attack runs only when asked."""
-    from spunge_merge.runtime import pick_device
+    from spunge_merge.runtime import pick_device, pick_dtype
 
     cfg: RelearnConfig = request.config
+    pick_dtype(cfg.dtype, pick_device(cfg.device))  # an unknown device or dtype fails here, not after the base is scored
     if (cfg.base is None) == (cfg.base_result is None):
         raise SpungeError("relearn needs the base model's accuracy: give one of --base MODEL or --base-result DIR")
     measured, settings = _measure(cfg)
