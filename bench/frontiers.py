@@ -21,6 +21,7 @@ method, forget pair) the driver:
     OMP_NUM_THREADS=1 python bench/frontiers.py --quick    # smollm2-135m, rmu, one pair, 3 seeds, 2 merges, 3 λ
     OMP_NUM_THREADS=1 python bench/frontiers.py            # the cells that fit the plan's CPU budget
     OMP_NUM_THREADS=1 python bench/frontiers.py --only model=gemma3-270m,method=tvn
+    OMP_NUM_THREADS=1 python bench/frontiers.py --readout-only --relearn lucki2024 --only model=smollm2-135m,method=rmu
 """
 
 from __future__ import annotations
@@ -510,6 +511,11 @@ def main() -> None:
                         "for several values)")
     parser.add_argument("--no-cut", action="store_true", help="run every selected cell, even beyond the budget")
     parser.add_argument("--readout-only", action="store_true", help="train and build nothing: read out what is finished")
+    parser.add_argument("--relearn", default=None, metavar="PRESET", help="also attack each arm's matched-utility point with "
+                        "`spunge eval relearn` (bench/frontiers_relearn.py: in-subset k 5/10/20, WikiText k 10) using this "
+                        "preset (lucki2024, che2025, deeb2024); writes RESULTS/relearn.json")
+    parser.add_argument("--relearn-attacks", default=None, help="with --relearn: only these attacks, comma-separated "
+                        "(in-subset-k5, in-subset-k10, in-subset-k20, wikitext-k10)")
     args = parser.parse_args()
 
     from spunge_merge.errors import SpungeError
@@ -535,6 +541,14 @@ def main() -> None:
                 continue
             print(f"== {cell.key} ({cell.facts.name}{', fallback' if cell.fallback else ''})", flush=True)
             run_cell(plan, cell, settings.for_method(cell.method, cell.model))
+        if args.relearn:
+            from frontiers_relearn import relearn_cells, summarize
+
+            from spunge_merge.fsutil import write_json
+
+            wanted = set(args.relearn_attacks.split(",")) if args.relearn_attacks else None
+            relearn_cells(plan, todo, settings, cell_dir, preset=args.relearn, only_attacks=wanted)
+            write_json(out / "relearn.json", summarize(plan, todo, settings, cell_dir, preset=args.relearn))
         from frontiers_readout import collect, render, write_outputs
 
         # every finished cell of the plan (or of its quick subset), not only this invocation's slice: a run with

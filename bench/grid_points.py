@@ -66,6 +66,18 @@ def evaluate_model(model_dir: Path, out: Path, eval_section: dict, files_dir: Pa
         evaluate_perplexity(model, texts, out, device="cpu", progress=False, **ppl)
 
 
+def build_model(arm: str, lam: float, seed_dir: Path, model_dir: Path, *, base, method, merge_settings: dict[str, dict],
+                views_dir: Path, scratch: Path) -> None:
+    """One grid model: the baseline at λ through its method's record, or a merge of the seed's split runs at λ."""
+    from spunge_merge.merge import merge_runs
+
+    if arm == "baseline":
+        method.to_model(base, seed_dir / "baseline" / "run", lam, model_dir, scratch)
+    else:
+        merge_runs(base, [seed_dir / "unlearn"], model_dir, lam=lam, views_dir=views_dir, progress=False, force=True,
+                   **merge_settings[arm.removeprefix("spunge-")])
+
+
 def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section: dict, files_dir: Path,
                       lambdas: list[float], baseline_lambdas: list[float], merges: list[str],
                       merge_settings: dict[str, dict] | None = None, base_eval: Path | None = None,
@@ -82,7 +94,6 @@ def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section:
     had to be built or evaluated (for timing records).
     """
     from spunge_merge.evaluate.knowledge import KNOWLEDGE_FILE
-    from spunge_merge.merge import merge_runs
 
     settings = merge_settings or MERGES
     import shutil
@@ -97,11 +108,8 @@ def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section:
             continue
         started = time.perf_counter()
         if not (model_dir / "config.json").is_file():
-            if arm == "baseline":
-                method.to_model(base, seed_dir / "baseline" / "run", lam, model_dir, work / "scratch")
-            else:
-                merge_runs(base, [seed_dir / "unlearn"], model_dir, lam=lam, views_dir=views_dir or work / ".views", progress=False,
-                           force=True, **settings[arm.removeprefix("spunge-")])
+            build_model(arm, lam, seed_dir, model_dir, base=base, method=method, merge_settings=settings,
+                        views_dir=views_dir or work / ".views", scratch=work / "scratch")
         evaluate_model(model_dir, eval_dir, eval_section, files_dir)
         if not keep_models:
             shutil.rmtree(model_dir)

@@ -159,6 +159,8 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
     w["listyaml"] = configs / "list.yaml"
     (configs / "nan.yaml").write_text("lam: .nan\n", encoding="utf-8")
     w["nanyaml"] = configs / "nan.yaml"
+    (configs / "relearn.yaml").write_text(yaml.safe_dump({"measure_settings": {"facts": str(w["data"])}}), encoding="utf-8")
+    w["relearn_cfg"] = configs / "relearn.yaml"
 
     w.update(_broken_models(tiny_model, root / "models"))
 
@@ -521,6 +523,21 @@ CASES = [
          "{pickle_model} has only pickled weights"),
     case("harness-model-truncated", "eval harness --model {truncated_model} --tasks arc_easy --out {out}",
          "{truncated_model}/model.safetensors: corrupt or truncated"),
+    case("relearn-steps-zero", "eval relearn --model {model} --data {data} --config {relearn_cfg} --base {model} --steps 0 --out {out}",
+         "--steps must be >= 1 (got 0)"),
+    case("relearn-k-beyond-data", "eval relearn --model {model} --data {data} --config {relearn_cfg} --base {model} --k 50 --out {out}",
+         "--k 50: {data} has 12 texts"),
+    case("relearn-measure-not-drivable", "eval relearn --model {model} --data {data} --config {relearn_cfg} --base {model} "
+         "--measure perplexity --out {out}", "--measure perplexity: relearn cannot drive it"),
+    case("relearn-eval-step-beyond", "eval relearn --model {model} --data {data} --config {relearn_cfg} --base {model} --steps 2 "
+         "--eval-at-steps 0,5 --out {out}", "eval_at_steps: step 5 is outside 0..2"),
+    case("relearn-fewshot-without-domains", "eval relearn --model {model} --data {data} --config {relearn_cfg} --base {model} "
+         "--probes fewshot --out {out}", "--probes fewshot: give --fewshot-domains"),
+    case("relearn-measure-settings-not-a-mapping", ["eval", "relearn", "--model", "{model}", "--data", "{data}", "--base", "{model}",
+                                                   "--measure-settings", "[1, 2]", "--out", "{out}"],
+         "--measure-settings [1, 2]: expected a YAML mapping"),
+    case("relearn-no-base", "eval relearn --model {model} --data {data} --config {relearn_cfg} --out {out}",
+         "relearn needs the base model's accuracy"),
     case("compare-nothing", "eval compare --out {out}", "nothing to compare"),
     case("compare-broken-result", "eval compare a={brokenresult} b={brokenresult} --out {out}", "{brokenresult}/toxicity.json"),
     case("compare-missing-result", "eval compare a={nofile} --out {out}", "{nofile}"),

@@ -128,7 +128,7 @@ def test_the_registry_list_is_what_schema_compare_and_card_accept(embnorm, tiny_
 
     names = registry.names()
     assert set(names) == {"knowledge", "perplexity", "toxicity", "fluency", "harness", "embnorm",
-                          "mia", "privleak", "extraction", "truth_ratio"}
+                          "mia", "privleak", "extraction", "truth_ratio", "relearn"}
     assert names.index("toxicity") < names.index("fluency")  # fluency reads toxicity's generations
     assert list(evals.ORDER) == names and dict(RESULT_FILES) == {e.name: e.result_file for e in registry.all_evaluations()}
     for evaluation in registry.all_evaluations():

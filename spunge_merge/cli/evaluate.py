@@ -11,6 +11,7 @@ from its record, like `spunge unlearn NAME`: its settings as options (`--config 
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,21 @@ def build_command(evaluation: registry.Evaluation):
                                                  "snake_case; options given on the command line win."))
     for field_name, field in evaluation.config_class.model_fields.items():
         option_type, kind, choices = _field_kind(field.annotation)
+        extra = field.json_schema_extra or {}
+        if kind == "skip" and typing.get_origin(field.annotation) is dict:
+            option_type, kind = str, "mapping"  # given as a YAML mapping: --measure-settings '{facts: f.jsonl}'
+        elif kind == "list" and extra.get("cli_repeat"):
+            option_type, kind = list[str], "repeat"  # values may hold commas (`domain in a,b`): repeat the option
         if kind == "skip" or field_name in _COMMON:
             continue
-        flags = list((field.json_schema_extra or {}).get("cli_flags") or ["--" + field_name.replace("_", "-")])
+        flags = list(extra.get("cli_flags") or ["--" + field_name.replace("_", "-")])
         help_text = (field.description or "") + (f" One of: {', '.join(choices)}." if choices else "")
         help_text += " Comma-separated for several." if kind in ("list", "list-or-scalar") else ""
+        help_text += " Repeat for several." if kind == "repeat" else ""
+        help_text += " A YAML mapping, e.g. '{key: value}'." if kind == "mapping" else ""
         required = field.default is PydanticUndefined and field.default_factory is None
         default = ... if required else _shown_default(field.default if field.default_factory is None else field.default_factory())
+        default = None if kind in ("mapping", "repeat") and default is not ... else default
         declared = [f"{flags[0]}/--no-{flags[0][2:]}", *flags[1:]] if kind == "bool" else flags
         settings[_PREFIX + field_name] = (field_name, kind, flags[0], field.metadata)
         add(_PREFIX + field_name, option_type if default is not None else option_type | None,
@@ -110,6 +119,8 @@ def build_command(evaluation: registry.Evaluation):
                 continue
             value = kwargs[python_name]
             _check_bounds(flag, value, bounds)
+            if kind == "mapping" and value is not None:
+                value = _mapping(flag, value)
             given[field_name] = _split(value, kind == "list") if kind in ("list", "list-or-scalar") and value is not None else value
         config = build_config(evaluation.config_class, config_file=kwargs["config_file"], overrides=given)
         result = registry.run_evaluation(evaluation, kwargs["model"], kwargs["out"], config, force=kwargs["force"])
@@ -122,6 +133,19 @@ def build_command(evaluation: registry.Evaluation):
     app = typer.Typer(add_completion=False)
     app.command(evaluation.name, short_help=evaluation.summary)(command)
     return typer.main.get_command(app)
+
+
+def _mapping(flag: str, text: str) -> dict:
+    """A mapping option's YAML text, refused by its option when it is not a mapping."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpungeError(f"{flag} {text}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(value, dict):
+        raise SpungeError(f"{flag} {text}: expected a YAML mapping, e.g. '{{key: value}}'")
+    return value
 
 
 def toxicity_command(

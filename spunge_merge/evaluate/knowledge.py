@@ -139,27 +139,36 @@ def checked_options(value: Any, row: dict[str, str], where: str) -> list[str]:
 def complete(model_dir: ResolvedModel, prompts: list[str], *, max_new_tokens: int, batch_size: int, device: str = "auto",
              dtype: str = "auto", progress=None) -> list[str]:
     """Greedy completions of `prompts` (left-padded batches; deterministic)."""
-    import torch
-    from transformers import GenerationConfig
-
     from spunge_merge.runtime import pick_device, pick_dtype
 
     torch_device = pick_device(device)
-    tokenizer = load_tokenizer(model_dir)
-    tokenizer.padding_side = "left"
     lm = load_causal_lm(model_dir, dtype=pick_dtype(dtype, torch_device), device=torch_device)
+    return complete_loaded(lm, load_tokenizer(model_dir), prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           device=torch_device, progress=progress)
+
+
+def complete_loaded(lm, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int, device, progress=None) -> list[str]:
+    """`complete` with a model already in memory (`relearn` scores the same model between attack steps)."""
+    import torch
+    from transformers import GenerationConfig
+
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
     generation = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                   eos_token_id=tokenizer.eos_token_id)
     completions: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        encoded = tokenizer(batch, return_tensors="pt", padding=True).to(torch_device)
-        with torch.no_grad():
-            generated = lm.generate(**encoded, generation_config=generation)
-        new_tokens = generated[:, encoded["input_ids"].shape[1]:]
-        completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-        if progress is not None:
-            progress(len(batch))
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            encoded = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            with torch.no_grad():
+                generated = lm.generate(**encoded, generation_config=generation)
+            new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+            completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        tokenizer.padding_side = padding_side
     return completions
 
 
@@ -190,13 +199,18 @@ def option_logliks(model_dir: ResolvedModel, rows: list[dict[str, Any]], *, batc
                    dtype: str = "auto") -> list[list[float]]:
     """Summed log-likelihood of " option" after each prompt, per option (context and continuation tokenized
     apart and joined, as the LM Evaluation Harness does)."""
-    import torch
-
     from spunge_merge.runtime import pick_device, pick_dtype
 
     torch_device = pick_device(device)
-    tokenizer = load_tokenizer(model_dir)
     lm = load_causal_lm(model_dir, dtype=pick_dtype(dtype, torch_device), device=torch_device)
+    return option_logliks_loaded(lm, load_tokenizer(model_dir), rows, batch_size=batch_size, device=torch_device)
+
+
+def option_logliks_loaded(lm, tokenizer, rows: list[dict[str, Any]], *, batch_size: int, device) -> list[list[float]]:
+    """`option_logliks` with a model already in memory."""
+    import torch
+
+    torch_device = device
     pairs = []
     for row in rows:
         context = tokenizer(row["prompt"].rstrip())["input_ids"]
@@ -300,8 +314,9 @@ def _settings(cfg: KnowledgeConfig) -> dict[str, Any]:
             "echo_rule": ECHO_RULE}
 
 
-def _probed_facts(cfg: KnowledgeConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """(every loaded fact, the facts to probe (with options for the choice form), the echoes left out)."""
+def _probed_facts(cfg: KnowledgeConfig, rewrite=None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(every loaded fact, the facts to probe (with options for the choice form), the echoes left out).
+    `rewrite(fact, facts)` gives each fact another prompt (relearn's probes), before echoes are left out."""
     if cfg.options_column and cfg.form != "choice":
         raise SpungeError(f"--options-column {cfg.options_column}: fixed options are for --form choice")
     loaded = load_facts(cfg.facts, where=cfg.where, domain_column=cfg.domain_column, prompt_column=cfg.prompt_column,
@@ -311,6 +326,8 @@ def _probed_facts(cfg: KnowledgeConfig) -> tuple[list[dict], list[dict], list[di
         if unknown:
             raise SpungeError(f"{cfg.facts}: no facts of domain '{unknown[0]}'")
         loaded = [r for r in loaded if r["domain"] in set(cfg.domains)]
+    if rewrite is not None:
+        loaded = [{**r, "prompt": rewrite(r, loaded)} for r in loaded]
     rows, echoes = split_echoes(loaded)
     if not rows:
         raise SpungeError(f"{cfg.facts}: every fact's answer is in its prompt ({ECHO_RULE}); nothing left to probe")
@@ -359,20 +376,44 @@ def plan_knowledge(request: EvaluationRequest) -> Planned:
 
 def _probe(resolved: ResolvedModel, rows: list[dict[str, Any]], cfg: KnowledgeConfig) -> list[dict[str, Any]]:
     """Each fact with the model's answer (completion, or option log-likelihoods and the chosen one) and its verdict."""
+    return _verdicts(rows, cfg,
+                     lambda prompts: complete(resolved, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                              device=cfg.device, dtype=cfg.dtype),
+                     lambda facts: option_logliks(resolved, facts, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype))
+
+
+def _probe_loaded(lm, tokenizer, device, rows: list[dict[str, Any]], cfg: KnowledgeConfig) -> list[dict[str, Any]]:
+    """`_probe` with a model already in memory."""
+    return _verdicts(rows, cfg,
+                     lambda prompts: complete_loaded(lm, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                                     batch_size=cfg.batch_size, device=device),
+                     lambda facts: option_logliks_loaded(lm, tokenizer, facts, batch_size=cfg.batch_size, device=device))
+
+
+def _verdicts(rows: list[dict[str, Any]], cfg: KnowledgeConfig, completions, logliks) -> list[dict[str, Any]]:
+    """Each fact with its verdict, from `completions(prompts)` (form completion) or `logliks(facts)` (form choice)."""
     records = []
     if cfg.form == "choice":
-        scores = option_logliks(resolved, rows, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
-        for row, logliks in zip(rows, scores, strict=True):
-            answer_score = logliks[row["options"].index(row["answer"])]
-            correct = all(answer_score > other for option, other in zip(row["options"], logliks, strict=True)
+        for row, scores in zip(rows, logliks(rows), strict=True):
+            answer_score = scores[row["options"].index(row["answer"])]
+            correct = all(answer_score > other for option, other in zip(row["options"], scores, strict=True)
                           if option != row["answer"])
-            records.append({**row, "logliks": logliks, "chosen": row["options"][logliks.index(max(logliks))], "correct": correct})
+            records.append({**row, "logliks": scores, "chosen": row["options"][scores.index(max(scores))], "correct": correct})
         return records
-    completions = complete(resolved, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                           device=cfg.device, dtype=cfg.dtype)
-    for row, completion in zip(rows, completions, strict=True):
+    for row, completion in zip(rows, completions([r["prompt"] for r in rows]), strict=True):
         records.append({**row, "completion": completion, "correct": answer_matches(completion, row["answer"], row["prompt"])})
     return records
+
+
+def score_loaded(cfg: KnowledgeConfig, lm, tokenizer, device, rewrite=None) -> dict[str, Any]:
+    """Per-domain accuracy of a model already in memory (what `relearn` reads between attack steps):
+    {"domains": {domain: {n, correct, accuracy, excluded_echoes}}, "overall": {n, correct, accuracy}};
+    `rewrite(fact, facts)` -> another prompt for each fact (relearn's probes: paraphrase, few-shot)."""
+    _, rows, echoes = _probed_facts(cfg, rewrite)
+    records = _probe_loaded(lm, tokenizer, device, rows, cfg)
+    summary, _ = _per_domain(rows, records, echoes)
+    correct = sum(entry["correct"] for entry in summary.values())
+    return {"domains": summary, "overall": {"n": len(rows), "correct": correct, "accuracy": correct / len(rows)}}
 
 
 def _per_domain(rows: list[dict], records: list[dict], echoes: list[dict]) -> tuple[dict[str, dict], dict[str, int]]:
@@ -421,4 +462,5 @@ KNOWLEDGE = register(Evaluation(
     result_file=KNOWLEDGE_FILE,
     headline=lambda result: {domain: entry["accuracy"] for domain, entry in result["domains"].items()},
     path_settings=("facts",),
+    score_loaded=score_loaded,
 ))

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from spunge_merge.models import ResolvedModel
 
 # Built-in evaluations: `spunge_merge/evaluate/<name>.py`, imported on first use.
-BUILTIN_EVALUATIONS = ("knowledge", "perplexity", "toxicity", "fluency", "harness", "mia", "privleak", "extraction", "truth_ratio")
+BUILTIN_EVALUATIONS = ("knowledge", "perplexity", "toxicity", "fluency", "harness", "mia", "privleak", "extraction",
+                       "truth_ratio", "relearn")
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,12 @@ class Evaluation:
       they run first and a pipeline that chooses it must choose them.
     - `supplied`: settings the pipeline fills itself (a pipeline file may not give them).
     - `path_settings`: settings that name local files or directories (made absolute against the
-      pipeline file's folder).
+      pipeline file's folder); `outer.inner` names a key inside a mapping setting.
     - `data_settings`: settings a pipeline file may also give as a data source with filters
       (`{path, where, ...}`); the pipeline writes the rows to a file and passes its path.
+    - `score_loaded(config, lm, tokenizer, device, rewrite=None)`: the same measurement of a model already in
+      memory, {"domains": {name: {"accuracy": ...}}}; what `relearn` scores between attack steps (None: it
+      cannot); `rewrite(item, items)` -> another prompt for each item (relearn's probes).
     """
 
     name: str
@@ -114,6 +118,7 @@ class Evaluation:
     supplied: frozenset[str] = frozenset()
     path_settings: tuple[str, ...] = ()
     data_settings: tuple[str, ...] = ()
+    score_loaded: Callable[..., dict[str, Any]] | None = None
 
     def validate_config(self, values: Mapping[str, Any], source: str):
         """The evaluation's settings from a mapping, with errors naming `source` and the key."""

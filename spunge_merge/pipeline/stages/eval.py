@@ -44,6 +44,9 @@ def _eval_settings(ctx: Context) -> dict[str, dict[str, Any]]:
         for key in evals.PATH_ARGUMENTS.get(name, ()):
             if isinstance(kwargs.get(key), str):
                 kwargs[key] = ctx.path(kwargs[key])
+            outer, _, inner = key.partition(".")  # `measure_settings.facts`: a path inside a mapping setting
+            if inner and isinstance(kwargs.get(outer), dict) and isinstance(kwargs[outer].get(inner), str):
+                kwargs[outer] = {**kwargs[outer], inner: ctx.path(kwargs[outer][inner])}
         for key in registry.get(name).data_settings:
             if isinstance(kwargs.get(key), dict):
                 kwargs[key] = str(_write_data_source(ctx, name, key, DataRef.model_validate(kwargs[key])))
