@@ -36,13 +36,15 @@ def attacks(cell, preset: str = "lucki2024") -> dict[str, dict]:
     return found
 
 
-def operating_points(unit: dict, arms: list[str], keep_drop: float) -> dict[str, dict[str, float]]:
-    """arm -> {grid label: interpolation weight} of the measured λ that bracket keep avg = base − keep_drop."""
-    from frontiers_readout import _matched_utility
+def operating_points(unit: dict, arms: list[str], readout) -> dict[str, dict[str, float]]:
+    """arm -> {grid label: interpolation weight} of the measured λ that bracket keep avg = base − keep_drop
+    (the read-out's own rule, `matched.matched_utility`, retain-perplexity margin included)."""
+    from spunge_merge.evaluate.matched import as_readout, matched_utility
 
+    readout = as_readout(readout)
     found = {}
     for arm in arms:
-        matched = _matched_utility(unit, arm, keep_drop)
+        matched = matched_utility(unit, arm, readout)
         weights = list(matched["weights"].values())
         found[arm] = {name: w for name, w in zip(matched["labels"], weights, strict=True) if name != "base"}
     return found
@@ -58,7 +60,7 @@ def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = 
     from spunge_merge.models import resolve_model
     from spunge_merge.unlearn import registry
 
-    keep_drop = float(plan["readout"]["keep_drop"])
+    readout = plan["readout"]
     rows = collect(plan, cells, settings, cell_dir)
     for cell in cells:
         units = [u for u in rows.get((cell.task, cell.method, cell.model), []) if u["pair"] == list(cell.pair)]
@@ -77,7 +79,7 @@ def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = 
             knowledge["facts"] = str(REPO / knowledge["facts"])
             work = root / "grid" / str(seed)
             arms = ["baseline", *(f"spunge-{m}" for m in sweep.merges)]
-            for arm, labels in operating_points(unit, arms, keep_drop).items():
+            for arm, labels in operating_points(unit, arms, readout).items():
                 for name in labels:
                     outs = {attack: work / "relearn" / name / attack for attack in chosen}
                     todo = [a for a, out in outs.items() if not (out / RELEARN_FILE).is_file()]
@@ -103,7 +105,7 @@ def summarize(plan: dict, cells: list, settings, cell_dir, *, preset: str = "luc
     forgotten domain, mixed across the bracketing λ with the read-out's weights (None where undefined)."""
     from frontiers_readout import collect
 
-    keep_drop = float(plan["readout"]["keep_drop"])
+    readout = plan["readout"]
     rows = collect(plan, cells, settings, cell_dir)
     found = []
     for cell in cells:
@@ -113,7 +115,7 @@ def summarize(plan: dict, cells: list, settings, cell_dir, *, preset: str = "luc
             if unit["pair"] != list(cell.pair):
                 continue
             work = cell_dir(plan, cell) / "grid" / str(unit["seed"])
-            for arm, labels in operating_points(unit, arms, keep_drop).items():
+            for arm, labels in operating_points(unit, arms, readout).items():
                 for attack in attacks(cell, preset):
                     files = {name: work / "relearn" / name / attack / RELEARN_FILE for name in labels}
                     if not labels or not all(f.is_file() for f in files.values()):

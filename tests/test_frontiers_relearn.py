@@ -25,7 +25,7 @@ def _unit() -> dict:
 
 
 def test_each_arm_is_attacked_at_the_lambdas_that_bracket_matched_utility():
-    found = operating_points(_unit(), ["baseline", "spunge-ties"], keep_drop=5.0)
+    found = operating_points(_unit(), ["baseline", "spunge-ties"], {"keep_drop": 5.0})
     # baseline: keep 98 → 90 brackets 95, w = 3/8 on λ 2; the merge sits on 95 at λ 1
     assert found["baseline"] == pytest.approx({"baseline-lam1": 0.625, "baseline-lam2": 0.375})
     assert found["spunge-ties"] == {"spunge-ties-lam1": 1.0}
