@@ -572,6 +572,10 @@ CASES = [
     case("run-set-bad-yaml", "run {pipeline} --run-dir {out} --set merge.lambda=[1,", "--set merge.lambda: value is not valid YAML"),
     case("run-set-through-scalar", "run {pipeline} --run-dir {out} --set name.x=1", "--set name.x: name is not a mapping"),
     case("run-set-name", "run {pipeline} --run-dir {out} --set name=a/b", "--set name=a/b: name: String should match pattern"),
+    case("tvn-quantize-unknown", "unlearn tvn --model {model} --forget {data} --out {out} --quantize int4",
+         "--quantize int4: Input should be 'none' or 'nf4'"),
+    case("ga-quantize-with-full", "unlearn ga --model {model} --forget {data} --out {out} --full --quantize nf4",
+         "--quantize nf4: Value error, nf4 trains a LoRA adapter on a 4-bit base, which full does not use"),
 ]
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge.data.loading import Subset
-from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer
+from spunge_merge.models import ResolvedModel, load_tokenizer
 from spunge_merge.provenance import write_provenance
 from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
 from spunge_merge.unlearn import lm_data
-from spunge_merge.unlearn.lora import adapter_base_name, lora_config
+from spunge_merge.unlearn.lora import adapter_base_name, load_training_base, lora_config
 from spunge_merge.unlearn.loss_training.config import PEFT_ADAPTER, TENSOR_DELTA, LossMethodConfig, Objective
 from spunge_merge.unlearn.loss_training.loop import Fit, fit, reference_logprobs
 from spunge_merge.unlearn.loss_training.order import planned_steps
@@ -60,7 +60,7 @@ class _Session:
     def _load(self):
         if self._lm is None:
             self._tokenizer = load_tokenizer(self.resolved)
-            self._lm = load_causal_lm(self.resolved, dtype=self.dtype, device=self.device)
+            self._lm = load_training_base(self.resolved, self.config, dtype=self.dtype, device=self.device)
             texts = [text for subset in self.retain for text in subset.texts]
             self._retain_encoded = lm_data.encode_texts(self._tokenizer, texts, max_length=self.config.max_length) if texts else None
         return self._lm, self._tokenizer
