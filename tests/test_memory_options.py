@@ -299,3 +299,23 @@ def test_nf4_runs_write_ordinary_adapters_that_apply_to_the_full_precision_base(
     merged = PeftModel.from_pretrained(load_causal_lm(wide_base), str(npo)).merge_and_unload()
     for name, value in merged.state_dict().items():
         torch.testing.assert_close(written.state_dict()[name], value, msg=name)
+
+
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_loading_with_the_options_uses_no_deprecated_checkpointing_call(quantize, wide_base):
+    """transformers 5 deprecates gradient_checkpointing_enable (a FutureWarning); spunge calls its current name,
+    and turns checkpointing on itself rather than through peft's prepare_model_for_kbit_training, which calls
+    the old one. (peft's own PeftModel reads `is_gradient_checkpointing`, which warns too: that one is peft's.)"""
+    if quantize == "nf4" and not HAS_BNB:
+        pytest.skip("needs bitsandbytes")
+    import warnings
+
+    from spunge_merge.unlearn.lora import load_training_base
+
+    config = TVNConfig(gradient_checkpointing=True, quantize=quantize, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lm = load_training_base(wide_base, config, dtype=torch.float32, device=torch.device("cpu"))
+    assert lm.is_activation_checkpointing
+    deprecated = [str(w.message) for w in caught if "checkpointing" in str(w.message) and "deprecated" in str(w.message)]
+    assert deprecated == []
