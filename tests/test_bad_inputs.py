@@ -614,6 +614,10 @@ CASES = [
          "prompt_column and answer_column"),
     case("ga-answer-column-missing", "unlearn ga --model {model} --forget {data} --out {out} --prompt-column text --answer-column body",
          "no column 'body'"),
+    case("tvn-quantize-unknown", "unlearn tvn --model {model} --forget {data} --out {out} --quantize int4",
+         "--quantize int4: Input should be 'none' or 'nf4'"),
+    case("ga-quantize-with-full", "unlearn ga --model {model} --forget {data} --out {out} --full --quantize nf4",
+         "--quantize nf4: Value error, nf4 trains a LoRA adapter on a 4-bit base, which full does not use"),
 ]
 
 

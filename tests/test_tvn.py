@@ -20,7 +20,7 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.runs import list_runs
 from spunge_merge.unlearn import lm_data, registry
 from spunge_merge.unlearn.tvn import TVNConfig, negate_output, negate_run, train_tvn
-from spunge_merge.unlearn.tvn import training as tvn_training  # where train_tvn looks up fit_lora, load_causal_lm
+from spunge_merge.unlearn.tvn import training as tvn_training  # where train_tvn looks up fit_lora, load_training_base
 
 runner = CliRunner()
 LAM = 0.7  # not 1, so a forgotten or doubled λ shows
@@ -178,7 +178,7 @@ def test_split_mode_resume_and_relambda(tiny_model, tiny_dataset, tmp_path, monk
         raise AssertionError("resumed run must not train")
 
     monkeypatch.setattr(tvn_training, "fit_lora", refuse)
-    monkeypatch.setattr(tvn_training, "load_causal_lm", refuse)
+    monkeypatch.setattr(tvn_training, "load_training_base", refuse)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     again = train_tvn(str(tiny_model), split, out, SHORT, progress=False)
     assert [o.skipped for o in again] == [True, True]

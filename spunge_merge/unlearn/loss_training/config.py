@@ -7,17 +7,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from spunge_merge.config import FrozenConfig
-from spunge_merge.unlearn.lora import TargetModules, alpha_field, dropout_field, rank_field, target_modules_field
+from spunge_merge.unlearn.lora import (
+    Quantize,
+    TargetModules,
+    alpha_field,
+    dropout_field,
+    gradient_checkpointing_field,
+    quantize_field,
+    rank_field,
+    target_modules_field,
+)
 from spunge_merge.unlearn.losses import SequenceLogProbs
 from spunge_merge.unlearn.registry import OutputKind
 
 PEFT_ADAPTER: OutputKind = "peft-adapter"
 TENSOR_DELTA: OutputKind = "tensor-delta"
-# Settings that do not change the trained weights: a rerun differing only in these is skipped.
-_NOT_IN_FINGERPRINT = frozenset({"device", "dtype", "eval_samples"})
+# Settings that do not change the trained weights: a rerun differing only in these is skipped
+# (checkpointing trades memory for time and gives the same weights: tests/test_memory_options.py).
+_NOT_IN_FINGERPRINT = frozenset({"device", "dtype", "eval_samples", "gradient_checkpointing"})
 
 
 class LossMethodConfig(FrozenConfig):
@@ -51,6 +61,8 @@ class LossMethodConfig(FrozenConfig):
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
     dtype: str = Field("auto", description="Model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
     eval_samples: int = Field(32, ge=0, description="Forget texts whose NLL is reported before and after training (0 = skip).")
+    gradient_checkpointing: bool = gradient_checkpointing_field()
+    quantize: Quantize = quantize_field()
     prompt_column: str | None = Field(None, description="Question/answer form (TOFU's): the column holding each row's prompt; "
                                                         "with answer_column, the loss covers the answer tokens only, the prompt "
                                                         "is context. Retain files holding both columns are read the same way.")
@@ -73,6 +85,14 @@ class LossMethodConfig(FrozenConfig):
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"'{pattern}' is not a valid regular expression ({exc})") from None
+        return value
+
+    @field_validator("quantize")
+    @classmethod
+    def _quantize_needs_lora(cls, value: str, info: ValidationInfo) -> str:
+        if value != "none" and info.data.get("full"):
+            raise ValueError(f"{value} trains a LoRA adapter on a 4-bit base, which full does not use; "
+                             "set quantize to none, or full to false")
         return value
 
     # What the shared loop asks of a method's settings.

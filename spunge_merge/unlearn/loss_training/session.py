@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge.data.loading import Subset
-from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer
+from spunge_merge.models import ResolvedModel, load_tokenizer
 from spunge_merge.provenance import write_provenance
 from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
 from spunge_merge.unlearn import lm_data
-from spunge_merge.unlearn.lora import adapter_base_name, lora_config
+from spunge_merge.unlearn.lora import adapter_base_name, load_training_base, lora_config
 from spunge_merge.unlearn.loss_training.config import PEFT_ADAPTER, TENSOR_DELTA, LossMethodConfig, Objective
 from spunge_merge.unlearn.loss_training.loop import Fit, fit, reference_logprobs
 from spunge_merge.unlearn.loss_training.order import planned_steps
@@ -61,7 +61,7 @@ class _Session:
     def _load(self):
         if self._lm is None:
             self._tokenizer = load_tokenizer(self.resolved)
-            self._lm = load_causal_lm(self.resolved, dtype=self.dtype, device=self.device)
+            self._lm = load_training_base(self.resolved, self.config, dtype=self.dtype, device=self.device)
             self._retain_encoded = [ids for subset in self.retain for ids in self.encode(subset, retain=True)] or None
         return self._lm, self._tokenizer
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from spunge_merge.errors import SpungeError
 from spunge_merge.models import ResolvedModel
-from spunge_merge.unlearn.lora import check_target_modules
+from spunge_merge.unlearn.lora import check_quantize, check_target_modules
 from spunge_merge.unlearn.loss_training.config import LossMethodConfig
 
 
@@ -42,4 +42,5 @@ def check_trainable(config: LossMethodConfig, resolved: ResolvedModel) -> None:
     if config.full:
         select_full_params([name for name, _ in _skeleton(resolved).named_parameters()], config, resolved.ref)
     else:
+        check_quantize(config)
         check_target_modules(config, resolved)

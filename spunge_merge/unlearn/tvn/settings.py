@@ -8,7 +8,16 @@ from typing import Any, Literal
 from pydantic import Field
 
 from spunge_merge.config import FrozenConfig, Lambda
-from spunge_merge.unlearn.lora import TargetModules, alpha_field, dropout_field, rank_field, target_modules_field
+from spunge_merge.unlearn.lora import (
+    Quantize,
+    TargetModules,
+    alpha_field,
+    dropout_field,
+    gradient_checkpointing_field,
+    quantize_field,
+    rank_field,
+    target_modules_field,
+)
 
 KIND = "tvn-adapter"
 METHOD = "tvn"
@@ -16,8 +25,9 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 UNNEGATED = "unnegated"
 _LORA_B = re.compile(r"\.lora_(embedding_)?B(\.|$)")
-# Settings that do not change the trained adapter: a rerun that differs only in these reuses it.
-_NOT_IN_FINGERPRINT = frozenset({"lam", "eval_samples", "device", "dtype"})
+# Settings that do not change the trained adapter: a rerun that differs only in these reuses it
+# (checkpointing trades memory for time and gives the same adapter: tests/test_memory_options.py).
+_NOT_IN_FINGERPRINT = frozenset({"lam", "eval_samples", "device", "dtype", "gradient_checkpointing"})
 
 
 class TVNConfig(FrozenConfig):
@@ -46,6 +56,8 @@ class TVNConfig(FrozenConfig):
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto.")
     dtype: str = Field("auto", description="Base model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")
     eval_samples: int = Field(64, ge=0, description="Forget texts scored before/after training and after negation (0 = skip).")
+    gradient_checkpointing: bool = gradient_checkpointing_field()
+    quantize: Quantize = quantize_field()
 
     def training_fingerprint_part(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}

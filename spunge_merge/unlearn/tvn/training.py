@@ -15,12 +15,12 @@ from spunge_merge.config import build_config
 from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_bytes, copy_file
-from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
+from spunge_merge.models import ResolvedModel, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint, is_complete, read_provenance, write_provenance
 from spunge_merge.runs import RunOutcome, execute_run, run_subsets
 from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
 from spunge_merge.unlearn import lm_data
-from spunge_merge.unlearn.lora import adapter_base_name, check_target_modules, lora_config
+from spunge_merge.unlearn.lora import adapter_base_name, check_quantize, check_target_modules, load_training_base, lora_config
 from spunge_merge.unlearn.tvn.negation import _write_negated, negate_run
 from spunge_merge.unlearn.tvn.settings import _LORA_B, ADAPTER_CONFIG, ADAPTER_WEIGHTS, KIND, METHOD, UNNEGATED, TVNConfig
 
@@ -120,7 +120,7 @@ class _Trainer:
     def _load(self):
         if self._lm is None:
             self._tokenizer = load_tokenizer(self.resolved)
-            self._lm = load_causal_lm(self.resolved, dtype=self.dtype, device=self.device)
+            self._lm = load_training_base(self.resolved, self.config, dtype=self.dtype, device=self.device)
         return self._lm, self._tokenizer
 
     def train(self, subset: Subset, tmp: Path, fp: str) -> None:
@@ -234,6 +234,7 @@ def train_tvn(
     split_mode = is_split_dir(forget)
     run_dirs = {subset.name: (out / subset.name if split_mode else out) for subset in subsets}
     if force or not all(is_complete(run_dirs[name], fp) for name, fp in fingerprints.items()):
+        check_quantize(config)
         check_target_modules(config, resolved)
 
     def run_one(subset: Subset, run_dir: Path) -> RunOutcome:
