@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from grid_points import build_seed_points, evaluate_model  # noqa: E402 - bench/ is on sys.path when this runs as a script
+from grid_points import anchored_merges, build_seed_points, evaluate_model, seed_arms  # noqa: E402 - bench/ is on sys.path when this runs as a script
 
 PLAN = REPO / "recipes" / "frontiers.yaml"
 TIMINGS = "timings.json"
@@ -72,20 +72,41 @@ class Settings:
     method_lambdas: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     # {model: {method: {...}}}: a model on which a method's scale differs again (`models.<model>.method_lambdas`)
     model_lambdas: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    # {method: [merge]}: a method whose runs cannot take some merge (TVN records no retain data for anchored_ls)
+    method_merges: dict[str, list[str]] = field(default_factory=dict)
+    # {merge: its mergekit settings} (the plan's `merges`): which merges read statistics and get an anchored baseline
+    merge_settings: dict[str, dict] = field(default_factory=dict)
 
     @property
     def models_per_seed(self) -> int:
-        return len(self.baseline_lambdas) + len(self.merges) * len(self.lambdas)
+        """Grid models per seed: the baseline and each anchored baseline over its sweep, every merge over its sweep."""
+        return len(seed_arms(self.lambdas, self.baseline_lambdas, self.merges, self.merge_settings or None))
+
+    @property
+    def statistics_passes(self) -> int:
+        """Statistics passes per cell for its data-dependent merges: one where every such merge reads the base model's
+        inputs (their files are shared by the seeds, the λ and both arms), one per seed where one reads each run's."""
+        anchored = anchored_merges(self.merges, self.merge_settings or None)
+        if not anchored:
+            return 0
+        per_run = any((self.merge_settings.get(m, {}).get("statistics") or {}).get("inputs") == "run" for m in anchored)
+        return len(self.seeds) if per_run else 1
 
     def for_method(self, method: str, model: str | None = None) -> Settings:
-        """These settings with the method's own λ sweeps where the plan gives some, and the model's own for that
-        method over them."""
+        """These settings with the method's own λ sweeps and merges where the plan gives some, and the model's own
+        sweeps for that method over them."""
         own = {**self.method_lambdas.get(method, {}), **self.model_lambdas.get(model, {}).get(method, {})}
         return replace(self, lambdas=own.get("lambdas", self.lambdas),
-                       baseline_lambdas=own.get("baseline_lambdas", self.baseline_lambdas))
+                       baseline_lambdas=own.get("baseline_lambdas", self.baseline_lambdas),
+                       merges=self.method_merges.get(method, self.merges))
 
     def describe_lambdas(self) -> str:
         text = f"merges {', '.join(self.merges)} at λ {self.lambdas}; baseline at λ {self.baseline_lambdas}"
+        anchored = anchored_merges(self.merges, self.merge_settings or None)
+        if anchored:
+            text += f" (and anchored: {', '.join(f'baseline-{m}' for m in anchored)})"
+        for method, merges in self.method_merges.items():
+            text += f"; {method}: merges {', '.join(merges)}"
         for method in self.method_lambdas:
             mine = self.for_method(method)
             text += f"; {method}: merges at λ {mine.lambdas}, baseline at λ {mine.baseline_lambdas}"
@@ -124,6 +145,9 @@ def load_plan(path: Path = PLAN) -> dict:
         plan = {**defaults, **plan}
         if "method_lambdas" not in given:  # the shipped sweeps of the methods this plan runs
             plan["method_lambdas"] = {m: v for m, v in (defaults.get("method_lambdas") or {}).items() if m in plan["methods"]}
+        if "method_merges" not in given:  # the shipped lists of the methods it runs, unless it names its own merges
+            plan["method_merges"] = {} if "merges" in given else {
+                m: v for m, v in (defaults.get("method_merges") or {}).items() if m in plan["methods"]}
     for key in ("task", "runs", "results", "models", "methods", "pairs", "seeds", "merges", "lambdas",
                 "baseline_lambdas", "readout", "budget_hours", "estimates"):
         if key not in plan:
@@ -216,6 +240,23 @@ def method_lambdas(plan: dict, sub: dict) -> dict[str, dict[str, list[float]]]:
     return found
 
 
+def method_merges(plan: dict, sub: dict) -> dict[str, list[str]]:
+    """The per-method merge lists, checked: the quick subset's own `method_merges`, else the plan's unless the subset
+    sets `merges` for every method (its choice); a method not named takes the global list."""
+    from spunge_merge.errors import SpungeError
+
+    given = sub.get("method_merges", {} if "merges" in sub else plan.get("method_merges") or {})
+    for method, merges in given.items():
+        if method not in plan["methods"]:
+            raise SpungeError(f"{plan.get('_file', 'the plan')}: method_merges: unknown method {method} "
+                              f"(methods: {', '.join(plan['methods'])})")
+        unknown = [m for m in merges or [] if m not in plan["merges"]] if isinstance(merges, list) else ["(not a list)"]
+        if unknown or not merges:
+            raise SpungeError(f"{plan.get('_file', 'the plan')}: method_merges.{method}: a non-empty list of the plan's merges "
+                              f"({', '.join(plan['merges'])}); unknown: {', '.join(unknown) or 'none'}")
+    return {method: list(merges) for method, merges in given.items()}
+
+
 def model_lambdas(plan: dict) -> dict[str, dict[str, dict[str, list[float]]]]:
     """`models.<model>.method_lambdas`, checked and as floats: a model's own sweeps for a method (over the method's)."""
     from spunge_merge.errors import SpungeError
@@ -243,7 +284,8 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
     settings = Settings(seeds=list(sub.get("seeds", plan["seeds"])), merges=list(sub.get("merges", plan["merges"])),
                         lambdas=[float(x) for x in sub.get("lambdas", plan["lambdas"])],
                         baseline_lambdas=[float(x) for x in sub.get("baseline_lambdas", plan["baseline_lambdas"])],
-                        method_lambdas=method_lambdas(plan, sub), model_lambdas=model_lambdas(plan))
+                        method_lambdas=method_lambdas(plan, sub), model_lambdas=model_lambdas(plan),
+                        method_merges=method_merges(plan, sub), merge_settings=dict(plan["merges"]))
     for merge in settings.merges:
         if merge not in plan["merges"]:
             raise SpungeError(f"recipes/frontiers.yaml: quick.merges: unknown merge {merge} (merges: {', '.join(plan['merges'])})")
@@ -254,12 +296,28 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
             raise SpungeError(f"{plan['_file']}: models.{model}.facts: {own} does not exist (and the plan has no fallback_facts)")
         facts, fallback = (own, False) if own.is_file() else (plan["fallback_facts"], True)
         for method in methods:
+            check_retain(plan, Cell(plan["task"], model, method, ("", ""), facts, fallback), settings.for_method(method))
             for pair in pairs_for(plan, facts, n_pairs):
                 cell = Cell(plan["task"], model, method, pair, facts, fallback)
                 wanted = {"task": cell.task, "model": model, "method": method, "pair": "+".join(pair)}
                 if all(wanted[k] in v for k, v in only.items()):
                     cells.append(cell)
     return cells, settings
+
+
+def check_retain(plan: dict, cell: Cell, settings: Settings) -> None:
+    """A data-dependent merge (anchored_ls, ρ > 0) needs retain data: the method's template records some
+    (`unlearn.retain`), or the merge names its own (`statistics.retain_data`); else the plan is refused by name."""
+    from spunge_merge.config import load_yaml
+    from spunge_merge.errors import SpungeError
+
+    for merge in anchored_merges(settings.merges, settings.merge_settings):
+        entry = settings.merge_settings[merge]
+        if (entry.get("parameters") or {}).get("rho", 1.0) == 0 or (entry.get("statistics") or {}).get("retain_data"):
+            continue
+        if not (load_yaml(template(plan, cell)).get("unlearn") or {}).get("retain"):
+            raise SpungeError(f"{plan.get('_file', PLAN)}: merge {merge} needs retain data, which {cell.method}'s runs do not "
+                              f"record; leave it out of method_merges.{cell.method}")
 
 
 def cell_dir(plan: dict, cell: Cell) -> Path:
@@ -372,22 +430,27 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
     budget = budget_hours * 3600
     for cell in order:
         per_seed, per_model, how = unit_costs(plan, cell)
-        models = settings.for_method(cell.method, cell.model).models_per_seed
-        cost = len(settings.seeds) * (per_seed + models * per_model)
+        mine = settings.for_method(cell.method, cell.model)
+        models, passes = mine.models_per_seed, mine.statistics_passes
+        statistics = passes * float(plan["estimates"].get("statistics", 0.0)) * cost_scales(plan)[cell.model]
+        cost = len(settings.seeds) * (per_seed + models * per_model) + statistics
         total += cost
         fits = used + cost <= budget
         if fits:
             used += cost
             kept.append(cell)
         rows.append(f"| {cell.model} | {cell.method} | {' + '.join(cell.pair)} | {len(settings.seeds)} | "
-                    f"{per_seed:.0f} s + {models} × {per_model:.0f} s | {cost / 60:.0f} min | "
+                    f"{per_seed:.0f} s + {models} × {per_model:.0f} s{f'; + {statistics:.0f} s statistics per cell' if passes else ''} | "
+                    f"{cost / 60:.0f} min | "
                     f"{'run' if fits else '**cut**'} | {how} |")
     fallback = sorted({f"{c.model} (its facts file is missing: {c.facts.name} used)" for c in cells if c.fallback})
     lines = [f"# Frontier benchmark plan ({plan['task']})", "",
              f"Seeds {settings.seeds}; {settings.describe_lambdas()}.",
              *([f"Facts: {'; '.join(fallback)}."] if fallback else []), "",
              "Cost per cell = seeds × (one seed's pipeline + grid models × one model's build and evaluation), from "
-             f"RESULTS/{TIMINGS} where measured (OMP_NUM_THREADS=1, shared 2-core machine), else the plan's estimates.", "",
+             f"RESULTS/{TIMINGS} where measured (OMP_NUM_THREADS=1, shared 2-core machine), else the plan's estimates; "
+             "plus the statistics pass of data-dependent merges (the plan's `estimates.statistics`, once per cell: its "
+             "files are shared by seeds, λ and both arms; once per seed with `inputs: run`).", "",
              "| model | method | forget pair | seeds | per seed | cost | within budget | from |", "|---|---|---|---:|---|---:|---|---|",
              *rows, "",
              f"Total: {total / 3600:.1f} h for {len(cells)} cells. Budget {budget_hours:g} h of CPU on two cores: "
@@ -448,15 +511,15 @@ def run_cell(plan: dict, cell: Cell, settings: Settings) -> dict[int, dict[str, 
         evaluate_model(base.path, base_eval, raw["eval"], REPO)
     points = {}
     for seed in settings.seeds:
-        def build(lambdas: list[float], baseline_lambdas: list[float], merges: list[str], seed: int = seed) -> dict[str, Path]:
+        def build(arms: list[tuple[str, float]] | None = None, seed: int = seed) -> dict[str, Path]:
             return build_seed_points(
                 run_dir / "seeds" / str(seed), run_dir / "grid" / str(seed), base=base, method=method, eval_section=raw["eval"],
-                files_dir=REPO, lambdas=lambdas, baseline_lambdas=baseline_lambdas, merges=merges,
+                files_dir=REPO, lambdas=settings.lambdas, baseline_lambdas=settings.baseline_lambdas, merges=settings.merges,
                 merge_settings={name: plan["merges"][name] for name in settings.merges}, base_eval=base_eval,
-                views_dir=plan["runs"] / ".views" / cell.model, keep_models=False,
+                views_dir=plan["runs"] / ".views" / cell.model, keep_models=False, arms=arms,
                 on_model=lambda name, seconds: record_timing(plan["results"], "model", cell.model, seconds))
 
-        points[seed] = build(settings.lambdas, settings.baseline_lambdas, settings.merges)
+        points[seed] = build()
         points[seed].update(refine_seed(plan, cell, points[seed], build))
         print(f"{cell.key} seed {seed}: {len(points[seed])} models evaluated", flush=True)
     return points
@@ -483,8 +546,7 @@ def refine_seed(plan: dict, cell: Cell, found: dict[str, Path], build) -> dict[s
                 curve.append((arm_and_lambda(name)[1], point["keep"][0], point["forget"][0]))
 
         def evaluate(lam: float, arm: str = arm) -> tuple[float, float, float | None]:
-            merges = [arm.removeprefix("spunge-")] if arm != "baseline" else []
-            new = build([lam] if merges else [], [lam] if not merges else [], merges)
+            new = build([(arm, lam)])
             label = next(name for name in new if name != "base")
             added[label] = new[label]
             point = read_point(new[label], forget)
