@@ -188,8 +188,8 @@ def parse_only(text: str | None) -> dict[str, set[str]]:
         if not part.strip():
             continue
         key, sep, value = part.partition("=")
-        if not sep or key.strip() not in ("task", "model", "method", "pair"):
-            raise SpungeError(f"--only {text}: use KEY=VALUE with KEY one of task, model, method, pair (pair=a+b)")
+        if not sep or key.strip() not in ("task", "model", "method", "pair", "merge"):
+            raise SpungeError(f"--only {text}: use KEY=VALUE with KEY one of task, model, method, pair (pair=a+b), merge")
         found.setdefault(key.strip(), set()).add(value.strip())
     return found
 
@@ -289,6 +289,11 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
     for merge in settings.merges:
         if merge not in plan["merges"]:
             raise SpungeError(f"recipes/frontiers.yaml: quick.merges: unknown merge {merge} (merges: {', '.join(plan['merges'])})")
+    if "merge" in only:  # a slice of the merges: those models only (an anchored merge's baseline arm with it)
+        if unknown := sorted(only["merge"] - set(plan["merges"])):
+            raise SpungeError(f"--only merge={','.join(unknown)}: not a merge of the plan ({', '.join(plan['merges'])})")
+        settings = replace(settings, merges=[m for m in settings.merges if m in only["merge"]],
+                           method_merges={k: [m for m in v if m in only["merge"]] for k, v in settings.method_merges.items()})
     cells = []
     for model in models:
         own = plan["models"][model]["facts"]
@@ -296,11 +301,13 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
             raise SpungeError(f"{plan['_file']}: models.{model}.facts: {own} does not exist (and the plan has no fallback_facts)")
         facts, fallback = (own, False) if own.is_file() else (plan["fallback_facts"], True)
         for method in methods:
+            if not settings.for_method(method).merges:  # --only merge= left none of this method's merges: no cell
+                continue
             check_retain(plan, Cell(plan["task"], model, method, ("", ""), facts, fallback), settings.for_method(method))
             for pair in pairs_for(plan, facts, n_pairs):
                 cell = Cell(plan["task"], model, method, pair, facts, fallback)
                 wanted = {"task": cell.task, "model": model, "method": method, "pair": "+".join(pair)}
-                if all(wanted[k] in v for k, v in only.items()):
+                if all(wanted[k] in v for k, v in only.items() if k != "merge"):
                     cells.append(cell)
     return cells, settings
 
@@ -568,8 +575,8 @@ def main() -> None:
                         "what is cut to fit the plan's budget_hours; write RESULTS/plan.md; run nothing")
     parser.add_argument("--quick", action="store_true", help="run the plan's `quick` subset (about 20 min on 2 cores) "
                         "and write RESULTS/quick/ instead of RESULTS/")
-    parser.add_argument("--only", default=None, help="run a slice: model=NAME,method=NAME,pair=A+B (a key repeated "
-                        "for several values)")
+    parser.add_argument("--only", default=None, help="run a slice: model=NAME,method=NAME,pair=A+B,merge=NAME (a "
+                        "key repeated for several values; merge= builds and reads out only those merges)")
     parser.add_argument("--no-cut", action="store_true", help="run every selected cell, even beyond the budget")
     parser.add_argument("--readout-only", action="store_true", help="train and build nothing: read out what is finished")
     args = parser.parse_args()

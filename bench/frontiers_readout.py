@@ -118,6 +118,8 @@ def collect(plan: dict, cells: list, settings, cell_dir) -> dict[tuple[str, str,
     for cell in cells:
         forget = list(cell.pair)
         sweep = settings.for_method(cell.method, cell.model)
+        if not sweep.merges:  # a slice of the merges (--only merge=) that leaves this method none
+            continue
         wanted = seed_arms(sweep.lambdas, sweep.baseline_lambdas, sweep.merges, plan["merges"])
         arms = {arm for arm, _ in wanted}
         planned = [label(arm, x) for arm, x in wanted]

@@ -129,6 +129,25 @@ def test_the_shipped_plan_runs_anchored_ls_where_runs_record_retain_data_and_cos
     assert "+ 25 s statistics per cell" in text
 
 
+def test_a_slice_of_the_merges_builds_only_those_with_the_anchored_baseline():
+    """The documented command: RMU on one smollm2-135m pair, ties + anchored_ls and both baselines."""
+    plan = frontiers.load_plan()
+    only = frontiers.parse_only("model=smollm2-135m,method=rmu,pair=capitals+city_countries,merge=ties,merge=anchored_ls")
+    cells, settings = frontiers.select(plan, quick=False, only=only)
+    assert [c.key for c in cells] == ["knowledge/smollm2-135m/rmu/capitals+city_countries"]
+    rmu = settings.for_method("rmu", "smollm2-135m")
+    assert rmu.merges == ["ties", "anchored_ls"]
+    arms = seed_arms(rmu.lambdas, rmu.baseline_lambdas, rmu.merges, rmu.merge_settings)
+    assert sorted({arm for arm, _ in arms}) == ["baseline", "baseline-anchored_ls", "spunge-anchored_ls", "spunge-ties"]
+    assert rmu.models_per_seed == len(arms) == 2 * 6 + 2 * 5
+    # a method none of whose merges is in the slice has no cell; a merge the plan lacks is refused
+    assert frontiers.select(plan, quick=False, only={"method": {"tvn"}, "merge": {"anchored_ls"}})[0] == []
+    from spunge_merge.errors import SpungeError
+
+    with pytest.raises(SpungeError, match="merge=nope: not a merge of the plan"):
+        frontiers.select(plan, quick=False, only={"merge": {"nope"}})
+
+
 def test_an_anchored_merge_for_a_method_without_retain_data_is_refused_by_name(tmp_path):
     from spunge_merge.errors import SpungeError
 
