@@ -8,7 +8,8 @@ method, forget pair) the driver:
    facts file, the two forgotten domains, seeds): split the forget facts by domain, unlearn each
    forgotten domain, unlearn the un-split union at the matched step budget (the pipeline's resume);
 2. builds, without retraining, every merge of the plan at every λ and the baseline at every λ
-   (`bench/grid_points.py`, shared with `bench/knowledge_grid.py`), and scores each model on the
+   (`bench/grid_points.py`, shared with `bench/knowledge_grid.py`), with an anchored baseline arm for each
+   data-dependent merge (`baseline-anchored_ls`: the un-split run merged alone the same way), and scores each model on the
    held-out facts (forget avg over the forgotten domains, keep avg over the kept ones) and the retain
    perplexity of the held-out kept facts; every finished model and evaluation is kept and skipped on
    a rerun, so a killed run loses at most the model in progress;
@@ -38,9 +39,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from grid_points import build_seed_points, evaluate_model  # noqa: E402 - bench/ is on sys.path when this runs as a script
+from frontiers_plan import (  # noqa: E402, F401 - bench/ is on sys.path; the plan's reading, re-exported for the driver's callers
+    PLAN,
+    load_plan,
+    method_lambdas,
+    method_merges,
+    model_lambdas,
+    pairs_for,
+    parse_only,
+)
+from grid_points import anchored_merges, build_seed_points, evaluate_model, seed_arms  # noqa: E402 - bench/ is on sys.path when this runs as a script
 
-PLAN = REPO / "recipes" / "frontiers.yaml"
 TIMINGS = "timings.json"
 QUICK_MARKER = "<!-- read-out below: written by `python bench/frontiers.py --quick`; notes above this line are kept -->"
 
@@ -73,20 +82,41 @@ class Settings:
     method_lambdas: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     # {model: {method: {...}}}: a model on which a method's scale differs again (`models.<model>.method_lambdas`)
     model_lambdas: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    # {method: [merge]}: a method whose runs cannot take some merge (TVN records no retain data for anchored_ls)
+    method_merges: dict[str, list[str]] = field(default_factory=dict)
+    # {merge: its mergekit settings} (the plan's `merges`): which merges read statistics and get an anchored baseline
+    merge_settings: dict[str, dict] = field(default_factory=dict)
 
     @property
     def models_per_seed(self) -> int:
-        return len(self.baseline_lambdas) + len(self.merges) * len(self.lambdas)
+        """Grid models per seed: the baseline and each anchored baseline over its sweep, every merge over its sweep."""
+        return len(seed_arms(self.lambdas, self.baseline_lambdas, self.merges, self.merge_settings or None))
+
+    @property
+    def statistics_passes(self) -> int:
+        """Statistics passes per cell for its data-dependent merges: one where every such merge reads the base model's
+        inputs (their files are shared by the seeds, the λ and both arms), one per seed where one reads each run's."""
+        anchored = anchored_merges(self.merges, self.merge_settings or None)
+        if not anchored:
+            return 0
+        per_run = any((self.merge_settings.get(m, {}).get("statistics") or {}).get("inputs") == "run" for m in anchored)
+        return len(self.seeds) if per_run else 1
 
     def for_method(self, method: str, model: str | None = None) -> Settings:
-        """These settings with the method's own λ sweeps where the plan gives some, and the model's own for that
-        method over them."""
+        """These settings with the method's own λ sweeps and merges where the plan gives some, and the model's own
+        sweeps for that method over them."""
         own = {**self.method_lambdas.get(method, {}), **self.model_lambdas.get(model, {}).get(method, {})}
         return replace(self, lambdas=own.get("lambdas", self.lambdas),
-                       baseline_lambdas=own.get("baseline_lambdas", self.baseline_lambdas))
+                       baseline_lambdas=own.get("baseline_lambdas", self.baseline_lambdas),
+                       merges=self.method_merges.get(method, self.merges))
 
     def describe_lambdas(self) -> str:
         text = f"merges {', '.join(self.merges)} at λ {self.lambdas}; baseline at λ {self.baseline_lambdas}"
+        anchored = anchored_merges(self.merges, self.merge_settings or None)
+        if anchored:
+            text += f" (and anchored: {', '.join(f'baseline-{m}' for m in anchored)})"
+        for method, merges in self.method_merges.items():
+            text += f"; {method}: merges {', '.join(merges)}"
         for method in self.method_lambdas:
             mine = self.for_method(method)
             text += f"; {method}: merges at λ {mine.lambdas}, baseline at λ {mine.baseline_lambdas}"
@@ -95,142 +125,6 @@ class Settings:
                 mine = self.for_method(method, model)
                 text += f"; {method} on {model}: merges at λ {mine.lambdas}, baseline at λ {mine.baseline_lambdas}"
         return text
-
-
-# ------------------------------------------------------------------------------------------------
-# The plan
-
-
-def load_plan(path: Path = PLAN) -> dict:
-    """The plan file over the shipped plan's defaults, each relative path resolved against the file that names it,
-    checked for the keys the driver reads.
-
-    A plan other than the shipped one needs only what differs from it (typically `models` with their facts
-    files): every other key is the shipped plan's. Its `runs` and `results` default to `<stem>-runs` and
-    `<stem>-results` beside it, so it never writes into the shipped benchmark's folders."""
-    from pydantic import ValidationError
-
-    from spunge_merge.config import format_validation_error, load_yaml
-    from spunge_merge.errors import SpungeError
-    from spunge_merge.evaluate.matched import FrontierReadout
-
-    path = Path(path).resolve()
-    given = load_yaml(path)
-    if not isinstance(given, dict):
-        raise SpungeError(f"{path}: expected a mapping (the frontier plan)")
-    plan = _resolved(dict(given), path.parent)
-    if path != PLAN.resolve():
-        defaults = _resolved(dict(load_yaml(PLAN)), PLAN.parent)
-        defaults.update(runs=path.parent / f"{path.stem}-runs", results=path.parent / f"{path.stem}-results")
-        plan = {**defaults, **plan}
-        if "method_lambdas" not in given:  # the shipped sweeps of the methods this plan runs
-            plan["method_lambdas"] = {m: v for m, v in (defaults.get("method_lambdas") or {}).items() if m in plan["methods"]}
-    for key in ("task", "runs", "results", "models", "methods", "pairs", "seeds", "merges", "lambdas",
-                "baseline_lambdas", "readout", "budget_hours", "estimates"):
-        if key not in plan:
-            raise SpungeError(f"{path}: missing key `{key}`")
-    for name, merge in plan["merges"].items():
-        if not isinstance(merge, dict) or "method" not in merge:
-            raise SpungeError(f"{path}: merges.{name} needs a mapping with `method`")
-    for task, entry in (plan.get("not_planned") or {}).items():
-        missing = [k for k in ("run", "seed_pipeline", "model", "why") if k not in (entry or {})]
-        if missing:
-            raise SpungeError(f"{path}: not_planned.{task} needs {', '.join(f'`{k}`' for k in missing)}")
-    try:
-        plan["readout"] = FrontierReadout(**dict(plan["readout"] or {})).model_dump()
-    except ValidationError as exc:
-        raise SpungeError(format_validation_error(exc, str(path), prefix=("readout",))) from None
-    plan["_dir"], plan["_file"] = path.parent, path
-    return plan
-
-
-def _resolved(plan: dict, here: Path) -> dict:
-    """The plan's relative paths (runs, results, fallback_facts, each model's facts, templates) made absolute against `here`."""
-    for key in ("runs", "results", "fallback_facts"):
-        if plan.get(key) is not None:
-            plan[key] = (here / plan[key]).resolve()
-    if "models" in plan:
-        plan["models"] = {m: {**v, "facts": (here / v["facts"]).resolve()} for m, v in plan["models"].items()}
-    if plan.get("templates"):
-        plan["templates"] = {m: (here / t).resolve() for m, t in plan["templates"].items()}
-    return plan
-
-
-def parse_only(text: str | None) -> dict[str, set[str]]:
-    """`model=a,method=b` (repeat a key for several values: `method=rmu,method=tvn`) → {key: values}."""
-    from spunge_merge.errors import SpungeError
-
-    found: dict[str, set[str]] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        if not sep or key.strip() not in ("task", "model", "method", "pair"):
-            raise SpungeError(f"--only {text}: use KEY=VALUE with KEY one of task, model, method, pair (pair=a+b)")
-        found.setdefault(key.strip(), set()).add(value.strip())
-    return found
-
-
-def facts_domains(facts: Path) -> list[str]:
-    from spunge_merge.fsutil import iter_jsonl
-
-    return sorted({row["domain"] for _, row in iter_jsonl(facts)})
-
-
-def pairs_for(plan: dict, facts: Path, n_pairs: int) -> list[tuple[str, str]]:
-    """The plan's forget pairs for one facts file (`auto`: disjoint pairs of its sorted domains)."""
-    from spunge_merge.errors import SpungeError
-
-    domains = facts_domains(facts)
-    if plan["pairs"] == "auto":
-        if len(domains) < 3:
-            raise SpungeError(f"{facts}: {len(domains)} domains; forgetting two needs at least one more to keep")
-        pairs = [(domains[i], domains[i + 1]) for i in range(0, len(domains) - 1, 2)]
-    else:
-        pairs = [tuple(p) for p in plan["pairs"]]
-        for pair in pairs:
-            if missing := [d for d in pair if d not in domains]:
-                raise SpungeError(f"recipes/frontiers.yaml: pairs: domain {', '.join(missing)} is not in {facts} "
-                                  f"(its domains: {', '.join(domains)})")
-    return pairs[:n_pairs]
-
-
-def method_lambdas(plan: dict, sub: dict) -> dict[str, dict[str, list[float]]]:
-    """The per-method λ sweeps, checked and as floats: the quick subset's own `method_lambdas`, else the plan's,
-    less any sweep the subset sets for every method (its `lambdas` or `baseline_lambdas` are its choice)."""
-    from spunge_merge.errors import SpungeError
-
-    given = sub.get("method_lambdas")
-    if given is None:
-        given = {method: {key: values for key, values in own.items() if key not in sub} if isinstance(own, dict) else own
-                 for method, own in (plan.get("method_lambdas") or {}).items()}
-    found = {}
-    for method, own in given.items():
-        if own == {}:  # every sweep of it set by the subset
-            continue
-        if method not in plan["methods"]:
-            raise SpungeError(f"recipes/frontiers.yaml: method_lambdas: unknown method {method} "
-                              f"(methods: {', '.join(plan['methods'])})")
-        if not isinstance(own, dict) or set(own) - {"lambdas", "baseline_lambdas"}:
-            raise SpungeError(f"recipes/frontiers.yaml: method_lambdas.{method} takes `lambdas` and `baseline_lambdas`")
-        found[method] = {key: [float(x) for x in values] for key, values in own.items()}
-    return found
-
-
-def model_lambdas(plan: dict) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """`models.<model>.method_lambdas`, checked and as floats: a model's own sweeps for a method (over the method's)."""
-    from spunge_merge.errors import SpungeError
-
-    found = {}
-    for model, entry in plan["models"].items():
-        for method, own in (entry.get("method_lambdas") or {}).items():
-            where = f"{plan.get('_file', 'the plan')}: models.{model}.method_lambdas.{method}"
-            if method not in plan["methods"]:
-                raise SpungeError(f"{where}: unknown method (methods: {', '.join(plan['methods'])})")
-            if not isinstance(own, dict) or not own or set(own) - {"lambdas", "baseline_lambdas"}:
-                raise SpungeError(f"{where}: takes `lambdas` and `baseline_lambdas`")
-            found.setdefault(model, {})[method] = {key: [float(x) for x in values] for key, values in own.items()}
-    return found
 
 
 def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[Cell], Settings]:
@@ -244,10 +138,16 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
     settings = Settings(seeds=list(sub.get("seeds", plan["seeds"])), merges=list(sub.get("merges", plan["merges"])),
                         lambdas=[float(x) for x in sub.get("lambdas", plan["lambdas"])],
                         baseline_lambdas=[float(x) for x in sub.get("baseline_lambdas", plan["baseline_lambdas"])],
-                        method_lambdas=method_lambdas(plan, sub), model_lambdas=model_lambdas(plan))
+                        method_lambdas=method_lambdas(plan, sub), model_lambdas=model_lambdas(plan),
+                        method_merges=method_merges(plan, sub), merge_settings=dict(plan["merges"]))
     for merge in settings.merges:
         if merge not in plan["merges"]:
             raise SpungeError(f"recipes/frontiers.yaml: quick.merges: unknown merge {merge} (merges: {', '.join(plan['merges'])})")
+    if "merge" in only:  # a slice of the merges: those models only (an anchored merge's baseline arm with it)
+        if unknown := sorted(only["merge"] - set(plan["merges"])):
+            raise SpungeError(f"--only merge={','.join(unknown)}: not a merge of the plan ({', '.join(plan['merges'])})")
+        settings = replace(settings, merges=[m for m in settings.merges if m in only["merge"]],
+                           method_merges={k: [m for m in v if m in only["merge"]] for k, v in settings.method_merges.items()})
     cells = []
     for model in models:
         own = plan["models"][model]["facts"]
@@ -255,12 +155,30 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
             raise SpungeError(f"{plan['_file']}: models.{model}.facts: {own} does not exist (and the plan has no fallback_facts)")
         facts, fallback = (own, False) if own.is_file() else (plan["fallback_facts"], True)
         for method in methods:
+            if not settings.for_method(method).merges:  # --only merge= left none of this method's merges: no cell
+                continue
+            check_retain(plan, Cell(plan["task"], model, method, ("", ""), facts, fallback), settings.for_method(method))
             for pair in pairs_for(plan, facts, n_pairs):
                 cell = Cell(plan["task"], model, method, pair, facts, fallback)
                 wanted = {"task": cell.task, "model": model, "method": method, "pair": "+".join(pair)}
-                if all(wanted[k] in v for k, v in only.items()):
+                if all(wanted[k] in v for k, v in only.items() if k != "merge"):
                     cells.append(cell)
     return cells, settings
+
+
+def check_retain(plan: dict, cell: Cell, settings: Settings) -> None:
+    """A data-dependent merge (anchored_ls, ρ > 0) needs retain data: the method's template records some
+    (`unlearn.retain`), or the merge names its own (`statistics.retain_data`); else the plan is refused by name."""
+    from spunge_merge.config import load_yaml
+    from spunge_merge.errors import SpungeError
+
+    for merge in anchored_merges(settings.merges, settings.merge_settings):
+        entry = settings.merge_settings[merge]
+        if (entry.get("parameters") or {}).get("rho", 1.0) == 0 or (entry.get("statistics") or {}).get("retain_data"):
+            continue
+        if not (load_yaml(template(plan, cell)).get("unlearn") or {}).get("retain"):
+            raise SpungeError(f"{plan.get('_file', PLAN)}: merge {merge} needs retain data, which {cell.method}'s runs do not "
+                              f"record; leave it out of method_merges.{cell.method}")
 
 
 def cell_dir(plan: dict, cell: Cell) -> Path:
@@ -373,22 +291,27 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
     budget = budget_hours * 3600
     for cell in order:
         per_seed, per_model, how = unit_costs(plan, cell)
-        models = settings.for_method(cell.method, cell.model).models_per_seed
-        cost = len(settings.seeds) * (per_seed + models * per_model)
+        mine = settings.for_method(cell.method, cell.model)
+        models, passes = mine.models_per_seed, mine.statistics_passes
+        statistics = passes * float(plan["estimates"].get("statistics", 0.0)) * cost_scales(plan)[cell.model]
+        cost = len(settings.seeds) * (per_seed + models * per_model) + statistics
         total += cost
         fits = used + cost <= budget
         if fits:
             used += cost
             kept.append(cell)
         rows.append(f"| {cell.model} | {cell.method} | {' + '.join(cell.pair)} | {len(settings.seeds)} | "
-                    f"{per_seed:.0f} s + {models} × {per_model:.0f} s | {cost / 60:.0f} min | "
+                    f"{per_seed:.0f} s + {models} × {per_model:.0f} s{f'; + {statistics:.0f} s statistics per cell' if passes else ''} | "
+                    f"{cost / 60:.0f} min | "
                     f"{'run' if fits else '**cut**'} | {how} |")
     fallback = sorted({f"{c.model} (its facts file is missing: {c.facts.name} used)" for c in cells if c.fallback})
     lines = [f"# Frontier benchmark plan ({plan['task']})", "",
              f"Seeds {settings.seeds}; {settings.describe_lambdas()}.",
              *([f"Facts: {'; '.join(fallback)}."] if fallback else []), "",
              "Cost per cell = seeds × (one seed's pipeline + grid models × one model's build and evaluation), from "
-             f"RESULTS/{TIMINGS} where measured (OMP_NUM_THREADS=1, shared 2-core machine), else the plan's estimates.", "",
+             f"RESULTS/{TIMINGS} where measured (OMP_NUM_THREADS=1, shared 2-core machine), else the plan's estimates; "
+             "plus the statistics pass of data-dependent merges (the plan's `estimates.statistics`, once per cell: its "
+             "files are shared by seeds, λ and both arms; once per seed with `inputs: run`).", "",
              "| model | method | forget pair | seeds | per seed | cost | within budget | from |", "|---|---|---|---:|---|---:|---|---|",
              *rows, "",
              f"Total: {total / 3600:.1f} h for {len(cells)} cells. Budget {budget_hours:g} h of CPU on two cores: "
@@ -449,15 +372,15 @@ def run_cell(plan: dict, cell: Cell, settings: Settings) -> dict[int, dict[str, 
         evaluate_model(base.path, base_eval, raw["eval"], REPO)
     points = {}
     for seed in settings.seeds:
-        def build(lambdas: list[float], baseline_lambdas: list[float], merges: list[str], seed: int = seed) -> dict[str, Path]:
+        def build(arms: list[tuple[str, float]] | None = None, seed: int = seed) -> dict[str, Path]:
             return build_seed_points(
                 run_dir / "seeds" / str(seed), run_dir / "grid" / str(seed), base=base, method=method, eval_section=raw["eval"],
-                files_dir=REPO, lambdas=lambdas, baseline_lambdas=baseline_lambdas, merges=merges,
+                files_dir=REPO, lambdas=settings.lambdas, baseline_lambdas=settings.baseline_lambdas, merges=settings.merges,
                 merge_settings={name: plan["merges"][name] for name in settings.merges}, base_eval=base_eval,
-                views_dir=plan["runs"] / ".views" / cell.model, keep_models=False,
+                views_dir=plan["runs"] / ".views" / cell.model, keep_models=False, arms=arms,
                 on_model=lambda name, seconds: record_timing(plan["results"], "model", cell.model, seconds))
 
-        points[seed] = build(settings.lambdas, settings.baseline_lambdas, settings.merges)
+        points[seed] = build()
         points[seed].update(refine_seed(plan, cell, points[seed], build))
         print(f"{cell.key} seed {seed}: {len(points[seed])} models evaluated", flush=True)
     return points
@@ -484,8 +407,7 @@ def refine_seed(plan: dict, cell: Cell, found: dict[str, Path], build) -> dict[s
                 curve.append((arm_and_lambda(name)[1], point["keep"][0], point["forget"][0]))
 
         def evaluate(lam: float, arm: str = arm) -> tuple[float, float, float | None]:
-            merges = [arm.removeprefix("spunge-")] if arm != "baseline" else []
-            new = build([lam] if merges else [], [lam] if not merges else [], merges)
+            new = build([(arm, lam)])
             label = next(name for name in new if name != "base")
             added[label] = new[label]
             point = read_point(new[label], forget)
@@ -507,8 +429,8 @@ def main() -> None:
                         "what is cut to fit the plan's budget_hours; write RESULTS/plan.md; run nothing")
     parser.add_argument("--quick", action="store_true", help="run the plan's `quick` subset (about 20 min on 2 cores) "
                         "and write RESULTS/quick/ instead of RESULTS/")
-    parser.add_argument("--only", default=None, help="run a slice: model=NAME,method=NAME,pair=A+B (a key repeated "
-                        "for several values)")
+    parser.add_argument("--only", default=None, help="run a slice: model=NAME,method=NAME,pair=A+B,merge=NAME (a "
+                        "key repeated for several values; merge= builds and reads out only those merges)")
     parser.add_argument("--no-cut", action="store_true", help="run every selected cell, even beyond the budget")
     parser.add_argument("--readout-only", action="store_true", help="train and build nothing: read out what is finished")
     parser.add_argument("--relearn", default=None, metavar="PRESET", help="also attack each arm's matched-utility point with "

@@ -106,7 +106,7 @@ def collect(plan: dict, cells: list, settings, cell_dir) -> dict[tuple[str, str,
     """{(task, method, model): [unit]} with one unit per (pair, seed) whose every planned model is evaluated:
     {pair, seed, facts, fallback, excluded, points: {label: {"keep": (v, items), "forget": (v, items), "ppl": v}}}.
     λ points added beyond the plan's sweep (the driver's refinement) are read too."""
-    from grid_points import label
+    from grid_points import label, seed_arms
 
     from spunge_merge.evaluate.knowledge import KNOWLEDGE_FILE
     from spunge_merge.evaluate.matched import arm_and_lambda, read_point
@@ -118,9 +118,11 @@ def collect(plan: dict, cells: list, settings, cell_dir) -> dict[tuple[str, str,
     for cell in cells:
         forget = list(cell.pair)
         sweep = settings.for_method(cell.method, cell.model)
-        arms = {"baseline"} | {f"spunge-{m}" for m in sweep.merges}
-        planned = [label("baseline", x) for x in sweep.baseline_lambdas] + [
-            label(f"spunge-{m}", x) for m in sweep.merges for x in sweep.lambdas]
+        if not sweep.merges:  # a slice of the merges (--only merge=) that leaves this method none
+            continue
+        wanted = seed_arms(sweep.lambdas, sweep.baseline_lambdas, sweep.merges, plan["merges"])
+        arms = {arm for arm, _ in wanted}
+        planned = [label(arm, x) for arm, x in wanted]
         root = cell_dir(plan, cell)
         for seed in settings.seeds:
             grid = root / "grid" / str(seed) / "eval"
@@ -180,6 +182,7 @@ def render(summary: dict) -> str:
                      f"{_forgetting(best['matched_forgetting_keep'])} |")
     if any(row["fallback_facts"] for row in summary["rows"]):
         lines += ["", f"† scored on the fallback facts file ({Path(summary['fallback_facts']).name}), not the model's own."]
+    lines += _anchored_lines(summary)
     lines += ["", "## Per forget set, with candidate predictors", "",
               "The same read-out on each forget set's units alone (pooled above). Predictors: training rows of each "
               "forgotten domain (larger / smaller); from `bench/results/edit_interference/` where the set was measured "
@@ -230,6 +233,38 @@ def render(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _anchored_lines(summary: dict) -> list[str]:
+    """The table of every Spunge merge against each anchored baseline (pooled, then per forget set), the fair
+    comparison first (Spunge + anchor against baseline + anchor), then the anchor's own effect on the baseline."""
+    rows = [row for row in summary["rows"] if row.get("against_anchored")]
+    if not rows:
+        return []
+    lines = ["", "## Against the anchored baseline", "",
+             "A data-dependent merge (`anchored_ls`) holds the base where the retain data's inputs act; the un-split "
+             "baseline's one edit anchored the same way (`baseline-<merge>`: same retain data, same settings, the baseline's "
+             "λ sweep) is its fair comparison: Spunge + anchor against baseline + anchor (**fair** below). Every Spunge merge "
+             "is read against it as against the plain baseline (the tables above), by the same rules; the last rows of each "
+             "block give the anchor's own effect on the baseline (anchored baseline − plain baseline).", "",
+             "| method | model | forget set | Spunge merge | against | Δ forget at matched utility | verdict | units | "
+             "not reached (Spunge/baseline) |", "|---|---|---|---|---|---|---|---:|---|"]
+    for row in rows:
+        for arm, entry in row["against_anchored"].items():
+            anchor = arm.removeprefix("baseline-")
+            scopes = [("pooled", entry)] + list(entry["sets"].items())
+            for merge in sorted(entry["merges"], key=lambda m: m != anchor):
+                tag = f"{merge} (**fair**)" if merge == anchor else merge
+                for scope, found in scopes:
+                    m = found["merges"][merge]["matched_utility"]
+                    lines.append(f"| {row['method']} | {row['model']} | {scope} | {tag} | {arm} | {_ci(m)} | **{m['verdict']}** | "
+                                 f"{found['units']} | {m['spunge_not_reached']}/{m['baseline_not_reached']} |")
+            effects = [("pooled", entry["anchor_on_baseline"]["pooled"], row["units"])] + [
+                (name, m, row["sets"][name]["units"]) for name, m in entry["anchor_on_baseline"]["sets"].items()]
+            for scope, m, units in effects:
+                lines.append(f"| {row['method']} | {row['model']} | {scope} | {arm} (anchor alone) | baseline | {_ci(m)} | "
+                             f"**{m['verdict']}** | {units} | {m['spunge_not_reached']}/{m['baseline_not_reached']} |")
+    return lines
+
+
 def _margin(readout: dict) -> str:
     margin = readout.get("retain_ppl_margin_pct")
     return "(not checked)" if margin is None else f"{margin:g} %"
@@ -245,17 +280,37 @@ def _facts_line(row: dict) -> str:
     return f"Facts left out as echo-answerable (their answer is in their prompt): {row.get('excluded', 0)}. {size}"
 
 
+def against_anchored(units: list[dict], merges: list[str], anchored: list[str], readout: dict) -> dict[str, dict]:
+    """{`baseline-<merge>`: every Spunge merge against that anchored baseline, pooled and per forget set, and the anchor's
+    own effect on the baseline (`baseline-<merge>` against the plain baseline)}: Spunge + anchor against baseline +
+    anchor is the fair comparison for a data-dependent merge; both also stand against the plain baseline (the row itself)."""
+    found = {}
+    for merge in anchored:
+        arm = f"baseline-{merge}"
+        pooled, sets = rows_by_set(units, merges, readout, baseline=arm)
+        alone, alone_sets = rows_by_set(units, [merge], readout, arm_of="baseline-{}".format)
+        found[arm] = {**pooled, "sets": sets, "anchor_on_baseline": {
+            "pooled": alone["merges"][merge]["matched_utility"],
+            "sets": {name: entry["merges"][merge]["matched_utility"] for name, entry in alone_sets.items()}}}
+    return found
+
+
 def write_outputs(rows: dict, plan: dict, settings, out: Path, *, plan_markdown: str, seconds: float, quick: bool) -> dict:
     """summary.json, summary.md, one frontier PNG per row (pooled) and one per forget set under `out`; returns the summary."""
     import datetime
+
+    from grid_points import anchored_merges
 
     from spunge_merge.fsutil import atomic_write_text, write_json
 
     summary_rows = []
     keep_drop = float(plan["readout"]["keep_drop"])
-    arms = ["baseline"] + [f"spunge-{m}" for m in settings.merges]
     for (task, method, model), units in rows.items():
-        pooled, sets = rows_by_set(units, settings.merges, plan["readout"])
+        merges = settings.for_method(method, model).merges
+        anchored = anchored_merges(merges, plan["merges"])
+        arms = ["baseline"] + [f"baseline-{m}" for m in anchored] + [f"spunge-{m}" for m in merges]
+        pooled, sets = rows_by_set(units, merges, plan["readout"])
+        pooled["against_anchored"] = against_anchored(units, merges, anchored, plan["readout"])
         pooled["fallback_facts"] = any(u["fallback"] for u in units)
         pooled["excluded"] = max(u.get("excluded", 0) for u in units)
         pooled["facts_per_domain"] = units[0]["points"]["base"].get("facts_per_domain", {})
@@ -273,12 +328,15 @@ def write_outputs(rows: dict, plan: dict, settings, out: Path, *, plan_markdown:
     summary = {"quick": quick, "rows": summary_rows, "readout": plan["readout"], "fallback_facts": _repo_relative(plan["fallback_facts"])
                if plan.get("fallback_facts") else None,
                "settings": {"seeds": settings.seeds, "merges": {m: plan["merges"][m] for m in settings.merges},
+                            "method_merges": settings.method_merges,
                             "lambdas": settings.lambdas, "baseline_lambdas": settings.baseline_lambdas,
                             "method_lambdas": settings.method_lambdas, "model_lambdas": settings.model_lambdas},
                "seconds": round(seconds, 1), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "plan_markdown": plan_markdown}
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "summary.json", json.loads(json.dumps(summary, default=str)))
+    # as summary.json stores it (keys sorted), so that summary.md is what its JSON renders to, whatever the merges' order
+    summary = json.loads(json.dumps(summary, default=str, sort_keys=True))
+    write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", render(summary))
     return summary
 

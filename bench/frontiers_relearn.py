@@ -36,6 +36,13 @@ def attacks(cell, preset: str = "lucki2024") -> dict[str, dict]:
     return found
 
 
+def grid_arms(merges: list[str], merge_settings: dict[str, dict]) -> list[str]:
+    """The arms of a seed's grid, as `grid_points.seed_arms` names them: the baseline, each anchored baseline, each merge."""
+    from grid_points import seed_arms
+
+    return list(dict.fromkeys(arm for arm, _ in seed_arms([1.0], [1.0], merges, merge_settings)))
+
+
 def operating_points(unit: dict, arms: list[str], readout) -> dict[str, dict[str, float]]:
     """arm -> {grid label: interpolation weight} of the measured λ that bracket keep avg = base − keep_drop
     (the read-out's own rule, `matched.matched_utility`, retain-perplexity margin included)."""
@@ -78,7 +85,7 @@ def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = 
             knowledge = dict(load_yaml(seed_dir / "pipeline.yaml")["eval"]["knowledge"])
             knowledge["facts"] = str(REPO / knowledge["facts"])
             work = root / "grid" / str(seed)
-            arms = ["baseline", *(f"spunge-{m}" for m in sweep.merges)]
+            arms = grid_arms(sweep.merges, plan["merges"])
             for arm, labels in operating_points(unit, arms, readout).items():
                 for name in labels:
                     outs = {attack: work / "relearn" / name / attack for attack in chosen}
@@ -88,9 +95,9 @@ def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = 
                     model_dir = work / "models" / name
                     built = not (model_dir / "config.json").is_file()
                     if built:
-                        build_model(arm, arm_and_lambda(name)[1], seed_dir, model_dir, base=base, method=method,
+                        build_model(arm, arm_and_lambda(name)[1], model_dir, seed_dir, work, base=base, method=method,
                                     merge_settings={m: plan["merges"][m] for m in sweep.merges},
-                                    views_dir=plan["runs"] / ".views" / cell.model, scratch=work / "scratch")
+                                    views_dir=plan["runs"] / ".views" / cell.model)
                     for attack in todo:
                         started = time.perf_counter()
                         evaluate_relearn(model_dir, out=outs[attack], base_result=str(root / "grid" / "base"),
@@ -110,7 +117,7 @@ def summarize(plan: dict, cells: list, settings, cell_dir, *, preset: str = "luc
     found = []
     for cell in cells:
         sweep = settings.for_method(cell.method, cell.model)
-        arms = ["baseline", *(f"spunge-{m}" for m in sweep.merges)]
+        arms = grid_arms(sweep.merges, plan["merges"])
         for unit in rows.get((cell.task, cell.method, cell.model), []):
             if unit["pair"] != list(cell.pair):
                 continue

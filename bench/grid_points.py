@@ -4,7 +4,9 @@
 methods, forget pairs and base models) both take a finished per-seed run directory (its split runs in
 `unlearn/`, its un-split run in `baseline/run`), build Spunge merges at several λ through
 `spunge_merge.merge.merge_runs` and the baseline at several λ through its method's registry record
-(`to_model`), and score each model with the pipeline's own knowledge and perplexity settings.
+(`to_model`), and score each model with the pipeline's own knowledge and perplexity settings. A merge that
+reads data statistics (`anchored_ls`) also gets an anchored baseline arm, `baseline-<merge>`: the baseline's one
+run merged alone with the same settings, over the baseline's λ sweep (Spunge + anchor against baseline + anchor).
 Every finished model and evaluation is kept and skipped on the next call, so a killed run loses at
 most the model in progress (models and evaluations are written to a temporary path, then renamed).
 """
@@ -66,24 +68,46 @@ def evaluate_model(model_dir: Path, out: Path, eval_section: dict, files_dir: Pa
         evaluate_perplexity(model, texts, out, device="cpu", progress=False, **ppl)
 
 
-def build_model(arm: str, lam: float, seed_dir: Path, model_dir: Path, *, base, method, merge_settings: dict[str, dict],
-                views_dir: Path, scratch: Path) -> None:
-    """One grid model: the baseline at λ through its method's record, or a merge of the seed's split runs at λ."""
+def anchored_merges(merges: list[str], merge_settings: dict[str, dict] | None = None) -> list[str]:
+    """The merges that also get a baseline arm: those whose method reads data statistics (`anchored_ls`). The
+    un-split baseline's one edit merged alone with the same settings (same retain data, ρ, ridge) is the fair
+    comparison for them (arm `baseline-<merge>`); a weights-only merge of one edit is the plain baseline again."""
+    from spunge_merge.merge.methods import takes_statistics
+
+    settings = merge_settings or MERGES
+    return [name for name in merges if takes_statistics(settings[name]["method"])]
+
+
+def seed_arms(lambdas: list[float], baseline_lambdas: list[float], merges: list[str],
+              merge_settings: dict[str, dict] | None = None) -> list[tuple[str, float]]:
+    """Every (arm, λ) of one seed's grid: the baseline and each anchored baseline (`anchored_merges`) over the
+    baseline's sweep, every Spunge merge over the merges' sweep."""
+    anchored = anchored_merges(merges, merge_settings)
+    return ([("baseline", lam) for lam in baseline_lambdas] + [(f"baseline-{name}", lam) for name in anchored for lam in baseline_lambdas]
+            + [(f"spunge-{name}", lam) for name in merges for lam in lambdas])
+
+
+def build_model(arm: str, lam: float, model_dir: Path, seed_dir: Path, work: Path, *, base, method,
+                merge_settings: dict[str, dict], views_dir: Path) -> None:
+    """One grid model: the baseline at λ (its method's `to_model`), the baseline's one run merged alone
+    (`baseline-<merge>`), or the split runs merged (`spunge-<merge>`), both through `merge_runs`."""
     from spunge_merge.merge import merge_runs
 
     if arm == "baseline":
-        method.to_model(base, seed_dir / "baseline" / "run", lam, model_dir, scratch)
-    else:
-        merge_runs(base, [seed_dir / "unlearn"], model_dir, lam=lam, views_dir=views_dir, progress=False, force=True,
-                   **merge_settings[arm.removeprefix("spunge-")])
+        method.to_model(base, seed_dir / "baseline" / "run", lam, model_dir, work / "scratch")
+        return
+    kind, _, merge = arm.partition("-")
+    runs = [seed_dir / "baseline" / "run"] if kind == "baseline" else [seed_dir / "unlearn"]
+    merge_runs(base, runs, model_dir, lam=lam, views_dir=views_dir, progress=False, force=True, **merge_settings[merge])
 
 
 def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section: dict, files_dir: Path,
                       lambdas: list[float], baseline_lambdas: list[float], merges: list[str],
                       merge_settings: dict[str, dict] | None = None, base_eval: Path | None = None,
                       views_dir: Path | None = None, keep_models: bool = True,
-                      on_model: Callable[[str, float], None] | None = None) -> dict[str, Path]:
-    """{label: eval dir} for one seed's run: base, baseline at every λ, every merge at every λ.
+                      on_model: Callable[[str, float], None] | None = None,
+                      arms: list[tuple[str, float]] | None = None) -> dict[str, Path]:
+    """{label: eval dir} for one seed's run: base, baseline (and each anchored baseline) at every λ, every merge at every λ.
 
     `base` is the run's `ResolvedModel`, `method` its registry record. Models go to `work/models/<label>`,
     evaluations to `work/eval/<label>`; both are reused when present. `base_eval` is where the base
@@ -91,16 +115,16 @@ def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section:
     views go (default `work/.views`; share one across runs of the same base to keep one base view).
     `keep_models=False` deletes each model once evaluated (a full model per λ adds up to gigabytes;
     the evaluation is what a rerun skips on). `on_model(label, seconds)` is called after each model that
-    had to be built or evaluated (for timing records).
+    had to be built or evaluated (for timing records). `arms` builds exactly those (arm, λ) instead of
+    `seed_arms(...)` (the driver's adaptive λ).
     """
+    import shutil
+
     from spunge_merge.evaluate.knowledge import KNOWLEDGE_FILE
 
     settings = merge_settings or MERGES
-    import shutil
-
     points: dict[str, Path] = {"base": base_eval or seed_dir / "eval" / "base"}
-    wanted = [("baseline", lam) for lam in baseline_lambdas] + [(f"spunge-{name}", lam) for name in merges for lam in lambdas]
-    for arm, lam in wanted:
+    for arm, lam in arms if arms is not None else seed_arms(lambdas, baseline_lambdas, merges, settings):
         name = label(arm, lam)
         model_dir, eval_dir = work / "models" / name, work / "eval" / name
         points[name] = eval_dir
@@ -108,8 +132,8 @@ def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section:
             continue
         started = time.perf_counter()
         if not (model_dir / "config.json").is_file():
-            build_model(arm, lam, seed_dir, model_dir, base=base, method=method, merge_settings=settings,
-                        views_dir=views_dir or work / ".views", scratch=work / "scratch")
+            build_model(arm, lam, model_dir, seed_dir, work, base=base, method=method, merge_settings=settings,
+                        views_dir=views_dir or work / ".views")
         evaluate_model(model_dir, eval_dir, eval_section, files_dir)
         if not keep_models:
             shutil.rmtree(model_dir)

@@ -93,17 +93,16 @@ def test_the_frontier_driver_adds_each_arms_points_through_its_grid(tmp_path):
 
     built = []
 
-    def build(lambdas, baseline_lambdas, merges):
+    def build(arms):
         out = {"base": tmp_path / "base"}
-        for arm, lams in [("baseline", baseline_lambdas)] + [(f"spunge-{m}", lambdas) for m in merges]:
-            for lam in lams:
-                built.append((arm, lam))
-                keep, forget = curves[arm]
-                out[f"{arm}-lam{lam:g}"] = write(f"{arm}-lam{lam:g}", keep(lam), forget(lam))
+        for arm, lam in arms:
+            built.append((arm, lam))
+            keep, forget = curves[arm]
+            out[f"{arm}-lam{lam:g}"] = write(f"{arm}-lam{lam:g}", keep(lam), forget(lam))
         return out
 
     write("base", 100.0, 100.0)
-    found = build([1.0, 2.0], [1.0, 2.0], ["ties"])
+    found = build([("baseline", 1.0), ("baseline", 2.0), ("spunge-ties", 1.0), ("spunge-ties", 2.0)])
     built.clear()
     cell = frontiers.Cell("knowledge", "tiny", "rmu", ("a", "b"), tmp_path / "facts.jsonl", False)
     plan = {"refine": {"extra_points": 4}, "readout": {"keep_drop": 5.0, "retain_ppl_margin_pct": 50.0}}

@@ -42,7 +42,9 @@ def test_a_method_with_its_own_sweeps_gets_them_and_the_others_keep_the_plans(tm
     assert (tvn.lambdas, tvn.baseline_lambdas) == (own["lambdas"], own["baseline_lambdas"])
     assert (rmu.lambdas, rmu.baseline_lambdas) == ([float(x) for x in plan["lambdas"]],
                                                    [float(x) for x in plan["baseline_lambdas"]])
-    assert tvn.models_per_seed == 3 + len(plan["merges"]) * 2
+    # TVN's own merge list (method_merges: no anchored_ls, whose baseline arm it would add too)
+    assert tvn.merges == [m for m in plan["merges"] if m != "anchored_ls"]
+    assert tvn.models_per_seed == 3 + len(tvn.merges) * 2
     # the cost table counts each cell's own grid models
     text, _ = frontiers.plan_text(plan, cells, settings, budget_hours=1000.0)
     tvn_rows = [line for line in text.splitlines() if line.startswith("| ") and "| tvn |" in line]
@@ -96,7 +98,8 @@ def test_a_task_the_plan_does_not_run_is_printed_as_cut_with_its_cost(tmp_path):
     entry = {"run": "`make x`", "seed_pipeline": 3600, "model": 1800, "why": "Slow judges."}
     plan = frontiers.load_plan(write_plan(tmp_path, not_planned={"toxigen": entry}, seeds=[0, 1],
                                           methods=["rmu", "tvn"], merges={"ties": {"method": "ties"}},
-                                          lambdas=[1.0, 2.0], baseline_lambdas=[1.0], method_lambdas={}))
+                                          lambdas=[1.0, 2.0], baseline_lambdas=[1.0], method_lambdas={},
+                                          method_merges={}))
     cells, settings = frontiers.select(plan, quick=False, only={})
     text, _ = frontiers.plan_text(plan, cells, settings, budget_hours=1000.0)
     # per (model, method): 2 seeds × cost_scale × (one seed's pipeline + (1 baseline λ + 1 merge × 2 λ) × one model)

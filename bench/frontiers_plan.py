@@ -1,0 +1,162 @@
+"""The frontier benchmark's plan file (`recipes/frontiers.yaml`, or a plan of one's own over it): read, its paths
+resolved, its per-method sweeps and merge lists checked, and `--only` parsed. `bench/frontiers.py` selects the
+cells and settings from it; split out of that driver so each file stays one concept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLAN = REPO / "recipes" / "frontiers.yaml"
+
+
+def load_plan(path: Path = PLAN) -> dict:
+    """The plan file over the shipped plan's defaults, each relative path resolved against the file that names it,
+    checked for the keys the driver reads.
+
+    A plan other than the shipped one needs only what differs from it (typically `models` with their facts
+    files): every other key is the shipped plan's. Its `runs` and `results` default to `<stem>-runs` and
+    `<stem>-results` beside it, so it never writes into the shipped benchmark's folders."""
+    from pydantic import ValidationError
+
+    from spunge_merge.config import format_validation_error, load_yaml
+    from spunge_merge.errors import SpungeError
+    from spunge_merge.evaluate.matched import FrontierReadout
+
+    path = Path(path).resolve()
+    given = load_yaml(path)
+    if not isinstance(given, dict):
+        raise SpungeError(f"{path}: expected a mapping (the frontier plan)")
+    plan = _resolved(dict(given), path.parent)
+    if path != PLAN.resolve():
+        defaults = _resolved(dict(load_yaml(PLAN)), PLAN.parent)
+        defaults.update(runs=path.parent / f"{path.stem}-runs", results=path.parent / f"{path.stem}-results")
+        plan = {**defaults, **plan}
+        if "method_lambdas" not in given:  # the shipped sweeps of the methods this plan runs
+            plan["method_lambdas"] = {m: v for m, v in (defaults.get("method_lambdas") or {}).items() if m in plan["methods"]}
+        if "method_merges" not in given:  # the shipped lists of the methods it runs, unless it names its own merges
+            plan["method_merges"] = {} if "merges" in given else {
+                m: v for m, v in (defaults.get("method_merges") or {}).items() if m in plan["methods"]}
+    for key in ("task", "runs", "results", "models", "methods", "pairs", "seeds", "merges", "lambdas",
+                "baseline_lambdas", "readout", "budget_hours", "estimates"):
+        if key not in plan:
+            raise SpungeError(f"{path}: missing key `{key}`")
+    for name, merge in plan["merges"].items():
+        if not isinstance(merge, dict) or "method" not in merge:
+            raise SpungeError(f"{path}: merges.{name} needs a mapping with `method`")
+    for task, entry in (plan.get("not_planned") or {}).items():
+        missing = [k for k in ("run", "seed_pipeline", "model", "why") if k not in (entry or {})]
+        if missing:
+            raise SpungeError(f"{path}: not_planned.{task} needs {', '.join(f'`{k}`' for k in missing)}")
+    try:
+        plan["readout"] = FrontierReadout(**dict(plan["readout"] or {})).model_dump()
+    except ValidationError as exc:
+        raise SpungeError(format_validation_error(exc, str(path), prefix=("readout",))) from None
+    plan["_dir"], plan["_file"] = path.parent, path
+    return plan
+
+
+def _resolved(plan: dict, here: Path) -> dict:
+    """The plan's relative paths (runs, results, fallback_facts, each model's facts, templates) made absolute against `here`."""
+    for key in ("runs", "results", "fallback_facts"):
+        if plan.get(key) is not None:
+            plan[key] = (here / plan[key]).resolve()
+    if "models" in plan:
+        plan["models"] = {m: {**v, "facts": (here / v["facts"]).resolve()} for m, v in plan["models"].items()}
+    if plan.get("templates"):
+        plan["templates"] = {m: (here / t).resolve() for m, t in plan["templates"].items()}
+    return plan
+
+
+def parse_only(text: str | None) -> dict[str, set[str]]:
+    """`model=a,method=b` (repeat a key for several values: `method=rmu,method=tvn`) → {key: values}."""
+    from spunge_merge.errors import SpungeError
+
+    found: dict[str, set[str]] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in ("task", "model", "method", "pair", "merge"):
+            raise SpungeError(f"--only {text}: use KEY=VALUE with KEY one of task, model, method, pair (pair=a+b), merge")
+        found.setdefault(key.strip(), set()).add(value.strip())
+    return found
+
+
+def facts_domains(facts: Path) -> list[str]:
+    from spunge_merge.fsutil import iter_jsonl
+
+    return sorted({row["domain"] for _, row in iter_jsonl(facts)})
+
+
+def pairs_for(plan: dict, facts: Path, n_pairs: int) -> list[tuple[str, str]]:
+    """The plan's forget pairs for one facts file (`auto`: disjoint pairs of its sorted domains)."""
+    from spunge_merge.errors import SpungeError
+
+    domains = facts_domains(facts)
+    if plan["pairs"] == "auto":
+        if len(domains) < 3:
+            raise SpungeError(f"{facts}: {len(domains)} domains; forgetting two needs at least one more to keep")
+        pairs = [(domains[i], domains[i + 1]) for i in range(0, len(domains) - 1, 2)]
+    else:
+        pairs = [tuple(p) for p in plan["pairs"]]
+        for pair in pairs:
+            if missing := [d for d in pair if d not in domains]:
+                raise SpungeError(f"recipes/frontiers.yaml: pairs: domain {', '.join(missing)} is not in {facts} "
+                                  f"(its domains: {', '.join(domains)})")
+    return pairs[:n_pairs]
+
+
+def method_lambdas(plan: dict, sub: dict) -> dict[str, dict[str, list[float]]]:
+    """The per-method λ sweeps, checked and as floats: the quick subset's own `method_lambdas`, else the plan's,
+    less any sweep the subset sets for every method (its `lambdas` or `baseline_lambdas` are its choice)."""
+    from spunge_merge.errors import SpungeError
+
+    given = sub.get("method_lambdas")
+    if given is None:
+        given = {method: {key: values for key, values in own.items() if key not in sub} if isinstance(own, dict) else own
+                 for method, own in (plan.get("method_lambdas") or {}).items()}
+    found = {}
+    for method, own in given.items():
+        if own == {}:  # every sweep of it set by the subset
+            continue
+        if method not in plan["methods"]:
+            raise SpungeError(f"recipes/frontiers.yaml: method_lambdas: unknown method {method} "
+                              f"(methods: {', '.join(plan['methods'])})")
+        if not isinstance(own, dict) or set(own) - {"lambdas", "baseline_lambdas"}:
+            raise SpungeError(f"recipes/frontiers.yaml: method_lambdas.{method} takes `lambdas` and `baseline_lambdas`")
+        found[method] = {key: [float(x) for x in values] for key, values in own.items()}
+    return found
+
+
+def method_merges(plan: dict, sub: dict) -> dict[str, list[str]]:
+    """The per-method merge lists, checked: the quick subset's own `method_merges`, else the plan's unless the subset
+    sets `merges` for every method (its choice); a method not named takes the global list."""
+    from spunge_merge.errors import SpungeError
+
+    given = sub.get("method_merges", {} if "merges" in sub else plan.get("method_merges") or {})
+    for method, merges in given.items():
+        if method not in plan["methods"]:
+            raise SpungeError(f"{plan.get('_file', 'the plan')}: method_merges: unknown method {method} "
+                              f"(methods: {', '.join(plan['methods'])})")
+        unknown = [m for m in merges or [] if m not in plan["merges"]] if isinstance(merges, list) else ["(not a list)"]
+        if unknown or not merges:
+            raise SpungeError(f"{plan.get('_file', 'the plan')}: method_merges.{method}: a non-empty list of the plan's merges "
+                              f"({', '.join(plan['merges'])}); unknown: {', '.join(unknown) or 'none'}")
+    return {method: list(merges) for method, merges in given.items()}
+
+
+def model_lambdas(plan: dict) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """`models.<model>.method_lambdas`, checked and as floats: a model's own sweeps for a method (over the method's)."""
+    from spunge_merge.errors import SpungeError
+
+    found = {}
+    for model, entry in plan["models"].items():
+        for method, own in (entry.get("method_lambdas") or {}).items():
+            where = f"{plan.get('_file', 'the plan')}: models.{model}.method_lambdas.{method}"
+            if method not in plan["methods"]:
+                raise SpungeError(f"{where}: unknown method (methods: {', '.join(plan['methods'])})")
+            if not isinstance(own, dict) or not own or set(own) - {"lambdas", "baseline_lambdas"}:
+                raise SpungeError(f"{where}: takes `lambdas` and `baseline_lambdas`")
+            found.setdefault(model, {})[method] = {key: [float(x) for x in values] for key, values in own.items()}
+    return found
