@@ -38,7 +38,11 @@ def _result(base: dict[str, float], steps: dict[int, dict[str, list[int]]], verd
         entries = {d: {"accuracy": sum(v) / len(v), "correct": sum(v), "n": len(v), **({"verdicts": v} if verdicts else {})}
                    for d, v in domains.items()}
         curve.append({"step": step, "domains": entries})
-    return {"kind": "relearn", "base": {"domains": base}, "curve": curve}
+    first, last = curve[0]["domains"], curve[-1]["domains"]
+    summary = {d: {"base": base[d], "unlearned": first[d]["accuracy"], "attacked": last[d]["accuracy"],
+                   "recovery": None if base[d] == first[d]["accuracy"] else
+                   (last[d]["accuracy"] - first[d]["accuracy"]) / (base[d] - first[d]["accuracy"])} for d in first}
+    return {"kind": "relearn", "base": {"domains": base}, "curve": curve, "domains": summary}
 
 
 BASE = {"a": 1.0, "b": 0.75}
@@ -179,3 +183,37 @@ def test_rows_per_forget_set_and_pooled_with_the_plot_and_the_markdown(tmp_path)
     assert "`python bench/frontiers.py --readout-only --relearn lucki2024`" in text
     line = next(x for x in text.splitlines() if x.startswith("| rmu | tiny | a+b | ties | in-subset-k10 | in-subset |"))
     assert "| 10 | -35.4 [" in line and "**helps**" in line
+
+
+def test_the_driver_reads_a_grid_on_disk_into_relearn_md_and_json(tmp_path):
+    """write_robustness over a frontier grid written as the driver writes it (evaluations, relearn results)."""
+    import frontiers
+    from frontiers_robustness import write_robustness
+
+    from spunge_merge.fsutil import write_json
+
+    plan = {"runs": tmp_path / "runs", "readout": READOUT, "merges": {"ties": {"method": "ties"}}}
+    cell = frontiers.Cell(task="knowledge", model="tiny", method="rmu", pair=("a", "b"), facts=tmp_path / "facts.jsonl",
+                          fallback=False)
+    settings = frontiers.Settings(seeds=[0, 1, 2], merges=["ties"], lambdas=[0.5, 1.0, 2.0], baseline_lambdas=[1.0, 2.0, 4.0])
+    root = frontiers.cell_dir(plan, cell)
+    shifts = {0: 0, 1: 1, 2: 0}
+    world = _world(shifts)
+    for seed in shifts:
+        for name, point in _unit(seed=seed)["points"].items():
+            where = root / "grid" / "base" if name == "base" else root / "grid" / str(seed) / "eval" / name
+            forget, keep = point["forget"][0] / 100, point["keep"][0] / 100
+            write_json(where / "knowledge.json", {"domains": {"a": {"accuracy": forget, "n": 4}, "b": {"accuracy": forget, "n": 4},
+                                                              "k": {"accuracy": keep, "n": 4}}})
+            write_json(where / "perplexity.json", {"perplexity": 10.0})
+        for label in WEIGHTS:
+            write_json(root / "grid" / str(seed) / "relearn" / label / "in-subset-k10" / "relearn.json", world[(seed, label)])
+    out = tmp_path / "RESULTS"
+    summary = write_robustness(plan, [cell], settings, frontiers.cell_dir, out, preset="lucki2024", command="python bench/frontiers.py x")
+    stored = json.loads((out / "relearn.json").read_text(encoding="utf-8"))
+    assert stored == summary and (out / "relearn.md").read_text(encoding="utf-8") == render(stored)
+    found = stored["rows"][0]["pooled"]["ties"]["in-subset-k10"]["comparison"]["in_subset"]["recovery"]["10"]
+    assert found["mean"] == pytest.approx((-43.75 * 2 - 18.75) / 3) and found["verdict"] == "helps"
+    assert (out / stored["rows"][0]["plots"]["ties"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_seed = {(r["seed"], r["arm"]): r for r in stored["per_seed"] if r["attack"] == "in-subset-k10"}
+    assert per_seed[(1, "spunge-ties")]["in_subset"] == pytest.approx(0.5)  # the hook's own per-seed figure, kept beside
