@@ -435,7 +435,8 @@ def main() -> None:
     parser.add_argument("--readout-only", action="store_true", help="train and build nothing: read out what is finished")
     parser.add_argument("--relearn", default=None, metavar="PRESET", help="also attack each arm's matched-utility point with "
                         "`spunge eval relearn` (bench/frontiers_relearn.py: in-subset k 5/10/20, WikiText k 10) using this "
-                        "preset (lucki2024, che2025, deeb2024); writes RESULTS/relearn.json")
+                        "preset (lucki2024, che2025, deeb2024); writes RESULTS/relearn.md and relearn.json "
+                        "(bench/frontiers_robustness.py: Spunge − baseline recovery with intervals and verdicts)")
     parser.add_argument("--relearn-attacks", default=None, help="with --relearn: only these attacks, comma-separated "
                         "(in-subset-k5, in-subset-k10, in-subset-k20, wikitext-k10)")
     args = parser.parse_args()
@@ -464,13 +465,16 @@ def main() -> None:
             print(f"== {cell.key} ({cell.facts.name}{', fallback' if cell.fallback else ''})", flush=True)
             run_cell(plan, cell, settings.for_method(cell.method, cell.model))
         if args.relearn:
-            from frontiers_relearn import relearn_cells, summarize
+            import shlex
 
-            from spunge_merge.fsutil import write_json
+            from frontiers_relearn import relearn_cells
+            from frontiers_robustness import write_robustness
 
             wanted = set(args.relearn_attacks.split(",")) if args.relearn_attacks else None
             relearn_cells(plan, todo, settings, cell_dir, preset=args.relearn, only_attacks=wanted)
-            write_json(out / "relearn.json", summarize(plan, todo, settings, cell_dir, preset=args.relearn))
+            # every cell of the plan with attacked units, not only this slice's: one cell per run adds to one read-out
+            write_robustness(plan, select(plan, quick=args.quick, only={})[0], settings, cell_dir, out, preset=args.relearn,
+                             command="OMP_NUM_THREADS=1 python bench/frontiers.py " + shlex.join(sys.argv[1:]))
         from frontiers_readout import collect, render, write_outputs
 
         # every finished cell of the plan (or of its quick subset), not only this invocation's slice: a run with

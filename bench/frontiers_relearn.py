@@ -12,7 +12,7 @@ for the other forgotten domain (cross-subset) at once.
 
 The read-out (`summarize`) gives per (cell, arm, attack) and seed the recovery at the last attack step of
 each forgotten domain, mixed across the two bracketing λ with the read-out's interpolation weights; the
-Spunge − baseline difference with an interval over seeds is the later session's (issue 26, item 3).
+Spunge − baseline difference with its interval and verdict, per attack step, is `frontiers_robustness.py`'s.
 """
 
 from __future__ import annotations

@@ -128,6 +128,7 @@ def test_the_curve_is_a_plain_lora_loop_and_the_model_files_stay_as_they_were(wo
         assert {d: e["accuracy"] for d, e in point["domains"].items()} == pytest.approx(accuracy[point["step"]], abs=1e-12)
         assert point["loss"] == (None if point["step"] == 0 else pytest.approx(losses[point["step"] - 1], rel=1e-5))
         for domain, entry in point["domains"].items():
+            assert len(entry["verdicts"]) == entry["n"] and sum(entry["verdicts"]) == entry["correct"]
             gap = base[domain] - accuracy[0][domain]
             expected = None if gap == 0 else (accuracy[point["step"]][domain] - accuracy[0][domain]) / gap
             assert entry["recovery"] == (None if expected is None else pytest.approx(expected))

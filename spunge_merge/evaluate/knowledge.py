@@ -407,11 +407,14 @@ def _verdicts(rows: list[dict[str, Any]], cfg: KnowledgeConfig, completions, log
 
 def score_loaded(cfg: KnowledgeConfig, lm, tokenizer, device, rewrite=None) -> dict[str, Any]:
     """Per-domain accuracy of a model already in memory (what `relearn` reads between attack steps):
-    {"domains": {domain: {n, correct, accuracy, excluded_echoes}}, "overall": {n, correct, accuracy}};
+    {"domains": {domain: {n, correct, accuracy, excluded_echoes, verdicts}}, "overall": {n, correct, accuracy}};
+    `verdicts` is each fact's 1 or 0 in the facts' order (the robustness read-out bootstraps over facts);
     `rewrite(fact, facts)` -> another prompt for each fact (relearn's probes: paraphrase, few-shot)."""
     _, rows, echoes = _probed_facts(cfg, rewrite)
     records = _probe_loaded(lm, tokenizer, device, rows, cfg)
     summary, _ = _per_domain(rows, records, echoes)
+    for domain, entry in summary.items():
+        entry["verdicts"] = [int(bool(r["correct"])) for r in records if r["domain"] == domain]
     correct = sum(entry["correct"] for entry in summary.values())
     return {"domains": summary, "overall": {"n": len(rows), "correct": correct, "accuracy": correct / len(rows)}}
 

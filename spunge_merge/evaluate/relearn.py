@@ -264,8 +264,8 @@ def plan_relearn(request: EvaluationRequest) -> Planned:
 
         def read(step: int, model) -> None:
             scored = measured.score_loaded(settings, model, tokenizer, device)
-            curve.append({"step": step, "domains": {d: {"accuracy": e["accuracy"], "correct": e["correct"], "n": e["n"]}
-                                                    for d, e in scored["domains"].items()}})
+            curve.append({"step": step, "domains": {d: {"accuracy": e["accuracy"], "correct": e["correct"], "n": e["n"],
+                                                        "verdicts": e["verdicts"]} for d, e in scored["domains"].items()}})
 
         losses = run_attack(lm, tokenizer, texts, attack, device, read)
         unlearned = {d: e["accuracy"] for d, e in curve[0]["domains"].items()}
