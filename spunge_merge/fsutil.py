@@ -225,8 +225,8 @@ def guard_output(out: str | Path, *, inputs: Iterable[str | Path | None] = (), f
     out = Path(out)
     where = out.resolve()
     for given in inputs:
-        if given is None or not str(given) or not Path(given).exists():
-            continue
+        if not isinstance(given, str | os.PathLike) or not str(given) or not Path(given).exists():
+            continue  # None, an object given in a path's place (a judge), a Hub id
         relation = _overlap(where, Path(given).resolve())
         if relation is not None:
             raise SpungeError(f"{option} {out} {relation} the input {given}; spunge never writes over or into its inputs, "
