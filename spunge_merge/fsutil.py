@@ -15,7 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,66 @@ def check_output_dir(out: Path, *, force: bool) -> None:
         raise SpungeError(f"output path {out} exists and is not a directory")
     if is_nonempty_dir(out) and not force:
         raise SpungeError(f"output directory {out} is not empty; pass --force to replace it")
+
+
+# What every spunge output directory holds, so `--force` can tell one from a folder of the user's:
+# `spunge.json` (provenance.PROVENANCE_FILE: runs, models, merges, evaluations), `manifest.json` (a split,
+# data.loading.SPLIT_MANIFEST, or a fan-out of runs, runs.RUNS_MANIFEST) and a run directory's state folder
+# (pipeline.state.STATE_DIR). They live here, below those modules; tests/test_outputs_safe.py checks they agree.
+OWNED_MARKERS = ("spunge.json", "manifest.json", ".spunge-state")
+
+
+def cache_root() -> Path:
+    """`$SPUNGE_CACHE`, else `$XDG_CACHE_HOME/spunge`, else `~/.cache/spunge`."""
+    if explicit := os.environ.get("SPUNGE_CACHE"):
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "spunge"
+
+
+def _overlap(out: Path, other: Path) -> str | None:
+    """How `out` sits against `other` (both resolved): "is", "lies inside", "contains", or None."""
+    if out == other:
+        return "is"
+    if other in out.parents:
+        return "lies inside"
+    if out in other.parents:
+        return "contains"
+    return None
+
+
+def guard_output(out: str | Path, *, inputs: Iterable[str | Path | None] = (), force: bool = False,
+                 option: str = "--out", directory: bool = True) -> None:
+    """Refuse an output that would destroy or change what spunge reads, before anything is written.
+
+    Refused always, `force` or not, after resolving symlinks: an output that is, contains or lies inside
+    one of `inputs` (entries naming no existing path, e.g. a Hub id, are skipped) or spunge's cache. A
+    directory output must not be a file; one that will be replaced (`force`) must be empty or hold one of
+    `OWNED_MARKERS`, since replacing a folder of the user's deletes their files. Whether a non-empty
+    output needs `force` at all stays the caller's decision (a finished run is reused, not replaced).
+    """
+    out = Path(out)
+    where = out.resolve()
+    for given in inputs:
+        if not isinstance(given, str | os.PathLike) or not str(given) or not Path(given).exists():
+            continue  # None, an object given in a path's place (a judge), a Hub id
+        relation = _overlap(where, Path(given).resolve())
+        if relation is not None:
+            raise SpungeError(f"{option} {out} {relation} the input {given}; spunge never writes over or into its inputs, "
+                              f"even with --force: choose another {option}")
+    cache = cache_root().resolve()
+    relation = _overlap(where, cache)
+    if relation is not None:
+        raise SpungeError(f"{option} {out} {relation} spunge's cache {cache}; choose another {option}")
+    if not directory:
+        if out.is_dir():
+            raise SpungeError(f"{option} {out}: it is a directory; give a file name")
+        return
+    if out.exists() and not out.is_dir():
+        raise SpungeError(f"output path {out} exists and is not a directory")
+    if force and is_nonempty_dir(out) and not any((out / marker).exists() for marker in OWNED_MARKERS):
+        raise SpungeError(f"{option} {out} holds files that spunge did not write (no {', '.join(OWNED_MARKERS)}); spunge "
+                          f"replaces only its own outputs or an empty directory, even with --force: choose another {option}")
 
 
 def _pid_alive(pid: int) -> bool:

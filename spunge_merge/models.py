@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, sha256_file, sha256_json, write_json
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, cache_root, sha256_file, sha256_json, write_json
 
 SMOLLM2_ALIAS = "smollm2-135m"
 GEMMA3_ALIAS = "gemma3-270m"
@@ -68,14 +68,6 @@ def file_digest(path: Path) -> str:
     with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash next time
         atomic_write_text(memo, digest)
     return digest
-
-
-def cache_root() -> Path:
-    """`$SPUNGE_CACHE`, else `$XDG_CACHE_HOME/spunge`, else `~/.cache/spunge`."""
-    if explicit := os.environ.get("SPUNGE_CACHE"):
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "spunge"
 
 
 def smollm2_gguf_path() -> Path:

@@ -112,6 +112,7 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
     data.mkdir()
     rows = [{"text": f"some text number {i} about things", "group": ["alpha", "beta", "gamma"][i % 3], "score": i % 5}
             for i in range(12)]
+    w["datadir"] = data
     w["data"] = _write_jsonl(data / "data.jsonl", rows)
     lines = [json.dumps(r) for r in rows]
     lines[4] = '{"text": "broken line", "group": '
@@ -618,6 +619,28 @@ CASES = [
          "--quantize int4: Input should be 'none' or 'nf4'"),
     case("ga-quantize-with-full", "unlearn ga --model {model} --forget {data} --out {out} --full --quantize nf4",
          "--quantize nf4: Value error, nf4 trains a LoRA adapter on a 4-bit base, which full does not use"),
+    # ------------------------------------------------------------------ an output over, into or around an input (--force too)
+    case("split-force-out-is-the-data-folder", "split {data} --by group --out {datadir} --force",
+         "--out {datadir} contains the input {data}; spunge never writes over or into its inputs, even with --force"),
+    case("split-force-over-a-folder-of-the-users", "split {data} --by group --out {out} --force",
+         "--out {out} holds files that spunge did not write", "nonempty"),
+    case("ga-force-out-is-the-model", "unlearn ga --model {model} --forget {data} --out {model} --force",
+         "--out {model} is the input {model}"),
+    case("tvn-force-out-inside-the-model", "unlearn tvn --model {model} --forget {data} --out {model}/runs --force",
+         "--out {model}/runs lies inside the input {model}"),
+    case("rmu-force-out-holds-the-retain-data", "unlearn rmu --model {model} --forget {split} --retain {retain} --out {datadir} --force",
+         "--out {datadir} contains the input {retain}"),
+    case("negate-force-out-is-the-runs", "negate {tvn_runs} --lambda 0.5 --out {tvn_runs} --force",
+         "--out {tvn_runs} is the input {tvn_runs}"),
+    case("materialize-force-out-is-the-run", "materialize {rmu_run} --out {rmu_run} --model {model} --force",
+         "--out {rmu_run} is the input {rmu_run}"),
+    case("merge-force-out-is-the-base", "merge {rmu_runs} --base {model} --out {model} --force", "--out {model} is the input"),
+    case("merge-force-over-a-folder-of-the-users", "merge {rmu_runs} --base {model} --out {out} --force",
+         "--out {out} holds files that spunge did not write", "nonempty"),
+    case("eval-perplexity-out-is-the-model", "eval perplexity --model {model} --data {retain} --out {model}", "--out {model} is the input"),
+    case("eval-perplexity-out-holds-the-data", "eval perplexity --model {model} --data {retain} --out {datadir} --force",
+         "--out {datadir} contains the input {retain}"),
+    case("run-dir-holds-the-data", "run {pipeline} --run-dir {datadir} --force", "--run-dir {datadir} contains the input {data}"),
 ]
 
 

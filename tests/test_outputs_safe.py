@@ -355,6 +355,77 @@ def test_settings_that_differ_are_listed_with_what_they_redo_and_accepted_only_o
     assert "no stage depends on them" in check_recorded_settings(run_dir, described, stages, accept=False)
 
 
+def _seeded_workspace(w: dict, root: Path, **changes) -> Path:
+    pipeline, _ = _pipeline(root, seeds=[0], **changes)
+    (root / "model").symlink_to(w["base"])
+    return pipeline
+
+
+def _said(result, run_dir: Path) -> str:
+    log = run_dir / "pipeline.log"
+    return result.output + (log.read_text() if log.is_file() else "")
+
+
+def test_an_unchanged_seeded_rerun_reports_no_settings_that_differ(world, tmp_path):
+    """Every rerun printed `settings differ (seeds: [0] -> null)`: the seeded run's split compared the file as
+    given with its own internal `seeds=null`; now the file as given is compared with the file as given."""
+    pipeline = _seeded_workspace(world, tmp_path / "ws")
+    run_dir = tmp_path / "run"
+    first = CliRunner().invoke(app, ["run", str(pipeline), "--run-dir", str(run_dir), "--only", "split"])
+    assert first.exit_code == 0, first.output
+    recorded = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
+    assert recorded["seeds"] == [0]  # the file as given
+    before = tree_hashes(run_dir / "split")
+    again = CliRunner().invoke(app, ["run", str(pipeline), "--run-dir", str(run_dir), "--only", "split"])
+    assert again.exit_code == 0, again.output
+    assert "settings differ" not in _said(again, run_dir) and "seeds" not in again.output
+    assert tree_hashes(run_dir / "split") == before
+    changed = CliRunner().invoke(app, ["run", str(pipeline), "--run-dir", str(run_dir), "--only", "split", "--set", "description=x"])
+    assert changed.exit_code == 0 and "settings differ from the recorded run (description: (not set) -> x)" in changed.output
+
+
+def test_a_refused_seeded_rerun_leaves_the_run_directory_byte_identical(world, tmp_path):
+    """`--set merge.density=0.9` on a seeded run directory whose seed merged with 0.5 is refused, and refused before
+    the run directory's pipeline.yaml (or anything else) is rewritten."""
+    from spunge_merge.config import apply_overrides
+    from spunge_merge.pipeline.schema import parse_pipeline
+    from spunge_merge.pipeline.seeds import seed_overrides
+
+    pipeline = _seeded_workspace(world, tmp_path / "ws")
+    run_dir = tmp_path / "run"
+    assert CliRunner().invoke(app, ["run", str(pipeline), "--run-dir", str(run_dir), "--only", "split"]).exit_code == 0
+    raw = yaml.safe_load(pipeline.read_text())
+    seed_raw = apply_overrides(raw, seed_overrides(parse_pipeline(raw), 0, raw), str(pipeline))
+    _recorded_run(run_dir / "seeds" / "0", seed_raw)  # seed 0 merged (and evaluated) with density 0.5
+    before = tree_hashes(run_dir)
+    listing = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*"))
+    result = CliRunner().invoke(app, ["run", str(pipeline), "--run-dir", str(run_dir), "--set", "merge.density=0.9"])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and "merge.density: 0.5 -> 0.9. This would redo: merge, eval" in result.output
+    assert "Traceback" not in result.output
+    assert tree_hashes(run_dir) == before
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")) == listing
+
+
+@pytest.mark.parametrize("seeds", [None, [0]], ids=["single", "seeded"])
+def test_a_missing_data_path_writes_nothing_so_the_fixed_file_runs(world, tmp_path, seeds):
+    """A typo in the data path used to fail in the split stage, after the run directory recorded the typo; the
+    corrected file was then refused as "run with other settings"."""
+    pipeline, raw = _pipeline(tmp_path / "ws", **{"split.data.path": "forgt.jsonl", **({"seeds": seeds} if seeds else {})})
+    (tmp_path / "ws" / "model").symlink_to(world["base"])
+    run_dir = tmp_path / "run"
+    refused = CliRunner().invoke(app, ["run", str(pipeline), "--run-dir", str(run_dir), "--only", "split"])
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1, refused.output
+    assert "split.data.path: forgt.jsonl: no such file or directory" in refused.output
+    assert not run_dir.exists()
+    raw["split"]["data"]["path"] = "forget.jsonl"
+    pipeline.write_text(yaml.safe_dump(raw, sort_keys=False))
+    fixed = CliRunner().invoke(app, ["run", str(pipeline), "--run-dir", str(run_dir), "--only", "split"])
+    assert fixed.exit_code == 0, fixed.output
+    assert "settings differ" not in _said(fixed, run_dir)
+    assert sorted(p.name for p in (run_dir / "split").iterdir()) == ["g0.jsonl", "g1.jsonl", "manifest.json"]
+
+
 # --------------------------------------------------------------------------- Ctrl-C during a run
 
 
@@ -405,6 +476,7 @@ class Case:
     code: int = 2
     file_size_limit: int | None = None  # run in a subprocess under RLIMIT_FSIZE (a file too large)
     needs_hub: bool = False
+    strict: bool = False  # the whole output is that one line (refused before any work printed anything)
 
 
 def _file(path: Path, text: str = "precious\n") -> Path:
@@ -422,6 +494,7 @@ def _run_case(kind: str, **changes):
     def setup(w: dict, tmp: Path):
         pipeline, current = _pipeline(tmp / "ws", **changes)
         (tmp / "ws" / "model").symlink_to(w["base"])
+        (tmp / "ws" / "other").symlink_to(w["base"])  # a model that resolves: the refusal is about the settings
         _, recorded = _pipeline(tmp / "recorded-from")
         run_dir = _recorded_run(tmp / "run", recorded)
         argv = ["run", str(pipeline), "--run-dir", str(run_dir)] + (["--only", "merge"] if kind == "only" else [])
@@ -429,10 +502,10 @@ def _run_case(kind: str, **changes):
     return setup
 
 
-def _materialize_into(target: Callable[[dict, Path], Path]):
+def _materialize_into(target: Callable[[dict, Path], Path], *extra: str):
     def setup(w: dict, tmp: Path):
         out = target(w, tmp)
-        return ["materialize", str(w["rmu"][0]), "--out", str(out), "--model", str(w["base"])], out, [w["base"], w["rmu"][0]]
+        return ["materialize", str(w["rmu"][0]), "--out", str(out), "--model", str(w["base"]), *extra], out, [w["base"], w["rmu"][0]]
     return setup
 
 
@@ -466,10 +539,10 @@ def _deleted_views(w: dict, tmp: Path):
     return ["merge", "--recipe", str(merged / "mergekit_config.yml"), "--out", str(tmp / "again")], tmp / "again", [merged]
 
 
-def _negate_into(target: Callable[[dict, Path], Path]):
+def _negate_into(target: Callable[[dict, Path], Path], *extra: str):
     def setup(w: dict, tmp: Path):
         out = target(w, tmp)
-        return ["negate", str(w["tvn"][0]), "--lambda", "0.5", "--out", str(out)], out, [w["tvn"][0]]
+        return ["negate", str(w["tvn"][0]), "--lambda", "0.5", "--out", str(out), *extra], out, [w["tvn"][0]]
     return setup
 
 
@@ -513,13 +586,13 @@ CASES = [
     # spunge materialize: its --out
     Case("materialize-out-is-a-file", _materialize_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),
     Case("materialize-out-not-empty", _materialize_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),
-    Case("materialize-out-is-the-base", _materialize_into(lambda w, t: w["base"]), "is not empty; pass --force"),
+    Case("materialize-out-is-the-base", _materialize_into(lambda w, t: w["base"]), "is the input"),
     Case("materialize-out-under-a-file", _materialize_into(lambda w, t: _file(t / "f") / "out"), "cannot write to"),
     Case("materialize-file-too-large", _materialize_into(lambda w, t: t / "out"), TOO_LARGE, file_size_limit=60_000),
     # spunge merge: --out, --recipe-out, --views-dir, a recipe whose views were deleted
     Case("merge-out-is-a-file", _merge_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),
     Case("merge-out-not-empty", _merge_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),
-    Case("merge-out-is-a-run", _merge_into(lambda w, t: w["tvn"][0]), "is not empty; pass --force"),
+    Case("merge-out-is-a-run", _merge_into(lambda w, t: w["tvn"][0]), "is the input"),
     Case("merge-recipe-out-is-a-directory", _recipe_out(lambda w, t: _nonempty(t / "recipe")), "it is a directory; give a file name"),
     Case("merge-recipe-out-under-a-file", _recipe_out(lambda w, t: _file(t / "f") / "recipe.yml"), "cannot write"),
     Case("merge-views-dir-is-a-file", _views_dir_is_a_file, "cannot write to"),
@@ -539,6 +612,171 @@ CASES = [
 ]
 
 
+# ---- never over, into or around an input, nor into the cache, --force or not (issue 25)
+
+
+def _data(tmp: Path) -> Path:
+    """A folder of the user's: the data file and a file beside it."""
+    rows = [{"text": f"some text number {i}", "group": ("alpha", "beta")[i % 2]} for i in range(6)]
+    data = _file(tmp / "DATA" / "good.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    _file(tmp / "DATA" / "notes.txt", "the user's notes\n")
+    return data
+
+
+def _link(tmp: Path, target: Path) -> Path:
+    (tmp / "link").symlink_to(target)
+    return tmp / "link"
+
+
+def _split(target: Callable[[dict, Path, Path], Path], *extra: str):
+    def setup(w: dict, tmp: Path):
+        data = _data(tmp)
+        out = target(w, tmp, data)
+        return ["split", str(data), "--by", "group", "--out", str(out), "--force", *extra], out, [data.parent]
+    return setup
+
+
+RETAIN = {"rmu": True, "graddiff": True, "npo": True}  # methods that need (or here get) retain data
+
+
+def _unlearn(method: str, target: Callable[[dict, Path, Path], Path], *extra: str):
+    def setup(w: dict, tmp: Path):
+        data = _data(tmp)
+        out = target(w, tmp, data)
+        retain = ["--retain", str(data)] if RETAIN.get(method) else []
+        return (["unlearn", method, "--model", str(w["base"]), "--forget", str(data), *retain, "--out", str(out), "--force", *extra],
+                out, [data.parent, w["base"]])
+    return setup
+
+
+def _config_inside_out(w: dict, tmp: Path):
+    data = _data(tmp)
+    config = _file(tmp / "job" / "settings.yaml", "lr: 1.0e-4\n")
+    return (["unlearn", "ga", "--model", str(w["base"]), "--forget", str(data), "--config", str(config), "--out", str(tmp / "job"),
+             "--force"], tmp / "job", [data.parent, config])
+
+
+def _eval_perplexity(target: Callable[[dict, Path, Path], Path]):
+    def setup(w: dict, tmp: Path):
+        data = _data(tmp)
+        out = target(w, tmp, data)
+        return (["eval", "perplexity", "--model", str(w["base"]), "--data", str(data), "--out", str(out), "--force"], out,
+                [data.parent, w["base"]])
+    return setup
+
+
+def _compare_into_its_input(w: dict, tmp: Path):
+    results = _file(tmp / "eval-a" / "perplexity.json", json.dumps({"kind": "perplexity", "perplexity": 3.0}))
+    return ["eval", "compare", f"a={results.parent}", "--out", str(results.parent)], results.parent, [results.parent]
+
+
+def _recipe_run_into_its_folder(w: dict, tmp: Path):
+    merged = _copy_merged(w, tmp)
+    return (["merge", "--recipe", str(merged / "mergekit_config.yml"), "--out", str(merged), "--force"], merged, [merged])
+
+
+def _run_dir(target: Callable[[dict, Path, Path], Path], **changes):
+    def setup(w: dict, tmp: Path):
+        pipeline, _ = _pipeline(tmp / "ws", **changes)
+        (tmp / "ws" / "model").symlink_to(w["base"])
+        run_dir = target(w, tmp, pipeline)
+        return ["run", str(pipeline), "--run-dir", str(run_dir), "--force"], run_dir, [tmp / "ws", w["base"]]
+    return setup
+
+
+def _in_cache(tmp: Path) -> Path:
+    return Path(os.environ["SPUNGE_CACHE"]) / "out"
+
+
+INPUTS = "spunge never writes over or into its inputs, even with --force"
+NOT_OURS = "holds files that spunge did not write"
+CASES += [
+    # the issue's data loss: --force deleted the data folder, and the base model
+    Case("split-force-out-is-the-data-folder", _split(lambda w, t, d: d.parent), f"contains the input {{data}}; {INPUTS}", strict=True),
+    Case("split-force-out-is-the-data-file", _split(lambda w, t, d: d), "is the input", strict=True),
+    Case("split-force-out-inside-a-symlink-to-the-data-folder", _split(lambda w, t, d: _link(t, d.parent)), "contains the input",
+         strict=True),
+    Case("split-force-out-contains-the-data", _split(lambda w, t, d: t), "contains the input", strict=True),
+    Case("split-force-out-in-the-cache", _split(lambda w, t, d: _in_cache(t)), "lies inside spunge's cache", strict=True),
+    Case("split-force-over-a-folder-of-the-users", _split(lambda w, t, d: _nonempty(t / "mine")), NOT_OURS, strict=True),
+    *(Case(f"unlearn-{m}-force-out-is-the-model", _unlearn(m, lambda w, t, d: w["base"]), f"is the input {{base}}; {INPUTS}",
+           strict=True) for m in ("ga", "tvn", "rmu", "graddiff", "npo", "simnpo")),
+    Case("unlearn-force-out-inside-the-model", _unlearn("ga", lambda w, t, d: w["base"] / "runs"), "lies inside the input", strict=True),
+    Case("unlearn-force-out-via-a-symlink-to-the-model", _unlearn("ga", lambda w, t, d: _link(t, w["base"])), "is the input",
+         strict=True),
+    Case("unlearn-force-out-holds-the-forget-data", _unlearn("ga", lambda w, t, d: d.parent), "contains the input", strict=True),
+    Case("unlearn-force-out-holds-the-retain-data", _unlearn("npo", lambda w, t, d: d.parent), "contains the input", strict=True),
+    Case("unlearn-force-out-holds-the-config", _config_inside_out, "contains the input", strict=True),
+    Case("unlearn-force-out-in-the-cache", _unlearn("ga", lambda w, t, d: _in_cache(t)), "spunge's cache", strict=True),
+    Case("unlearn-force-over-a-folder-of-the-users", _unlearn("ga", lambda w, t, d: _nonempty(t / "mine")), NOT_OURS, strict=True),
+    Case("negate-force-out-is-the-run", _negate_into(lambda w, t: w["tvn"][0], "--force"), "is the input", strict=True),
+    Case("negate-force-out-inside-the-run", _negate_into(lambda w, t: w["tvn"][0] / "again", "--force"), "lies inside the input",
+         strict=True),
+    Case("negate-force-out-holds-the-run", _negate_into(lambda w, t: w["root"] / "tvn", "--force"), "contains the input", strict=True),
+    Case("materialize-force-out-is-the-base", _materialize_into(lambda w, t: w["base"], "--force"), "is the input", strict=True),
+    Case("materialize-force-out-is-the-run", _materialize_into(lambda w, t: w["rmu"][0], "--force"), "is the input", strict=True),
+    Case("materialize-force-out-inside-the-base", _materialize_into(lambda w, t: w["base"] / "materialized", "--force"),
+         "lies inside the input", strict=True),
+    Case("materialize-force-over-a-folder-of-the-users", _materialize_into(lambda w, t: _nonempty(t / "mine"), "--force"), NOT_OURS,
+         strict=True),
+    Case("merge-force-out-is-the-base", _merge_into(lambda w, t: w["base"], "--force"), "is the input", strict=True),
+    Case("merge-force-out-is-a-run", _merge_into(lambda w, t: w["tvn"][1], "--force"), "is the input", strict=True),
+    Case("merge-force-out-holds-the-runs", _merge_into(lambda w, t: w["root"] / "tvn", "--force"), "contains the input", strict=True),
+    Case("merge-force-out-in-the-cache", _merge_into(lambda w, t: _in_cache(t), "--force"), "spunge's cache", strict=True),
+    Case("merge-force-over-a-folder-of-the-users", _merge_into(lambda w, t: _nonempty(t / "mine"), "--force"), NOT_OURS, strict=True),
+    Case("merge-recipe-force-out-holds-the-recipe", _recipe_run_into_its_folder, "contains the input", strict=True),
+    Case("merge-recipe-out-is-the-base-config", _recipe_out(lambda w, t: w["base"] / "config.json"), "lies inside the input", strict=True),
+    Case("eval-force-out-is-the-model", _eval_perplexity(lambda w, t, d: w["base"]), "is the input", strict=True),
+    Case("eval-force-out-holds-the-data", _eval_perplexity(lambda w, t, d: d.parent), "contains the input", strict=True),
+    Case("eval-compare-out-is-a-result", _compare_into_its_input, "is the input", strict=True),
+    Case("run-dir-holds-the-pipeline-file", _run_dir(lambda w, t, p: p.parent), "--run-dir", strict=True),
+    Case("run-dir-inside-the-model", _run_dir(lambda w, t, p: w["base"] / "run"), "lies inside the input", strict=True),
+    Case("run-dir-in-the-cache", _run_dir(lambda w, t, p: _in_cache(t)), "spunge's cache", strict=True),
+    Case("run-dir-a-folder-of-the-users", _run_dir(lambda w, t, p: _nonempty(t / "mine")), NOT_OURS, strict=True),
+    Case("run-data-path-missing", _run_dir(lambda w, t, p: t / "run", **{"split.data.path": "gone.jsonl"}),
+         "split.data.path: gone.jsonl: no such file or directory", strict=True),
+    Case("run-retain-path-missing", _run_dir(lambda w, t, p: t / "run", **{"unlearn.method": "npo", "unlearn.retain": "./gone"}),
+         "unlearn.retain.0.path: ./gone: no such file or directory", strict=True),
+    Case("run-eval-data-missing", _run_dir(lambda w, t, p: t / "run", **{"eval.perplexity.data": {"path": "gone.txt"}}),
+         "eval.perplexity.data.path: gone.txt: no such file or directory", strict=True),
+]
+
+
+def test_the_markers_of_a_spunge_output_are_the_files_spunge_writes():
+    """`--force` recognises spunge's outputs by these names; each is the constant its writer uses."""
+    from spunge_merge.data.loading import SPLIT_MANIFEST
+    from spunge_merge.fsutil import OWNED_MARKERS
+    from spunge_merge.pipeline.state import STATE_DIR
+    from spunge_merge.provenance import PROVENANCE_FILE
+    from spunge_merge.runs import RUNS_MANIFEST
+
+    assert set(OWNED_MARKERS) == {PROVENANCE_FILE, SPLIT_MANIFEST, RUNS_MANIFEST, STATE_DIR}
+
+
+def test_force_replaces_a_spunge_output_and_an_empty_folder(tmp_path):
+    data = _data(tmp_path)
+    out = tmp_path / "split"
+    for by in ("group", "text"):  # the second replaces the first: a split (manifest.json) spunge wrote
+        result = CliRunner().invoke(app, ["split", str(data), "--by", by, "--out", str(out), "--force"])
+        assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["column"] == "text" and not (out / "alpha.jsonl").exists()
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["split", str(data), "--by", "group", "--out", str(tmp_path / "empty"), "--force"])
+    assert result.exit_code == 0 and (tmp_path / "empty" / "alpha.jsonl").is_file()
+
+
+def test_the_guard_resolves_symlinks_on_both_sides(tmp_path):
+    from spunge_merge.fsutil import guard_output
+
+    model = _file(tmp_path / "real" / "model" / "config.json", "{}").parent
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with pytest.raises(SpungeError, match="lies inside the input"):  # out through a link, input by its real path
+        guard_output(tmp_path / "alias" / "model" / "out", inputs=[model])
+    with pytest.raises(SpungeError, match="contains the input"):  # input through a link, out by its real path
+        guard_output(tmp_path / "real", inputs=[tmp_path / "alias" / "model"])
+    guard_output(tmp_path / "real" / "elsewhere", inputs=[tmp_path / "alias" / "model", "org/hub-id"])  # a sibling: fine
+
+
 def _limited(limit: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
@@ -548,7 +786,7 @@ def _limited(limit: int):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_output_side_input(case: Case, world, tmp_path, request, monkeypatch):
-    assert len(CASES) >= 25
+    assert len(CASES) >= 60
     if case.needs_hub:
         request.getfixturevalue("hub")
         argv, output, inputs = case.setup(world, tmp_path, monkeypatch)
@@ -573,8 +811,11 @@ def test_bad_output_side_input(case: Case, world, tmp_path, request, monkeypatch
         code, text = result.exit_code, result.output
     assert code == case.code, text[-3000:]
     errors = [line for line in text.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and case.message in errors[0], text[-3000:]
+    message = case.message.replace("{base}", str(world["base"])).replace("{data}", str(tmp_path / "DATA" / "good.jsonl"))
+    assert len(errors) == 1 and message in errors[0], text[-3000:]
     assert "Traceback" not in text
+    if case.strict:
+        assert text.strip() == errors[0], text[-3000:]
     assert tree_hashes(output) == before_output  # left as it was (or still absent)
     if siblings is not None:  # no temporaries or half-written outputs beside it
         assert listing(output.parent) == siblings

@@ -170,6 +170,12 @@ def test_non_empty_out_needs_force(tiny_dataset, tmp_path):
     result = spunge("split", tiny_dataset, "--by", "group", "--out", out)
     assert result.exit_code == 2 and "--force" in result.output
     assert (out / "keep.txt").read_text() == "user file"
-    result = spunge("split", tiny_dataset, "--by", "group", "--out", out, "--force")
+    result = spunge("split", tiny_dataset, "--by", "group", "--out", out, "--force")  # a folder of the user's: never replaced
+    assert result.exit_code == 2 and "holds files that spunge did not write" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    assert spunge("split", tiny_dataset, "--by", "group", "--out", out).exit_code == 0
+    (out / "extra.txt").write_text("beside the split")
+    result = spunge("split", tiny_dataset, "--by", "group", "--out", out, "--force")  # a split spunge wrote: replaced
     assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    assert not (out / "extra.txt").exists() and (out / "manifest.json").is_file()

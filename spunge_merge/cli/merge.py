@@ -90,7 +90,7 @@ def merge_command(
     shard_size: str = typer.Option("5GB", "--shard-size", help="Largest output shard (as mergekit's --out-shard-size)."),
     views_dir: Path = typer.Option(None, "--views-dir", help="Where run views are kept. Default: $SPUNGE_CACHE/merge-views "
                                    "(safe to delete; rebuilt when needed)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an output directory spunge wrote (never a folder of yours, nor an input)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Merge per-attribute unlearned models into one with mergekit (TIES by default).

@@ -24,7 +24,7 @@ def materialize_command(
     run: Path = typer.Argument(..., help="An RMU run directory (delta.safetensors + spunge.json)."),
     out: Path = typer.Option(..., "--out", help="Output model directory (config, safetensors, tokenizer)."),
     model: str = typer.Option(None, "--model", help="Base model (default: the one recorded in the run's spunge.json)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an output directory spunge wrote (never a folder of yours, nor an input)."),
 ) -> None:
     """Write a full Hugging Face model directory: the base model with an RMU run's updated tensors."""
     from spunge_merge.unlearn.rmu import materialize

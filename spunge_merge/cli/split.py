@@ -37,7 +37,7 @@ def split_command(
     out: Path = typer.Option(Path("split"), "--out", help="Output directory: one file per value plus manifest.json."),
     fmt: str = typer.Option("jsonl", "--format", help="Subset file format: jsonl or parquet."),
     hub_split: str = typer.Option("train", "--split", help="Dataset split to read when DATA is a Hub id or a DatasetDict."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an output directory spunge wrote (never a folder of yours, nor an input)."),
     seed: int = typer.Option(None, "--seed", help=_help("cluster", ClusterSpec, "seed")),
     k_range: str = typer.Option(None, "--k-range", help=_help("cluster", ClusterSpec, "k_range", "LOW-HIGH")),
     embedding_model: str = typer.Option(None, "--embedding-model", help=_help("cluster", ClusterSpec, "model")),

@@ -30,7 +30,7 @@ def negate_command(
     path: Path = typer.Argument(..., help="A TVN run directory, or a `spunge unlearn tvn` output holding several runs."),
     lam: float = typer.Option(..., "--lambda", help="New λ >= 0 (paper: 1.0); lora_B is rewritten as −λ × the trained B."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the re-negated run(s) here instead of in place."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an --out spunge wrote (never a folder of yours, nor an input)."),
 ) -> None:
     """Re-negate trained TVN adapters with another λ, without retraining (uses each run's unnegated/)."""
     written = negate_output(path, lam, out, force=force)

@@ -34,6 +34,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import guard_output
 from spunge_merge.unlearn import registry
 
 _COMMON = {"ctx", "model", "forget", "retain", "retain_text_column", "out", "config_file", "text_column", "force", "progress"}
@@ -137,6 +138,8 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
         from spunge_merge.models import resolve_model
 
         ctx = kwargs["ctx"]
+        guard_output(kwargs["out"], inputs=[kwargs["model"], kwargs["config_file"], *kwargs["forget"], *(kwargs.get("retain") or [])],
+                     force=kwargs["force"])  # before any file is read; the request checks the resolved model again
         given = {}
         for python_name, (field_name, kind, flag, bounds) in settings.items():
             source = ctx.get_parameter_source(python_name)

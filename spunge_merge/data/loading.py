@@ -125,8 +125,7 @@ def load_table(source: str | Path, *, split: str = "train"):
             if builder == "json":
                 _locate_json_error(path)
             raise SpungeError(f"{path}: cannot parse as {builder} ({_root_reason(exc)})") from exc
-    looks_like_path = text.startswith((".", "/", "~")) or path.suffix.lower() in FILE_FORMATS
-    if looks_like_path or not re.match(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$", text):
+    if names_local_path(text):
         raise SpungeError(f"{text}: no such file or directory")
     try:
         with _quiet_datasets():
@@ -135,6 +134,12 @@ def load_table(source: str | Path, *, split: str = "train"):
         raise SpungeError(
             f"'{text}' is not a local file and could not be loaded from the Hugging Face Hub ({_root_reason(exc)})"
         ) from exc
+
+
+def names_local_path(text: str) -> bool:
+    """Whether `text` can only mean a local path (not a Hub dataset id), so that its absence is an error."""
+    looks_like_path = text.startswith((".", "/", "~")) or Path(text).suffix.lower() in FILE_FORMATS
+    return looks_like_path or not re.match(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$", text)
 
 
 def source_sha256(source: str | Path) -> str | None:

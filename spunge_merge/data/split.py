@@ -19,7 +19,7 @@ from spunge_merge.data.discovery import ClassifierBy, ClusterBy, discover, is_di
 from spunge_merge.data.loading import SPLIT_MANIFEST, load_table, source_sha256
 from spunge_merge.data.where import Condition, parse_condition
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, check_output_dir, write_json
+from spunge_merge.fsutil import atomic_output_dir, check_output_dir, guard_output, write_json
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NUMERIC_DTYPES = ("int", "uint", "float", "double", "decimal")
@@ -119,6 +119,7 @@ def split_dataset(
     """
     if fmt not in ("jsonl", "parquet"):
         raise SpungeError(f"unknown format '{fmt}' (use jsonl or parquet)")
+    guard_output(out, inputs=[source], force=force)
     conditions = [parse_condition(expr) for expr in where]
     table = load_table(source, split=hub_split)
     text_column = _check_columns(source, table.column_names, by, text_column)

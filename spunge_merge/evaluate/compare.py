@@ -222,7 +222,8 @@ def compare_results(results: dict[str, str | Path | list], out: str | Path, *, r
     fingerprint = make_fingerprint(kind="compare", reference=reference, non_text_tolerance=non_text_tolerance,
                                    inputs={label: {k: v.get("fingerprint") for k, v in r.items()} for label, r in loaded.items()})
     return finish(Path(out), "compare", COMPARE_FILE,
-                  Planned(fingerprint, lambda: _compared(loaded, reference, non_text_tolerance, fingerprint)), force=force)
+                  Planned(fingerprint, lambda: _compared(loaded, reference, non_text_tolerance, fingerprint)), force=force,
+                  inputs=[path for source in results.values() for path in (source if isinstance(source, list | tuple) else [source])])
 
 
 def _row(label: str, found: dict[str, dict], reference_values: dict[str, float | None]) -> dict[str, Any]:

@@ -305,7 +305,8 @@ def frontier_results(arms: dict[str, list], out: str | Path, *, base: str | Path
         return Computed(result, {FRONTIER_SUMMARY: lambda path: atomic_write_text(path, render_markdown(result)),
                                  FRONTIER_PLOT: lambda path: frontier_plot(result, path)})
 
-    return finish(Path(out), "frontier", FRONTIER_FILE, Planned(fingerprint, compute), force=force)
+    read = [base, *(as_point(item).path for items in arms.values() for item in items)]
+    return finish(Path(out), "frontier", FRONTIER_FILE, Planned(fingerprint, compute), force=force, inputs=read)
 
 
 def _checked_request(arms: dict[str, list], base: str | Path | None, metric: str, match: str, reference: str | None,

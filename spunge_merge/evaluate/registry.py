@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BeforeValidator
 
 from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import guard_output
 
 if TYPE_CHECKING:
     from spunge_merge.config import FrozenConfig
@@ -257,16 +258,23 @@ def run_evaluation(evaluation: Evaluation, model: str | Path | ResolvedModel | N
     if not isinstance(config, evaluation.config_class):
         config = evaluation.validate_config(config, f"eval.{evaluation.name}")
     resolved = model if model is None or isinstance(model, ResolvedModel) else resolve_model(model)
+    read = [resolved.path if resolved is not None else None, *(getattr(config, key, None) for key in evaluation.path_settings)]
     request = EvaluationRequest(model=resolved, out=Path(out), config=config, progress=progress)
-    return finish(request.out, evaluation.name, evaluation.result_file, evaluation.plan(request), force=force)
+    return finish(request.out, evaluation.name, evaluation.result_file, evaluation.plan(request), force=force, inputs=read)
 
 
-def finish(out: Path, name: str, result_file: str, planned: Planned, *, force: bool) -> dict[str, Any]:
-    """The stored result when it has `planned`'s fingerprint, else `planned.compute()` written safely."""
+def finish(out: Path, name: str, result_file: str, planned: Planned, *, force: bool,
+           inputs: Iterable[str | Path | None] = ()) -> dict[str, Any]:
+    """The stored result when it has `planned`'s fingerprint, else `planned.compute()` written safely.
+
+    `inputs`: what the result is computed from (the model, data, result folders); `out` may not be, hold or lie
+    in one of them. `force` replaces this evaluation's own files only, never the folder, so any folder may hold it.
+    """
     from spunge_merge.evaluate.results import existing_result, record_evaluation, staged_files
     from spunge_merge.fsutil import write_json
 
     out = Path(out)
+    guard_output(out, inputs=inputs)
     if (stored := existing_result(out, result_file, planned.fingerprint, force=force)) is not None:
         return stored
     computed = planned.compute()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, is_nonempty_dir
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, guard_output, is_nonempty_dir
 from spunge_merge.merge.inputs import expand_runs, is_model_dir
 from spunge_merge.merge.methods import takes_statistics
 from spunge_merge.merge.recipe import (
@@ -93,6 +93,14 @@ def merge_runs(
         settings = settings.model_copy(update={"dtype": _weights_dtype(base_slots)})
     inputs = expand_runs(list(runs))
     out = Path(out)
+    read = [resolved.path, *runs, *(run.path for run in inputs)]
+    if dry_run:
+        guard_output(Path(recipe_out) if recipe_out else out.with_name(out.name + ".yml"), inputs=read, option="--recipe-out",
+                     directory=False)
+    else:
+        guard_output(out, inputs=read, force=force)
+        if recipe_out:
+            guard_output(recipe_out, inputs=read, option="--recipe-out", directory=False)
     # settings and the output directory are checked before any view is built
     data, _ = build_recipe(str(resolved.path), [str(run.path) for run in inputs], settings)
     model_dirs = None
@@ -182,6 +190,7 @@ def merge_recipe(
     `base_model` may be a spunge alias such as `smollm2-135m`.
     """
     recipe = Path(recipe)
+    guard_output(out, inputs=[recipe], force=force)
     text, data = load_recipe(recipe)
     data, notes = _prepare_user_recipe(data, str(recipe), Path(views_dir) if views_dir else None)
     if notes:
@@ -273,6 +282,7 @@ def _local_dir(ref) -> Path:
 def _execute(config, text: str, out: Path, *, base: ResolvedModel | None, cuda: bool, force: bool, seed: int | None,
              shard_size: int, progress: bool, source: str, method_descriptions: Mapping[str, str] | None = None) -> Path:
     local_dirs = {ref: _local_dir(ref) for ref in config.referenced_models()}
+    guard_output(out, inputs=local_dirs.values(), force=force)  # every model the recipe reads, views included
     slots = {ref: model_slots(path) for ref, path in local_dirs.items()}  # every input readable and intact before any work
     key = fingerprint(format=MERGE_FORMAT, recipe=config.model_dump(mode="json", exclude_none=True),
                       inputs={str(ref): model_identity(path) for ref, path in sorted(local_dirs.items(), key=lambda kv: str(kv[0]))},

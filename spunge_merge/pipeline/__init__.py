@@ -4,7 +4,8 @@
 - `stages`: split → unlearn → baseline → merge → eval → push, each skipped when up to date;
 - `jobs`, `executors`: the independent per-attribute jobs, run locally or on Ray;
 - `progress`: the live view and the log file; `state`: what a run directory already holds;
-- `runner`: `run_pipeline`, the public entry point, and the final report.
+- `runner`: `run_pipeline`, the public entry point, and the final report; `preflight`: what a run checks
+  before it touches its run directory (a refused run writes nothing).
 """
 
 from spunge_merge.pipeline.runner import RunSummary, run_pipeline

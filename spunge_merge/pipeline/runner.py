@@ -28,10 +28,10 @@ import yaml
 from spunge_merge.config import apply_overrides, as_run_text, load_pipeline_yaml
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text, read_json, write_json
-from spunge_merge.models import resolve_model
 from spunge_merge.pipeline.executors import make_executor
+from spunge_merge.pipeline.preflight import check_before_run
 from spunge_merge.pipeline.progress import LOG_FILE, RunView, log
-from spunge_merge.pipeline.schema import STAGES, Pipeline, parse_pipeline, resolve_path
+from spunge_merge.pipeline.schema import STAGES, Pipeline, parse_pipeline
 from spunge_merge.pipeline.stages import STAGE_FUNCTIONS, Context
 from spunge_merge.pipeline.state import STATE_DIR, StateStore
 
@@ -102,11 +102,14 @@ def run_pipeline(
     console=None,
     overrides: list[str] | None = None,
     accept_changes: bool = False,
+    compared: str | None = None,
 ) -> RunSummary:
     """Run (or resume) the pipeline in `pipeline_file`; see the module docstring.
 
     `accept_changes`: go ahead when the settings differ from those the run directory recorded
-    (otherwise SpungeError listing the differences and the stages they would redo)."""
+    (otherwise SpungeError listing the differences and the stages they would redo).
+    `compared`: the caller has compared the settings with the recorded ones (this note says how they differ) and
+    records them itself: a seeded run's split, run with its internal `--set`, against the file as given."""
     pipeline_file = Path(pipeline_file)
     raw = apply_overrides(load_pipeline_yaml(pipeline_file), list(overrides or []), str(pipeline_file))
     pipeline = parse_pipeline(raw, str(pipeline_file))
@@ -125,13 +128,14 @@ def run_pipeline(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(pipeline)
     executor_name = executor or pipeline.executor
     started = time.perf_counter()
-    _make_run_dir(run_dir)
-    stages = [s for s in STAGES if (s != "baseline" or pipeline.baseline.enabled) and (s != "push" or pipeline.push)]
-    changes = check_recorded_settings(run_dir, raw, stages, accept=accept_changes or force)
+    model = check_before_run(pipeline_file, pipeline, run_dir)  # a refusal from here on writes nothing
+    stages = pipeline_stages(pipeline)
+    record = compared is None
+    changes = check_recorded_settings(run_dir, raw, stages, accept=accept_changes or force) if record else compared
+    make_run_dir(run_dir)
     with run_dir_lock(run_dir):
-        effective = as_run_text(pipeline_file, raw, overrides)
-        atomic_write_text(run_dir / RECORDED_PIPELINE, effective)
-        model = resolve_model(resolve_path(pipeline.model, pipeline_file.resolve().parent))
+        if record:
+            atomic_write_text(run_dir / RECORDED_PIPELINE, as_run_text(pipeline_file, raw, overrides))
         with RunView(run_dir, stages, title=f"spunge run {pipeline.name} → {run_dir}", live=live, console=console) as view:
             view.note(f"pipeline {pipeline_file} ({pipeline.unlearn.method}, {executor_name} executor); log: {run_dir / LOG_FILE}")
             if changes:
@@ -167,9 +171,12 @@ def run_pipeline(
                       jobs=list(ctx.info.get("jobs_run", [])), text=text)
 
 
-def _make_run_dir(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SpungeError(f"--run-dir {run_dir} is a file; give a directory (it is created if missing)")
+def pipeline_stages(pipeline: Pipeline) -> list[str]:
+    """The stages this pipeline runs, in order."""
+    return [s for s in STAGES if (s != "baseline" or pipeline.baseline.enabled) and (s != "push" or pipeline.push)]
+
+
+def make_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

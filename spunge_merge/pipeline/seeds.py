@@ -34,7 +34,18 @@ from typing import Any
 from spunge_merge.config import apply_overrides, as_run_text, load_pipeline_yaml
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, atomic_write_text, copy_file, iter_jsonl, read_json, write_json
-from spunge_merge.pipeline.runner import REPORT_FILE, REPORT_JSON, RunSummary, default_run_dir, run_dir_lock, run_pipeline
+from spunge_merge.pipeline.preflight import check_before_run
+from spunge_merge.pipeline.runner import (
+    REPORT_FILE,
+    REPORT_JSON,
+    RunSummary,
+    check_recorded_settings,
+    default_run_dir,
+    make_run_dir,
+    pipeline_stages,
+    run_dir_lock,
+    run_pipeline,
+)
 from spunge_merge.pipeline.schema import Pipeline
 from spunge_merge.pipeline.state import StateStore
 from spunge_merge.unlearn import registry
@@ -114,9 +125,12 @@ def run_seeds(pipeline_file: str | Path, pipeline: Pipeline, *, run_dir: str | P
     common = {"force": force, "executor": executor, "ray_address": ray_address, "live": live, "console": console,
               "accept_changes": accept_changes}
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_before_run(pipeline_file, pipeline, run_dir)
+    changes = _check_settings(pipeline_file, pipeline, run_dir, given, written, only=only, accept=accept_changes or force)
+    make_run_dir(run_dir)
     with run_dir_lock(run_dir, "seeds-lock"):  # one seeded run at a time; each seed's run locks its own dir too
-        split = run_pipeline(pipeline_file, run_dir=run_dir, only="split", overrides=[*given, "seeds=null"], **common)
+        split = run_pipeline(pipeline_file, run_dir=run_dir, only="split", overrides=[*given, "seeds=null"], compared=changes,
+                             **common)
         _record_pipeline_file(pipeline_file, run_dir, given)
         ran = ["split"] if split.ran else []
         per_seed: dict[int, RunSummary] = {}
@@ -146,6 +160,21 @@ def run_seeds(pipeline_file: str | Path, pipeline: Pipeline, *, run_dir: str | P
     return SeedsSummary(run_dir=run_dir, report=report, merged=merged, baseline=baseline, seconds=seconds, ran=ran,
                         jobs=[f"seed {seed}: {job}" for seed, s in per_seed.items() for job in s.jobs] + split.jobs,
                         text=text, per_seed=per_seed, aggregate=aggregate)
+
+
+def _check_settings(pipeline_file: Path, pipeline: Pipeline, run_dir: Path, given: list[str], written: dict[str, Any], *,
+                    only: str | None, accept: bool) -> str:
+    """Before anything is written: the run directory's recorded settings against the file as given, and each
+    seed's against that seed's (the same comparison its own run makes later), so a refusal leaves all as it was.
+    Returns the run directory's note on what differs ("" when nothing does)."""
+    stages = pipeline_stages(pipeline)
+    note = check_recorded_settings(run_dir, written, stages, accept=accept)
+    if only != "split":
+        for seed in pipeline.seeds:
+            raw = apply_overrides(load_pipeline_yaml(pipeline_file), [*given, *seed_overrides(pipeline, seed, written)],
+                                  str(pipeline_file))
+            check_recorded_settings(run_dir / SEEDS_DIR / str(seed), raw, stages, accept=accept)
+    return note
 
 
 def _record_pipeline_file(pipeline_file: Path, run_dir: Path, overrides: list[str]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import guard_output
 
 if TYPE_CHECKING:
     from spunge_merge.config import FrozenConfig
@@ -55,6 +56,10 @@ class TrainRequest:
     retain_text_column: str | None = None
     force: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # Every method's runs go through a request: the one place to refuse an output over its inputs.
+        guard_output(self.out, inputs=[self.model.path, *self.forget, *self.retain], force=self.force)
 
 
 @dataclass(frozen=True)

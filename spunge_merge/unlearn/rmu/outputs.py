@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
+from spunge_merge.fsutil import guard_output
 from spunge_merge.models import ResolvedModel, resolve_model
 from spunge_merge.provenance import read_provenance
 from spunge_merge.unlearn.outputs import delta_to_model
@@ -35,4 +36,5 @@ def materialize(base: str | Path | ResolvedModel | None, run_dir: str | Path, ou
         if not base:
             raise SpungeError(f"{run_dir}/spunge.json names no base model; pass --model")
     resolved = base if isinstance(base, ResolvedModel) else resolve_model(base)
+    guard_output(out, inputs=[resolved.path, run_dir], force=force)
     return delta_to_model(resolved, run_dir, None, Path(out), force=force)

@@ -8,7 +8,7 @@ from typing import Any
 
 from spunge_merge.config import check_lambda
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, copy_file, write_json
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, copy_file, guard_output, write_json
 from spunge_merge.models import check_safetensors
 from spunge_merge.provenance import PROVENANCE_FILE, read_provenance
 from spunge_merge.runs import RUNS_MANIFEST, list_runs
@@ -89,6 +89,8 @@ def negate_output(path: str | Path, lam: float, out: str | Path | None = None, *
     if not path.is_dir():
         raise SpungeError(f"{path}: no such run directory")
     lam = check_lambda(lam)
+    if out is not None:
+        guard_output(out, inputs=[path], force=force)
     runs = list_runs(path)
     if runs == [path]:
         return [negate_run(path, lam, out, force=force)]
