@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -29,6 +29,15 @@ class FrozenConfig(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    # Settings added after runs were recorded, with the value that means "as before": at that value they stay out
+    # of the run's fingerprint, so finished runs still resume after an upgrade (any other value is in it).
+    added_settings: ClassVar[dict[str, Any]] = {}
+
+    def settings_fingerprint(self, exclude: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+        """The settings that determine a result: all but `exclude`, and added settings left at their old meaning."""
+        return {k: v for k, v in self.model_dump(mode="json").items()
+                if k not in exclude and not (k in self.added_settings and v == self.added_settings[k])}
 
 
 # λ, the scale of a task vector wherever one is applied (TVN negation, a merge, a baseline): one range.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -63,6 +63,8 @@ class LossMethodConfig(FrozenConfig):
     eval_samples: int = Field(32, ge=0, description="Forget texts whose NLL is reported before and after training (0 = skip).")
     gradient_checkpointing: bool = gradient_checkpointing_field()
     quantize: Quantize = quantize_field()
+    added_settings: ClassVar[dict[str, Any]] = {"quantize": "none", "prompt_column": None, "answer_column": None,
+                                                "retain_loss": "nll"}
     prompt_column: str | None = Field(None, description="Question/answer form (TOFU's): the column holding each row's prompt; "
                                                         "with answer_column, the loss covers the answer tokens only, the prompt "
                                                         "is context. Retain files holding both columns are read the same way.")
@@ -104,7 +106,7 @@ class LossMethodConfig(FrozenConfig):
         return 0.0
 
     def fingerprint_part(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
+        return self.settings_fingerprint(_NOT_IN_FINGERPRINT)
 
 
 class RetainTermConfig(LossMethodConfig):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -58,6 +58,7 @@ class TVNConfig(FrozenConfig):
     eval_samples: int = Field(64, ge=0, description="Forget texts scored before/after training and after negation (0 = skip).")
     gradient_checkpointing: bool = gradient_checkpointing_field()
     quantize: Quantize = quantize_field()
+    added_settings: ClassVar[dict[str, Any]] = {"quantize": "none"}
 
     def training_fingerprint_part(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
+        return self.settings_fingerprint(_NOT_IN_FINGERPRINT)
