@@ -429,10 +429,10 @@ def _run_case(kind: str, **changes):
     return setup
 
 
-def _materialize_into(target: Callable[[dict, Path], Path]):
+def _materialize_into(target: Callable[[dict, Path], Path], *extra: str):
     def setup(w: dict, tmp: Path):
         out = target(w, tmp)
-        return ["materialize", str(w["rmu"][0]), "--out", str(out), "--model", str(w["base"])], out, [w["base"], w["rmu"][0]]
+        return ["materialize", str(w["rmu"][0]), "--out", str(out), "--model", str(w["base"]), *extra], out, [w["base"], w["rmu"][0]]
     return setup
 
 
@@ -442,6 +442,33 @@ def _merge_into(target: Callable[[dict, Path], Path], *extra: str):
         return (["merge", *map(str, w["tvn"]), "--base", str(w["base"]), "--out", str(out), "--views-dir", str(tmp / "views"),
                  "--no-progress", *extra], out, [w["base"], *w["tvn"]])
     return setup
+
+
+def _merge_rmu_into(target: Callable[[dict, Path], Path], *extra: str):
+    def setup(w: dict, tmp: Path):
+        out = target(w, tmp)
+        return (["merge", *map(str, w["rmu"]), "--base", str(w["base"]), "--out", str(out), "--views-dir", str(tmp / "views"),
+                 "--no-progress", *extra], out, [w["base"], *w["rmu"]])
+    return setup
+
+
+def _overflowing_recipe(w: dict, tmp: Path):
+    """A hand-written recipe over the TVN runs whose λ overflows float16 (the recipe path, not --lambda)."""
+    recipe = {"merge_method": "ties", "base_model": str(w["base"]), "dtype": "float16", "parameters": {"lambda": 1e9, "normalize": True},
+              "models": [{"model": str(run), "parameters": {"density": 0.5, "weight": 1.0}} for run in w["tvn"]]}
+    path = _file(tmp / "recipe.yml", yaml.safe_dump(recipe))
+    return ["merge", "--recipe", str(path), "--out", str(tmp / "out"), "--views-dir", str(tmp / "views")], tmp / "out", [path]
+
+
+def _materialize_inf(w: dict, tmp: Path):
+    """An RMU run whose delta.safetensors holds one inf (written by a broken trainer): materialize refuses it."""
+    from safetensors.torch import load_file, save_file
+
+    run = Path(shutil.copytree(w["rmu"][0], tmp / "run-with-inf"))
+    delta = load_file(run / "delta.safetensors")
+    delta["model.layers.5.mlp.down_proj.weight"][3, 5] = float("inf")
+    save_file(delta, run / "delta.safetensors", metadata={"format": "pt"})
+    return ["materialize", str(run), "--out", str(tmp / "out"), "--model", str(w["base"])], tmp / "out", [run]
 
 
 def _recipe_out(target: Callable[[dict, Path], Path]):
@@ -466,10 +493,10 @@ def _deleted_views(w: dict, tmp: Path):
     return ["merge", "--recipe", str(merged / "mergekit_config.yml"), "--out", str(tmp / "again")], tmp / "again", [merged]
 
 
-def _negate_into(target: Callable[[dict, Path], Path]):
+def _negate_into(target: Callable[[dict, Path], Path], lam: str = "0.5"):
     def setup(w: dict, tmp: Path):
         out = target(w, tmp)
-        return ["negate", str(w["tvn"][0]), "--lambda", "0.5", "--out", str(out)], out, [w["tvn"][0]]
+        return ["negate", str(w["tvn"][0]), "--lambda", lam, "--out", str(out)], out, [w["tvn"][0]]
     return setup
 
 
@@ -526,6 +553,19 @@ CASES = [
     Case("merge-recipe-views-deleted", _deleted_views, "is a merge view that no longer exists (views are a cache); run the recipe "
          "that names the runs instead: cd "),
     Case("merge-file-too-large", _merge_into(lambda w, t: t / "out"), TOO_LARGE, file_size_limit=60_000),
+    # no non-finite weight is written: a λ that overflows the output dtype is refused, naming the tensor and the settings
+    Case("merge-overflows-float16", _merge_into(lambda w, t: t / "out", "--lambda", "1e9", "--dtype", "float16"),
+         "values are inf or nan in float16 (merge_method ties, dtype float16, lambda 1000000000.0)"),
+    Case("merge-overflows-bfloat16", _merge_into(lambda w, t: t / "out", "--lambda", "1e300", "--dtype", "bfloat16"),
+         "values are inf or nan in bfloat16 (merge_method ties, dtype bfloat16, lambda 1e+300)"),
+    Case("merge-overflows-float32", _merge_into(lambda w, t: t / "out", "--lambda", "1e300", "--method", "task_arithmetic"),
+         "values are inf or nan in float32 (merge_method task_arithmetic, dtype float32, lambda 1e+300)"),
+    Case("merge-rmu-overflows-float16", _merge_rmu_into(lambda w, t: t / "out", "--lambda", "1e9", "--dtype", "float16"),
+         "mlp.down_proj.weight: "),
+    Case("merge-recipe-overflows", _overflowing_recipe, "values are inf or nan in float16 (merge_method ties, dtype float16"),
+    Case("negate-overflows", _negate_into(lambda w, t: t / "out", "1e300"),
+         "values are inf or nan in float32 (negation with lambda 1e+300)"),
+    Case("materialize-run-holds-inf", _materialize_inf, "model.layers.5.mlp.down_proj.weight: 1 of 2048 values are inf or nan in float32"),
     # spunge negate --out
     Case("negate-out-is-a-file", _negate_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),
     Case("negate-out-not-empty", _negate_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),

@@ -35,6 +35,16 @@ def _mergekit_error(exc: Exception, source: str) -> SpungeError:
     return SpungeError(f"{source}: mergekit could not run the recipe: {message}")
 
 
+def merge_cause(config) -> str:
+    """The settings a merged tensor came from, as a refused non-finite tensor names them (dtype, λ)."""
+    parameters = config.parameters or {}
+    parts = [f"merge_method {config.merge_method}", f"dtype {config.out_dtype or config.dtype or 'of the inputs'}"]
+    if "lambda" in parameters:
+        lam = parameters["lambda"]
+        parts.append(f"lambda {getattr(lam, 'value', lam)}")
+    return ", ".join(parts)
+
+
 def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, source: str, progress: bool) -> dict[str, Any]:
     from mergekit.architecture import get_architecture_info
     from mergekit.io.tasks import SaveTensor
@@ -64,7 +74,8 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise _mergekit_error(exc, source) from exc
     names = [(name, len(slot.shape)) for name, slot, *_ in planner.copies] + [(job.name, 8) for job in jobs]
-    writer = ShardWriter(tmp, header_reserve=header_bound(names), max_shard_bytes=options.out_shard_size)
+    writer = ShardWriter(tmp, header_reserve=header_bound(names), max_shard_bytes=options.out_shard_size,
+                         cause=merge_cause(config))
     buffer = bytearray(_COPY_BUFFER)
     copied = computed = 0
     copying = 0.0
