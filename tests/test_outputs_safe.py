@@ -620,3 +620,59 @@ def test_bad_output_side_input(case: Case, world, tmp_path, request, monkeypatch
         assert listing(output.parent) == siblings
     for path in inputs:
         assert tree_hashes(path) == before_inputs[str(path)], f"input {path} changed"
+
+
+# --------------------------------------------------------------------------- identical runs, identical bytes
+
+
+def _safetensors_digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.safetensors"))}
+
+
+def test_identical_runs_write_byte_identical_safetensors_with_sorted_metadata(world, tmp_path):
+    """Two identical runs of every writer (RMU delta, TVN and GA adapters through peft, a full GA delta, a merge, a
+    materialized model) give the same file bytes, not only equal tensors: safetensors writes a metadata map's keys in
+    random order, so spunge sorts them (the RMU delta has three keys)."""
+    from safetensors import safe_open
+
+    from spunge_merge.tensorfiles import read_header  # noqa: F401 - the reader the merge uses accepts the rewritten header
+
+    data = tmp_path / "data"
+    data.mkdir()
+    forget = data / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"text": f"forget line {i} about the capital of france"}) + "\n" for i in range(6)))
+    retain = data / "retain.txt"
+    retain.write_text("\n".join(f"retain line {i} about water and the sun" for i in range(6)) + "\n")
+    base = str(world["base"])
+    commands = {
+        "rmu": ["unlearn", "rmu", "--model", base, "--forget", str(forget), "--retain", str(retain), "--max-num-batches", "2",
+                "--batch-size", "2", "--device", "cpu", "--quiet"],
+        "tvn": ["unlearn", "tvn", "--model", base, "--forget", str(forget), "--max-steps", "1", "--no-progress", "--device", "cpu"],
+        "ga-full": ["unlearn", "ga", "--model", base, "--forget", str(forget), "--max-steps", "1", "--full", "--device", "cpu"],
+    }
+    digests = []
+    for attempt in ("first", "second"):
+        root = tmp_path / attempt
+        for name, argv in commands.items():
+            result = CliRunner().invoke(app, [*argv, "--out", str(root / name)])
+            assert result.exit_code == 0, result.output[-3000:]
+        for name in ("materialized", "merged"):
+            argv = (["materialize", str(root / "rmu"), "--out", str(root / name), "--model", base] if name == "materialized" else
+                    ["merge", *map(str, world["tvn"]), "--base", base, "--out", str(root / name), "--no-progress",
+                     "--views-dir", str(tmp_path / f"views-{attempt}")])
+            result = CliRunner().invoke(app, argv)
+            assert result.exit_code == 0, result.output[-3000:]
+        digests.append(_safetensors_digests(root))
+    first, second = digests
+    assert {"rmu/delta.safetensors", "tvn/adapter_model.safetensors", "tvn/unnegated/adapter_model.safetensors",
+            "ga-full/delta.safetensors", "materialized/model.safetensors"} <= first.keys()
+    assert any(name.startswith("merged/model-") for name in first)
+    assert first == second
+    for name in first:
+        with safe_open(str(tmp_path / "first" / name), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        raw = (tmp_path / "first" / name).read_bytes()
+        header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+        assert list(header.get("__metadata__", {})) == sorted(metadata), name
+    with safe_open(str(tmp_path / "first" / "rmu" / "delta.safetensors"), framework="pt") as handle:
+        assert len(handle.metadata()) == 3
