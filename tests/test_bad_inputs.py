@@ -95,6 +95,15 @@ def _broken_models(base: Path, root: Path) -> dict[str, Path]:
     (no_weights / "model.safetensors").unlink()
     models["noweights_model"] = no_weights
 
+    no_tokenizer = _copy_model(base, root / "no-tokenizer")
+    for file in no_tokenizer.glob("tokenizer*"):
+        file.unlink()
+    models["notok_model"] = no_tokenizer
+    pickle_no_tokenizer = _copy_model(pickle_only, root / "pickle-only-no-tokenizer")
+    for file in pickle_no_tokenizer.glob("tokenizer*"):
+        file.unlink()
+    models["picklenotok_model"] = pickle_no_tokenizer
+
     index = _copy_model(base, root / "index-missing-shard")
     (index / "model.safetensors").rename(index / "model-00001-of-00002.safetensors")
     (index / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
@@ -144,6 +153,17 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
                                      encoding="utf-8")
     w["retain"] = data / "retain.txt"
     w["nofile"] = data / "missing.jsonl"
+    (data / "header-only.csv").write_text("text,group\n", encoding="utf-8")
+    w["headercsv"] = data / "header-only.csv"
+    (data / "empty-list.json").write_text("[]\n", encoding="utf-8")
+    w["emptylist"] = data / "empty-list.json"
+    (data / "empty-objects.jsonl").write_text("{}\n{}\n", encoding="utf-8")
+    w["emptyobjects"] = data / "empty-objects.jsonl"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array([], pa.string()), "group": pa.array([], pa.string())}), data / "header-only.parquet")
+    w["headerparquet"] = data / "header-only.parquet"
 
     split_dir = root / "split"
     split_dataset(w["data"], by="group", out=split_dir)
@@ -572,6 +592,32 @@ CASES = [
     case("run-set-bad-yaml", "run {pipeline} --run-dir {out} --set merge.lambda=[1,", "--set merge.lambda: value is not valid YAML"),
     case("run-set-through-scalar", "run {pipeline} --run-dir {out} --set name.x=1", "--set name.x: name is not a mapping"),
     case("run-set-name", "run {pipeline} --run-dir {out} --set name=a/b", "--set name=a/b: name: String should match pattern"),
+    # ------------------------------------------------------------------ files that parse but hold no rows, unclear operators, names
+    case("split-header-only-csv", "split {headercsv} --by group --out {out}",
+         "{headercsv}: holds only a header line (text,group), no rows"),
+    case("split-empty-json-list", "split {emptylist} --by group --out {out}", "{emptylist}: holds no rows"),
+    case("split-empty-objects", "split {emptyobjects} --by group --out {out}", "{emptyobjects}: holds no rows"),
+    case("split-header-only-parquet", "split {headerparquet} --by group --out {out}",
+         "{headerparquet}: holds 0 rows (columns: text, group)"),
+    case("tvn-forget-header-only-csv", "unlearn tvn --model {model} --forget {headercsv} --out {out}", "{headercsv}: holds only a header"),
+    case("ppl-data-header-only-parquet", "eval perplexity --model {model} --data {headerparquet} --out {out}",
+         "{headerparquet}: holds 0 rows"),
+    case("split-where-triple-equals", ["split", "{data}", "--by", "group", "--where", "label === hate", "--out", "{out}"],
+         "filter 'label === hate': '===' is not an operator"),
+    case("split-where-arrow", ["split", "{data}", "--by", "group", "--where", "score => 3", "--out", "{out}"],
+         "filter 'score => 3': '=>' is not an operator"),
+    case("push-bad-repo-before-token", ["push", "{model}", "--repo", "not a repo/../x"], "--repo 'not a repo/../x' must be OWNER/NAME"),
+    case("push-bad-repo-dots-before-token", ["push", "{model}", "--repo", "alice/bad..name"], "--repo 'alice/bad..name' is not a valid"),
+    case("ppl-model-no-tokenizer", "eval perplexity --model {notok_model} --data {retain} --out {out}",
+         "{notok_model} has no tokenizer files"),
+    case("tvn-model-no-tokenizer", "unlearn tvn --model {notok_model} --forget {data} --out {out}", "{notok_model} has no tokenizer files"),
+    case("rmu-model-no-tokenizer", "unlearn rmu --model {notok_model} --forget {data} --retain {retain} --out {out}",
+         "{notok_model} has no tokenizer files"),
+    case("tox-model-no-tokenizer", "eval toxicity --model {notok_model} --prompts {prompts} --out {out}", "{notok_model} has no tokenizer"),
+    case("pickle-allowed-no-tokenizer", "--allow-pickle eval perplexity --model {picklenotok_model} --data {retain} --out {out}",
+         "{picklenotok_model} has no tokenizer files"),
+    case("pickle-allowed-no-tokenizer-ga", "--allow-pickle unlearn ga --model {picklenotok_model} --forget {data} --out {out}",
+         "{picklenotok_model} has no tokenizer files"),
 ]
 
 

@@ -84,7 +84,7 @@ def merge_runs(
     elif any(value is not None for value in values.values()):
         given = ", ".join(name for name, value in values.items() if value is not None)
         raise TypeError(f"merge_runs: give `settings` or the settings as keywords ({given}), not both")
-    resolved = base if isinstance(base, ResolvedModel) else resolve_model(base)
+    resolved = base if isinstance(base, ResolvedModel) else resolve_model(base, tokenizer=False)
     base_slots = model_slots(resolved.path)
     if settings.dtype is None:
         settings = settings.model_copy(update={"dtype": _weights_dtype(base_slots)})
@@ -181,7 +181,7 @@ def _prepare_user_recipe(data: dict, source: str, views_dir: Path | None) -> tup
     notes: list[str] = []
     base_text = data.get("base_model")
     if isinstance(base_text, str) and base_text in ALIASES:
-        data["base_model"] = str(resolve_model(base_text).path)
+        data["base_model"] = str(resolve_model(base_text, tokenizer=False).path)
         notes.append(f"  base_model {base_text} -> {data['base_model']}")
     models = data.get("models")
     if not isinstance(models, list):
@@ -205,7 +205,7 @@ def _prepare_user_recipe(data: dict, source: str, views_dir: Path | None) -> tup
             raise SpungeError(f"{source}: models[{i}] {path} holds {len(runs)} runs; list each run directory as its own model")
         if not isinstance(base_text, str):
             raise SpungeError(f"{source}: models[{i}] {path} is a run directory, which needs the recipe's base_model")
-        base = resolve_model(base_text)
+        base = resolve_model(base_text, tokenizer=False)
         view = model_for_run(runs[0], base, views_dir)
         entry["model"] = str(view)
         notes.append(f"  models[{i}] {model} -> view {view}")
@@ -238,7 +238,7 @@ def _local_dir(ref) -> Path:
     path = Path(ref.model.path).expanduser()
     if path.is_dir():
         return path.resolve()
-    return resolve_model(ref.model.path).path  # a Hub id (SpungeError when it cannot be fetched)
+    return resolve_model(ref.model.path, tokenizer=False).path  # a Hub id (SpungeError when it cannot be fetched)
 
 
 def _execute(config, text: str, out: Path, *, base: ResolvedModel | None, cuda: bool, force: bool, seed: int | None,
