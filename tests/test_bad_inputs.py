@@ -243,6 +243,12 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
     broken_result.mkdir()
     (broken_result / "toxicity.json").write_text('{"groups": ', encoding="utf-8")
     w["brokenresult"] = broken_result
+    for name, form, facts in (("kchoice", "choice", "a"), ("kcompletion", "completion", "a"), ("kotherfacts", "completion", "b")):
+        (evals / name).mkdir()
+        (evals / name / "knowledge.json").write_text(json.dumps({
+            "kind": "knowledge", "fingerprint": name, "model": {"ref": name}, "settings": {"form": form},
+            "facts": {"sha256": facts, "where": []}, "domains": {"bio": {"n": 4, "correct": 2, "accuracy": 0.5}}}), encoding="utf-8")
+        w[name] = evals / name
     judge = build_tiny_judge(evals / "judge", tiny_model)
     headless = _copy_model(judge, evals / "judge-headless")
     save_file({k: v for k, v in load_file(judge / "model.safetensors").items() if not k.startswith("score.")},
@@ -614,6 +620,10 @@ CASES = [
     case("rmu-model-no-tokenizer", "unlearn rmu --model {notok_model} --forget {data} --retain {retain} --out {out}",
          "{notok_model} has no tokenizer files"),
     case("tox-model-no-tokenizer", "eval toxicity --model {notok_model} --prompts {prompts} --out {out}", "{notok_model} has no tokenizer"),
+    case("compare-mixed-knowledge-forms", "eval compare base={kchoice} npo={kcompletion} --out {out}",
+         "knowledge forms (4-option choice vs greedy completion) differ (base choice, npo completion)"),
+    case("compare-mixed-fact-sets", "eval compare base={kcompletion} npo={kotherfacts} --out {out}",
+         "knowledge fact sets differ (sha256: base a, npo b)"),
     case("pickle-allowed-no-tokenizer", "--allow-pickle eval perplexity --model {picklenotok_model} --data {retain} --out {out}",
          "{picklenotok_model} has no tokenizer files"),
     case("pickle-allowed-no-tokenizer-ga", "--allow-pickle unlearn ga --model {picklenotok_model} --forget {data} --out {out}",
