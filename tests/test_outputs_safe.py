@@ -207,7 +207,10 @@ def test_portable_tvn_recipe_runs_through_mergekit_yaml_on_copied_runs(world, tm
     assert str(world["root"]) not in text and "/" + str(world["root"]).split("/")[1] + "/" not in text
     data = yaml.safe_load(text)
     assert data["base_model"] == "./base/"
-    assert [m["model"] for m in data["models"]] == ["./base/+./tvn/alpha", "./base/+./tvn/beta"]
+    models = [m["model"] for m in data["models"]]
+    assert [m.rsplit("@", 1)[0] for m in models] == ["./base/+./tvn/alpha", "./base/+./tvn/beta"]
+    assert len({m.rsplit("@", 1)[1] for m in models}) == 2  # each adapter's own tag (its weights and the base)
+    assert "--lora-merge-cache" in text
     elsewhere = tmp_path / "another-machine"  # the runs and the base, nothing else (no views, no cache)
     shutil.copytree(world["base"], elsewhere / "base")
     for run in world["tvn"]:
@@ -231,6 +234,82 @@ def test_portable_tvn_recipe_runs_through_mergekit_yaml_on_copied_runs(world, tm
     assert result.exit_code == 0, result.output
     again = read_model(elsewhere / "by-spunge")
     assert all(torch.equal(again[name], ours[name]) for name in ours)
+
+
+def _header_command(recipe: Path, out: str, cache: Path) -> list[str]:
+    """The mergekit-yaml command line the recipe's own header gives, with its placeholders filled in."""
+    line = next(line for line in recipe.read_text().splitlines() if line.startswith("#   mergekit-yaml THIS_FILE"))
+    command = line.removeprefix("#   ").split("     or     ")[0].split()
+    filled = {"THIS_FILE": recipe.name, "OUT": out, "LORA_CACHE_DIR": str(cache)}
+    return [str(MERGEKIT_YAML)] + [filled.get(part, part) for part in command[1:]]
+
+
+def test_portable_recipes_of_two_methods_run_verbatim_sharing_one_lora_cache(world, tmp_path):
+    """Two methods' adapters at the same relative paths (./tvn/alpha, ./tvn/beta) over the same base: each portable
+    recipe, run from a copied folder with the command its header gives and one shared --lora-merge-cache, gives
+    its own merge's tensors (mergekit keys that cache by the text BASE+ADAPTER@TAG, so the tag keeps them apart)."""
+    from spunge_merge.merge import merge_runs
+
+    second = tmp_path / "second-method"
+    shutil.copytree(world["base"], second / "base")
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"text": f"line {i} about the capital of france", "group": ("alpha", "beta")[i % 2]})
+                              + "\n" for i in range(8)))
+    split = CliRunner().invoke(app, ["split", str(forget), "--by", "group", "--out", str(tmp_path / "split")])
+    assert split.exit_code == 0, split.output
+    trained = CliRunner().invoke(app, ["unlearn", "ga", "--model", str(second / "base"), "--forget", str(tmp_path / "split"),
+                                       "--out", str(second / "tvn"), "--max-steps", "1", "--lr", "1e-2", "--device", "cpu"])
+    assert trained.exit_code == 0, trained.output
+    merged_second = merge_runs(str(second / "base"), [second / "tvn" / "alpha", second / "tvn" / "beta"], tmp_path / "merged-ga",
+                               density=0.5, views_dir=tmp_path / "views", progress=False)
+    cache = tmp_path / "shared-lora-cache"
+    outputs = {}
+    for name, merged, folder in (("tvn", world["merged"], world["root"]), ("ga", merged_second, second)):
+        copy = tmp_path / f"copy-{name}"  # the base and the runs, nothing else (no views, no spunge cache)
+        shutil.copytree(folder / "base", copy / "base")
+        shutil.copytree(folder / "tvn", copy / "tvn")
+        recipe = Path(shutil.copy(merged / "mergekit_config.portable.yml", copy / "mergekit_config.portable.yml"))
+        done = subprocess.run(_header_command(recipe, "out", cache), cwd=copy, capture_output=True, text=True, env=ENV, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        ours, theirs = read_model(merged), read_model(copy / "out")
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours), name
+        outputs[name] = theirs
+    assert any(not torch.equal(outputs["tvn"][key], outputs["ga"][key]) for key in outputs["tvn"])  # two different merges
+    assert len(list(cache.iterdir())) == 4  # one cache entry per adapter, none reused across methods
+
+
+def test_portable_recipe_over_an_alias_names_a_folder_mergekit_reads(world, tmp_path, monkeypatch):
+    """The alias `smollm2-135m` is no Hub id: the portable recipe names ./smollm2-135m/, which `spunge merge --recipe`
+    resolves by itself and mergekit-yaml reads once the base is copied there as the header says. (The alias points at
+    the tiny base here: the real one is a 135M-parameter download.)"""
+    from spunge_merge import models
+    from spunge_merge.merge import merge_runs
+
+    monkeypatch.setitem(models.ALIASES, "smollm2-135m", lambda: world["base"])
+    merged = merge_runs("smollm2-135m", world["tvn"], tmp_path / "merged", density=0.5, views_dir=tmp_path / "views", progress=False)
+    recipe_file = merged / "mergekit_config.portable.yml"
+    text = recipe_file.read_text()
+    data = yaml.safe_load(text)
+    assert data["base_model"] == "./smollm2-135m/"
+    assert all(m["model"].startswith("./smollm2-135m/+./") for m in data["models"])
+    assert "resolve_model('smollm2-135m').path" in text and "--lora-merge-cache" in text
+    copy = tmp_path / "copy"
+    for run in world["tvn"]:
+        shutil.copytree(run, copy / run.name)
+    shutil.copy(recipe_file, copy / recipe_file.name)
+    ours = read_model(merged)
+    monkeypatch.chdir(copy)
+    by_spunge = CliRunner().invoke(app, ["merge", "--recipe", recipe_file.name, "--out", "by-spunge", "--views-dir", "views"])
+    assert by_spunge.exit_code == 0, by_spunge.output
+    again = read_model(copy / "by-spunge")
+    assert all(torch.equal(ours[k], again[k]) for k in ours)
+    shutil.copytree(world["base"], copy / "smollm2-135m")  # what the header's cp line does
+    done = subprocess.run(_header_command(copy / recipe_file.name, "out", tmp_path / "lora-cache"), cwd=copy,
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = read_model(copy / "out")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_portable_rmu_recipe_says_to_materialize_and_runs_once_that_is_done(world, tmp_path, monkeypatch):
