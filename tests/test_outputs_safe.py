@@ -755,3 +755,19 @@ def test_identical_runs_write_byte_identical_safetensors_with_sorted_metadata(wo
         assert list(header.get("__metadata__", {})) == sorted(metadata), name
     with safe_open(str(tmp_path / "first" / "rmu" / "delta.safetensors"), framework="pt") as handle:
         assert len(handle.metadata()) == 3
+
+
+def test_an_adapters_portable_tag_follows_its_weights_and_base(world, tmp_path):
+    """Re-negating a run in place (same folder, new λ) or moving it onto another base changes its tag, so a shared
+    --lora-merge-cache cannot serve the adapter as it was; an identical copy elsewhere keeps it."""
+    from spunge_merge.merge.recipe import adapter_tag
+    from spunge_merge.models import resolve_model
+
+    run = Path(shutil.copytree(world["tvn"][0], tmp_path / "alpha"))
+    base = resolve_model(world["base"]).describe()
+    before = adapter_tag(run, base)
+    assert adapter_tag(Path(shutil.copytree(run, tmp_path / "copy" / "alpha")), base) == before
+    assert adapter_tag(run, {**base, "fingerprint": "another base"}) != before
+    result = CliRunner().invoke(app, ["negate", str(run), "--lambda", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert adapter_tag(run, base) != before
