@@ -216,9 +216,12 @@ def refuse_non_finite(name: str, tensor, cause: str) -> None:
     output through that weight is inf/nan. One `torch.isfinite` per tensor, as it is written."""
     import torch
 
-    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+    if not tensor.is_floating_point():
         return
-    bad = int((~torch.isfinite(tensor)).sum())
+    values = tensor if tensor.element_size() > 1 else tensor.to(torch.float16)  # no isfinite for float8; exact in float16
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = int((~torch.isfinite(values)).sum())
     dtype = str(tensor.dtype).removeprefix("torch.")
     raise SpungeError(f"tensor {name}: {bad} of {tensor.numel()} values are inf or nan in {dtype} ({cause}); "
                       "nothing was written: lower λ or write a wider dtype (float32)")

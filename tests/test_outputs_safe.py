@@ -771,3 +771,26 @@ def test_an_adapters_portable_tag_follows_its_weights_and_base(world, tmp_path):
     result = CliRunner().invoke(app, ["negate", str(run), "--lambda", "0.25"])
     assert result.exit_code == 0, result.output
     assert adapter_tag(run, base) != before
+
+
+def test_save_tensors_refuses_a_non_finite_tensor_before_writing_and_sorts_the_metadata(tmp_path):
+    from safetensors import safe_open
+
+    from spunge_merge.tensorfiles import save_tensors
+
+    target = tmp_path / "delta.safetensors"
+    bad = {"ok": torch.ones(4), "w": torch.tensor([1.0, float("inf"), float("nan")])}
+    with pytest.raises(SpungeError, match=r"tensor w: 2 of 3 values are inf or nan in float32 \(a test setting\)"):
+        save_tensors(target, bad, {"format": "pt"}, cause="a test setting")
+    with pytest.raises(SpungeError, match="in float8_e4m3fn"):  # torch has no isfinite for float8
+        save_tensors(target, {"q": torch.tensor([float("nan")]).to(torch.float8_e4m3fn)}, None, cause="x")
+    assert not target.exists()
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(2, dtype=torch.bfloat16)}
+    metadata = {"zeta": "1", "format": "pt", "alpha": "ü" * 3, "mid": "x"}
+    save_tensors(target, tensors, metadata, cause="x")
+    raw = target.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(metadata)
+    with safe_open(str(target), framework="pt") as handle:
+        assert handle.metadata() == metadata
+        assert all(torch.equal(handle.get_tensor(name), tensor) for name, tensor in tensors.items())
