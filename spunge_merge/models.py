@@ -189,10 +189,11 @@ def _download_from_hub(repo_id: str) -> Path:
         ) from exc
 
 
-def resolve_model(ref: str | Path) -> ResolvedModel:
+def resolve_model(ref: str | Path, *, tokenizer: bool = True) -> ResolvedModel:
     """Turn what the user typed into a local model directory (see module docstring).
 
-    The directory is checked (`check_model_dir`) before any stage starts work on it."""
+    The directory is checked (`check_model_dir`) before any stage starts work on it; `tokenizer=False` for
+    a stage that reads only the weights (a merge's base, materializing a tensor delta)."""
     text = str(ref)
     if text in ALIASES:
         return ResolvedModel(ref=text, path=ALIASES[text]())
@@ -202,7 +203,7 @@ def resolve_model(ref: str | Path) -> ResolvedModel:
     if path.exists():
         if not path.is_dir():
             raise SpungeError(f"model path {path} is a file; give the model's directory")
-        check_model_dir(path)
+        check_model_dir(path, tokenizer=tokenizer)
         return ResolvedModel(ref=text, path=path.resolve())
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1
     if looks_local or not _HUB_ID.match(text):
@@ -210,7 +211,7 @@ def resolve_model(ref: str | Path) -> ResolvedModel:
             f"model '{text}' not found: no such directory, not an alias ({', '.join(ALIASES)}), not a Hub id"
         )
     downloaded = _download_from_hub(text)
-    check_model_dir(downloaded)
+    check_model_dir(downloaded, tokenizer=tokenizer)
     return ResolvedModel(ref=text, path=downloaded)
 
 
@@ -271,8 +272,22 @@ def check_safetensors(file: Path) -> None:
         raise corrupt(f"the header describes {end} bytes of tensor data, the file holds {size - 8 - length}")
 
 
-def check_model_dir(path: Path) -> None:
-    """A readable config.json, and safetensors weights that are intact (pickles only with --allow-pickle)."""
+# Any one of these lets AutoTokenizer build a tokenizer (a fast tokenizer's file, sentencepiece, a BPE or WordPiece vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "vocab.txt",
+                   "tekken.json")
+
+
+def check_tokenizer_files(path: Path) -> None:
+    """SpungeError when the directory holds no tokenizer file: found here in milliseconds, not by transformers after
+    the weights are loaded (a long traceback about converting a slow tokenizer)."""
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise SpungeError(f"model directory {path} has no tokenizer files (one of {', '.join(TOKENIZER_FILES[:3])}, ...); "
+                          "copy them from the model it was trained from (tokenizer.save_pretrained(DIR))")
+
+
+def check_model_dir(path: Path, *, tokenizer: bool = True) -> None:
+    """A readable config.json, safetensors weights that are intact (pickles only with --allow-pickle), and, unless
+    `tokenizer` is False, tokenizer files."""
     from spunge_merge.fsutil import read_json
 
     config = read_json(path / "config.json") if (path / "config.json").exists() else None
@@ -282,6 +297,8 @@ def check_model_dir(path: Path) -> None:
         raise SpungeError(f"{path / 'config.json'}: expected a JSON object (a transformers model config)")
     if not isinstance(config.get("model_type"), str) and not config.get("architectures"):
         raise SpungeError(f"{path / 'config.json'}: no 'model_type' key; not a transformers model config")
+    if tokenizer:
+        check_tokenizer_files(path)
     index = path / _SAFETENSORS_INDEX
     if index.exists():
         record = read_json(index)

@@ -205,3 +205,85 @@ def has_negative_zero(chunk: memoryview, dtype: str) -> bool:
     size = DTYPE_SIZES[dtype]
     as_int = np.frombuffer(chunk, dtype=np.dtype(f"<i{size}"))
     return bool(as_int.size) and int(as_int.min()) == _SIGN_BIT_ALONE[size]
+
+
+# -- writing: never a non-finite weight, always the same bytes -----------------------------------
+
+
+def refuse_non_finite(name: str, tensor, cause: str) -> None:
+    """SpungeError naming the tensor and `cause` (the setting that made it, e.g. `--dtype float16, λ 1e9`)
+    when a floating-point tensor about to be written holds inf or nan: such a model loads and runs, but every
+    output through that weight is inf/nan. One `torch.isfinite` per tensor, as it is written."""
+    import torch
+
+    if not tensor.is_floating_point():
+        return
+    values = tensor if tensor.element_size() > 1 else tensor.to(torch.float16)  # no isfinite for float8; exact in float16
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = int((~torch.isfinite(values)).sum())
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    raise SpungeError(f"tensor {name}: {bad} of {tensor.numel()} values are inf or nan in {dtype} ({cause}); "
+                      "nothing was written: lower λ or write a wider dtype (float32)")
+
+
+def refuse_non_finite_files(directory: str | Path, cause: str) -> None:
+    """`refuse_non_finite` on every tensor of every safetensors file under `directory` (a library's writer, such as
+    peft's or transformers' save_pretrained, or mergekit's, wrote them), one tensor in memory at a time."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(directory).rglob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                refuse_non_finite(name, handle.get_tensor(name), cause)
+
+
+def _sorted_header(raw: bytes) -> bytes:
+    """A safetensors header (JSON) with its `__metadata__` keys in sorted order, the tensors' order kept."""
+    header = json.loads(raw.decode("utf-8"))
+    if isinstance(header.get("__metadata__"), dict):
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
+                  **{k: v for k, v in header.items() if k != "__metadata__"}}
+    return json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sorted_metadata_bytes(data: bytes) -> bytes:
+    """A serialized safetensors file whose `__metadata__` keys are in sorted order (the library writes a map's keys
+    in random order, so two identical runs would differ by their bytes)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = _sorted_header(data[8:8 + length])
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + length:]
+
+
+def sort_metadata_in_place(path: str | Path) -> None:
+    """`sorted_metadata_bytes` for a file already written: the header is rewritten where it lies (padded with
+    spaces as the format allows), the tensor data not touched; a longer header rewrites the file."""
+    path = Path(path)
+    with open(path, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = _sorted_header(handle.read(length))
+        if len(header) <= length:
+            handle.seek(8)
+            handle.write(header + b" " * (length - len(header)))
+            return
+    path.write_bytes(sorted_metadata_bytes(path.read_bytes()))
+
+
+def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None, *, cause: str) -> bytes:
+    """A safetensors file's bytes: every tensor checked finite (`refuse_non_finite`), metadata keys sorted."""
+    from safetensors.torch import save
+
+    for name, tensor in tensors.items():
+        refuse_non_finite(name, tensor, cause)
+    return sorted_metadata_bytes(save(tensors, metadata=metadata))
+
+
+def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None, *, cause: str) -> None:
+    """`safetensors.torch.save_file` through the checks of `safetensors_bytes`, without holding the file in memory."""
+    from safetensors.torch import save_file
+
+    for name, tensor in tensors.items():
+        refuse_non_finite(name, tensor, cause)
+    save_file(tensors, str(path), metadata=metadata)
+    sort_metadata_in_place(path)

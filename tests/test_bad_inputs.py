@@ -95,6 +95,15 @@ def _broken_models(base: Path, root: Path) -> dict[str, Path]:
     (no_weights / "model.safetensors").unlink()
     models["noweights_model"] = no_weights
 
+    no_tokenizer = _copy_model(base, root / "no-tokenizer")
+    for file in no_tokenizer.glob("tokenizer*"):
+        file.unlink()
+    models["notok_model"] = no_tokenizer
+    pickle_no_tokenizer = _copy_model(pickle_only, root / "pickle-only-no-tokenizer")
+    for file in pickle_no_tokenizer.glob("tokenizer*"):
+        file.unlink()
+    models["picklenotok_model"] = pickle_no_tokenizer
+
     index = _copy_model(base, root / "index-missing-shard")
     (index / "model.safetensors").rename(index / "model-00001-of-00002.safetensors")
     (index / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
@@ -145,6 +154,17 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
                                      encoding="utf-8")
     w["retain"] = data / "retain.txt"
     w["nofile"] = data / "missing.jsonl"
+    (data / "header-only.csv").write_text("text,group\n", encoding="utf-8")
+    w["headercsv"] = data / "header-only.csv"
+    (data / "empty-list.json").write_text("[]\n", encoding="utf-8")
+    w["emptylist"] = data / "empty-list.json"
+    (data / "empty-objects.jsonl").write_text("{}\n{}\n", encoding="utf-8")
+    w["emptyobjects"] = data / "empty-objects.jsonl"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array([], pa.string()), "group": pa.array([], pa.string())}), data / "header-only.parquet")
+    w["headerparquet"] = data / "header-only.parquet"
 
     split_dir = root / "split"
     split_dataset(w["data"], by="group", out=split_dir)
@@ -230,6 +250,12 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
     broken_result.mkdir()
     (broken_result / "toxicity.json").write_text('{"groups": ', encoding="utf-8")
     w["brokenresult"] = broken_result
+    for name, form, facts in (("kchoice", "choice", "a"), ("kcompletion", "completion", "a"), ("kotherfacts", "completion", "b")):
+        (evals / name).mkdir()
+        (evals / name / "knowledge.json").write_text(json.dumps({
+            "kind": "knowledge", "fingerprint": name, "model": {"ref": name}, "settings": {"form": form},
+            "facts": {"sha256": facts, "where": []}, "domains": {"bio": {"n": 4, "correct": 2, "accuracy": 0.5}}}), encoding="utf-8")
+        w[name] = evals / name
     judge = build_tiny_judge(evals / "judge", tiny_model)
     headless = _copy_model(judge, evals / "judge-headless")
     save_file({k: v for k, v in load_file(judge / "model.safetensors").items() if not k.startswith("score.")},
@@ -641,6 +667,36 @@ CASES = [
     case("eval-perplexity-out-holds-the-data", "eval perplexity --model {model} --data {retain} --out {datadir} --force",
          "--out {datadir} contains the input {retain}"),
     case("run-dir-holds-the-data", "run {pipeline} --run-dir {datadir} --force", "--run-dir {datadir} contains the input {data}"),
+    # ------------------------------------------------------------------ files that parse but hold no rows, unclear operators, names
+    case("split-header-only-csv", "split {headercsv} --by group --out {out}",
+         "{headercsv}: holds only a header line (text,group), no rows"),
+    case("split-empty-json-list", "split {emptylist} --by group --out {out}", "{emptylist}: holds no rows"),
+    case("split-empty-objects", "split {emptyobjects} --by group --out {out}", "{emptyobjects}: holds no rows"),
+    case("split-header-only-parquet", "split {headerparquet} --by group --out {out}",
+         "{headerparquet}: holds 0 rows (columns: text, group)"),
+    case("tvn-forget-header-only-csv", "unlearn tvn --model {model} --forget {headercsv} --out {out}", "{headercsv}: holds only a header"),
+    case("ppl-data-header-only-parquet", "eval perplexity --model {model} --data {headerparquet} --out {out}",
+         "{headerparquet}: holds 0 rows"),
+    case("split-where-triple-equals", ["split", "{data}", "--by", "group", "--where", "label === hate", "--out", "{out}"],
+         "filter 'label === hate': '===' is not an operator"),
+    case("split-where-arrow", ["split", "{data}", "--by", "group", "--where", "score => 3", "--out", "{out}"],
+         "filter 'score => 3': '=>' is not an operator"),
+    case("push-bad-repo-before-token", ["push", "{model}", "--repo", "not a repo/../x"], "--repo 'not a repo/../x' must be OWNER/NAME"),
+    case("push-bad-repo-dots-before-token", ["push", "{model}", "--repo", "alice/bad..name"], "--repo 'alice/bad..name' is not a valid"),
+    case("ppl-model-no-tokenizer", "eval perplexity --model {notok_model} --data {retain} --out {out}",
+         "{notok_model} has no tokenizer files"),
+    case("tvn-model-no-tokenizer", "unlearn tvn --model {notok_model} --forget {data} --out {out}", "{notok_model} has no tokenizer files"),
+    case("rmu-model-no-tokenizer", "unlearn rmu --model {notok_model} --forget {data} --retain {retain} --out {out}",
+         "{notok_model} has no tokenizer files"),
+    case("tox-model-no-tokenizer", "eval toxicity --model {notok_model} --prompts {prompts} --out {out}", "{notok_model} has no tokenizer"),
+    case("compare-mixed-knowledge-forms", "eval compare base={kchoice} npo={kcompletion} --out {out}",
+         "knowledge forms (4-option choice vs greedy completion) differ (base choice, npo completion)"),
+    case("compare-mixed-fact-sets", "eval compare base={kcompletion} npo={kotherfacts} --out {out}",
+         "knowledge fact sets differ (sha256: base a, npo b)"),
+    case("pickle-allowed-no-tokenizer", "--allow-pickle eval perplexity --model {picklenotok_model} --data {retain} --out {out}",
+         "{picklenotok_model} has no tokenizer files"),
+    case("pickle-allowed-no-tokenizer-ga", "--allow-pickle unlearn ga --model {picklenotok_model} --forget {data} --out {out}",
+         "{picklenotok_model} has no tokenizer files"),
 ]
 
 

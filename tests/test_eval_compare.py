@@ -74,12 +74,60 @@ def test_compare_flags_different_judges(two_results, tmp_path):
     data = json.loads((altered / "toxicity.json").read_text())
     data["judge"]["fingerprint"] = "another-judge"
     (altered / "toxicity.json").write_text(json.dumps(data))
-    result = runner.invoke(app, ["eval", "compare", f"base={two_results['base']}", f"other={altered}", "--out",
-                                 str(tmp_path / "c"), "--reference", "other"])
+    argv = ["eval", "compare", f"base={two_results['base']}", f"other={altered}", "--out", str(tmp_path / "c"), "--reference", "other"]
+    refused = runner.invoke(app, argv)
+    assert refused.exit_code == 2 and "toxicity judges differ" in refused.output and "--allow-mixed" in refused.output
+    assert not (tmp_path / "c").exists()
+    result = runner.invoke(app, [*argv, "--allow-mixed"])
     assert result.exit_code == 0, result.output
     stored = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert stored["reference"] == "other"
-    assert any("toxicity judges differ" in w for w in stored["warnings"])
+    assert any("(--allow-mixed): toxicity judges differ" in w and "another-judge" in w for w in stored["warnings"])
+    assert "toxicity judges differ" in (tmp_path / "c" / "compare.md").read_text()
+
+
+def _knowledge_result(folder, *, form="completion", facts="facts-a", max_new_tokens=8, accuracy=0.5):
+    folder.mkdir(parents=True)
+    settings = {"form": form, "batch_size": 32, "dtype": "auto"}
+    settings.update({"choices": 4, "seed": 0} if form == "choice" else {"max_new_tokens": max_new_tokens, "decoding": "greedy"})
+    (folder / "knowledge.json").write_text(json.dumps({
+        "kind": "knowledge", "fingerprint": folder.name, "model": {"ref": folder.name}, "settings": settings,
+        "facts": {"path": "facts.jsonl", "where": [], "sha256": facts},
+        "domains": {"bio": {"n": 10, "correct": int(10 * accuracy), "accuracy": accuracy}}}))
+    return folder
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"form": "choice"}, "knowledge forms (4-option choice vs greedy completion) differ (base completion, npo choice)"),
+    ({"facts": "facts-b"}, "knowledge fact sets differ (sha256: base facts-a, npo facts-b)"),
+    ({"max_new_tokens": 32}, "knowledge settings differ (max_new_tokens: base 8, npo 32)"),
+])
+def test_compare_refuses_results_measured_differently_and_names_the_difference(tmp_path, change, named):
+    """Choice accuracy beside completion accuracy (or two fact sets, or other settings) in one column compares the
+    measurements, not the models: refused unless --allow-mixed, which records the difference as a warning."""
+    base = _knowledge_result(tmp_path / "base", accuracy=0.8)
+    npo = _knowledge_result(tmp_path / "npo", accuracy=0.3, **change)
+    argv = ["eval", "compare", f"base={base}", f"npo={npo}", "--out", str(tmp_path / "c")]
+    refused = runner.invoke(app, argv)
+    assert refused.exit_code == 2, refused.output
+    assert named in refused.output and refused.output.strip().count("\n") == 0 and "Traceback" not in refused.output
+    assert not (tmp_path / "c").exists()
+    allowed = runner.invoke(app, [*argv, "--allow-mixed"])
+    assert allowed.exit_code == 0, allowed.output
+    warnings = json.loads((tmp_path / "c" / "compare.json").read_text())["warnings"]
+    assert [w for w in warnings if named in w] and named in allowed.output
+
+
+def test_compare_accepts_results_that_differ_only_in_speed_settings(tmp_path):
+    base = _knowledge_result(tmp_path / "base")
+    data = json.loads((base / "knowledge.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    data["settings"]["batch_size"] = 4  # how fast, not what is measured
+    (other / "knowledge.json").write_text(json.dumps({**data, "fingerprint": "other"}))
+    result = runner.invoke(app, ["eval", "compare", f"base={base}", f"other={other}", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c" / "compare.json").read_text())["warnings"] == []
 
 
 def test_compare_errors(two_results, tmp_path):

@@ -207,7 +207,10 @@ def test_portable_tvn_recipe_runs_through_mergekit_yaml_on_copied_runs(world, tm
     assert str(world["root"]) not in text and "/" + str(world["root"]).split("/")[1] + "/" not in text
     data = yaml.safe_load(text)
     assert data["base_model"] == "./base/"
-    assert [m["model"] for m in data["models"]] == ["./base/+./tvn/alpha", "./base/+./tvn/beta"]
+    models = [m["model"] for m in data["models"]]
+    assert [m.rsplit("@", 1)[0] for m in models] == ["./base/+./tvn/alpha", "./base/+./tvn/beta"]
+    assert len({m.rsplit("@", 1)[1] for m in models}) == 2  # each adapter's own tag (its weights and the base)
+    assert "--lora-merge-cache" in text
     elsewhere = tmp_path / "another-machine"  # the runs and the base, nothing else (no views, no cache)
     shutil.copytree(world["base"], elsewhere / "base")
     for run in world["tvn"]:
@@ -231,6 +234,82 @@ def test_portable_tvn_recipe_runs_through_mergekit_yaml_on_copied_runs(world, tm
     assert result.exit_code == 0, result.output
     again = read_model(elsewhere / "by-spunge")
     assert all(torch.equal(again[name], ours[name]) for name in ours)
+
+
+def _header_command(recipe: Path, out: str, cache: Path) -> list[str]:
+    """The mergekit-yaml command line the recipe's own header gives, with its placeholders filled in."""
+    line = next(line for line in recipe.read_text().splitlines() if line.startswith("#   mergekit-yaml THIS_FILE"))
+    command = line.removeprefix("#   ").split("     or     ")[0].split()
+    filled = {"THIS_FILE": recipe.name, "OUT": out, "LORA_CACHE_DIR": str(cache)}
+    return [str(MERGEKIT_YAML)] + [filled.get(part, part) for part in command[1:]]
+
+
+def test_portable_recipes_of_two_methods_run_verbatim_sharing_one_lora_cache(world, tmp_path):
+    """Two methods' adapters at the same relative paths (./tvn/alpha, ./tvn/beta) over the same base: each portable
+    recipe, run from a copied folder with the command its header gives and one shared --lora-merge-cache, gives
+    its own merge's tensors (mergekit keys that cache by the text BASE+ADAPTER@TAG, so the tag keeps them apart)."""
+    from spunge_merge.merge import merge_runs
+
+    second = tmp_path / "second-method"
+    shutil.copytree(world["base"], second / "base")
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"text": f"line {i} about the capital of france", "group": ("alpha", "beta")[i % 2]})
+                              + "\n" for i in range(8)))
+    split = CliRunner().invoke(app, ["split", str(forget), "--by", "group", "--out", str(tmp_path / "split")])
+    assert split.exit_code == 0, split.output
+    trained = CliRunner().invoke(app, ["unlearn", "ga", "--model", str(second / "base"), "--forget", str(tmp_path / "split"),
+                                       "--out", str(second / "tvn"), "--max-steps", "1", "--lr", "1e-2", "--device", "cpu"])
+    assert trained.exit_code == 0, trained.output
+    merged_second = merge_runs(str(second / "base"), [second / "tvn" / "alpha", second / "tvn" / "beta"], tmp_path / "merged-ga",
+                               density=0.5, views_dir=tmp_path / "views", progress=False)
+    cache = tmp_path / "shared-lora-cache"
+    outputs = {}
+    for name, merged, folder in (("tvn", world["merged"], world["root"]), ("ga", merged_second, second)):
+        copy = tmp_path / f"copy-{name}"  # the base and the runs, nothing else (no views, no spunge cache)
+        shutil.copytree(folder / "base", copy / "base")
+        shutil.copytree(folder / "tvn", copy / "tvn")
+        recipe = Path(shutil.copy(merged / "mergekit_config.portable.yml", copy / "mergekit_config.portable.yml"))
+        done = subprocess.run(_header_command(recipe, "out", cache), cwd=copy, capture_output=True, text=True, env=ENV, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        ours, theirs = read_model(merged), read_model(copy / "out")
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours), name
+        outputs[name] = theirs
+    assert any(not torch.equal(outputs["tvn"][key], outputs["ga"][key]) for key in outputs["tvn"])  # two different merges
+    assert len(list(cache.iterdir())) == 4  # one cache entry per adapter, none reused across methods
+
+
+def test_portable_recipe_over_an_alias_names_a_folder_mergekit_reads(world, tmp_path, monkeypatch):
+    """The alias `smollm2-135m` is no Hub id: the portable recipe names ./smollm2-135m/, which `spunge merge --recipe`
+    resolves by itself and mergekit-yaml reads once the base is copied there as the header says. (The alias points at
+    the tiny base here: the real one is a 135M-parameter download.)"""
+    from spunge_merge import models
+    from spunge_merge.merge import merge_runs
+
+    monkeypatch.setitem(models.ALIASES, "smollm2-135m", lambda: world["base"])
+    merged = merge_runs("smollm2-135m", world["tvn"], tmp_path / "merged", density=0.5, views_dir=tmp_path / "views", progress=False)
+    recipe_file = merged / "mergekit_config.portable.yml"
+    text = recipe_file.read_text()
+    data = yaml.safe_load(text)
+    assert data["base_model"] == "./smollm2-135m/"
+    assert all(m["model"].startswith("./smollm2-135m/+./") for m in data["models"])
+    assert "resolve_model('smollm2-135m').path" in text and "--lora-merge-cache" in text
+    copy = tmp_path / "copy"
+    for run in world["tvn"]:
+        shutil.copytree(run, copy / run.name)
+    shutil.copy(recipe_file, copy / recipe_file.name)
+    ours = read_model(merged)
+    monkeypatch.chdir(copy)
+    by_spunge = CliRunner().invoke(app, ["merge", "--recipe", recipe_file.name, "--out", "by-spunge", "--views-dir", "views"])
+    assert by_spunge.exit_code == 0, by_spunge.output
+    again = read_model(copy / "by-spunge")
+    assert all(torch.equal(ours[k], again[k]) for k in ours)
+    shutil.copytree(world["base"], copy / "smollm2-135m")  # what the header's cp line does
+    done = subprocess.run(_header_command(copy / recipe_file.name, "out", tmp_path / "lora-cache"), cwd=copy,
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = read_model(copy / "out")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_portable_rmu_recipe_says_to_materialize_and_runs_once_that_is_done(world, tmp_path, monkeypatch):
@@ -517,6 +596,33 @@ def _merge_into(target: Callable[[dict, Path], Path], *extra: str):
     return setup
 
 
+def _merge_rmu_into(target: Callable[[dict, Path], Path], *extra: str):
+    def setup(w: dict, tmp: Path):
+        out = target(w, tmp)
+        return (["merge", *map(str, w["rmu"]), "--base", str(w["base"]), "--out", str(out), "--views-dir", str(tmp / "views"),
+                 "--no-progress", *extra], out, [w["base"], *w["rmu"]])
+    return setup
+
+
+def _overflowing_recipe(w: dict, tmp: Path):
+    """A hand-written recipe over the TVN runs whose λ overflows float16 (the recipe path, not --lambda)."""
+    recipe = {"merge_method": "ties", "base_model": str(w["base"]), "dtype": "float16", "parameters": {"lambda": 1e9, "normalize": True},
+              "models": [{"model": str(run), "parameters": {"density": 0.5, "weight": 1.0}} for run in w["tvn"]]}
+    path = _file(tmp / "recipe.yml", yaml.safe_dump(recipe))
+    return ["merge", "--recipe", str(path), "--out", str(tmp / "out"), "--views-dir", str(tmp / "views")], tmp / "out", [path]
+
+
+def _materialize_inf(w: dict, tmp: Path):
+    """An RMU run whose delta.safetensors holds one inf (written by a broken trainer): materialize refuses it."""
+    from safetensors.torch import load_file, save_file
+
+    run = Path(shutil.copytree(w["rmu"][0], tmp / "run-with-inf"))
+    delta = load_file(run / "delta.safetensors")
+    delta["model.layers.5.mlp.down_proj.weight"][3, 5] = float("inf")
+    save_file(delta, run / "delta.safetensors", metadata={"format": "pt"})
+    return ["materialize", str(run), "--out", str(tmp / "out"), "--model", str(w["base"])], tmp / "out", [run]
+
+
 def _recipe_out(target: Callable[[dict, Path], Path]):
     def setup(w: dict, tmp: Path):
         out = target(w, tmp)
@@ -539,10 +645,10 @@ def _deleted_views(w: dict, tmp: Path):
     return ["merge", "--recipe", str(merged / "mergekit_config.yml"), "--out", str(tmp / "again")], tmp / "again", [merged]
 
 
-def _negate_into(target: Callable[[dict, Path], Path], *extra: str):
+def _negate_into(target: Callable[[dict, Path], Path], *extra: str, lam: str = "0.5"):
     def setup(w: dict, tmp: Path):
         out = target(w, tmp)
-        return ["negate", str(w["tvn"][0]), "--lambda", "0.5", "--out", str(out), *extra], out, [w["tvn"][0]]
+        return ["negate", str(w["tvn"][0]), "--lambda", lam, "--out", str(out), *extra], out, [w["tvn"][0]]
     return setup
 
 
@@ -599,6 +705,19 @@ CASES = [
     Case("merge-recipe-views-deleted", _deleted_views, "is a merge view that no longer exists (views are a cache); run the recipe "
          "that names the runs instead: cd "),
     Case("merge-file-too-large", _merge_into(lambda w, t: t / "out"), TOO_LARGE, file_size_limit=60_000),
+    # no non-finite weight is written: a λ that overflows the output dtype is refused, naming the tensor and the settings
+    Case("merge-overflows-float16", _merge_into(lambda w, t: t / "out", "--lambda", "1e9", "--dtype", "float16"),
+         "values are inf or nan in float16 (merge_method ties, dtype float16, lambda 1000000000.0)"),
+    Case("merge-overflows-bfloat16", _merge_into(lambda w, t: t / "out", "--lambda", "1e300", "--dtype", "bfloat16"),
+         "values are inf or nan in bfloat16 (merge_method ties, dtype bfloat16, lambda 1e+300)"),
+    Case("merge-overflows-float32", _merge_into(lambda w, t: t / "out", "--lambda", "1e300", "--method", "task_arithmetic"),
+         "values are inf or nan in float32 (merge_method task_arithmetic, dtype float32, lambda 1e+300)"),
+    Case("merge-rmu-overflows-float16", _merge_rmu_into(lambda w, t: t / "out", "--lambda", "1e9", "--dtype", "float16"),
+         "mlp.down_proj.weight: "),
+    Case("merge-recipe-overflows", _overflowing_recipe, "values are inf or nan in float16 (merge_method ties, dtype float16"),
+    Case("negate-overflows", _negate_into(lambda w, t: t / "out", lam="1e300"),
+         "values are inf or nan in float32 (negation with lambda 1e+300)"),
+    Case("materialize-run-holds-inf", _materialize_inf, "model.layers.5.mlp.down_proj.weight: 1 of 2048 values are inf or nan in float32"),
     # spunge negate --out
     Case("negate-out-is-a-file", _negate_into(lambda w, t: _file(t / "out")), "exists and is not a directory"),
     Case("negate-out-not-empty", _negate_into(lambda w, t: _nonempty(t / "out")), "is not empty; pass --force"),
@@ -821,3 +940,98 @@ def test_bad_output_side_input(case: Case, world, tmp_path, request, monkeypatch
         assert listing(output.parent) == siblings
     for path in inputs:
         assert tree_hashes(path) == before_inputs[str(path)], f"input {path} changed"
+
+
+# --------------------------------------------------------------------------- identical runs, identical bytes
+
+
+def _safetensors_digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.safetensors"))}
+
+
+def test_identical_runs_write_byte_identical_safetensors_with_sorted_metadata(world, tmp_path):
+    """Two identical runs of every writer (RMU delta, TVN and GA adapters through peft, a full GA delta, a merge, a
+    materialized model) give the same file bytes, not only equal tensors: safetensors writes a metadata map's keys in
+    random order, so spunge sorts them (the RMU delta has three keys)."""
+    from safetensors import safe_open
+
+    from spunge_merge.tensorfiles import read_header  # noqa: F401 - the reader the merge uses accepts the rewritten header
+
+    data = tmp_path / "data"
+    data.mkdir()
+    forget = data / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"text": f"forget line {i} about the capital of france"}) + "\n" for i in range(6)))
+    retain = data / "retain.txt"
+    retain.write_text("\n".join(f"retain line {i} about water and the sun" for i in range(6)) + "\n")
+    base = str(world["base"])
+    commands = {
+        "rmu": ["unlearn", "rmu", "--model", base, "--forget", str(forget), "--retain", str(retain), "--max-num-batches", "2",
+                "--batch-size", "2", "--device", "cpu", "--quiet"],
+        "tvn": ["unlearn", "tvn", "--model", base, "--forget", str(forget), "--max-steps", "1", "--no-progress", "--device", "cpu"],
+        "ga-full": ["unlearn", "ga", "--model", base, "--forget", str(forget), "--max-steps", "1", "--full", "--device", "cpu"],
+    }
+    digests = []
+    for attempt in ("first", "second"):
+        root = tmp_path / attempt
+        for name, argv in commands.items():
+            result = CliRunner().invoke(app, [*argv, "--out", str(root / name)])
+            assert result.exit_code == 0, result.output[-3000:]
+        for name in ("materialized", "merged"):
+            argv = (["materialize", str(root / "rmu"), "--out", str(root / name), "--model", base] if name == "materialized" else
+                    ["merge", *map(str, world["tvn"]), "--base", base, "--out", str(root / name), "--no-progress",
+                     "--views-dir", str(tmp_path / f"views-{attempt}")])
+            result = CliRunner().invoke(app, argv)
+            assert result.exit_code == 0, result.output[-3000:]
+        digests.append(_safetensors_digests(root))
+    first, second = digests
+    assert {"rmu/delta.safetensors", "tvn/adapter_model.safetensors", "tvn/unnegated/adapter_model.safetensors",
+            "ga-full/delta.safetensors", "materialized/model.safetensors"} <= first.keys()
+    assert any(name.startswith("merged/model-") for name in first)
+    assert first == second
+    for name in first:
+        with safe_open(str(tmp_path / "first" / name), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        raw = (tmp_path / "first" / name).read_bytes()
+        header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+        assert list(header.get("__metadata__", {})) == sorted(metadata), name
+    with safe_open(str(tmp_path / "first" / "rmu" / "delta.safetensors"), framework="pt") as handle:
+        assert len(handle.metadata()) == 3
+
+
+def test_an_adapters_portable_tag_follows_its_weights_and_base(world, tmp_path):
+    """Re-negating a run in place (same folder, new λ) or moving it onto another base changes its tag, so a shared
+    --lora-merge-cache cannot serve the adapter as it was; an identical copy elsewhere keeps it."""
+    from spunge_merge.merge.recipe import adapter_tag
+    from spunge_merge.models import resolve_model
+
+    run = Path(shutil.copytree(world["tvn"][0], tmp_path / "alpha"))
+    base = resolve_model(world["base"]).describe()
+    before = adapter_tag(run, base)
+    assert adapter_tag(Path(shutil.copytree(run, tmp_path / "copy" / "alpha")), base) == before
+    assert adapter_tag(run, {**base, "fingerprint": "another base"}) != before
+    result = CliRunner().invoke(app, ["negate", str(run), "--lambda", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert adapter_tag(run, base) != before
+
+
+def test_save_tensors_refuses_a_non_finite_tensor_before_writing_and_sorts_the_metadata(tmp_path):
+    from safetensors import safe_open
+
+    from spunge_merge.tensorfiles import save_tensors
+
+    target = tmp_path / "delta.safetensors"
+    bad = {"ok": torch.ones(4), "w": torch.tensor([1.0, float("inf"), float("nan")])}
+    with pytest.raises(SpungeError, match=r"tensor w: 2 of 3 values are inf or nan in float32 \(a test setting\)"):
+        save_tensors(target, bad, {"format": "pt"}, cause="a test setting")
+    with pytest.raises(SpungeError, match="in float8_e4m3fn"):  # torch has no isfinite for float8
+        save_tensors(target, {"q": torch.tensor([float("nan")]).to(torch.float8_e4m3fn)}, None, cause="x")
+    assert not target.exists()
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(2, dtype=torch.bfloat16)}
+    metadata = {"zeta": "1", "format": "pt", "alpha": "ü" * 3, "mid": "x"}
+    save_tensors(target, tensors, metadata, cause="x")
+    raw = target.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(metadata)
+    with safe_open(str(target), framework="pt") as handle:
+        assert handle.metadata() == metadata
+        assert all(torch.equal(handle.get_tensor(name), tensor) for name, tensor in tensors.items())

@@ -519,3 +519,32 @@ def test_shipped_demo_facts_are_consistent():
     for domain in domains:
         parts = [r["part"] for r in rows if r["domain"] == domain]
         assert parts.count("heldout") >= 14 and parts.count("train") >= 20
+
+
+@pytest.mark.parametrize("form", ["choice", "completion"])
+def test_report_describes_the_knowledge_form_that_was_run(tiny_model, tmp_path, form):
+    """A pipeline with `knowledge.form: choice` reports choice accuracy as such, never as 'Greedy completion'."""
+    from types import SimpleNamespace
+
+    from spunge_merge.data.split import split_dataset
+    from spunge_merge.evaluate.knowledge import evaluate_knowledge
+    from spunge_merge.pipeline.runner import _knowledge_section
+
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps({"domain": d, "prompt": p, "answer": a}) + "\n" for d, p, a in (
+        ("capitals", "The capital of France is", "Paris"), ("capitals", "The capital of Spain is", "Madrid"),
+        ("capitals", "The capital of Italy is", "Rome"), ("capitals", "The capital of Japan is", "Tokyo"),
+        ("capitals", "The capital of Peru is", "Lima"))), encoding="utf-8")
+    data = tmp_path / "forget.jsonl"
+    data.write_text("".join(json.dumps({"text": f"fact {i}", "domain": "capitals"}) + "\n" for i in range(3)), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    split_dataset(data, by="domain", out=run_dir / "split")
+    for label in ("base", "spunge"):
+        evaluate_knowledge(str(tiny_model), facts, run_dir / "eval" / label, form=form, device="cpu", max_new_tokens=3)
+    text, figures = _knowledge_section(SimpleNamespace(run_dir=run_dir), {"base": "x", "spunge": "y"})
+    assert set(figures) == {"base", "spunge"}
+    if form == "choice":
+        assert "4-option choice" in text and "chance 25 %" in text
+        assert "completion" not in text.lower()
+    else:
+        assert "Greedy completion; a fact counts when the completion starts with its answer" in text and "choice" not in text

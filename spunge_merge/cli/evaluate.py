@@ -357,6 +357,9 @@ def compare_command(
     forget: str = typer.Option(None, "--forget", help="Frontier mode on knowledge evaluations (knowledge.json, no "
                                "toxicity.json): the forgotten domains, comma-separated; forget avg against keep avg, "
                                "read at matched keep as `spunge eval frontier` does."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Table mode: compare results measured differently "
+                                     "(knowledge form or fact set, judge, prompt sample, data, settings); each difference "
+                                     "is recorded as a warning. Without it such a table is refused, naming the difference."),
 ) -> None:
     """Compare evaluated models in the shape of the paper's Table 1, or arms of a λ sweep as a frontier.
 
@@ -396,7 +399,8 @@ def compare_command(
         label, path = _parse_result_arg(item)
         parsed.setdefault(label, []).append(path)
     result = compare_results(parsed, out, reference_label=reference,
-                             non_text_tolerance=None if no_non_text_check else non_text_tolerance, force=force)
+                             non_text_tolerance=None if no_non_text_check else non_text_tolerance, force=force,
+                             allow_mixed=allow_mixed)
     typer.echo((out / COMPARE_SUMMARY).read_text(encoding="utf-8"))
     for warning in result["warnings"]:
         typer.secho(f"Warning: {warning}", err=True, fg="yellow")

@@ -88,6 +88,27 @@ def _quiet_datasets():
         logger.setLevel(previous)
 
 
+def _no_rows(path: Path, builder: str) -> str:
+    """What a file that parses but holds no rows holds instead (datasets says `Instruction "train" corresponds to no data!`)."""
+    if builder == "csv":
+        header = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "")
+        return f"{path}: holds only a header line ({header.strip()}), no rows"
+    return f"{path}: holds no rows (an empty list, or only empty objects)"
+
+
+def _check_parquet_rows(path: Path) -> None:
+    """A parquet file with its columns but 0 rows, named before datasets fails on it (`BatchSize must be greater than 0`)."""
+    try:
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_metadata(str(path))
+    except Exception:  # not parquet at all: datasets' own error names it below
+        return
+    if metadata.num_rows == 0:
+        columns = ", ".join(metadata.schema.names)
+        raise SpungeError(f"{path}: holds 0 rows (columns: {columns})")
+
+
 def load_table(source: str | Path, *, split: str = "train"):
     """A `datasets.Dataset` from a data file, a `save_to_disk` directory, or a Hub dataset id."""
     import datasets
@@ -117,6 +138,8 @@ def load_table(source: str | Path, *, split: str = "train"):
             _check_utf8(path)
             if not path.read_bytes().strip():
                 raise SpungeError(f"{path}: holds only blank lines, no rows")
+        else:
+            _check_parquet_rows(path)
         try:
             with _quiet_datasets():
                 return datasets.load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True)
@@ -124,6 +147,8 @@ def load_table(source: str | Path, *, split: str = "train"):
             _raise_write_error(exc, path)
             if builder == "json":
                 _locate_json_error(path)
+            if "corresponds to no data" in _root_reason(exc):
+                raise SpungeError(_no_rows(path, builder)) from exc
             raise SpungeError(f"{path}: cannot parse as {builder} ({_root_reason(exc)})") from exc
     if names_local_path(text):
         raise SpungeError(f"{text}: no such file or directory")

@@ -80,6 +80,10 @@ def parse_condition(expr: str) -> Condition:
             "e.g. 'toxicity_human >= 3' or 'lang in en,fr'"
         )
     column = match.group("quoted") or match.group("name")
+    extra = re.match(r"[=<>!]+", match.group("value"))
+    if extra:  # `a === b`, `a => b`: the regex took a valid prefix of the operator; the rest is not a value
+        raise SpungeError(f"filter '{expr.strip()}': '{match.group('op')}{extra.group(0)}' is not an operator "
+                          "(use one of >= <= > < == != in, not in; quote a value that starts with one of = < > !)")
     op = re.sub(r"\s+", "", match.group("op"))
     op = {"=": "==", "notin": "notin"}.get(op, op)
     raw = match.group("value")

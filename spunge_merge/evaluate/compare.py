@@ -23,6 +23,7 @@ Output (into `out/`): `compare.json` (kind "compare"), `compare.md`, `compare_ra
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,10 @@ class CompareConfig(FrozenConfig):
     non_text_tolerance: float | None = Field(5.0, ge=0, description="Percentage points of generations that are not text a model "
                                              "may have above the base model's (the result labelled base, else the lowest share) "
                                              "and still be compared on toxicity (None: no check).")
+    allow_mixed: bool = Field(False, description="Compare results measured differently (another knowledge form or fact set, "
+                              "judge, prompt sample, data or evaluation setting) in one table; each difference is recorded "
+                              "as a warning. Without it such a comparison is refused, naming the difference.",
+                              json_schema_extra={"cli_flags": ["--allow-mixed"]})
 
 
 NON_TEXT_TOLERANCE = 5.0  # percentage points of non-text generations above the yardstick's that a comparable model may have
@@ -136,19 +141,64 @@ def _fmt_change(change: float | None) -> str:
     return "" if change is None else f" ({change:+.1f} %)"
 
 
+# Settings that change how fast a figure is computed, not the figure: they may differ between compared results.
+_NOT_MEASURED = frozenset({"device", "batch_size", "judge_batch_size", "groups", "tasks", "form"})
+
+
+def _settings_of(section: str) -> Callable[[dict], dict]:
+    return lambda r: {k: v for k, v in (r.get(section) or {}).items() if k not in _NOT_MEASURED}
+
+
+# (evaluation, what is compared, how to read it): two results whose values differ were measured differently.
+MEASUREMENT_CHECKS: tuple[tuple[str, str, Callable[[dict], Any]], ...] = (
+    ("knowledge", "knowledge forms (4-option choice vs greedy completion)", lambda r: (r.get("settings") or {}).get("form", "completion")),
+    ("knowledge", "knowledge fact sets", lambda r: {k: (r.get("facts") or {}).get(k) for k in ("sha256", "where")}),
+    ("knowledge", "knowledge settings", _settings_of("settings")),
+    ("toxicity", "toxicity judges", lambda r: (r.get("judge") or {}).get("fingerprint")),
+    ("toxicity", "toxicity prompt samples", lambda r: (r.get("prompts") or {}).get("sha256")),
+    ("toxicity", "toxicity settings", _settings_of("config")),
+    ("fluency", "fluency judges", lambda r: (r.get("judge") or {}).get("fingerprint")),
+    ("fluency", "fluency settings", _settings_of("config")),
+    ("perplexity", "retain texts", lambda r: (r.get("data") or {}).get("texts_sha256")),
+    ("perplexity", "perplexity settings", _settings_of("config")),
+    ("harness", "harness task lists", lambda r: list(r.get("config", {}).get("tasks") or ())),
+    ("harness", "harness settings", _settings_of("config")),
+)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:12] + "..."
+
+
+def _difference(what: str, values: dict[str, Any]) -> str:
+    """`what differ: label value; label value`, naming only the settings that differ when the values are mappings."""
+    if all(isinstance(v, dict) for v in values.values()):
+        keys = sorted({k for v in values.values() for k in v if len({_short(w.get(k)) for w in values.values()}) > 1})
+        shown = "; ".join(f"{k}: " + ", ".join(f"{label} {_short(v.get(k))}" for label, v in values.items()) for k in keys)
+    else:
+        shown = ", ".join(f"{label} {_short(v)}" for label, v in values.items())
+    return f"{what} differ ({shown})"
+
+
 def consistency_warnings(loaded: dict[str, dict[str, dict]]) -> list[str]:
-    """Columns measured differently across results (judge, prompt sample, retain texts, tasks)."""
-    warnings = []
-    checks = (("toxicity", lambda r: (r.get("judge") or {}).get("fingerprint"), "toxicity judges differ"),
-              ("toxicity", lambda r: (r.get("prompts") or {}).get("sha256"), "toxicity prompt samples differ"),
-              ("fluency", lambda r: (r.get("judge") or {}).get("fingerprint"), "fluency judges differ"),
-              ("perplexity", lambda r: (r.get("data") or {}).get("texts_sha256"), "retain texts differ"),
-              ("harness", lambda r: tuple(r.get("config", {}).get("tasks") or ()), "harness task lists differ"))
-    for kind, key, message in checks:
-        values = {label: key(results[kind]) for label, results in loaded.items() if kind in results}
-        if len(set(values.values())) > 1:
-            warnings.append(f"{message} between {', '.join(values)}: those columns are not comparable")
-    return warnings
+    """Each way the results were measured differently (form, fact set, judge, prompt sample, data, settings), naming
+    the difference: such figures in one column compare the measurement, not the models."""
+    found = []
+    for kind, what, read in MEASUREMENT_CHECKS:
+        values = {label: read(results[kind]) for label, results in loaded.items() if kind in results}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            found.append(_difference(what, values))
+    return found
+
+
+def refuse_mixed(differences: list[str], allow_mixed: bool) -> list[str]:
+    """SpungeError naming the first difference, unless `allow_mixed`: then the differences, as warnings to record."""
+    if differences and not allow_mixed:
+        more = f" (and {len(differences) - 1} more difference(s))" if len(differences) > 1 else ""
+        raise SpungeError(f"the results were measured differently and would share a column: {differences[0]}{more}; "
+                          "evaluate them alike, or pass --allow-mixed to compare anyway (recorded as a warning)")
+    return [f"compared although measured differently (--allow-mixed): {d}" for d in differences]
 
 
 def render_markdown(result: dict) -> str:
@@ -205,11 +255,13 @@ def render_markdown(result: dict) -> str:
 
 
 def compare_results(results: dict[str, str | Path | list], out: str | Path, *, reference_label: str | None = None,
-                    non_text_tolerance: float | None = NON_TEXT_TOLERANCE, force: bool = False) -> dict[str, Any]:
+                    non_text_tolerance: float | None = NON_TEXT_TOLERANCE, force: bool = False,
+                    allow_mixed: bool = False) -> dict[str, Any]:
     """Compare evaluation results (label -> directory or files); returns what `compare.json` holds.
 
     `non_text_tolerance`: percentage points of non-text generations above the yardstick (the row
     labelled `base`, else the lowest share) beyond which a row is flagged (None: no check).
+    Results measured differently are refused (`refuse_mixed`) unless `allow_mixed`.
     """
     if non_text_tolerance is not None and not (math.isfinite(non_text_tolerance) and non_text_tolerance >= 0):
         raise SpungeError(f"--non-text-tolerance must be >= 0 percentage points, got {non_text_tolerance}")
@@ -219,10 +271,12 @@ def compare_results(results: dict[str, str | Path | list], out: str | Path, *, r
     reference = reference_label if reference_label is not None else next(iter(loaded))
     if reference not in loaded:
         raise SpungeError(f"--reference '{reference}' is not one of the results ({', '.join(loaded)})")
+    mixed = refuse_mixed(consistency_warnings(loaded), allow_mixed)
     fingerprint = make_fingerprint(kind="compare", reference=reference, non_text_tolerance=non_text_tolerance,
-                                   inputs={label: {k: v.get("fingerprint") for k, v in r.items()} for label, r in loaded.items()})
+                                   inputs={label: {k: v.get("fingerprint") for k, v in r.items()} for label, r in loaded.items()},
+                                   **({"allow_mixed": True} if allow_mixed else {}))
     return finish(Path(out), "compare", COMPARE_FILE,
-                  Planned(fingerprint, lambda: _compared(loaded, reference, non_text_tolerance, fingerprint)), force=force,
+                  Planned(fingerprint, lambda: _compared(loaded, reference, non_text_tolerance, fingerprint, mixed)), force=force,
                   inputs=[path for source in results.values() for path in (source if isinstance(source, list | tuple) else [source])])
 
 
@@ -247,7 +301,7 @@ def _row(label: str, found: dict[str, dict], reference_values: dict[str, float |
 
 
 def _compared(loaded: dict[str, dict[str, dict]], reference: str, non_text_tolerance: float | None,
-              fingerprint: str) -> Computed:
+              fingerprint: str, mixed: list[str]) -> Computed:
     """The comparison of the loaded results (see module docstring) and its companion files."""
     reference_values = {key: read(loaded[reference]) for key, _, read in columns()}
     rows = [_row(label, found, reference_values) for label, found in loaded.items()]
@@ -258,7 +312,7 @@ def _compared(loaded: dict[str, dict[str, dict]], reference: str, non_text_toler
     non_text_key = next(read for key, _, read in columns() if key == "non_text_pct")
     limit, limit_label, admissible = non_text_check({label: non_text_key(found) for label, found in loaded.items()},
                                                     non_text_tolerance, yardstick="base")
-    warnings = consistency_warnings(loaded)
+    warnings = list(mixed)
     for row in rows:
         row["admissible"] = admissible[row["label"]]
         if not row["admissible"]:

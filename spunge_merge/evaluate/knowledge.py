@@ -434,6 +434,14 @@ def _per_domain(rows: list[dict], records: list[dict], echoes: list[dict]) -> tu
     return summary, excluded_by_domain
 
 
+def form_description(form: str | None) -> str:
+    """How a knowledge result was measured, in words: reports name the form that was run, never another."""
+    if form == "choice":
+        return (f"{CHOICES}-option choice; a fact counts when its answer's log-likelihood ranks first of the options "
+                f"(chance {100 / CHOICES:g} %)")
+    return "greedy completion; a fact counts when the completion starts with its answer"
+
+
 def knowledge_table(results: dict[str, dict[str, Any]], *, forget: list[str] | None = None) -> str:
     """A Markdown table: one row per model, one column per domain (forgotten domains marked)."""
     forget = set(forget or [])

@@ -9,7 +9,7 @@ from typing import Any
 
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text, human_bytes
-from spunge_merge.hub.checks import WEIGHT_SUFFIXES
+from spunge_merge.hub.checks import WEIGHT_SUFFIXES, _check_repo_id
 from spunge_merge.hub.plan import PushPlan, plan_push
 
 
@@ -37,6 +37,7 @@ def push_model(model_dir: str | Path, repo_id: str, *, private: bool = False, re
     `eval_dirs`: `spunge eval` output folders kept outside `model_dir`, pushed as `eval/<folder name>/`
     and shown in the card (e.g. a pipeline's `runs/NAME/eval/compare`).
     """
+    _check_repo_id(repo_id)  # offline, before the token: a bad name is the first thing to fix
     if dry_run:  # no token needed; the user's own token, when there is one, is still looked for in the files
         from huggingface_hub import get_token
 

@@ -25,6 +25,7 @@ from spunge_merge.merge.recipe import (
     portable_recipe,
     portable_root,
     recipe_text,
+    strip_adapter_tag,
     validate_recipe,
 )
 from spunge_merge.merge.runner import MERGED_KIND, RECIPE_FILE, MergeStats, check_output, merge_options, run_recipe_into
@@ -87,7 +88,7 @@ def merge_runs(
     elif any(value is not None for value in values.values()):
         given = ", ".join(name for name, value in values.items() if value is not None)
         raise TypeError(f"merge_runs: give `settings` or the settings as keywords ({given}), not both")
-    resolved = base if isinstance(base, ResolvedModel) else resolve_model(base)
+    resolved = base if isinstance(base, ResolvedModel) else resolve_model(base, tokenizer=False)
     base_slots = model_slots(resolved.path)
     if settings.dtype is None:
         settings = settings.model_copy(update={"dtype": _weights_dtype(base_slots)})
@@ -218,8 +219,9 @@ def _prepare_user_recipe(data: dict, source: str, views_dir: Path | None) -> tup
     data = dict(data)
     notes: list[str] = []
     base_text = data.get("base_model")
-    if isinstance(base_text, str) and base_text in ALIASES:
-        data["base_model"] = str(resolve_model(base_text).path)
+    alias = _alias_of(base_text)
+    if alias is not None:
+        data["base_model"] = str(resolve_model(alias, tokenizer=False).path)
         notes.append(f"  base_model {base_text} -> {data['base_model']}")
     models = data.get("models")
     if not isinstance(models, list):
@@ -228,10 +230,15 @@ def _prepare_user_recipe(data: dict, source: str, views_dir: Path | None) -> tup
     for i, entry in enumerate(models):
         entry = dict(entry) if isinstance(entry, dict) else entry
         model = entry.get("model") if isinstance(entry, dict) else None
-        if not isinstance(model, str) or model == data.get("base_model"):
+        if isinstance(model, str) and alias is not None and model == base_text:
+            entry["model"] = data["base_model"]
+        if not isinstance(model, str) or entry["model"] == data.get("base_model"):
             rewritten.append(entry)
             continue
-        base_text, _, adapter = model.partition("+") if "+" in model else (data.get("base_model"), "", model)
+        base_text_i, _, adapter = model.partition("+") if "+" in model else (data.get("base_model"), "", model)
+        if _alias_of(base_text_i) is not None:
+            base_text_i = _alias_of(base_text_i)
+        adapter = strip_adapter_tag(adapter)  # BASE+ADAPTER@TAG of a portable recipe: the tag keys mergekit's cache only
         path = Path(adapter).expanduser()
         if not path.exists() and (path.is_absolute() or adapter.startswith(("./", "../"))):
             raise SpungeError(_missing_model_hint(source, i, path))
@@ -241,15 +248,26 @@ def _prepare_user_recipe(data: dict, source: str, views_dir: Path | None) -> tup
         runs = expand_runs([path])
         if len(runs) != 1:
             raise SpungeError(f"{source}: models[{i}] {path} holds {len(runs)} runs; list each run directory as its own model")
-        if not isinstance(base_text, str):
+        if not isinstance(base_text_i, str):
             raise SpungeError(f"{source}: models[{i}] {path} is a run directory, which needs the recipe's base_model")
-        base = resolve_model(base_text)
+        base = resolve_model(base_text_i, tokenizer=False)
         view = model_for_run(runs[0], base, views_dir)
         entry["model"] = str(view)
         notes.append(f"  models[{i}] {model} -> view {view}")
         rewritten.append(entry)
     data["models"] = rewritten
     return data, notes
+
+
+def _alias_of(text: Any) -> str | None:
+    """The spunge alias a recipe's base names: the alias itself, or (a portable recipe) `./ALIAS/` when no such folder
+    was copied there; None otherwise."""
+    if not isinstance(text, str):
+        return None
+    if text in ALIASES:
+        return text
+    name = Path(text).name
+    return name if name in ALIASES and text.startswith(("./", "../")) and not Path(text).expanduser().exists() else None
 
 
 def _missing_model_hint(source: str, index: int, path: Path) -> str:
@@ -276,7 +294,7 @@ def _local_dir(ref) -> Path:
     path = Path(ref.model.path).expanduser()
     if path.is_dir():
         return path.resolve()
-    return resolve_model(ref.model.path).path  # a Hub id (SpungeError when it cannot be fetched)
+    return resolve_model(ref.model.path, tokenizer=False).path  # a Hub id (SpungeError when it cannot be fetched)
 
 
 def _execute(config, text: str, out: Path, *, base: ResolvedModel | None, cuda: bool, force: bool, seed: int | None,

@@ -260,11 +260,12 @@ def _portable_base(base: dict | None, root: Path | None) -> tuple[str | None, li
     if not isinstance(base, dict):
         return None, []
     ref, path = str(base.get("ref") or ""), base.get("path")
-    if ref in ALIASES:
+    if ref in ALIASES:  # not a Hub id: a folder of that name beside the runs, which mergekit reads as it is
         upstream = f" (a dequantized GGUF of {ALIAS_HUB_IDS[ref]}, not byte-identical to it)" if ref in ALIAS_HUB_IDS else ""
-        return ref, [f"base_model {ref} is spunge's built-in alias{upstream}: `spunge merge --recipe` resolves it; for",
-                     f"mergekit-yaml replace every '{ref}' with the directory that `python -c \"from spunge_merge.models import",
-                     f"resolve_model; print(resolve_model('{ref}').path)\"` prints."]
+        return _local_ref(ref), [
+            f"base_model {_local_ref(ref)} is spunge's built-in base {ref}{upstream}; `spunge merge --recipe` finds it by",
+            "itself. For mergekit-yaml, first copy it into this folder once (spunge merge --recipe needs no copy):",
+            f"  cp -r \"$(python -c \"from spunge_merge.models import resolve_model; print(resolve_model('{ref}').path)\")\" {ref}"]
     looks_hub = bool(re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", ref)) and not Path(ref).expanduser().exists()
     if looks_hub or (ref and not path):
         return ref, []
@@ -274,6 +275,27 @@ def _portable_base(base: dict | None, root: Path | None) -> tuple[str | None, li
     return target.name, [f"base_model {target.name}: the base model's directory; put it in the folder you run this recipe from."]
 
 
+ADAPTER_TAG_LENGTH = 12
+
+
+def adapter_tag(run: Path, base: dict | None) -> str:
+    """A hash of an adapter run's weights and of its base, written after the adapter (`BASE+ADAPTER@TAG`): mergekit keys
+    its LoRA cache by that text, and the same relative path holds other adapters in other runs (another method, λ)."""
+    from spunge_merge.fsutil import sha256_file, sha256_json
+    from spunge_merge.merge.inputs import ADAPTER_WEIGHTS
+
+    weights = Path(run) / ADAPTER_WEIGHTS
+    digest = sha256_file(weights) if weights.is_file() else None
+    return sha256_json({"adapter": digest, "base": (base or {}).get("fingerprint")})[:ADAPTER_TAG_LENGTH]
+
+
+def strip_adapter_tag(adapter: str) -> str:
+    """The adapter's path without the `@TAG` of `adapter_tag` (spunge reads the folder; the tag is for mergekit's cache)."""
+    import re
+
+    return re.sub(rf"@[0-9a-f]{{{ADAPTER_TAG_LENGTH}}}$", "", adapter)
+
+
 def portable_root(runs: list[Path], base: dict | None) -> Path | None:
     """The folder the portable recipe's paths are relative to: the one holding the runs (and a local base,
     neither a Hub model nor a spunge alias, which travels with them); None for the filesystem root."""
@@ -281,7 +303,7 @@ def portable_root(runs: list[Path], base: dict | None) -> Path | None:
 
     folders = [Path(run).resolve().parent for run in runs]
     name, notes = _portable_base(base, None)
-    if isinstance(base, dict) and base.get("path") and notes and name not in _aliases():
+    if isinstance(base, dict) and base.get("path") and notes and str(base.get("ref")) not in _aliases():
         folders.append(Path(base["path"]).resolve().parent)  # a local base beside the runs travels with them
     if not folders:
         return None
@@ -312,6 +334,7 @@ def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -
 
     base_name, notes = _portable_base(base, root)
     materialize_lines: list[str] = []
+    adapters = False
     out = {key: value for key, value in data.items() if key not in ("models", "base_model")}
     if "base_model" in data:
         out = {"merge_method": data.get("merge_method"), "base_model": base_name or data["base_model"],
@@ -325,7 +348,8 @@ def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -
         if ref == str(data.get("base_model")):
             entry["model"] = base_name or ref
         elif kind == PEFT_ADAPTER and run_path and base_name:
-            entry["model"] = f"{base_name}+{relative(run_path)}"
+            entry["model"] = f"{base_name}+{relative(run_path)}@{adapter_tag(Path(run_path), base)}"
+            adapters = True
         elif kind == TENSOR_DELTA and run_path:
             target = relative(run_path).rstrip("/") + "-materialized/"
             entry["model"] = target
@@ -338,11 +362,17 @@ def portable_recipe(data: dict, described: dict[str, dict], base: dict | None) -
         models.append(entry)
     out["models"] = models
     where = f"the folder that holds them (it was named '{root.name}')" if root is not None else "the runs' folder"
+    command = "mergekit-yaml THIS_FILE OUT" + (" --lora-merge-cache LORA_CACHE_DIR" if adapters else "")
     comments = ["Portable recipe: names the runs, not this machine's files (mergekit_config.yml names merge views,",
                 "which live in a cache and are rebuilt on demand). Model paths are relative to the folder the runs",
                 f"are in: copy them with the same layout and run from {where}:",
-                "  mergekit-yaml THIS_FILE OUT     or     spunge merge --recipe THIS_FILE --out OUT",
-                "Adapter runs use mergekit's BASE+ADAPTER syntax (the adapter is the run folder; TVN's holds its negation)."]
+                f"  {command}     or     spunge merge --recipe THIS_FILE --out OUT"]
+    if adapters:
+        comments += ["Adapter runs use mergekit's BASE+ADAPTER@TAG syntax (the adapter is the run folder; TVN's holds its negation).",
+                     "mergekit needs --lora-merge-cache to merge an adapter into the base (any folder; it may be shared",
+                     "between recipes). It keys that cache by the text of BASE+ADAPTER@TAG: TAG is a hash of the adapter's",
+                     "weights and of the base, so two runs at the same relative path never share an entry (mergekit reads",
+                     "TAG as a revision, which a local folder ignores)."]
     if materialize_lines:
         comments += ["Tensor-delta runs (RMU, --full: delta.safetensors) are not a format mergekit reads: make each one a full model",
                      "first, from the same folder (needs spunge):", *materialize_lines]

@@ -41,9 +41,9 @@ from spunge_merge.merge.computation import _Computation, compute_threads
 from spunge_merge.merge.copying import back_to_back
 from spunge_merge.merge.inputs import SIDE_FILES
 from spunge_merge.merge.planner import _Job
-from spunge_merge.merge.streaming import _mergekit_error, _stream_merge
+from spunge_merge.merge.streaming import _mergekit_error, _stream_merge, merge_cause
 from spunge_merge.provenance import is_complete
-from spunge_merge.tensorfiles import model_slots
+from spunge_merge.tensorfiles import model_slots, refuse_non_finite_files
 
 __all__ = ["MERGED_KIND", "RECIPE_FILE", "MergeStats", "back_to_back", "check_output", "compute_threads", "merge_options",
            "needs_run_merge", "run_recipe_into", "_Computation", "_Job"]  # the last two: tests drive them directly
@@ -110,6 +110,7 @@ def run_recipe_into(tmp: Path, config, recipe_text: str, local_dirs: dict[Any, P
                 run_merge(config, str(tmp), options=options.model_copy(update={"write_model_card": True}), config_source=recipe_text)
             except (RuntimeError, ValueError, KeyError, TypeError) as exc:
                 raise _mergekit_error(exc, source) from exc
+        refuse_non_finite_files(tmp, merge_cause(config))  # mergekit's own writer checks nothing
         count = len(model_slots(tmp))
         written = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
         return MergeStats(count, count, 0, time.perf_counter() - started, written, "mergekit")

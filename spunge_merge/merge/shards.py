@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge.fsutil import write_json
-from spunge_merge.tensorfiles import DTYPE_SIZES, WEIGHTS_INDEX, TensorSlot, read_chunks
+from spunge_merge.tensorfiles import DTYPE_SIZES, WEIGHTS_INDEX, TensorSlot, read_chunks, refuse_non_finite
 
 _TORCH_CODES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
@@ -52,10 +52,15 @@ class _Shard:
 
 
 class ShardWriter:
-    """Append tensors to `model-XXXXX-of-YYYYY.safetensors` files of at most `max_shard_bytes` each."""
+    """Append tensors to `model-XXXXX-of-YYYYY.safetensors` files of at most `max_shard_bytes` each.
 
-    def __init__(self, out_dir: Path, *, header_reserve: int, max_shard_bytes: int = 5 * 10**9, basename: str = "model"):
+    Every tensor computed here (`write_tensor`) is checked finite; `cause` names the settings that made it
+    (`refuse_non_finite`). Byte copies of an input's tensors are the input's own bytes and are not read."""
+
+    def __init__(self, out_dir: Path, *, header_reserve: int, max_shard_bytes: int = 5 * 10**9, basename: str = "model",
+                 cause: str = "merge"):
         self.out_dir = Path(out_dir)
+        self.cause = cause
         self.reserve = max(8, -(-header_reserve // 8) * 8)
         self.max_shard_bytes = max_shard_bytes
         self.basename = basename
@@ -121,6 +126,7 @@ class ShardWriter:
     def write_tensor(self, name: str, tensor) -> None:
         """Append a torch tensor (any device, any layout)."""
         tensor = tensor.detach().to("cpu").contiguous()
+        refuse_non_finite(name, tensor, self.cause)
         code = dtype_code(tensor.dtype)
         flat = tensor.reshape(-1)
         raw = flat.view(torch_uint8()) if flat.numel() else flat

@@ -35,6 +35,27 @@ def _mergekit_error(exc: Exception, source: str) -> SpungeError:
     return SpungeError(f"{source}: mergekit could not run the recipe: {message}")
 
 
+def _append_in_order(writer: ShardWriter, spill: ShardWriter, order: list[str]) -> None:
+    """Copy the spilled tensors into the output in `order` (in the kernel where it can), then delete the spill."""
+    from spunge_merge.tensorfiles import read_header
+
+    files = {name: tmp_file for name, tmp_file in spill.finish(index=False).items()}
+    headers = {file: read_header(spill.out_dir / file) for file in set(files.values())}
+    writer.copy_tensors([(name, headers[files[name]][name]) for name in dict.fromkeys(order) if name in files])
+    for file in headers:
+        (spill.out_dir / file).unlink()
+
+
+def merge_cause(config) -> str:
+    """The settings a merged tensor came from, as a refused non-finite tensor names them (dtype, λ)."""
+    parameters = config.parameters or {}
+    parts = [f"merge_method {config.merge_method}", f"dtype {config.out_dtype or config.dtype or 'of the inputs'}"]
+    if "lambda" in parameters:
+        lam = parameters["lambda"]
+        parts.append(f"lambda {getattr(lam, 'value', lam)}")
+    return ", ".join(parts)
+
+
 def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, source: str, progress: bool) -> dict[str, Any]:
     from mergekit.architecture import get_architecture_info
     from mergekit.io.tasks import SaveTensor
@@ -65,7 +86,12 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise _mergekit_error(exc, source) from exc
     names = [(name, len(slot.shape)) for name, slot, *_ in planner.copies] + [(job.name, 8) for job in jobs]
-    writer = ShardWriter(tmp, header_reserve=header_bound(names), max_shard_bytes=options.out_shard_size)
+    writer = ShardWriter(tmp, header_reserve=header_bound(names), max_shard_bytes=options.out_shard_size,
+                         cause=merge_cause(config))
+    # Computed tensors come from the worker threads in whatever order they finish: they go to a spill file first and
+    # are appended to the output after the copies, in plan order, so two identical merges write identical bytes.
+    spill = ShardWriter(tmp, header_reserve=header_bound(names), max_shard_bytes=1 << 62, basename=".spill",
+                        cause=merge_cause(config))
     buffer = bytearray(_COPY_BUFFER)
     copied = computed = 0
     copying = 0.0
@@ -78,14 +104,14 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
             for copy in planner.copies:
                 (other if copy[5] or _converts(copy[1], copy[2], copy[3]) else plain).append(copy)
             for run in back_to_back(plain):  # a run of adjacent tensors at a time
-                computed += results.write_ready(writer, bar)  # computed tensors as they come, between copies
+                computed += results.write_ready(spill, bar)  # computed tensors as they come, between copies
                 began = time.perf_counter()
                 writer.copy_tensors([(name, slot) for name, slot, *_ in run])
                 copied += len(run)
                 bar.update(len(run))
                 copying += time.perf_counter() - began
             for name, slot, in_dtype, out_dtype, args, check in other:
-                computed += results.write_ready(writer, bar)
+                computed += results.write_ready(spill, bar)
                 began = time.perf_counter()
                 if _copy_tensor(writer, name, slot, in_dtype, out_dtype, buffer, check):
                     copied += 1
@@ -94,15 +120,17 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
                     late.append(planner.plan_later(args))
                 copying += time.perf_counter() - began
             results.copies_done()
-            computed += results.write_rest(writer, bar)
+            computed += results.write_rest(spill, bar)
             computing = results.seconds
             if late:
                 with _Computation(late, options) as more:
-                    computed += more.write_rest(writer, bar)
+                    computed += more.write_rest(spill, bar)
                 computing += more.seconds
+        _append_in_order(writer, spill, [job.name for job in [*jobs, *late]])
         writer.finish(index=True)
     except BaseException:  # the recipe was checked and planned: anything failing now is a bug, with its traceback
         writer.abort()
+        spill.abort()
         raise
     done = time.perf_counter()
     out_config.save_pretrained(tmp)

@@ -302,7 +302,7 @@ def _materialize_lora(adapter_config: Path, adapter_weights: Path, target: Path,
                               "does not have (an adapter of another model?)")
         targets[module] = name
     writer = ShardWriter(target.parent, header_reserve=header_bound((n, len(base_slots[n].shape)) for n in targets.values()),
-                         max_shard_bytes=1 << 62, basename=".changed")
+                         max_shard_bytes=1 << 62, basename=".changed", cause=f"{adapter_weights} merged into {base.ref}")
     opened: dict[str, object] = {}
     try:
         with safe_open(str(adapter_weights), framework="pt") as adapter:

@@ -248,7 +248,7 @@ def _completed(ctx: Context) -> set[str]:
 
 def _knowledge_section(ctx: Context, labels: dict[str, str]) -> tuple[str, dict[str, Any]]:
     from spunge_merge.data.loading import load_subsets
-    from spunge_merge.evaluate.knowledge import KNOWLEDGE_FILE, knowledge_table
+    from spunge_merge.evaluate.knowledge import KNOWLEDGE_FILE, form_description, knowledge_table
 
     results = {}
     for label in labels:
@@ -259,9 +259,13 @@ def _knowledge_section(ctx: Context, labels: dict[str, str]) -> tuple[str, dict[
         return "", {}
     forget = [str(s.value) for s in load_subsets(ctx.run_dir / "split")]
     table = knowledge_table(results, forget=forget)
-    lines = ["## Knowledge: held-out facts completed correctly, per domain", "",
-             f"Forgotten (split and unlearned): {', '.join(forget)}. Greedy completion; a fact counts when the completion "
-             "starts with its answer.", "", table]
+    forms = {label: (r.get("settings") or {}).get("form", "completion") for label, r in results.items()}
+    if len(set(forms.values())) == 1:
+        how = form_description(next(iter(forms.values()))).capitalize() + "."
+    else:  # never expected (one pipeline, one form); say so rather than describe one form for all
+        how = "Forms differ: " + "; ".join(f"{label}: {form_description(form)}" for label, form in forms.items()) + "."
+    lines = ["## Knowledge: held-out facts known, per domain", "",
+             f"Forgotten (split and unlearned): {', '.join(forget)}. {how}", "", table]
     figures = {label: {d: e["accuracy"] for d, e in r["domains"].items()} for label, r in results.items()}
     return "\n".join(lines), figures
 

@@ -20,6 +20,7 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, copy_file
 from spunge_merge.models import ResolvedModel
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
+from spunge_merge.tensorfiles import refuse_non_finite_files, safetensors_bytes, save_tensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -43,6 +44,7 @@ def apply_adapter(base: ResolvedModel, adapter_dir: Path, out: Path) -> Path:
         lm = load_causal_lm(base, dtype="auto")
         merged = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
+        refuse_non_finite_files(tmp, f"{adapter_dir} merged into {base.ref} in its dtype")
         load_tokenizer(base).save_pretrained(tmp)
         try:
             GenerationConfig.from_pretrained(base.path).save_pretrained(tmp)
@@ -61,7 +63,7 @@ def apply_adapter(base: ResolvedModel, adapter_dir: Path, out: Path) -> Path:
 def scale_adapter(run: Path, lam: float, out: Path) -> Path:
     """A copy of a peft adapter whose update is λ times the run's (every lora_B × λ)."""
     import torch
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
     weights = Path(run) / ADAPTER_WEIGHTS
     if not weights.is_file() or not (Path(run) / ADAPTER_CONFIG).is_file():
@@ -74,7 +76,7 @@ def scale_adapter(run: Path, lam: float, out: Path) -> Path:
         for item in Path(run).iterdir():
             if item.is_file() and item.name != ADAPTER_WEIGHTS:
                 copy_file(item, tmp / item.name)
-        atomic_write_bytes(tmp / ADAPTER_WEIGHTS, save(scaled, metadata={"format": "pt"}))
+        atomic_write_bytes(tmp / ADAPTER_WEIGHTS, safetensors_bytes(scaled, {"format": "pt"}, cause=f"the adapter scaled by lambda {lam}"))
     return Path(out)
 
 
@@ -92,7 +94,7 @@ def delta_to_model(base: ResolvedModel, run: Path, lam: float | None, out: Path,
     """
     import torch
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from spunge_merge.models import check_safetensors
     from spunge_merge.tensorfiles import weight_files
@@ -133,7 +135,8 @@ def delta_to_model(base: ResolvedModel, run: Path, lam: float | None, out: Path,
                     original = tensors[name].to(torch.float32)
                     value = original + float(lam) * (value.to(torch.float32) - original)
                 tensors[name] = value.to(tensors[name].dtype).contiguous()
-            save_file(tensors, str(tmp / item.name), metadata={**metadata, "format": metadata.get("format", "pt")})
+            save_tensors(tmp / item.name, tensors, {**metadata, "format": metadata.get("format", "pt")},
+                         cause=f"materialize with lambda {lam}" if scaled else f"as {run / DELTA_FILE} holds it")
         result = {k: v for k, v in (record.get("result") or {}).items() if k not in ("history", "losses")}
         key = fingerprint(run=record.get("fingerprint"), base=base.fingerprint, lam=lam)
         write_provenance(tmp, kind=MATERIALIZED_KIND, fingerprint=key,

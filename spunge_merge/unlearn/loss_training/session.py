@@ -12,6 +12,7 @@ from spunge_merge.data.loading import Subset
 from spunge_merge.models import ResolvedModel, load_tokenizer
 from spunge_merge.provenance import write_provenance
 from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
+from spunge_merge.tensorfiles import refuse_non_finite_files
 from spunge_merge.unlearn import lm_data
 from spunge_merge.unlearn.lora import adapter_base_name, load_training_base, lora_config
 from spunge_merge.unlearn.loss_training.config import PEFT_ADAPTER, TENSOR_DELTA, LossMethodConfig, Objective
@@ -147,18 +148,22 @@ class _Session:
         train_seconds = time.perf_counter() - started
         after = self._probe_nll(model, probe, pad_id)
         if config.full:
-            from safetensors.torch import save_file
+            from spunge_merge.tensorfiles import save_tensors
 
             tensors = {name: weights.named[name].detach().to("cpu").contiguous() for name in weights.names}
-            # One metadata key: safetensors writes a map's keys in random order, and a rerun must be bit-identical.
-            save_file(tensors, str(tmp / DELTA_FILE), metadata={"format": "pt"})
+            save_tensors(tmp / DELTA_FILE, tensors, {"format": "pt"}, cause=self._cause())
             trained = {"updated_tensors": weights.names}
         else:
             adapter_config = model.peft_config["default"]
             adapter_config.base_model_name_or_path = adapter_base_name(self.resolved)
             model.save_pretrained(tmp, safe_serialization=True)
+            refuse_non_finite_files(tmp, self._cause())
             trained = {"target_modules": sorted(adapter_config.target_modules), "scaling": config.lora_alpha / config.rank}
         return _Measured(result, before, after, trained, sum(p.numel() for p in weights.params), train_seconds)
+
+    def _cause(self) -> str:
+        """The settings a non-finite trained weight is blamed on (`refuse_non_finite`)."""
+        return f"{self.method} training, lr {self.config.lr}"
 
     def _restore(self, weights: _Trainable) -> None:
         """The base model as loaded, for the next subset: `full` tensors put back, or the adapter unloaded."""

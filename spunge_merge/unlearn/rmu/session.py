@@ -174,15 +174,15 @@ class _Session:
     def _write(self, tmp: Path, forget: list[Corpus], retain: list[Corpus], training: _Training, *, fingerprint_value: str,
                attribute: dict | None, results: dict[str, Any]) -> None:
         """delta.safetensors (the trained tensors under their checkpoint names) and spunge.json."""
-        from safetensors.torch import save_file
+        from spunge_merge.tensorfiles import save_tensors
 
         state, config, history, early_stop = self._state, self.config, training.history, training.early_stop
         trainer: RMUTrainer = state["trainer"]
         updates = sum(1 for h in history if h["updated"])
         tensors = {ckpt: trainer.params[name].detach().to("cpu").contiguous()
                    for ckpt, name in zip(self.selection.tensors, state["param_names"], strict=True)}
-        save_file(tensors, str(tmp / DELTA_FILE), metadata={"format": "pt", "spunge_kind": RUN_KIND,
-                                                             "base_fingerprint": self.resolved.fingerprint})
+        save_tensors(tmp / DELTA_FILE, tensors, {"format": "pt", "spunge_kind": RUN_KIND, "base_fingerprint": self.resolved.fingerprint},
+                     cause=f"rmu training, lr {config.lr}, steering_coeff {config.steering_coeff}")
         last = history[-1]
         write_provenance(
             tmp, kind=RUN_KIND, fingerprint=fingerprint_value, method="rmu",

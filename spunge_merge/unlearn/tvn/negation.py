@@ -12,6 +12,7 @@ from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, copy_file
 from spunge_merge.models import check_safetensors
 from spunge_merge.provenance import PROVENANCE_FILE, read_provenance
 from spunge_merge.runs import RUNS_MANIFEST, list_runs
+from spunge_merge.tensorfiles import safetensors_bytes
 from spunge_merge.unlearn.tvn.settings import _LORA_B, ADAPTER_WEIGHTS, KIND, UNNEGATED
 
 
@@ -33,14 +34,15 @@ def negated_tensors(unnegated: Mapping[str, Any], lam: float) -> dict[str, Any]:
 
 
 def _write_negated(unnegated_dir: Path, target_dir: Path, lam: float) -> None:
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
     source = unnegated_dir / ADAPTER_WEIGHTS
     if not source.is_file():
         raise SpungeError(f"{source}: missing; the un-negated adapter is needed to negate again")
     check_safetensors(source)
     # Bytes through atomic_write_bytes: safetensors' save_file creates files with mode 0600.
-    atomic_write_bytes(target_dir / ADAPTER_WEIGHTS, save(negated_tensors(load_file(source), lam), metadata={"format": "pt"}))
+    atomic_write_bytes(target_dir / ADAPTER_WEIGHTS, safetensors_bytes(negated_tensors(load_file(source), lam), {"format": "pt"},
+                                                                       cause=f"negation with lambda {lam}"))
 
 
 def _copy_tree_except(src: Path, dst: Path, skip: set[Path]) -> None:
