@@ -264,12 +264,17 @@ def test_rmu_pipeline_baseline_alternates_corpora_with_the_same_budget(workspace
                                      "baseline": {"budget": "matched", "lambda": [1.0, 0.5]},
                                      "eval": {"models": ["base", "baseline", "spunge"], "device": "cpu",
                                               "perplexity": {"data": "retain.jsonl", "max_length": 32, "stride": 32}},
-                                     "push": {"repo_id": "someone/tiny-spunge", "dry_run": True}})
+                                     "push": {"repo_id": "someone/tiny-spunge", "dry_run": True, "runs": True}})
     summary = run_pipeline(pipeline, run_dir=tmp_path / "run", live=False)
     assert summary.ran[-1] == "push"
     pushed = json.loads((tmp_path / "run" / "push.json").read_text())  # a dry run: checked and listed, nothing sent
     assert pushed["dry_run"] and pushed["repo_id"] == "someone/tiny-spunge"
     assert {"config.json", "spunge.json", "README.md"} <= {f["path"] for f in pushed["files"]}
+    # push.runs: every per-subset run too, each RMU delta materialized into a full model with its own card
+    assert [r["repo_id"] for r in pushed["runs"]] == [f"someone/tiny-spunge-{g}" for g in GROUPS]
+    for run in pushed["runs"]:
+        assert {"config.json", "model.safetensors", "README.md"} <= {f["path"] for f in run["files"]} and run["dry_run"]
+        assert "One subset of the forget data" in run["card"] and "rmu" in run["card"]
     run_dir = tmp_path / "run"
     split_steps = {g: json.loads((run_dir / "unlearn" / g / "spunge.json").read_text())["result"]["steps"] for g in GROUPS}
     assert split_steps == {g: 8 for g in GROUPS}  # min(150, ⌈7/2⌉ forget, ⌈7/2⌉ retain batches) × 2 epochs
