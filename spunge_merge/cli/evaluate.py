@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from spunge_merge.cli.help import field_range
 from spunge_merge.cli.unlearn import _check_bounds, _field_kind, _shown_default, _split
 from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate import registry
@@ -48,7 +49,9 @@ def _option(cls: type, name: str, *, suffix: str = "") -> Any:
         default = None if default == "" else default
     if field.annotation is bool:
         default = bool(default)
-    return typer.Option(default, *flags, help=(field.description or "") + suffix, show_default=default not in (None, ...))
+    span = field_range(field.metadata)
+    help_text = (field.description or "") + suffix + (f" [range: {span}]" if span else "")
+    return typer.Option(default, *flags, help=help_text, show_default=default not in (None, ...))
 
 
 class EvalGroup(TyperGroup):
@@ -89,6 +92,7 @@ def build_command(evaluation: registry.Evaluation):
         flags = list((field.json_schema_extra or {}).get("cli_flags") or ["--" + field_name.replace("_", "-")])
         help_text = (field.description or "") + (f" One of: {', '.join(choices)}." if choices else "")
         help_text += " Comma-separated for several." if kind in ("list", "list-or-scalar") else ""
+        help_text += f" [range: {span}]" if (span := field_range(field.metadata)) else ""
         required = field.default is PydanticUndefined and field.default_factory is None
         default = ... if required else _shown_default(field.default if field.default_factory is None else field.default_factory())
         declared = [f"{flags[0]}/--no-{flags[0][2:]}", *flags[1:]] if kind == "bool" else flags

@@ -33,11 +33,29 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from spunge_merge.cli.help import field_range
 from spunge_merge.errors import SpungeError
 from spunge_merge.unlearn import registry
 
 _COMMON = {"ctx", "model", "forget", "retain", "retain_text_column", "out", "config_file", "text_column", "force", "progress"}
 _PREFIX = "setting_"  # python names of the settings options, apart from the common ones
+# `--help` panels of the generated options, by settings field name; a method's own fields (its loss) go to "Loss",
+# and a field may name its panel itself (`json_schema_extra={"panel": ...}`).
+PANELS = {
+    "Data": ("model", "forget", "retain", "retain_text_column", "retain_where", "text_column", "max_length", "eval_samples",
+             "min_chars"),
+    "LoRA": ("rank", "lora_alpha", "lora_dropout", "target_modules", "full", "full_params"),
+    "Optimizer": ("lr", "epochs", "max_steps", "batch_size", "grad_accum", "warmup", "lr_scheduler", "weight_decay",
+                  "max_grad_norm", "max_num_batches", "adam_betas", "adam_eps"),
+    "Output and runtime": ("out", "config_file", "force", "progress", "seed", "device", "dtype"),
+}
+_PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
+
+def panel_of(name: str, field: Any = None) -> str:
+    """The `--help` panel of a setting (see `PANELS`)."""
+    declared = ((getattr(field, "json_schema_extra", None) or {}) if field is not None else {}).get("panel")
+    return declared or _PANEL_OF.get(name, "Loss")
 
 
 class UnlearnGroup(TyperGroup):
@@ -98,6 +116,8 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
     params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
 
     def add(name: str, annotation: Any, option: Any) -> None:
+        if getattr(option, "rich_help_panel", None) is None and name != "ctx":
+            option.rich_help_panel = panel_of(name)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
 
     add("model", str, typer.Option(..., "--model", "-m", help="Base model: local directory, Hub id, or alias (smollm2-135m)."))
@@ -123,12 +143,15 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
             help_text += f" One of: {', '.join(choices)}."
         if kind in ("list", "list-or-scalar"):
             help_text += " Comma-separated for several."
+        if span := field_range(field.metadata):
+            help_text += f" [range: {span}]"
         default = _shown_default(field.default if field.default_factory is None else field.default_factory())
         declared = [f"{flags[0]}/--no-{flags[0][2:]}", *flags[1:]] if kind == "bool" else flags
         python_name = _PREFIX + field_name
         settings[python_name] = (field_name, kind, flags[0], field.metadata)
         add(python_name, option_type if default is not None else option_type | None,
-            typer.Option(default, *declared, help=help_text, show_default=default is not None))
+            typer.Option(default, *declared, help=help_text, show_default=default is not None,
+                         rich_help_panel=panel_of(field_name, field)))
     add("force", bool, typer.Option(False, "--force", help="Retrain and replace runs even when an identical one exists."))
     add("progress", bool, typer.Option(True, "--progress/--no-progress", " /--quiet", help="Show progress bars."))
 
