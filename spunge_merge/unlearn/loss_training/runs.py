@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
+from spunge_merge.data.loading import Subset, is_split_dir, load_retain, load_subsets
 from spunge_merge.errors import SpungeError
 from spunge_merge.provenance import fingerprint, is_complete
 from spunge_merge.runs import RunOutcome, execute_run, run_subsets
@@ -52,7 +52,7 @@ def train_runs(request: TrainRequest, *, method: str, objective: Objective, reta
     check_retain(method, retain_need, config, request.retain)
     resolved, forget, out = request.model, Path(request.forget[0]), Path(request.out)
     subsets = load_subsets(forget, request.text_column)
-    retain = [subset for path in request.retain for subset in load_subsets(path)]
+    retain = [subset for path in request.retain for subset in load_retain(path, request.retain_text_column, tuple(request.retain_where))]
     if any(s.column for s in retain):
         raise SpungeError(f"{method}: --retain takes data files, not a split directory")
     _check_writable(out)
