@@ -246,7 +246,7 @@ def summary_row(result: dict[str, Any]) -> dict[str, str]:
            "loss first → last": _span(result.get("first_loss", losses[0] if losses else None),
                                       result.get("final_loss", losses[-1] if losses else None)),
            "forget NLL base → trained": _span(nll.get("base"), nll.get("trained"))}
-    if retain:
+    if any(retain):  # a run without retain data records zeros
         row["retain term first → last step"] = _span(retain[0], retain[-1])
     return row
 
