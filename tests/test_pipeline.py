@@ -281,6 +281,8 @@ def test_rmu_pipeline_baseline_alternates_corpora_with_the_same_budget(workspace
     for run in pushed["runs"]:
         assert {"config.json", "model.safetensors", "README.md"} <= {f["path"] for f in run["files"]} and run["dry_run"]
         assert "One subset of the forget data" in run["card"] and "rmu" in run["card"]
+    for card in [pushed["card"], *(run["card"] for run in pushed["runs"])]:  # the retain source and filter as written
+        assert re.search(r"^- retain\.jsonl: 7 texts, \d+ used.* \(rows kept where kind == text\)$", card, flags=re.MULTILINE), card
     run_dir = tmp_path / "run"
     split_steps = {g: json.loads((run_dir / "unlearn" / g / "spunge.json").read_text())["result"]["steps"] for g in GROUPS}
     assert split_steps == {g: 8 for g in GROUPS}  # min(150, ⌈7/2⌉ forget, ⌈7/2⌉ retain batches) × 2 epochs

@@ -29,6 +29,7 @@ SPUNGE_TAGS = ["spunge", "unlearning", "mergekit", "merge"]
 MERGEKIT_RECIPE = "mergekit_config.yml"
 PORTABLE_RECIPE = "mergekit_config.portable.yml"  # names the runs, not this machine's merge views (merge/recipe.py)
 PAPER_URL = "https://arxiv.org/abs/2406.11780"
+RETAIN_SOURCES_SUFFIX = ".sources.json"  # beside a pipeline's inputs/retain.jsonl: the sources and filters its rows came from
 
 # Licences of base models whose local copy carries no card (the built-in alias is converted from
 # a GGUF file, so the upstream README with its `license:` is not on disk).
@@ -327,7 +328,8 @@ def _data_view(record: dict, runs: list[dict]) -> dict:
     for entry in run_data + [e for e in recorded if e not in run_data]:  # a merge records its runs' data again
         if isinstance(entry, dict) and ("forget" in entry or "retain" in entry):  # a run with forget and retain corpora
             entries += [e for e in entry.get("forget") or [] if isinstance(e, dict)]
-            retain_entries += [e | {"used": entry.get("retain_rows_used")} for e in entry.get("retain") or [] if isinstance(e, dict)]
+            retain_entries += [e | {"used": entry.get("retain_rows_used", e.get("rows_used"))}
+                               for e in entry.get("retain") or [] if isinstance(e, dict)]
         elif isinstance(entry, dict):
             entries.append(entry)
     sources: list[str] = []
@@ -356,7 +358,16 @@ def _data_view(record: dict, runs: list[dict]) -> dict:
         path = path.get("path") if isinstance(path, dict) else path
         if not isinstance(path, str) or not path:
             continue
-        name = path if _is_hub_dataset_id(path) else Path(path).name
+        listed = _read_json(Path(path).with_suffix(RETAIN_SOURCES_SUFFIX))  # a pipeline's retain file: name its sources
+        if isinstance(listed, dict) and listed.get("kind") == "retain-sources" and isinstance(listed.get("sources"), list):
+            sources = [s for s in listed["sources"] if isinstance(s, dict) and isinstance(s.get("path"), str)]
+            if len(sources) == 1:
+                path = sources[0]["path"]
+                entry = {**entry, "where": sources[0].get("where") or []}
+            elif sources:
+                names = [s["path"] if _is_hub_dataset_id(s["path"]) else Path(s["path"]).name for s in sources]
+                path = " + ".join(names)
+        name = path if _is_hub_dataset_id(path) or " + " in path else Path(path).name
         where = [w.get("expr") or str(w) if isinstance(w, dict) else str(w) for w in entry.get("where") or entry.get("filters") or []]
         if _is_hub_dataset_id(path):
             hub_ids.append(path)
