@@ -139,3 +139,23 @@ def test_run_plan_prints_stages_jobs_and_steps_computing_nothing(tmp_path, monke
         ["split", "unlearn", "baseline", "merge", "eval"]
     assert any("capitals (" in line and " steps)" in line for line in lines)
     assert "3 seeds" in lines[0] and "Nothing was computed" in result.output
+
+
+def test_a_pipeline_missing_its_retain_file_stops_before_the_model_and_writes_nothing(data, tmp_path, monkeypatch):
+    import yaml
+
+    import spunge_merge.models
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was resolved before the inputs were checked")
+    monkeypatch.setattr(spunge_merge.models, "resolve_model", never)
+    split = _jsonl(tmp_path / "facts.jsonl", [{"text": t, "domain": ["a", "b"][i % 2]} for i, t in enumerate(TINY_CORPUS * 2)])
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "missing-retain", "model": "smollm2-135m",
+                                        "split": {"data": split.name, "by": "domain"},
+                                        "unlearn": {"method": "npo", "retain": "missing.jsonl"},
+                                        "eval": {"models": ["base"], "perplexity": {"data": split.name}}}))
+    result = CliRunner().invoke(app, ["run", str(pipeline), "--run-dir", str(tmp_path / "run")], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "unlearn.retain.0: missing.jsonl: no such file" in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()

@@ -72,3 +72,21 @@ def write_rows(ref: DataRef, base_dir: Path, out_file: Path, *, texts_only: bool
         raise SpungeError(f"{ref.path}: column '{ref.text_column}' has no non-empty text")
     atomic_write_text(out_file, "\n".join(lines) + "\n")
     return len(lines)
+
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+
+
+def check_local_inputs(pipeline, base_dir: Path) -> None:
+    """Every data file the file names (split data, subsets, retain) exists, checked before the base model is
+    resolved (which may download or convert it). A name that is no file and no data file name is left to the
+    stage that reads it (a Hub dataset id)."""
+    refs: list[tuple[str, DataRef]] = []
+    if pipeline.split.data is not None:
+        refs.append(("split.data", pipeline.split.data))
+    refs += [(f"split.subsets.{name}", ref) for name, ref in (pipeline.split.subsets or {}).items()]
+    refs += [(f"unlearn.retain.{i}", ref) for i, ref in enumerate(pipeline.unlearn.retain or [])]
+    for key, ref in refs:
+        location = Path(resolve_path(ref.path, base_dir))
+        if not location.exists() and (location.suffix.lower() in _DATA_SUFFIXES or ref.path.startswith(("./", "../", "/"))):
+            raise SpungeError(f"{key}: {ref.path}: no such file (looked for {location})")

@@ -30,6 +30,7 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text, read_json, write_json
 from spunge_merge.models import resolve_model
 from spunge_merge.pipeline.executors import make_executor
+from spunge_merge.pipeline.inputs import check_local_inputs
 from spunge_merge.pipeline.progress import LOG_FILE, RunView, log
 from spunge_merge.pipeline.schema import STAGES, Pipeline, parse_pipeline, resolve_path
 from spunge_merge.pipeline.stages import STAGE_FUNCTIONS, Context
@@ -110,6 +111,7 @@ def run_pipeline(
     pipeline_file = Path(pipeline_file)
     raw = apply_overrides(load_pipeline_yaml(pipeline_file), list(overrides or []), str(pipeline_file))
     pipeline = parse_pipeline(raw, str(pipeline_file))
+    check_local_inputs(pipeline, pipeline_file.resolve().parent)  # before anything is written or the model converted
     if only is not None and only not in STAGES:
         raise SpungeError(f"--only {only}: no such stage (stages: {', '.join(STAGES)})")
     if only == "baseline" and not pipeline.baseline.enabled:
