@@ -281,6 +281,12 @@ def test_rmu_pipeline_baseline_alternates_corpora_with_the_same_budget(workspace
     for run in pushed["runs"]:
         assert {"config.json", "model.safetensors", "README.md"} <= {f["path"] for f in run["files"]} and run["dry_run"]
         assert "One subset of the forget data" in run["card"] and "rmu" in run["card"]
+    assert {"eval/spunge/perplexity.json", "eval/compare/compare.md"} <= {f["path"] for f in pushed["files"]}  # its evaluations
+    from huggingface_hub import ModelCard
+
+    scores = ModelCard(pushed["card"]).data.eval_results  # this model's perplexity in the Hub's model-index
+    own = json.loads((tmp_path / "run" / "eval" / "spunge" / "perplexity.json").read_text())["perplexity"]
+    assert [(r.metric_type, r.metric_value) for r in scores] == [("retain_ppl", pytest.approx(own))]
     for card in [pushed["card"], *(run["card"] for run in pushed["runs"])]:  # the retain source and filter as written
         assert re.search(r"^- retain\.jsonl: 7 texts, \d+ used.* \(rows kept where kind == text\)$", card, flags=re.MULTILINE), card
     run_dir = tmp_path / "run"

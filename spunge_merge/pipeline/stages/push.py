@@ -20,12 +20,13 @@ def stage_push(ctx: Context) -> dict[str, Any]:
     settings = section.model_dump(mode="json", by_alias=True)
     record_file = ctx.run_dir / "push.json"
     part = fingerprint(format=FORMAT, model=ctx.model_parts[label], settings=settings,
-                       runs=ctx.fps.get("unlearn") if section.runs else None)
+                       runs=ctx.fps.get("unlearn") if section.runs else None, evals=ctx.fps.get("eval"))
+    evals = [str(ctx.eval_dir / label), str(ctx.eval_dir / "compare")]  # pushed as eval/<folder>/ and shown on the card
 
     def build(force: dict[str, bool]) -> Job:
         return Job(key="push", label=section.repo_id, function=push_task,
                    kwargs={"model_dir": str(model_dir), "settings": settings, "record": str(record_file),
-                           "unlearn_dir": str(ctx.unlearn_dir)})
+                           "unlearn_dir": str(ctx.unlearn_dir), "eval_dirs": evals})
 
     work_item = Work(stage="push", key="push", label=section.repo_id + (" (dry run)" if section.dry_run else ""),
                      parts={"push": part}, outputs=[record_file], build=build, local=True)
@@ -37,7 +38,8 @@ def stage_push(ctx: Context) -> dict[str, Any]:
     return run_stage(ctx, "push", fingerprint(push=work_item.fingerprint), [record_file], work)
 
 
-def push_task(*, model_dir: str, settings: dict[str, Any], record: str, unlearn_dir: str | None = None) -> dict[str, Any]:
+def push_task(*, model_dir: str, settings: dict[str, Any], record: str, unlearn_dir: str | None = None,
+              eval_dirs: list[str] | None = None) -> dict[str, Any]:
     from pathlib import Path
 
     from spunge_merge.pipeline.publish import pipeline_outputs, push_output
@@ -47,7 +49,10 @@ def push_task(*, model_dir: str, settings: dict[str, Any], record: str, unlearn_
                "exclude": settings.get("exclude"), "task": settings.get("task")}
     targets = (pipeline_outputs(Path(unlearn_dir), Path(model_dir), settings["repo_id"]) if settings.get("runs") and unlearn_dir
                else [(Path(model_dir), settings["repo_id"], False)])
-    results = [push_output(directory, repo_id, materialize=materialize, **options) for directory, repo_id, materialize in targets]
+    merged_evals = [d for d in eval_dirs or [] if Path(d).is_dir()]
+    results = [push_output(directory, repo_id, materialize=materialize, **options,
+                           eval_dirs=merged_evals if directory == Path(model_dir) else None)
+               for directory, repo_id, materialize in targets]
     result = {**results[0], "runs": results[1:]}  # the merged model's push, then each run's
     write_json(record, result)
     return {"url": result.get("commit_url") or result.get("pr_url"), "dry_run": settings["dry_run"],
