@@ -425,11 +425,24 @@ def test_linear_time_pruning_gives_mergekit_bits_through_the_whole_merge(method)
 # --------------------------------------------------------------------------- recipes
 
 
-def test_a_hand_edited_recipe_runs_with_its_edits(tiny_model, runs, tmp_path):
+def test_a_hand_edited_recipe_runs_with_its_edits(tiny_model, runs, tmp_path, monkeypatch):
+    views_before = sorted(runs["views"].rglob("*")) if runs["views"].exists() else []
     result = cli("--base", tiny_model, *runs["rmu"], "--dry-run", "--recipe-out", tmp_path / "r.yml", "--views-dir", runs["views"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "merged").exists()
-    recipe = yaml.safe_load((tmp_path / "r.yml").read_text())
+    text = (tmp_path / "r.yml").read_text()
+    recipe = yaml.safe_load(text)
+    # the portable form: paths relative to the folder holding the runs and the base, no merge views, nothing built
+    assert str(runs["views"]) not in text and "merge-views" not in text
+    assert (sorted(runs["views"].rglob("*")) if runs["views"].exists() else []) == views_before  # no view built
+    assert all(not Path(entry["model"]).is_absolute() for entry in recipe["models"]) and not Path(recipe["base_model"]).is_absolute()
+    monkeypatch.chdir(os.path.commonpath([runs["root"], tiny_model.parent]))
+    from spunge_merge.cli import app
+
+    for line in text.splitlines():  # RMU deltas: the recipe says how to make each a full model mergekit reads
+        if line.startswith("#") and "spunge materialize" in line:
+            made = CliRunner().invoke(app, line.split("spunge ", 1)[1].split())
+            assert made.exit_code == 0, made.output
     for entry, weight in zip(recipe["models"], (1.0, 0.5, 2.0), strict=True):
         entry["parameters"] = {"density": 0.9, "weight": weight}
     recipe["parameters"]["int8_mask"] = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -264,15 +265,44 @@ def test_rmu_pipeline_baseline_alternates_corpora_with_the_same_budget(workspace
                                      "baseline": {"budget": "matched", "lambda": [1.0, 0.5]},
                                      "eval": {"models": ["base", "baseline", "spunge"], "device": "cpu",
                                               "perplexity": {"data": "retain.jsonl", "max_length": 32, "stride": 32}},
-                                     "push": {"repo_id": "someone/tiny-spunge", "dry_run": True}})
+                                     "push": {"repo_id": "someone/tiny-spunge", "dry_run": True, "runs": True}})
+    from spunge_merge.pipeline.plan import plan_pipeline
+
+    planned = plan_pipeline(pipeline, run_dir=tmp_path / "run")  # before the run: counts only, nothing written
+    assert not (tmp_path / "run").exists() and planned["seconds_per_step"] is None
+    assert [j["steps"] for j in planned["jobs"]["unlearn"]] == [8, 8, 8] and planned["jobs"]["baseline"][0]["steps"] == 24
     summary = run_pipeline(pipeline, run_dir=tmp_path / "run", live=False)
     assert summary.ran[-1] == "push"
     pushed = json.loads((tmp_path / "run" / "push.json").read_text())  # a dry run: checked and listed, nothing sent
     assert pushed["dry_run"] and pushed["repo_id"] == "someone/tiny-spunge"
     assert {"config.json", "spunge.json", "README.md"} <= {f["path"] for f in pushed["files"]}
+    # push.runs: every per-subset run too, each RMU delta materialized into a full model with its own card
+    assert [r["repo_id"] for r in pushed["runs"]] == [f"someone/tiny-spunge-{g}" for g in GROUPS]
+    for run in pushed["runs"]:
+        assert {"config.json", "model.safetensors", "README.md"} <= {f["path"] for f in run["files"]} and run["dry_run"]
+        assert "One subset of the forget data" in run["card"] and "rmu" in run["card"]
+    assert {"eval/spunge/perplexity.json", "eval/compare/compare.md"} <= {f["path"] for f in pushed["files"]}  # its evaluations
+    from huggingface_hub import ModelCard
+
+    scores = ModelCard(pushed["card"]).data.eval_results  # this model's perplexity in the Hub's model-index
+    own = json.loads((tmp_path / "run" / "eval" / "spunge" / "perplexity.json").read_text())["perplexity"]
+    assert [(r.metric_type, r.metric_value) for r in scores] == [("retain_ppl", pytest.approx(own))]
+    for card in [pushed["card"], *(run["card"] for run in pushed["runs"])]:  # the retain source and filter as written
+        assert re.search(r"^- retain\.jsonl: 7 texts, \d+ used.* \(rows kept where kind == text\)$", card, flags=re.MULTILINE), card
     run_dir = tmp_path / "run"
     split_steps = {g: json.loads((run_dir / "unlearn" / g / "spunge.json").read_text())["result"]["steps"] for g in GROUPS}
     assert split_steps == {g: 8 for g in GROUPS}  # min(150, ⌈7/2⌉ forget, ⌈7/2⌉ retain batches) × 2 epochs
+    log_text = (run_dir / "pipeline.log").read_text()  # each training job's step counter, first to last step
+    for group in GROUPS:
+        assert f"[unlearn] {group}: step 1/8" in log_text and f"[unlearn] {group}: step 8/8" in log_text
+    assert re.search(r"\[baseline\] [^\n]*: step 24/24", log_text)
+    # planned again, the cost per step is the one these runs measured (RMU records elapsed_s)
+    runs = [*(run_dir / "unlearn").glob("*/spunge.json"), run_dir / "baseline" / "run" / "spunge.json"]
+    per_step = sorted(r["result"]["elapsed_s"] / r["result"]["steps"] for r in (json.loads(p.read_text()) for p in runs))
+    replanned = plan_pipeline(pipeline, run_dir=run_dir)
+    assert replanned["measured_runs"] == len(per_step) == 4
+    assert replanned["seconds_per_step"] == pytest.approx((per_step[1] + per_step[2]) / 2)  # the median of four
+    assert replanned["training_seconds"] == pytest.approx(replanned["seconds_per_step"] * (3 * 8 + 24))
     baseline = json.loads((run_dir / "baseline" / "run" / "spunge.json").read_text())
     assert baseline["result"]["steps"] == 24 and len(baseline["data"]["forget"]) == 3  # alternating over the 3 subsets
     assert {h["corpus"] for h in baseline["result"]["history"]} == {0, 1, 2}

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from spunge_merge.card.results import MetricReader, is_own_result
 from spunge_merge.card.tables import cell, config_tables, is_scalar, json_tables, runs_table, scalar_rows
 from spunge_merge.provenance import PROVENANCE_FILE
 
@@ -28,6 +29,7 @@ SPUNGE_TAGS = ["spunge", "unlearning", "mergekit", "merge"]
 MERGEKIT_RECIPE = "mergekit_config.yml"
 PORTABLE_RECIPE = "mergekit_config.portable.yml"  # names the runs, not this machine's merge views (merge/recipe.py)
 PAPER_URL = "https://arxiv.org/abs/2406.11780"
+RETAIN_SOURCES_SUFFIX = ".sources.json"  # beside a pipeline's inputs/retain.jsonl: the sources and filters its rows came from
 
 # Licences of base models whose local copy carries no card (the built-in alias is converted from
 # a GGUF file, so the upstream README with its `license:` is not on disk).
@@ -60,42 +62,68 @@ _CACHE_SNAPSHOT = re.compile(r"models--([^/]+)--([^/]+)/snapshots/")
 
 def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: Iterable[str] | None = None,
                      exclude: Iterable[str] = (), extra_eval: dict[str, Path] | None = None,
-                     method_descriptions: Mapping[str, str] | None = None) -> ModelCard:
-    """The model card of a merged model directory (see module docstring).
+                     method_descriptions: Mapping[str, str] | None = None, metrics: MetricReader | None = None,
+                     task: str | None = None) -> ModelCard:
+    """The model card of a spunge output directory (see module docstring): a merged model, one run's
+    LoRA adapter, or one run as a full model (materialized, or a checkpoint).
 
     `repo_id` names the model in the loading snippet (the directory's path when None);
     `datasets` adds Hub dataset ids to the metadata (data loaded from local files has none);
     eval files matching an `exclude` glob are left out of the card (they are not pushed);
     `extra_eval` maps a repo folder (`eval/compare`) to a local `spunge eval` output pushed there;
     `method_descriptions` maps a method name to its paragraph (the caller reads them from the method
-    registry, which sits above this module: the card only renders what it is given).
+    registry, which sits above this module: the card only renders what it is given); `metrics` reads an
+    evaluation result's figures (`evaluate.registry.card_metrics`) for the results table and `model-index`;
+    `task` (toxicity, knowledge, other) chooses the warning and usage example (default: inferred).
     """
+    from spunge_merge.card.results import collect
+    from spunge_merge.card.task import TASKS, infer_task, usage_prompt, warning
+
     model_dir = Path(model_dir)
     record = _read_json(model_dir / PROVENANCE_FILE) or {}
+    subject = output_subject(model_dir, record)
     base = _base_model(record)
-    runs = [_run_view(run, record) for run in record.get("runs") or [] if isinstance(run, dict)]
-    recipe_text = _recipe_text(model_dir, record)
+    raw_runs = record.get("runs") if subject == "merged" else [_single_run(record, model_dir)] if record.get("method") else []
+    runs = [_run_view(run, record) for run in raw_runs or [] if isinstance(run, dict)]
+    recipe_text = _recipe_text(model_dir, record) if subject == "merged" else ""
     recipe = _safe_yaml(recipe_text)
-    merge = _merge_view(record, recipe)
+    merge = _merge_view(record, recipe) if subject == "merged" else {"method": None, "parameters": [], "details": []}
     methods = sorted({run["method"] for run in runs if run["method"]})
     columns = sorted({run["column"] for run in runs if run["column"]})
-    evaluations = _evaluations(model_dir, tuple(exclude), extra_eval)
+    evaluations, results = _evaluations(model_dir, tuple(exclude), extra_eval)
+    figures = collect(results, metrics)
 
     data = _data_view(record, runs)
     dataset_ids = list(dict.fromkeys([*(datasets or []), *data["hub_ids"]]))
-    tags = list(dict.fromkeys([*SPUNGE_TAGS, *methods, *([merge["method"]] if merge["method"] else []), "text-generation"]))
+    topics = [str(run["value"]) for run in runs if run["value"] is not None]
+    if task is not None and task not in TASKS:
+        from spunge_merge.errors import SpungeError
+
+        raise SpungeError(f"--task {task}: expected one of {', '.join(TASKS)}")
+    task = task or infer_task([r["kind"] for r in results], [*data["sources"], *columns, *topics])
+    extra_tags = {"merged": ["mergekit", "merge", *([merge["method"]] if merge["method"] else [])], "adapter": ["peft", "lora"],
+                  "model": []}[subject]
+    tags = list(dict.fromkeys([*SPUNGE_TAGS[:2], *extra_tags, *methods, task if task != "other" else "unlearning",
+                               "text-generation"]))
+    title = (repo_id or model_dir.name).split("/")[-1]
     card_data = ModelCardData(
         base_model=base["hub_id"],
-        library_name="transformers",
+        library_name="peft" if subject == "adapter" else "transformers",
         license=_license(base, model_dir),
         datasets=dataset_ids or None,
         tags=tags,
         pipeline_tag="text-generation",
-        base_model_relation="merge" if base["hub_id"] else None,
+        base_model_relation={"merged": "merge", "adapter": "adapter", "model": "finetune"}[subject] if base["hub_id"] else None,
+        model_name=title if figures["eval_results"] else None,
+        eval_results=figures["eval_results"] or None,
     )
     return _render(
         card_data,
-        title=(repo_id or model_dir.name).split("/")[-1],
+        title=title,
+        subject=subject,
+        task=task,
+        warning=warning(task, topics),
+        prompt=usage_prompt(task, topics),
         base=base,
         runs=runs,
         runs_table=runs_table(runs),
@@ -106,16 +134,44 @@ def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: I
         total_rows=sum(run["rows"] or 0 for run in runs),
         data_sources=data["sources"],
         filters=data["filters"],
+        retain=data["retain"],
         merge=merge,
         merge_description=MERGE_DESCRIPTIONS.get(merge["method"] or "", ""),
         recipe_models_table=_recipe_models_table(recipe, runs),
         recipe_text=recipe_text.rstrip("\n") if recipe_text else "",
         evaluations=evaluations,
+        results_table=figures["table"],
         load_id=repo_id or str(model_dir),
-        has_chat_template=_has_chat_template(model_dir),
+        has_chat_template=_has_chat_template(model_dir) or bool(base["path"] and _has_chat_template(Path(base["path"]))),
         provenance=_provenance(record),
         paper_url=PAPER_URL,
     )
+
+
+def output_subject(model_dir: Path, record: dict) -> str:
+    """What the directory is: `merged` (a spunge merge), `adapter` (one run's LoRA adapter) or `model`
+    (one run as a full model: materialized, or a checkpoint)."""
+    if isinstance(record.get("runs"), list) or record.get("kind") == "merged-model":
+        return "merged"
+    if (Path(model_dir) / "adapter_config.json").is_file():
+        return "adapter"
+    return "model"
+
+
+def _single_run(record: dict, model_dir: Path) -> dict:
+    """A run's own record (or a materialized run's) in the shape of a merged record's `runs` entry."""
+    attribute = record.get("attribute")
+    if not isinstance(attribute, dict) and isinstance(record.get("run"), dict):
+        attribute = record["run"].get("attribute")
+    attribute = attribute if isinstance(attribute, dict) else None
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    forget = data.get("forget") if isinstance(data.get("forget"), list) else [data] if data else []
+    rows = sum(int(part.get("rows_used", part.get("rows")) or 0) for part in forget if isinstance(part, dict)) or None
+    result = record.get("result") if isinstance(record.get("result"), dict) else {}
+    value = (attribute or {}).get("value")
+    return {"name": str(value) if value is not None else Path(model_dir).name, "attribute": attribute, "value": value,
+            "method": record.get("method"), "config": record.get("config"), "rows": rows, "data": data,
+            "result": {k: v for k, v in result.items() if not isinstance(v, (list, dict))}}
 
 
 # --------------------------------------------------------------------------- reading the record
@@ -265,9 +321,17 @@ def _data_view(record: dict, runs: list[dict]) -> dict:
     the subset files, when it is still on disk), else the subset files; Hub ids go to the metadata."""
     from spunge_merge.data.loading import SPLIT_MANIFEST
 
-    entries: list[dict] = [run["data"] for run in runs if run["data"]]
-    for extra in (record.get("data"), record.get("split")):
-        entries += [e for e in (extra if isinstance(extra, list) else [extra]) if isinstance(e, dict)]
+    entries: list[dict] = []
+    retain_entries: list[dict] = []
+    run_data = [run["data"] for run in runs if run["data"]]
+    recorded = [e for d in (record.get("data"), record.get("split")) for e in (d if isinstance(d, list) else [d])]
+    for entry in run_data + [e for e in recorded if e not in run_data]:  # a merge records its runs' data again
+        if isinstance(entry, dict) and ("forget" in entry or "retain" in entry):  # a run with forget and retain corpora
+            entries += [e for e in entry.get("forget") or [] if isinstance(e, dict)]
+            retain_entries += [e | {"used": entry.get("retain_rows_used", e.get("rows_used"))}
+                               for e in entry.get("retain") or [] if isinstance(e, dict)]
+        elif isinstance(entry, dict):
+            entries.append(entry)
     sources: list[str] = []
     filters: list[str] = []
     for entry in entries:
@@ -288,8 +352,32 @@ def _data_view(record: dict, runs: list[dict]) -> dict:
             sources.append(source)
     hub_ids = [s for s in sources if _is_hub_dataset_id(s)]
     names = [s if s in hub_ids or s.startswith("the split") else Path(s).name for s in sources]  # no local paths
+    retain: dict[str, dict] = {}
+    for entry in retain_entries:  # the retain data each run also trained on (to keep what it should not forget)
+        path = entry.get("source") or entry.get("path") or entry.get("dataset")
+        path = path.get("path") if isinstance(path, dict) else path
+        if not isinstance(path, str) or not path:
+            continue
+        listed = _read_json(Path(path).with_suffix(RETAIN_SOURCES_SUFFIX))  # a pipeline's retain file: name its sources
+        if isinstance(listed, dict) and listed.get("kind") == "retain-sources" and isinstance(listed.get("sources"), list):
+            sources = [s for s in listed["sources"] if isinstance(s, dict) and isinstance(s.get("path"), str)]
+            if len(sources) == 1:
+                path = sources[0]["path"]
+                entry = {**entry, "where": sources[0].get("where") or []}
+            elif sources:
+                names = [s["path"] if _is_hub_dataset_id(s["path"]) else Path(s["path"]).name for s in sources]
+                path = " + ".join(names)
+        name = path if _is_hub_dataset_id(path) or " + " in path else Path(path).name
+        where = [w.get("expr") or str(w) if isinstance(w, dict) else str(w) for w in entry.get("where") or entry.get("filters") or []]
+        if _is_hub_dataset_id(path):
+            hub_ids.append(path)
+        retain.setdefault(name, {"name": name, "rows": entry.get("rows"), "used": [], "filters": where})
+        if isinstance(entry.get("used"), int):
+            retain[name]["used"].append(entry["used"])
+    for item in retain.values():
+        item["used"] = sum(item["used"]) if item["used"] else None
     return {"sources": list(dict.fromkeys(names)), "filters": list(dict.fromkeys(filters)),
-            "hub_ids": list(dict.fromkeys(hub_ids))}
+            "hub_ids": list(dict.fromkeys(hub_ids)), "retain": list(retain.values())}
 
 
 def _has_chat_template(model_dir: Path) -> bool:
@@ -323,18 +411,20 @@ def _recorded_files(folder: Path) -> list[str]:
     return [name for entry in evaluations.values() if isinstance(entry, dict) for name in entry.get("files") or []]
 
 
-def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str, Path] | None = None) -> list[dict]:
+def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str, Path] | None = None) -> tuple[list[dict], list[dict]]:
     """`spunge eval` results under the directory (and in `extra` folders, shown at their repo path),
     one block per folder that holds some.
 
     An evaluation's own markdown summary (`toxicity.md` beside `toxicity.json`, `compare.md`) is
-    embedded as written by `spunge eval`; a JSON without one is shown as generic tables.
+    embedded as written by `spunge eval`; a JSON without one is shown as generic tables. Also returns
+    every result found ({kind, data, file, own}) for the figures table and `model-index`.
     """
 
     roots = [(Path(model_dir), "")] + [(Path(local), repo_path.strip("/") + "/") for repo_path, local in (extra or {}).items()]
     found: dict[str, dict] = {}
     local_dirs: dict[str, Path] = {}
     orphans: dict[str, list[tuple[Path, str]]] = {}  # summaries without their JSON (pushed alone)
+    results: list[dict] = []
     for root, prefix in roots:
         for path in sorted(root.rglob("*")):
             name = prefix + path.relative_to(root).as_posix()  # the path in the repo
@@ -347,6 +437,8 @@ def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str
             local_dirs.setdefault(folder_name, path.parent)
             data = _read_json(path) if path.suffix == ".json" and path.stat().st_size <= _MAX_RESULT_BYTES else None
             if is_evaluation_result(path, data):
+                results.append({"kind": data["kind"], "data": data, "file": name,
+                                "own": is_own_result(data, model_dir, in_model_dir=prefix == "")})
                 if isinstance(data, dict):
                     model = data.get("model")
                     label = model.get("ref") if isinstance(model, dict) else model
@@ -377,7 +469,7 @@ def _evaluations(model_dir: Path, exclude: tuple[str, ...] = (), extra: dict[str
         block["sections"].sort(key=lambda s: order.get(s["name"], len(order)))
         block["models"] = list(dict.fromkeys(block["models"]))
         blocks.append(block)
-    return blocks
+    return blocks, results
 
 
 def _demote_headings(markdown: str, levels: int) -> str:

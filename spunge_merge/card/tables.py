@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-SKIP_KEYS = {"kind", "model", "fingerprint", "spunge_version", "versions", "config", "created", "timestamp", "timing", "files"}
+SKIP_KEYS = {"kind", "model", "fingerprint", "spunge_version", "versions", "config", "settings", "created", "timestamp", "timing", "files"}
 MAX_TABLE_ROWS = 40  # longer lists and mappings stay out of the card (their file is linked instead)
 
 

@@ -20,14 +20,15 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from spunge_merge import __version__
 from spunge_merge.cli.evaluate import EvalGroup
+from spunge_merge.cli.help import SpungeHelp
 from spunge_merge.cli.unlearn import UnlearnGroup
 from spunge_merge.errors import SpungeError
 
 STAGE_MODULES = ("split", "unlearn", "merge", "evaluate", "push", "run")
 
 
-class _SpungeGroup(TyperGroup):
-    """Turns user-fixable errors into one line on stderr and exit code 2."""
+class _SpungeGroup(SpungeHelp, TyperGroup):
+    """Turns user-fixable errors into one line on stderr and exit code 2; `--help` pages from `cli.help`."""
 
     def invoke(self, ctx: click.Context):
         try:

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from spunge_merge.cli.help import field_range
 from spunge_merge.cli.unlearn import _check_bounds, _field_kind, _shown_default, _split
 from spunge_merge.config import build_config
 from spunge_merge.errors import SpungeError
@@ -51,7 +52,9 @@ def _option(cls: type, name: str, *, suffix: str = "") -> Any:
         default = None if default == "" else default
     if field.annotation is bool:
         default = bool(default)
-    return typer.Option(default, *flags, help=(field.description or "") + suffix, show_default=default not in (None, ...))
+    span = field_range(field.metadata)
+    help_text = (field.description or "") + suffix + (f" [range: {span}]" if span else "")
+    return typer.Option(default, *flags, help=help_text, show_default=default not in (None, ...))
 
 
 class EvalGroup(TyperGroup):
@@ -99,6 +102,7 @@ def build_command(evaluation: registry.Evaluation):
         help_text += " Comma-separated for several." if kind in ("list", "list-or-scalar") else ""
         help_text += " Repeat for several." if kind == "repeat" else ""
         help_text += " A YAML mapping, e.g. '{key: value}'." if kind == "mapping" else ""
+        help_text += f" [range: {span}]" if (span := field_range(field.metadata)) else ""
         required = field.default is PydanticUndefined and field.default_factory is None
         default = ... if required else _shown_default(field.default if field.default_factory is None else field.default_factory())
         default = None if kind in ("mapping", "repeat") and default is not ... else default

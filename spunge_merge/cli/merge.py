@@ -60,7 +60,7 @@ def merge_command(
     runs: list[Path] = typer.Argument(None, help="Per-attribute runs of `spunge unlearn`: TVN adapter, RMU delta or full "
                                       "checkpoint directories, or unlearn output directories (all runs of their manifest)."),
     base: str = typer.Option(None, "--base", "-b", help="Base model the runs were unlearned from: local directory, Hub id, "
-                             "or alias (smollm2-135m)."),
+                             "or alias (smollm2-135m). [required unless --recipe]"),
     out: Path = typer.Option(Path("merged"), "--out", "-o", help="Output model directory."),
     method: str = typer.Option("ties", "--method", help="Any mergekit merge method: ties, task_arithmetic, dare_ties, "
                                "breadcrumbs_ties, della, linear, ... Paper (SPUNGE): ties."),
@@ -84,7 +84,8 @@ def merge_command(
     recipe: Path = typer.Option(None, "--recipe", help="Run this mergekit recipe (e.g. one written by --recipe-out and edited) "
                                 "instead of building one from RUN... and the options above."),
     recipe_out: Path = typer.Option(None, "--recipe-out", help="Also write the recipe to this file."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only write the recipe (to --recipe-out, default OUT.yml); merge nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only write the portable recipe (to --recipe-out, default OUT.yml): "
+                                 "the runs by relative path, to edit and run anywhere; build nothing, merge nothing."),
     cuda: bool = typer.Option(False, "--cuda", help="Compute merged tensors on the GPU (mergekit's --cuda)."),
     seed: int = typer.Option(0, "--seed", help="Seed for methods that sample (dare_ties, della)."),
     shard_size: str = typer.Option("5GB", "--shard-size", help="Largest output shard (as mergekit's --out-shard-size)."),
@@ -129,7 +130,8 @@ def merge_command(
                             method_descriptions=registry.descriptions())
         if dry_run:
             typer.echo(result.read_text(encoding="utf-8"), nl=False)
-            typer.echo(f"Wrote the recipe to {result} (run it with: spunge merge --recipe {result} --out {out})", err=True)
+            typer.echo(f"Wrote the portable recipe to {result}: its paths are relative to the runs' folder (see its comments); "
+                       f"from there: spunge merge --recipe {result} --out {out}", err=True)
             return
     _report(result, time.perf_counter() - started)
 

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import typer
 
+from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import human_bytes
-from spunge_merge.hub import HUB_FILE_LIMIT, push_model
-from spunge_merge.unlearn import registry
+from spunge_merge.hub import HUB_FILE_LIMIT
+from spunge_merge.pipeline.publish import push_output
 
 
 def push_command(
-    model_dir: Path = typer.Argument(..., help="Merged model directory (the output of `spunge merge`)."),
+    model_dir: Path = typer.Argument(..., help="What to publish: a merged model (`spunge merge`), one run of `spunge unlearn` "
+                                     "(a LoRA adapter, or with --materialize any run as a full model), or a model directory."),
     repo: str = typer.Option(..., "--repo", help="Hub repository OWNER/NAME; created if missing (exist_ok)."),
     private: bool = typer.Option(False, "--private", help="Create the repository private (ignored if it already exists)."),
     revision: str = typer.Option(None, "--revision",
@@ -20,7 +22,7 @@ def push_command(
     create_pr: bool = typer.Option(False, "--create-pr",
                                    help="Open a pull request with the commit instead of committing to the branch."),
     commit_message: str = typer.Option(None, "--commit-message",
-                                       help="Commit title (default: 'Upload DIR (spunge merged model)')."),
+                                       help="Commit title (default: 'Upload DIR (spunge KIND)')."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Run the checks, print the files, sizes and model card; upload nothing, need no token."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
@@ -35,17 +37,24 @@ def push_command(
     eval_dir: list[Path] = typer.Option([], "--eval",
                                         help="A `spunge eval` output folder kept outside DIR (repeatable): pushed as "
                                              "eval/<folder name>/ and shown in the model card."),
+    task: str = typer.Option(None, "--task", help="What was unlearned, for the card's warning and usage example: toxicity, "
+                             "knowledge or other (default: read from the evaluations and the data's names)."),
+    materialize: bool = typer.Option(False, "--materialize", help="Push a run of `spunge unlearn` as a full model: its base "
+                                     "with the run's update (needed for tensor-delta runs such as RMU's)."),
+    base: str = typer.Option(None, "--base", help="With --materialize: the base model (default: the one in the run's spunge.json)."),
 ) -> None:
-    """Check a merged model directory, write its model card, and publish it to the Hugging Face Hub in one commit.
+    """Check a spunge output (merged model, run, adapter), write its model card, and publish it to the Hugging Face Hub in one commit.
 
     The token comes from HF_TOKEN or `hf auth login` and is never printed or written. Before uploading,
     the directory must have a config transformers loads, safetensors weights whose index matches the
     shards, no file over the Hub's 50 GB limit, and no token-like string in any text file.
     """
-    result = push_model(model_dir, repo, private=private, revision=revision, create_pr=create_pr,
-                        commit_message=commit_message, dry_run=dry_run, allow_pickle=allow_pickle,
-                        datasets=list(dataset) or None, exclude=list(exclude) or None,
-                        eval_dirs=list(eval_dir) or None, method_descriptions=registry.descriptions())
+    if base and not materialize:
+        raise SpungeError("--base is used only with --materialize")
+    result = push_output(model_dir, repo, materialize=materialize, base=base, private=private, revision=revision,
+                         create_pr=create_pr, commit_message=commit_message, dry_run=dry_run, allow_pickle=allow_pickle,
+                         datasets=list(dataset) or None, exclude=list(exclude) or None,
+                         eval_dirs=list(eval_dir) or None, task=task)
     target = f"a pull request against {revision or 'main'}" if create_pr else f"branch {revision or 'main'}"
     visibility = " (private if new)" if private else ""
     verb = "Would commit" if dry_run else "Committed"
@@ -56,7 +65,8 @@ def push_command(
     for entry in result["files"]:
         typer.echo(f"  {entry['storage']:<8} {human_bytes(entry['size']):>{width}}  {entry['path']}")
     checks = result["checks"]
-    typer.echo(f"Checks passed: config loads ({checks['architecture']}); {len(checks['shards'])} safetensors shard(s), "
+    typer.echo(f"Checks passed ({checks['subject']}): loads ({checks['architecture']}); "
+               f"{len(checks['shards'])} safetensors shard(s), "
                f"{checks['tensors']} tensors{', index consistent' if checks['indexed'] else ''}; "
                + (f"pickle files allowed: {', '.join(checks['pickles'])}; " if checks["pickles"] else "no pickle files; ")
                + f"no file over {human_bytes(HUB_FILE_LIMIT)}; no token-like strings.")

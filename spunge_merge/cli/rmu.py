@@ -12,10 +12,15 @@ import typer
 
 
 def result_row(result: dict[str, Any]) -> dict[str, str]:
-    """An RMU run's figures: steps, final forget/retain loss and forget cosine, early stop."""
+    """An RMU run's figures: steps, forget and retain loss at the first and the last step, forget cosine, early stop."""
     final = result.get("final", {})
-    return {"steps": str(result.get("steps", "")), "forget loss": f"{final.get('forget_loss', float('nan')):.4g}",
-            "retain loss": f"{final.get('retain_loss', float('nan')):.4g}",
+    history = result.get("history") or [{}]
+    first = history[0]
+
+    def span(key: str) -> str:
+        return f"{first.get(key, float('nan')):.4g} → {final.get(key, float('nan')):.4g}"
+    return {"steps": str(result.get("steps", "")), "forget loss first → last": span("forget_loss"),
+            "retain loss first → last": span("retain_loss"),
             "forget cosine": f"{final.get('forget_cosine', float('nan')):.3f}",
             "early stop": str(result.get("early_stop_step") or "-")}
 

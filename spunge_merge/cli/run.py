@@ -46,12 +46,19 @@ def run_command(
     accept_changes: bool = typer.Option(False, "--accept-changes", help="The run directory was run with other settings "
                                         "(its pipeline.yaml): redo the stages the differences affect. Without it such a "
                                         "run is refused, listing the differences and the stages they would redo."),
+    plan: bool = typer.Option(False, "--plan", help="Print the stages, their jobs with step counts and the expected training "
+                              "time (from the cost per step measured by earlier runs), computing nothing."),
 ) -> None:
     """Run a whole Spunge experiment from one file: split, unlearn each subset, unlearn the un-split baseline with
     the same budget, merge, evaluate base vs. baseline vs. Spunge, and optionally push. Resumable: a rerun skips
     every stage whose inputs and settings are unchanged, and an interrupted stage restarts cleanly."""
     if executor is not None and executor not in ("local", "ray"):
         raise typer.BadParameter("use local or ray", param_hint="--executor")
+    if plan:
+        from spunge_merge.pipeline.plan import format_plan, plan_pipeline
+
+        typer.echo(format_plan(plan_pipeline(pipeline, run_dir=run_dir, overrides=overrides)))
+        return
     with _interruptible(run_dir):
         summary = run_pipeline(pipeline, run_dir=run_dir, only=only, force=force, executor=executor, ray_address=ray_address,
                                overrides=overrides, accept_changes=accept_changes)

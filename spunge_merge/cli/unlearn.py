@@ -33,12 +33,30 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from spunge_merge.cli.help import field_range
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import guard_output
 from spunge_merge.unlearn import registry
 
 _COMMON = {"ctx", "model", "forget", "retain", "retain_text_column", "out", "config_file", "text_column", "force", "progress"}
 _PREFIX = "setting_"  # python names of the settings options, apart from the common ones
+# `--help` panels of the generated options, by settings field name; a method's own fields (its loss) go to "Loss",
+# and a field may name its panel itself (`json_schema_extra={"panel": ...}`).
+PANELS = {
+    "Data": ("model", "forget", "retain", "retain_text_column", "retain_where", "text_column", "max_length", "eval_samples",
+             "min_chars"),
+    "LoRA": ("rank", "lora_alpha", "lora_dropout", "target_modules", "full", "full_params"),
+    "Optimizer": ("lr", "epochs", "max_steps", "batch_size", "grad_accum", "warmup", "lr_scheduler", "weight_decay",
+                  "max_grad_norm", "max_num_batches", "adam_betas", "adam_eps"),
+    "Output and runtime": ("out", "config_file", "force", "progress", "seed", "device", "dtype"),
+}
+_PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
+
+def panel_of(name: str, field: Any = None) -> str:
+    """The `--help` panel of a setting (see `PANELS`)."""
+    declared = ((getattr(field, "json_schema_extra", None) or {}) if field is not None else {}).get("panel")
+    return declared or _PANEL_OF.get(name, "Loss")
 
 
 class UnlearnGroup(TyperGroup):
@@ -99,6 +117,8 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
     params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
 
     def add(name: str, annotation: Any, option: Any) -> None:
+        if getattr(option, "rich_help_panel", None) is None and name != "ctx":
+            option.rich_help_panel = panel_of(name)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
 
     add("model", str, typer.Option(..., "--model", "-m", help="Base model: local directory, Hub id, or alias (smollm2-135m)."))
@@ -110,6 +130,9 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
                                                      help="Retain data file (repeat for several)." + ("" if required else " Optional.")))
         add("retain_text_column", str | None, typer.Option(None, "--retain-text-column",
                                                            help="Retain text column for tabular files (default: text)."))
+        add("retain_where", list[str] | None, typer.Option(None, "--retain-where", help="Keep only the retain rows where COLUMN OP "
+                                                           "VALUE holds (the grammar of `spunge split --where`); repeat to AND "
+                                                           "several, e.g. --retain-where 'lang == en'. Recorded with the run."))
     add("out", Path, typer.Option(..., "--out", "-o", help="Output: the run directory (one file) or the directory of runs (split)."))
     add("config_file", Path | None, typer.Option(None, "--config", help="YAML file of settings, keys as the options below in "
                                                  "snake_case; options given on the command line win."))
@@ -124,12 +147,15 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
             help_text += f" One of: {', '.join(choices)}."
         if kind in ("list", "list-or-scalar"):
             help_text += " Comma-separated for several."
+        if span := field_range(field.metadata):
+            help_text += f" [range: {span}]"
         default = _shown_default(field.default if field.default_factory is None else field.default_factory())
         declared = [f"{flags[0]}/--no-{flags[0][2:]}", *flags[1:]] if kind == "bool" else flags
         python_name = _PREFIX + field_name
         settings[python_name] = (field_name, kind, flags[0], field.metadata)
         add(python_name, option_type if default is not None else option_type | None,
-            typer.Option(default, *declared, help=help_text, show_default=default is not None))
+            typer.Option(default, *declared, help=help_text, show_default=default is not None,
+                         rich_help_panel=panel_of(field_name, field)))
     add("force", bool, typer.Option(False, "--force", help="Retrain and replace runs even when an identical one exists."))
     add("progress", bool, typer.Option(True, "--progress/--no-progress", " /--quiet", help="Show progress bars."))
 
@@ -149,10 +175,12 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
             _check_bounds(flag, value, bounds)
             given[field_name] = _split(value, kind == "list") if kind in ("list", "list-or-scalar") and value is not None else value
         config = build_config(method.config_class, config_file=kwargs["config_file"], overrides=given)
+        retain_where = tuple(kwargs.get("retain_where") or ())
+        check_inputs(kwargs["forget"], kwargs.get("retain") or [], retain_where, kwargs["text_column"], kwargs.get("retain_text_column"))
         request = registry.TrainRequest(model=resolve_model(kwargs["model"]), forget=[Path(p) for p in kwargs["forget"]],
                                         out=Path(kwargs["out"]), config=config, retain=[Path(p) for p in kwargs.get("retain") or []],
                                         text_column=kwargs["text_column"], retain_text_column=kwargs.get("retain_text_column"),
-                                        force=kwargs["force"], progress=kwargs["progress"])
+                                        retain_where=retain_where, force=kwargs["force"], progress=kwargs["progress"])
         print_runs(method.name, method.train(request), Path(kwargs["out"]))
 
     command.__signature__ = inspect.Signature(params)
@@ -161,6 +189,26 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
     app = typer.Typer(add_completion=False)
     app.command(method.name, short_help=method.summary)(command)
     return typer.main.get_command(app)
+
+
+def check_inputs(forget: list[str], retain: list[str], retain_where: tuple[str, ...], text_column: str | None,
+                 retain_text_column: str | None) -> None:
+    """Every data input read (and the retain filters applied) before the model is resolved, which may download
+    or convert it: a missing retain file or a filter on an unknown column fails in a second, not after that."""
+    from spunge_merge.data.loading import load_retain, load_subsets
+
+    if retain_where and not retain:
+        raise SpungeError("--retain-where filters the --retain data: give --retain too")
+    for path in forget:
+        if not Path(path).expanduser().exists():
+            raise SpungeError(f"--forget {path}: no such file or directory")
+    for path in retain:
+        if not Path(path).expanduser().exists():
+            raise SpungeError(f"--retain {path}: no such file or directory")
+    for path in forget:
+        load_subsets(path, text_column)
+    for path in retain:
+        load_retain(path, retain_text_column, retain_where)
 
 
 _BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
@@ -187,6 +235,25 @@ def _method_cli(name: str):
     return importlib.import_module(module_name) if found else None
 
 
+def _span(first: Any, last: Any) -> str:
+    shown = [f"{v:.4g}" if isinstance(v, int | float) and not isinstance(v, bool) else "-" for v in (first, last)]
+    return " → ".join(shown)
+
+
+def summary_row(result: dict[str, Any]) -> dict[str, str]:
+    """A run's figures before and after training, from the keys every loss-based method records: steps, the loss,
+    the forget NLL of the probe texts (base → trained) and the retain loss term at the first and last step."""
+    losses, retain = result.get("losses") or [], result.get("retain_terms") or []
+    nll = result.get("forget_nll") if isinstance(result.get("forget_nll"), dict) else {}
+    row = {"steps": str(result.get("steps", "-")),
+           "loss first → last": _span(result.get("first_loss", losses[0] if losses else None),
+                                      result.get("final_loss", losses[-1] if losses else None)),
+           "forget NLL base → trained": _span(nll.get("base"), nll.get("trained"))}
+    if any(retain):  # a run without retain data records zeros
+        row["retain term first → last step"] = _span(retain[0], retain[-1])
+    return row
+
+
 def print_runs(name: str, outcomes: list, out: Path) -> None:
     """One row per run: its name, whether it was trained or found complete, then the method's columns
     (its CLI module's `result_row`) or its steps and last loss."""
@@ -196,11 +263,7 @@ def print_runs(name: str, outcomes: list, out: Path) -> None:
     rows = []
     for outcome in outcomes:
         result = (read_provenance(outcome.path) or {}).get("result") or {}
-        if own is not None:
-            columns = own(result)
-        else:
-            loss = result.get("final_loss")
-            columns = {"steps": str(result.get("steps", "-")), "final loss": f"{loss:.4g}" if isinstance(loss, int | float) else "-"}
+        columns = own(result) if own is not None else summary_row(result)
         rows.append({"run": outcome.name, "status": "already done" if outcome.skipped else "trained", **columns})
     table = Table(title=f"{name} runs in {out}")
     for column in dict.fromkeys(key for row in rows for key in row) or ("run", "status"):

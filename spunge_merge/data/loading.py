@@ -182,6 +182,7 @@ class Subset:
     column: str | None  # attribute column, None for a plain file
     source: Path
     texts: tuple[str, ...]
+    where: tuple[str, ...] = ()  # row filters applied to `source` (`--retain-where`), recorded with the run
 
     @property
     def sha256(self) -> str:
@@ -189,7 +190,7 @@ class Subset:
 
     def describe(self) -> dict:
         return {"name": self.name, "value": self.value, "column": self.column, "path": str(self.source.resolve()),
-                "rows": len(self.texts), "sha256": self.sha256}
+                "rows": len(self.texts), "sha256": self.sha256, **({"where": list(self.where)} if self.where else {})}
 
 
 def read_texts(source: str | Path, text_column: str = "text", *, min_chars: int = 1) -> list[str]:
@@ -229,3 +230,25 @@ def load_subsets(source: str | Path, text_column: str | None = None) -> list[Sub
         return subsets
     texts = read_texts(path, text_column or "text")
     return [Subset(name=path.stem, value=None, column=None, source=path, texts=tuple(texts))]
+
+
+def load_retain(source: str | Path, text_column: str | None = None, where: tuple[str, ...] | list[str] = ()) -> list[Subset]:
+    """A retain data file as one subset: its texts, only the rows where every `where` condition holds
+    (`COLUMN OP VALUE`, the grammar of `spunge split --where`); without conditions, `load_subsets`."""
+    if not where:
+        return load_subsets(source, text_column)
+    from spunge_merge.data.split import apply_filters
+    from spunge_merge.data.where import parse_condition
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise SpungeError(f"{path}: no such file (--retain-where filters a retain data file)")
+    conditions = [parse_condition(expr) for expr in where]
+    table = apply_filters(load_table(path), conditions, str(path))
+    column = text_column or "text"
+    if column not in table.column_names:
+        raise SpungeError(f"{path}: no column '{column}' (columns: {', '.join(table.column_names)})")
+    texts = [t for t in table[column] if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise SpungeError(f"{path}: no rows with text left after --retain-where {' AND '.join(where)}")
+    return [Subset(name=path.stem, value=None, column=None, source=path, texts=tuple(texts), where=tuple(where))]

@@ -209,6 +209,31 @@ def columns() -> list[tuple[Evaluation, Column]]:
     return sorted(found, key=lambda pair: pair[1].rank)
 
 
+def card_metrics(result: Mapping[str, Any]) -> list[tuple[str, str, float, bool | None]]:
+    """A result's figures for the model card and its `model-index`: (key, header, value, lower is better).
+
+    Read through the evaluation's `columns`; an evaluation without columns gives its `headline` (a number,
+    or a mapping of numbers such as knowledge's accuracy per domain). Unknown kinds give nothing."""
+    kind = result.get("kind")
+    if not isinstance(kind, str) or kind not in names():
+        return []
+    evaluation = get(kind)
+    found: list[tuple[str, str, float, bool | None]] = []
+    for column in evaluation.columns:
+        value = column.read(dict(result))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            found.append((column.key, column.header, float(value), column.lower_is_better))
+    if evaluation.columns:
+        return found
+    headline = evaluation.headline(dict(result))
+    items = headline.items() if isinstance(headline, Mapping) else [(None, headline)]
+    for sub, value in items:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            key = f"{kind}_{sub}" if sub is not None else kind
+            found.append((key, f"{kind} {sub}" if sub is not None else kind, float(value), None))
+    return found
+
+
 # ------------------------------------------------------------------------------------------------
 # Live views: module constants that older readers import, always answering from the registry.
 

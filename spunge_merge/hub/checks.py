@@ -86,6 +86,31 @@ def _check_config(model_dir: Path, files: list[Path]) -> str:
     return ", ".join(config.architectures or [config.model_type])
 
 
+def _check_adapter(model_dir: Path, files: list[Path]) -> str:
+    """A LoRA run: peft must read its `adapter_config.json` (what the Hub repo's users will load)."""
+    from peft import PeftConfig
+
+    try:
+        config = PeftConfig.from_pretrained(str(model_dir))
+    except Exception as exc:  # any failure means users of the Hub repo could not load it either
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _Problem(f"{model_dir}/adapter_config.json: peft cannot load it ({reason})") from exc
+    if Path("adapter_model.safetensors") not in files:
+        raise _Problem(f"{model_dir}/adapter_model.safetensors is missing (the adapter's weights)")
+    return f"{getattr(config.peft_type, 'value', config.peft_type)} adapter"
+
+
+def _check_loadable(model_dir: Path, files: list[Path]) -> str:
+    """A model (config.json, transformers) or a LoRA adapter (adapter_config.json, peft); a tensor-delta
+    run holds only changed tensors and is no model until materialized on its base."""
+    if Path("config.json") not in files and Path("adapter_config.json") in files:
+        return _check_adapter(model_dir, files)
+    if Path("config.json") not in files and Path("delta.safetensors") in files:
+        raise _Problem(f"{model_dir} is a tensor-delta run (delta.safetensors holds only the changed tensors, no model): "
+                       "push it with --materialize, which writes the base model with them and pushes that")
+    return _check_config(model_dir, files)
+
+
 def _check_weights(model_dir: Path, files: list[Path], allow_pickle: bool) -> tuple[dict, list[str], list[str]]:
     """Safetensors only (unless allowed), index ⟷ shards consistent, headers readable."""
     problems: list[str] = []

@@ -7,6 +7,7 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from spunge_merge.card.results import MetricReader
 from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_write_text, human_bytes
 from spunge_merge.hub.checks import WEIGHT_SUFFIXES, _check_repo_id
@@ -27,8 +28,10 @@ def push_model(model_dir: str | Path, repo_id: str, *, private: bool = False, re
                create_pr: bool = False, commit_message: str | None = None, dry_run: bool = False,
                allow_pickle: bool = False, token: str | None = None, datasets: list[str] | None = None,
                exclude: list[str] | None = None, eval_dirs: list[str | Path] | None = None,
-               method_descriptions: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Check `model_dir`, regenerate its model card, and commit it to `repo_id` in one commit.
+               method_descriptions: Mapping[str, str] | None = None, metrics: MetricReader | None = None,
+               task: str | None = None) -> dict[str, Any]:
+    """Check `model_dir` (a merged model, a run's LoRA adapter, a full model), regenerate its model card,
+    and commit it to `repo_id` in one commit.
 
     Returns what was (or, with `dry_run`, would be) uploaded: `files` [{path, size, storage}],
     `total_size`, `card`, `deleted` (stale weight files removed from the branch), `repo_url`,
@@ -49,7 +52,7 @@ def push_model(model_dir: str | Path, repo_id: str, *, private: bool = False, re
         token = resolve_token(token)
         known = (token,)
     plan = plan_push(model_dir, repo_id, allow_pickle=allow_pickle, datasets=datasets, exclude=exclude, eval_dirs=eval_dirs,
-                     known_secrets=known, method_descriptions=method_descriptions)
+                     known_secrets=known, method_descriptions=method_descriptions, metrics=metrics, task=task)
     result: dict[str, Any] = {
         "repo_id": repo_id, "private": private, "revision": revision, "create_pr": create_pr, "dry_run": dry_run,
         "files": [{"path": f.path_in_repo, "size": f.size, "storage": f.storage} for f in plan.files],
@@ -58,7 +61,7 @@ def push_model(model_dir: str | Path, repo_id: str, *, private: bool = False, re
     }
     if dry_run:
         return result
-    message = commit_message or f"Upload {plan.model_dir.name} (spunge merged model)"
+    message = commit_message or f"Upload {plan.model_dir.name} (spunge {plan.summary.get('subject', 'model')})"
     # The card is uploaded from memory; the directory is touched only after the commit exists, so a failed
     # push (offline, refused, interrupted) leaves every local file as it was.
     with _hub_errors(repo_id):

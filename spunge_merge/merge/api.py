@@ -115,14 +115,17 @@ def merge_runs(
     config = validate_recipe(data, "recipe")
     if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
         raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
+    if dry_run:  # the recipe to edit and run elsewhere: the portable form, naming the runs (no views are built for it)
+        target = Path(recipe_out) if recipe_out else out.with_name(out.name + ".yml")
+        described = {str(run.path): {"kind": run.kind, "path": str(run.path)} for run in inputs}
+        atomic_write_text(target, portable_recipe(data, described, resolved.describe()))
+        return target
     if model_dirs is None:
         model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
     data, config = _pointed_at(data, config, model_dirs)
     text = recipe_text(data, _view_comments(inputs))
-    if dry_run:
-        target = Path(recipe_out) if recipe_out else out.with_name(out.name + ".yml")
-        atomic_write_text(target, text)
-        return target
+    data, config = _pointed_at(data, config, model_dirs)
+    text = recipe_text(data, _view_comments(inputs))
     if recipe_out:
         atomic_write_text(recipe_out, text)
     return _execute(config, text, out, base=resolved, cuda=cuda, force=force, seed=seed, shard_size=shard_size,

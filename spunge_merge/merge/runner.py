@@ -43,6 +43,7 @@ from spunge_merge.merge.inputs import SIDE_FILES
 from spunge_merge.merge.planner import _Job
 from spunge_merge.merge.streaming import _mergekit_error, _stream_merge, merge_cause
 from spunge_merge.provenance import is_complete
+from spunge_merge.runtime import CONFIG_DTYPE_LOGS, quiet_dependency
 from spunge_merge.tensorfiles import model_slots, refuse_non_finite_files
 
 __all__ = ["MERGED_KIND", "RECIPE_FILE", "MergeStats", "back_to_back", "check_output", "compute_threads", "merge_options",
@@ -107,7 +108,9 @@ def run_recipe_into(tmp: Path, config, recipe_text: str, local_dirs: dict[Any, P
 
         with _fresh_loaders(options):
             try:
-                run_merge(config, str(tmp), options=options.model_copy(update={"write_model_card": True}), config_source=recipe_text)
+                with quiet_dependency(logs_like=CONFIG_DTYPE_LOGS):  # mergekit sets config.torch_dtype
+                    run_merge(config, str(tmp), options=options.model_copy(update={"write_model_card": True}),
+                              config_source=recipe_text)
             except (RuntimeError, ValueError, KeyError, TypeError) as exc:
                 raise _mergekit_error(exc, source) from exc
         refuse_non_finite_files(tmp, merge_cause(config))  # mergekit's own writer checks nothing

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -14,20 +13,9 @@ from spunge_merge.merge.planner import _Job, _planner_class
 from spunge_merge.merge.pruning import linear_time_pruning
 from spunge_merge.merge.shards import ShardWriter, header_bound
 from spunge_merge.merge.views import views_over
+from spunge_merge.runtime import CONFIG_DTYPE_LOGS, quiet_dependency
 
 _COPY_BUFFER = 16 << 20
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def _mergekit_error(exc: Exception, source: str) -> SpungeError:
@@ -70,7 +58,7 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
         changed_by = {ref: by_dir[path] for ref, path in local_dirs.items() if path in by_dir}
     try:
         arch_info = get_architecture_info(config, options)
-        with _quiet_transformers():  # mergekit sets config.torch_dtype, which transformers 5 warns about
+        with quiet_dependency(logs_like=CONFIG_DTYPE_LOGS):  # mergekit sets config.torch_dtype, which transformers 5 warns about
             out_config = _model_out_config(config, arch_info, trust_remote_code=False)
         for ref in config.referenced_models():
             cache.get(ref)

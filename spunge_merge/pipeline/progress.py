@@ -1,9 +1,10 @@
 """What a pipeline run shows and records: a live table of stages and jobs, and a log file.
 
 On a terminal a rich live table lists every stage and, under it, its per-attribute jobs with
-their state and time. Elsewhere (CI, a pipe) each change is printed as one line instead. Every
-event, and everything the library logs meanwhile, also goes to `pipeline.log` in the run
-directory, which is what to read after a run that was interrupted.
+their state, time and, while one trains, its step counter (`step 12/40`, from the training loops'
+`runtime.report_step`; jobs run in this process, not on Ray workers). Elsewhere (CI, a pipe)
+each change is printed as one line instead. Every event, and everything the library logs meanwhile,
+also goes to `pipeline.log` in the run directory, which is what to read after a run that was interrupted.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class RunView:
         self._warnings_propagate = True
         self._transformers_bars = False
         self._console_handler: logging.Handler | None = None
+        self._steps = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> RunView:
@@ -78,6 +80,10 @@ class RunView:
         warnings_logger.addHandler(self._handler)
         warnings_logger.propagate = False
         self._quiet_transformers(True)
+        from spunge_merge.runtime import listen_to_steps
+
+        self._steps = listen_to_steps(self.step)
+        self._steps.__enter__()
         if self.live_enabled:
             self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False,
                               get_renderable=self._render)
@@ -85,6 +91,9 @@ class RunView:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._steps is not None:
+            self._steps.__exit__(None, None, None)
+            self._steps = None
         if self._live is not None:
             self._live.stop()
             self._live = None
@@ -128,6 +137,17 @@ class RunView:
         status = self._failure(row, status)
         self._update(row, status, detail)
         self._emit(f"[{stage}] {label}: {status}" + (f" ({detail})" if detail else "") + self._took(row))
+
+    def step(self, label: str, step: int, total: int) -> None:
+        """A training step of the running job: its counter in the view; in the log (and, without a live table,
+        on the console) at the first and last step and every tenth of the way."""
+        running = [(stage, job) for stage in self.rows.values() for job in stage.jobs.values() if job.status == "running"]
+        if not running:
+            running = [(stage, stage) for stage in self.rows.values() if stage.status == "running"]
+        for stage, row in running:
+            row.detail = f"step {step}/{total}"
+            if step in (1, total) or step % max(1, total // 10) == 0:
+                self._emit(f"[{stage.name}] {row.name if row is not stage else label}: step {step}/{total}")
 
     def note(self, message: str) -> None:
         """A line of information: logged, and printed above the live table."""

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from spunge_merge.card.task import Task
 from spunge_merge.config import FrozenConfig, format_validation_error, load_pipeline_yaml, reattribute
 from spunge_merge.data.discovery.spec import ClassifierBy, ClusterBy, build_by
 from spunge_merge.errors import SpungeError
@@ -299,6 +300,10 @@ class PushSection(FrozenConfig):
     dry_run: bool = Field(False, description="Check everything and list the files, upload nothing.")
     datasets: list[str] | None = Field(None, description="Hub dataset ids for the model card's metadata.")
     exclude: list[str] | None = Field(None, description="Globs of files to leave out of the upload.")
+    runs: bool = Field(False, description="Also push every per-subset run, each to `REPO-<subset>` (adapters as they are, "
+                                          "tensor-delta runs materialized on the base).")
+    task: Task | None = Field(
+        None, description="What was unlearned, for the cards' warning and usage example (default: inferred).")
 
 
 class RaySection(FrozenConfig):

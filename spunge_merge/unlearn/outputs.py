@@ -20,6 +20,7 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, copy_file
 from spunge_merge.models import ResolvedModel
 from spunge_merge.provenance import fingerprint, read_provenance, write_provenance
+from spunge_merge.runtime import PEFT_WRAP_WARNINGS, quiet_dependency
 from spunge_merge.tensorfiles import refuse_non_finite_files, safetensors_bytes, save_tensors
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -42,7 +43,8 @@ def apply_adapter(base: ResolvedModel, adapter_dir: Path, out: Path) -> Path:
     # Every file here is written anew (save_pretrained), none linked: writing into it never reaches the base.
     with atomic_output_dir(out, force=True, expected_bytes=size) as tmp:
         lm = load_causal_lm(base, dtype="auto")
-        merged = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
+        with quiet_dependency(PEFT_WRAP_WARNINGS):
+            merged = PeftModel.from_pretrained(lm, str(adapter_dir)).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
         refuse_non_finite_files(tmp, f"{adapter_dir} merged into {base.ref} in its dtype")
         load_tokenizer(base).save_pretrained(tmp)

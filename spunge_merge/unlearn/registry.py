@@ -54,6 +54,7 @@ class TrainRequest:
     retain: Sequence[Path] = ()
     text_column: str | None = None
     retain_text_column: str | None = None
+    retain_where: Sequence[str] = ()  # row filters on the retain files (`--retain-where`, `spunge split --where` grammar)
     force: bool = False
     progress: bool = True
 

@@ -1,4 +1,5 @@
-"""`push`: one merged model to the Hugging Face Hub (or a dry run that lists the files)."""
+"""`push`: the merged model to the Hugging Face Hub (or a dry run that lists the files), and with `push.runs`
+every per-subset run beside it (`REPO-<subset>`), so one pipeline publishes everything it made."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from spunge_merge.fsutil import write_json
 from spunge_merge.pipeline.jobs import Job
 from spunge_merge.pipeline.stages.common import FORMAT, Context, Work, lam_label, run_stage, run_works
 from spunge_merge.provenance import fingerprint
-from spunge_merge.unlearn import registry
 
 
 def stage_push(ctx: Context) -> dict[str, Any]:
@@ -19,11 +19,14 @@ def stage_push(ctx: Context) -> dict[str, Any]:
     model_dir = ctx.merge_dir / label
     settings = section.model_dump(mode="json", by_alias=True)
     record_file = ctx.run_dir / "push.json"
-    part = fingerprint(format=FORMAT, model=ctx.model_parts[label], settings=settings)
+    part = fingerprint(format=FORMAT, model=ctx.model_parts[label], settings=settings,
+                       runs=ctx.fps.get("unlearn") if section.runs else None, evals=ctx.fps.get("eval"))
+    evals = [str(ctx.eval_dir / label), str(ctx.eval_dir / "compare")]  # pushed as eval/<folder>/ and shown on the card
 
     def build(force: dict[str, bool]) -> Job:
         return Job(key="push", label=section.repo_id, function=push_task,
-                   kwargs={"model_dir": str(model_dir), "settings": settings, "record": str(record_file)})
+                   kwargs={"model_dir": str(model_dir), "settings": settings, "record": str(record_file),
+                           "unlearn_dir": str(ctx.unlearn_dir), "eval_dirs": evals})
 
     work_item = Work(stage="push", key="push", label=section.repo_id + (" (dry run)" if section.dry_run else ""),
                      parts={"push": part}, outputs=[record_file], build=build, local=True)
@@ -35,12 +38,22 @@ def stage_push(ctx: Context) -> dict[str, Any]:
     return run_stage(ctx, "push", fingerprint(push=work_item.fingerprint), [record_file], work)
 
 
-def push_task(*, model_dir: str, settings: dict[str, Any], record: str) -> dict[str, Any]:
-    from spunge_merge.hub import push_model
+def push_task(*, model_dir: str, settings: dict[str, Any], record: str, unlearn_dir: str | None = None,
+              eval_dirs: list[str] | None = None) -> dict[str, Any]:
+    from pathlib import Path
 
-    result = push_model(model_dir, settings["repo_id"], private=settings["private"], revision=settings["revision"],
-                        create_pr=settings["create_pr"], commit_message=settings["commit_message"], dry_run=settings["dry_run"],
-                        datasets=settings.get("datasets"), exclude=settings.get("exclude"),
-                        method_descriptions=registry.descriptions())
+    from spunge_merge.pipeline.publish import pipeline_outputs, push_output
+
+    options = {"private": settings["private"], "revision": settings["revision"], "create_pr": settings["create_pr"],
+               "commit_message": settings["commit_message"], "dry_run": settings["dry_run"], "datasets": settings.get("datasets"),
+               "exclude": settings.get("exclude"), "task": settings.get("task")}
+    targets = (pipeline_outputs(Path(unlearn_dir), Path(model_dir), settings["repo_id"]) if settings.get("runs") and unlearn_dir
+               else [(Path(model_dir), settings["repo_id"], False)])
+    merged_evals = [d for d in eval_dirs or [] if Path(d).is_dir()]
+    results = [push_output(directory, repo_id, materialize=materialize, **options,
+                           eval_dirs=merged_evals if directory == Path(model_dir) else None)
+               for directory, repo_id, materialize in targets]
+    result = {**results[0], "runs": results[1:]}  # the merged model's push, then each run's
     write_json(record, result)
-    return {"url": result.get("commit_url") or result.get("pr_url"), "dry_run": settings["dry_run"]}
+    return {"url": result.get("commit_url") or result.get("pr_url"), "dry_run": settings["dry_run"],
+            "pushed": [r["repo_id"] for r in results]}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from spunge_merge.card import RETAIN_SOURCES_SUFFIX
 from spunge_merge.data.loading import SPLIT_MANIFEST
 from spunge_merge.fsutil import atomic_output_dir, atomic_write_text, read_json, write_json
 from spunge_merge.pipeline import inputs
@@ -81,4 +83,8 @@ def _write_retain(ctx: Context, refs: list[DataRef]) -> None:
         parts.append(part.read_text(encoding="utf-8"))
         part.unlink()
     atomic_write_text(ctx.retain_file, "".join(parts))
+    # What the rows came from, for the model card (the runs record only this file): the sources as written, filters.
+    sources = [{"path": ref.path, "where": list(ref.where), "limit": ref.limit} for ref in refs]
+    atomic_write_text(ctx.retain_file.with_suffix(RETAIN_SOURCES_SUFFIX),
+                      json.dumps({"kind": "retain-sources", "sources": sources}, indent=2) + "\n")
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spunge_merge.errors import SpungeError
+from spunge_merge.runtime import report_step
 from spunge_merge.unlearn import lm_data
 from spunge_merge.unlearn.loss_training.config import LossMethodConfig, Objective
 from spunge_merge.unlearn.loss_training.order import forget_groups, planned_steps, retain_stream
@@ -131,5 +132,6 @@ def fit(model, params, forget: Sequence[Sequence[int]], retain: Sequence[Sequenc
                 result.forget_terms.append(step_forget)
                 result.retain_terms.append(step_retain)
                 bar.update(task, advance=1, loss=f"{loss:.4f}")
+                report_step(label, len(result.losses), total)
     model.eval()
     return result

@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
+from spunge_merge.data.loading import Subset, is_split_dir, load_retain, load_subsets
 from spunge_merge.errors import SpungeError
 from spunge_merge.provenance import fingerprint, is_complete
 from spunge_merge.runs import RunOutcome, execute_run, run_subsets
@@ -53,8 +53,12 @@ def train_runs(request: TrainRequest, *, method: str, objective: Objective, reta
     check_retain(method, retain_need, config, request.retain)
     resolved, forget, out = request.model, Path(request.forget[0]), Path(request.out)
     subsets = load_subsets(forget, config.answer_column or request.text_column)
+    if request.retain_where and config.answer_column and any(has_pair_columns(Path(p), config) for p in request.retain):
+        raise SpungeError("--retain-where: a question/answer retain file is read as pairs, unfiltered; filter it into a file "
+                          "of its own first (or drop --retain-where)")
     retain = [subset for path in request.retain
-              for subset in load_subsets(path, config.answer_column if config.answer_column and has_pair_columns(path, config) else None)]
+              for subset in load_retain(path, config.answer_column if config.answer_column and has_pair_columns(path, config)
+                                        else request.retain_text_column, tuple(request.retain_where))]
     if any(s.column for s in retain):
         raise SpungeError(f"{method}: --retain takes data files, not a split directory")
     _check_writable(out)

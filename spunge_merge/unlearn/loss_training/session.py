@@ -11,7 +11,7 @@ from typing import Any
 from spunge_merge.data.loading import Subset
 from spunge_merge.models import ResolvedModel, load_tokenizer
 from spunge_merge.provenance import write_provenance
-from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
+from spunge_merge.runtime import PEFT_WRAP_WARNINGS, pick_device, pick_dtype, quiet_dependency, seed_everything
 from spunge_merge.tensorfiles import refuse_non_finite_files
 from spunge_merge.unlearn import lm_data
 from spunge_merge.unlearn.lora import adapter_base_name, load_training_base, lora_config
@@ -103,7 +103,8 @@ class _Session:
             return _Trainable(lm, params, names, named, originals)
         from peft import get_peft_model
 
-        model = get_peft_model(lm, lora_config(config))
+        with quiet_dependency(PEFT_WRAP_WARNINGS):
+            model = get_peft_model(lm, lora_config(config))
         return _Trainable(model, [p for p in model.parameters() if p.requires_grad])
 
     def _reference(self, model, encoded, pad_id):

@@ -78,7 +78,8 @@ __all__ = [
 def _train_request(request: TrainRequest) -> list[RunOutcome]:
     forget = request.forget[0] if len(request.forget) == 1 else list(request.forget)
     return train_rmu(request.model, forget, list(request.retain), request.out, request.config, text_column=request.text_column,
-                     retain_text_column=request.retain_text_column, force=request.force, progress=request.progress)
+                     retain_text_column=request.retain_text_column, retain_where=tuple(request.retain_where), force=request.force,
+                     progress=request.progress)
 
 
 registry.register(UnlearningMethod(

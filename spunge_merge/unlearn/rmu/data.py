@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spunge_merge.data.loading import Subset, is_split_dir, load_subsets
+from spunge_merge.data.loading import Subset, is_split_dir, load_retain, load_subsets
 from spunge_merge.errors import SpungeError
 from spunge_merge.models import ResolvedModel, load_tokenizer
 from spunge_merge.unlearn.rmu.settings import RMUConfig
@@ -27,13 +27,13 @@ def _corpus(subset: Subset, min_chars: int, role: str) -> Corpus:
     return Corpus(subset=subset, texts=texts)
 
 
-def _load_files(sources: Sequence[str | Path], text_column: str | None, role: str) -> list[Subset]:
+def _load_files(sources: Sequence[str | Path], text_column: str | None, role: str, *, where: tuple[str, ...] = ()) -> list[Subset]:
     subsets = []
     for source in sources:
         if is_split_dir(source):
             raise SpungeError(f"{source} is a split directory: as --{role} give data files (a split directory "
                               "as the only --forget runs one RMU per subset)")
-        subsets.extend(load_subsets(source, text_column))
+        subsets.extend(load_retain(source, text_column, where) if where else load_subsets(source, text_column))
     return subsets
 
 

@@ -29,7 +29,8 @@ def _run_fingerprint(resolved: ResolvedModel, config: RMUConfig, selection: Sele
 
 def train_rmu(model: str | Path | ResolvedModel, forget: str | Path | Sequence[str | Path], retain: str | Path | Sequence[str | Path],
               out: str | Path, config: RMUConfig | Mapping[str, Any] | None = None, *, text_column: str | None = None,
-              retain_text_column: str | None = None, force: bool = False, progress: bool = True) -> list[RunOutcome]:
+              retain_text_column: str | None = None, retain_where: tuple[str, ...] = (), force: bool = False,
+              progress: bool = True) -> list[RunOutcome]:
     """RMU from `model`: one run per subset when `forget` is one split directory (`out/<name>/` and
     `out/manifest.json`), else one run over all forget corpora, alternating a batch of each with one
     control vector (and c, α, max length) per corpus, into `out/`. Completed runs are skipped
@@ -43,7 +44,8 @@ def train_rmu(model: str | Path | ResolvedModel, forget: str | Path | Sequence[s
     if not retain_sources:
         raise SpungeError("give a --retain data file")
     selection = select_tensors(resolved, config)
-    retain_corpora = [_corpus(s, config.min_chars, "retain") for s in _load_files(retain_sources, retain_text_column, "retain")]
+    retain_corpora = [_corpus(s, config.min_chars, "retain") for s in _load_files(retain_sources, retain_text_column, "retain",
+                                                                                   where=retain_where)]
     session = _Session(resolved, config, selection, progress=progress)
     out = Path(out)
 

@@ -10,7 +10,7 @@ from typing import Any
 from spunge_merge.errors import SpungeError
 from spunge_merge.models import ResolvedModel
 from spunge_merge.provenance import write_provenance
-from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
+from spunge_merge.runtime import pick_device, pick_dtype, report_step, seed_everything
 from spunge_merge.unlearn.partial_model import load_partial_decoder
 from spunge_merge.unlearn.rmu.data import Corpus, Plan, _tokenize, make_plan, prepare_tokenizer
 from spunge_merge.unlearn.rmu.decoder import SplitDecoder
@@ -162,6 +162,7 @@ class _Session:
                                 "forget_loss": record.forget_loss, "retain_loss": record.retain_loss,
                                 "forget_cosine": record.forget_cosine, "updated": not record.stopped})
                 advance(record)
+                report_step(name, len(history), total)
                 if record.stopped:
                     early_stop = {"step": len(history), "epoch": epoch + 1, "forget_cosine": record.forget_cosine,
                                   "mean_forget_cosine": sum(recent[-window:]) / window, "window": window,

@@ -18,7 +18,7 @@ from spunge_merge.fsutil import atomic_write_bytes, copy_file
 from spunge_merge.models import ResolvedModel, load_tokenizer, resolve_model
 from spunge_merge.provenance import fingerprint, is_complete, read_provenance, write_provenance
 from spunge_merge.runs import RunOutcome, execute_run, run_subsets
-from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
+from spunge_merge.runtime import PEFT_WRAP_WARNINGS, pick_device, pick_dtype, quiet_dependency, report_step, seed_everything
 from spunge_merge.unlearn import lm_data
 from spunge_merge.unlearn.lora import adapter_base_name, check_quantize, check_target_modules, load_training_base, lora_config
 from spunge_merge.unlearn.tvn.negation import _write_negated, negate_run
@@ -85,6 +85,7 @@ def fit_lora(peft_model, encoded: list[list[int]], *, pad_id: int, config: TVNCo
                 if rows_used is not None:
                     rows_used.update(row for batch in group for row in batch.rows)
                 bar.update(task, advance=1, loss=f"{step_loss:.4f}")
+                report_step(label, len(losses), total)
     peft_model.eval()
     return losses
 
@@ -132,7 +133,8 @@ class _Trainer:
         eval_batches = lm_data.batches(encoded[: config.eval_samples], batch_size=config.batch_size,
                                        pad_id=tokenizer.pad_token_id) if config.eval_samples else []
         seed_everything(config.seed)
-        peft_model = get_peft_model(lm, lora_config(config))
+        with quiet_dependency(PEFT_WRAP_WARNINGS):
+            peft_model = get_peft_model(lm, lora_config(config))
         try:
             started = time.perf_counter()
             before = lm_data.mean_token_nll(peft_model, eval_batches, self.device) if eval_batches else None
