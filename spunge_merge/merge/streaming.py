@@ -44,14 +44,16 @@ def merge_cause(config) -> str:
     return ", ".join(parts)
 
 
-def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, source: str, progress: bool) -> dict[str, Any]:
+def _plan(tmp: Path, config, local_dirs, slots, *, options, cache, source: str):
+    """Plan the merge with mergekit: the planner (with its copies) and the tensors to compute, as jobs.
+
+    Tensors a run left unchanged are found first (`views_over`), so the planner can copy them instead of computing them.
+    """
     from mergekit.architecture import get_architecture_info
     from mergekit.io.tasks import SaveTensor
     from mergekit.merge import _model_out_config
     from mergekit.merge_methods import GeneralizedTaskArithmeticMerge, get
-    from tqdm.auto import tqdm
 
-    started = time.perf_counter()
     changed_by, negative_zeros = {}, None
     if config.base_model is not None:
         by_dir, negative_zeros = views_over(local_dirs[config.base_model], list(local_dirs.values()))
@@ -73,6 +75,14 @@ def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, sourc
                 for t in planner.plan_to_disk(out_path=str(tmp)) if isinstance(t, SaveTensor)]
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise _mergekit_error(exc, source) from exc
+    return planner, jobs, out_config
+
+
+def _stream_merge(tmp: Path, config, local_dirs, slots, *, options, cache, source: str, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    planner, jobs, out_config = _plan(tmp, config, local_dirs, slots, options=options, cache=cache, source=source)
     names = [(name, len(slot.shape)) for name, slot, *_ in planner.copies] + [(job.name, 8) for job in jobs]
     writer = ShardWriter(tmp, header_reserve=header_bound(names), max_shard_bytes=options.out_shard_size,
                          cause=merge_cause(config))
