@@ -51,6 +51,38 @@ def reference_logprobs(model, encoded: Sequence[Sequence[int]], *, pad_id: int, 
     return torch.cat(out)
 
 
+def _accumulate(group, retain_group, forget, retain, *, forward, retain_sum, objective: Objective, config: LossMethodConfig,
+                reference, result: Fit) -> tuple[float, float]:
+    """Back-propagate one accumulation group (one optimizer step) and return its forget and retain terms.
+
+    Each term is divided by its unit count over the whole group (tokens or sequences for the forget term,
+    as `objective.per` says; predicted tokens for the retain term), so the step's gradient is the group's mean.
+    """
+    import torch
+
+    gamma, alpha = config.forget_weight(), config.retain_weight()
+    if objective.per == "token":
+        forget_norm = sum(lm_data.predicted_tokens(forget[i]) for micro in group for i in micro)
+    else:
+        forget_norm = sum(len(micro) for micro in group)
+    retain_norm = sum(lm_data.predicted_tokens(retain[i]) for micro in retain_group for i in micro)
+    step_forget = step_retain = 0.0
+    for position, micro in enumerate(group):
+        lp = forward([forget[i] for i in micro])
+        ref = reference[torch.tensor(micro, device=reference.device)] if objective.reference else None
+        term = gamma * objective.forget_sum(lp, ref, config) / forget_norm
+        term.backward()
+        step_forget += float(term.detach())
+        result.forget_used.update(micro)
+        if retain_group:
+            rows = retain_group[position]
+            term = alpha * retain_sum([retain[i] for i in rows]) / retain_norm
+            term.backward()
+            step_retain += float(term.detach())
+            result.retain_used.update(rows)
+    return step_forget, step_retain
+
+
 def fit(model, params, forget: Sequence[Sequence[int]], retain: Sequence[Sequence[int]] | None, *, objective: Objective,
         config: LossMethodConfig, pad_id: int, device, reference=None, progress: bool = True, label: str = "unlearn",
         base_weights=None) -> Fit:
@@ -64,7 +96,6 @@ def fit(model, params, forget: Sequence[Sequence[int]], retain: Sequence[Sequenc
     import torch
     from transformers import get_scheduler
 
-    gamma, alpha = config.forget_weight(), config.retain_weight()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = planned_steps(config, len(forget))
     warmup = int(config.warmup) if config.warmup >= 1 else math.ceil(config.warmup * total)
@@ -101,25 +132,8 @@ def fit(model, params, forget: Sequence[Sequence[int]], retain: Sequence[Sequenc
                 if len(result.losses) >= total:
                     break
                 retain_group = [[next(stream) for _ in micro] for micro in group] if stream else []
-                if objective.per == "token":
-                    forget_norm = sum(lm_data.predicted_tokens(forget[i]) for micro in group for i in micro)
-                else:
-                    forget_norm = sum(len(micro) for micro in group)
-                retain_norm = sum(lm_data.predicted_tokens(retain[i]) for micro in retain_group for i in micro)
-                step_forget = step_retain = 0.0
-                for position, micro in enumerate(group):
-                    lp = forward([forget[i] for i in micro])
-                    ref = reference[torch.tensor(micro, device=reference.device)] if objective.reference else None
-                    term = gamma * objective.forget_sum(lp, ref, config) / forget_norm
-                    term.backward()
-                    step_forget += float(term.detach())
-                    result.forget_used.update(micro)
-                    if retain_group:
-                        rows = retain_group[position]
-                        term = alpha * retain_sum([retain[i] for i in rows]) / retain_norm
-                        term.backward()
-                        step_retain += float(term.detach())
-                        result.retain_used.update(rows)
+                step_forget, step_retain = _accumulate(group, retain_group, forget, retain, forward=forward, retain_sum=retain_sum,
+                                                       objective=objective, config=config, reference=reference, result=result)
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
