@@ -83,11 +83,7 @@ def merge_runs(
     """
     values = {"method": method, "density": density, "weight": weight, "lam": lam, "normalize": normalize, "dtype": dtype,
               "parameters": parameters, "statistics": statistics}
-    if settings is None:
-        settings = merge_settings(**{**values, "parameters": dict(parameters or {})})
-    elif any(value is not None for value in values.values()):
-        given = ", ".join(name for name, value in values.items() if value is not None)
-        raise TypeError(f"merge_runs: give `settings` or the settings as keywords ({given}), not both")
+    settings = _settings_given(settings, values)
     resolved = base if isinstance(base, ResolvedModel) else resolve_model(base, tokenizer=False)
     base_slots = model_slots(resolved.path)
     if settings.dtype is None:
@@ -95,26 +91,18 @@ def merge_runs(
     inputs = expand_runs(list(runs))
     out = Path(out)
     read = [resolved.path, *runs, *(run.path for run in inputs)]
-    if dry_run:
-        guard_output(Path(recipe_out) if recipe_out else out.with_name(out.name + ".yml"), inputs=read, option="--recipe-out",
-                     directory=False)
-    else:
-        guard_output(out, inputs=read, force=force)
-        if recipe_out:
-            guard_output(recipe_out, inputs=read, option="--recipe-out", directory=False)
+    _guard_outputs(out, recipe_out, read, dry_run=dry_run, force=force)
     # settings and the output directory are checked before any view is built
     data, _ = build_recipe(str(resolved.path), [str(run.path) for run in inputs], settings)
     model_dirs = None
     if takes_statistics(settings.method):  # the recipe names statistics files, computed (or found) first
         placeholders = [{**entry, "parameters": {**(entry.get("parameters") or {}), "gram": ""}} for entry in data["models"]]
         validate_recipe({**data, "models": placeholders}, "recipe", statistics_files=False)  # settings first
-        if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
-            raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
+        _refuse_foreign_output(out, dry_run=dry_run, force=force)
         model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
         data = _with_statistics(data, inputs, model_dirs, resolved, settings)
     config = validate_recipe(data, "recipe")
-    if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
-        raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
+    _refuse_foreign_output(out, dry_run=dry_run, force=force)
     if dry_run:  # the recipe to edit and run elsewhere: the portable form, naming the runs (no views are built for it)
         target = Path(recipe_out) if recipe_out else out.with_name(out.name + ".yml")
         described = {str(run.path): {"kind": run.kind, "path": str(run.path)} for run in inputs}
@@ -124,13 +112,39 @@ def merge_runs(
         model_dirs = [model_for_run(run, resolved, Path(views_dir) if views_dir else None) for run in inputs]
     data, config = _pointed_at(data, config, model_dirs)
     text = recipe_text(data, _view_comments(inputs))
-    data, config = _pointed_at(data, config, model_dirs)
-    text = recipe_text(data, _view_comments(inputs))
     if recipe_out:
         atomic_write_text(recipe_out, text)
     return _execute(config, text, out, base=resolved, cuda=cuda, force=force, seed=seed, shard_size=shard_size,
                     progress=progress, source="recipe",
                     method_descriptions=method_descriptions)
+
+
+def _settings_given(settings: MergeSettings | None, values: dict[str, Any]) -> MergeSettings:
+    """The merge's settings: `settings` as given, or built from the keyword `values`; both at once is a caller's bug."""
+    if settings is None:
+        return merge_settings(**{**values, "parameters": dict(values["parameters"] or {})})
+    if any(value is not None for value in values.values()):
+        given = ", ".join(name for name, value in values.items() if value is not None)
+        raise TypeError(f"merge_runs: give `settings` or the settings as keywords ({given}), not both")
+    return settings
+
+
+def _guard_outputs(out: Path, recipe_out: str | Path | None, read: list, *, dry_run: bool, force: bool) -> None:
+    """Refuse, before any work, an output that would overwrite or lie inside what the merge reads: the recipe
+    file alone with `dry_run`, else the output directory and the `--recipe-out` copy."""
+    if dry_run:
+        guard_output(Path(recipe_out) if recipe_out else out.with_name(out.name + ".yml"), inputs=read, option="--recipe-out",
+                     directory=False)
+    else:
+        guard_output(out, inputs=read, force=force)
+        if recipe_out:
+            guard_output(recipe_out, inputs=read, option="--recipe-out", directory=False)
+
+
+def _refuse_foreign_output(out: Path, *, dry_run: bool, force: bool) -> None:
+    """A non-empty `out` is replaced only with `force`, or when it holds an earlier spunge merge."""
+    if not dry_run and not force and is_nonempty_dir(out) and (read_provenance(out) or {}).get("kind") != MERGED_KIND:
+        raise SpungeError(f"output directory {out} is not empty; pass --force to replace it, or choose another --out")
 
 
 def _with_statistics(data: dict, inputs: list, model_dirs: list[Path], base: ResolvedModel, settings: MergeSettings) -> dict:
