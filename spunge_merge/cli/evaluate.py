@@ -376,21 +376,9 @@ def compare_command(
         if results:
             raise SpungeError("give either RESULT... (one table) or --arm (a frontier), not both; "
                               "the base model goes with --base")
-        from spunge_merge.evaluate.frontier import FRONTIER_SUMMARY, frontier_results, parse_arm
-
-        arms: dict[str, list] = {}
-        for item in arm:
-            name, points = parse_arm(item)
-            arms.setdefault(name, []).extend(points)
-        if _knowledge_arms(arms, base):
-            _knowledge_compare(arms, base, _split_list(forget) or [], out, force)
-            return
-        frontier = frontier_results(arms, out, base=base, metric=metric, target=target, match=match, reference=reference,
-                                    non_text_tolerance=None if no_non_text_check else non_text_tolerance, force=force)
-        typer.echo((out / FRONTIER_SUMMARY).read_text(encoding="utf-8"))
-        for warning in frontier["warnings"]:
-            typer.secho(f"Warning: {warning}", err=True, fg="yellow")
-        typer.echo(f"Wrote {out / 'frontier.json'} and {out / 'frontier.png'}")
+        _frontier_compare(arm, base=base, metric=metric, target=target, match=match, reference=reference,
+                          non_text_tolerance=None if no_non_text_check else non_text_tolerance, out=out, force=force,
+                          forget=forget)
         return
     if not results:
         raise SpungeError("nothing to compare: give results (LABEL=DIR ...) or arms (--arm NAME=DIR,...)")
@@ -409,6 +397,27 @@ def compare_command(
     for warning in result["warnings"]:
         typer.secho(f"Warning: {warning}", err=True, fg="yellow")
     typer.echo(f"Wrote {out / 'compare.json'}")
+
+
+def _frontier_compare(arm: list[str], *, base: Path | None, metric: str, target: float | None, match: str,
+                      reference: str | None, non_text_tolerance: float | None, out: Path, force: bool, forget: str | None) -> None:
+    """`spunge eval compare --arm ...`: the arms' frontier (toxicity against --metric), or forget against keep
+    when every point is a knowledge evaluation; prints the summary and writes it under `out`."""
+    from spunge_merge.evaluate.frontier import FRONTIER_SUMMARY, frontier_results, parse_arm
+
+    arms: dict[str, list] = {}
+    for item in arm:
+        name, points = parse_arm(item)
+        arms.setdefault(name, []).extend(points)
+    if _knowledge_arms(arms, base):
+        _knowledge_compare(arms, base, _split_list(forget) or [], out, force)
+        return
+    frontier = frontier_results(arms, out, base=base, metric=metric, target=target, match=match, reference=reference,
+                                non_text_tolerance=non_text_tolerance, force=force)
+    typer.echo((out / FRONTIER_SUMMARY).read_text(encoding="utf-8"))
+    for warning in frontier["warnings"]:
+        typer.secho(f"Warning: {warning}", err=True, fg="yellow")
+    typer.echo(f"Wrote {out / 'frontier.json'} and {out / 'frontier.png'}")
 
 
 def _knowledge_arms(arms: dict[str, list], base: Path | None) -> bool:
