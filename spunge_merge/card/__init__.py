@@ -31,11 +31,6 @@ PORTABLE_RECIPE = "mergekit_config.portable.yml"  # names the runs, not this mac
 PAPER_URL = "https://arxiv.org/abs/2406.11780"
 RETAIN_SOURCES_SUFFIX = ".sources.json"  # beside a pipeline's inputs/retain.jsonl: the sources and filters its rows came from
 
-# Licences of base models whose local copy carries no card (the built-in alias is converted from
-# a GGUF file, so the upstream README with its `license:` is not on disk).
-KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
-
-
 def is_excluded(relative: str, exclude: list[str] | tuple[str, ...]) -> bool:
     """Hidden paths (`.git`, `.cache`, temporaries) and paths matching an --exclude glob (or under a matching folder)."""
     parts = PurePosixPath(relative).parts
@@ -76,6 +71,7 @@ def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: I
     evaluation result's figures (`evaluate.registry.card_metrics`) for the results table and `model-index`;
     `task` (toxicity, knowledge, other) chooses the warning and usage example (default: inferred).
     """
+    from spunge_merge.card.metadata import card_metadata
     from spunge_merge.card.results import collect
     from spunge_merge.card.task import TASKS, infer_task, usage_prompt, warning
 
@@ -101,22 +97,9 @@ def build_model_card(model_dir: Path, *, repo_id: str | None = None, datasets: I
 
         raise SpungeError(f"--task {task}: expected one of {', '.join(TASKS)}")
     task = task or infer_task([r["kind"] for r in results], [*data["sources"], *columns, *topics])
-    extra_tags = {"merged": ["mergekit", "merge", *([merge["method"]] if merge["method"] else [])], "adapter": ["peft", "lora"],
-                  "model": []}[subject]
-    tags = list(dict.fromkeys([*SPUNGE_TAGS[:2], *extra_tags, *methods, task if task != "other" else "unlearning",
-                               "text-generation"]))
     title = (repo_id or model_dir.name).split("/")[-1]
-    card_data = ModelCardData(
-        base_model=base["hub_id"],
-        library_name="peft" if subject == "adapter" else "transformers",
-        license=_license(base, model_dir),
-        datasets=dataset_ids or None,
-        tags=tags,
-        pipeline_tag="text-generation",
-        base_model_relation={"merged": "merge", "adapter": "adapter", "model": "finetune"}[subject] if base["hub_id"] else None,
-        model_name=title if figures["eval_results"] else None,
-        eval_results=figures["eval_results"] or None,
-    )
+    card_data = card_metadata(model_dir, subject=subject, base=base, merge_method=merge["method"], methods=methods, task=task,
+                              dataset_ids=dataset_ids, eval_results=figures["eval_results"], title=title)
     return _render(
         card_data,
         title=title,
@@ -215,28 +198,6 @@ def _base_model(record: dict) -> dict:
     name = hub_id or (Path(ref).name if ref else None)
     return {"hub_id": hub_id, "name": name or "an unrecorded base model", "ref": ref, "note": note,
             "path": path, "link": f"https://huggingface.co/{hub_id}" if hub_id else None}
-
-
-def _license(base: dict, model_dir: Path) -> str | None:
-    """The base model's licence: its local card, its config, or a known Hub model."""
-    for directory in (base.get("path"),):
-        if not directory:
-            continue
-        readme = Path(directory) / "README.md"
-        if readme.is_file():
-            try:
-                license_ = ModelCard.load(readme).data.license
-            except Exception:  # a malformed third-party card must not stop the push
-                license_ = None
-            if license_:
-                return str(license_)
-        config = _read_json(Path(directory) / "config.json")
-        if isinstance(config, dict) and isinstance(config.get("license"), str):
-            return config["license"]
-    config = _read_json(model_dir / "config.json")
-    if isinstance(config, dict) and isinstance(config.get("license"), str):
-        return config["license"]
-    return KNOWN_LICENSES.get(base.get("hub_id") or "")
 
 
 def _run_view(run: dict, record: dict) -> dict:
