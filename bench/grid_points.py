@@ -63,7 +63,7 @@ def evaluate_model(model_dir: Path, out: Path, eval_section: dict, files_dir: Pa
         data = ppl.pop("data")
         table = apply_filters(load_table(files_dir / data["path"]), [parse_condition(w) for w in data.get("where", [])],
                               data["path"])
-        texts = out.with_name(f".{out.name}.ppl-texts.jsonl")  # beside the evaluation, never inside it (an input)
+        texts = out.parent.parent / "ppl-texts" / f"{out.name}.jsonl"  # outside the evaluations, never inside one (an input)
         atomic_write_text(texts, "".join(json.dumps({"text": t}) + "\n" for t in table["text"]))
         evaluate_perplexity(model, texts, out, device="cpu", progress=False, **ppl)
 
