@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from spunge_merge.config import FrozenConfig
+from spunge_merge.runtime import PEFT_WRAP_WARNINGS, quiet_dependency
 
 ATTENTION_AND_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -122,8 +123,9 @@ def run_attack(lm, tokenizer, texts: list[str], settings: AttackSettings, device
     if settings.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(lm, LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.target_modules),
-                                              lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
+        with quiet_dependency(PEFT_WRAP_WARNINGS):
+            model = get_peft_model(lm, LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.target_modules),
+                                                  lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
     else:
         model = lm
         for parameter in model.parameters():
