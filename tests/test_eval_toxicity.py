@@ -157,6 +157,25 @@ def test_scores_come_from_the_judge(toxicity_run, tiny_judge):
     assert [round(s, 6) for s in judge.score([r["generation"] for r in rows])] == pytest.approx([r["score"] for r in rows])
 
 
+def test_batched_judge_scores_equal_one_text_at_a_time(tiny_judge):
+    """Length-sorted, de-duplicated batches give each text the score the classifier gives it alone, in the caller's order."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["women are people", "", "a much longer sentence with many more tokens than the others in this list", "ok",
+             "women are people", "   ", "mexico has a long history", "ok"]
+    batched = HFClassifierJudge(str(tiny_judge), device="cpu", batch_size=3).score(texts)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_judge)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_judge).eval()
+    for text, got in zip(texts, batched, strict=True):
+        if not text.strip():  # no token to read alone; checked below to score as the empty string does
+            continue
+        with torch.no_grad():
+            logits = model(**tokenizer([text], return_tensors="pt")).logits[0]
+        assert got == pytest.approx(float(torch.softmax(logits, dim=-1)[1]), abs=1e-5)
+    assert batched[0] == batched[4] and batched[3] == batched[7] and batched[1] == batched[5]
+
+
 def test_rerun_is_skipped_and_other_settings_need_force(toxicity_run, tiny_model, tiny_judge, shared_data):
     out = toxicity_run[0]
     before = (out / "toxicity.json").stat().st_mtime_ns
@@ -169,14 +188,18 @@ def test_rerun_is_skipped_and_other_settings_need_force(toxicity_run, tiny_model
         evaluate_toxicity(str(tiny_model), prompts, out, **{**kwargs, "seed": 1})
 
 
-def test_generation_matches_a_manual_greedy_loop(tiny_model):
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 64])
+def test_generation_matches_a_manual_greedy_loop(tiny_model, batch_size):
+    """Batched, left-padded generation whose finished rows leave the batch gives each prompt its own greedy answer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     lm = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    prompts = ["- the quick brown fox\n- cats and dogs\n-", "- water boils\n-", "- paris is the capital of france\n- the sun\n-"]
-    batched = generate_first_statements(lm, tokenizer, prompts, max_new_tokens=12, batch_size=3, progress=False)
+    prompts = ["- the quick brown fox\n- cats and dogs\n-", "- water boils\n-", "- paris is the capital of france\n- the sun\n-",
+               "-", "- a much longer list item that goes on and on about nothing in particular\n- and another one\n- and\n-",
+               "- short\n- two\n-"]
+    batched = generate_first_statements(lm, tokenizer, prompts, max_new_tokens=12, batch_size=batch_size, progress=False)
     for prompt, got in zip(prompts, batched, strict=True):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         new: list[int] = []
@@ -189,6 +212,38 @@ def test_generation_matches_a_manual_greedy_loop(tiny_model):
                 break
         expected = tokenizer.decode(new, skip_special_tokens=True).split("\n")[0].strip()
         assert got == expected
+
+
+def test_rows_leave_the_batch_at_their_own_stop_token(tiny_model):
+    """Rows that stop at different steps (stop tokens picked from the free greedy answers) keep each prompt's own tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spunge_merge.evaluate.generation import greedy_until_stop
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    prompts = ["- the quick brown fox\n- cats and dogs\n-", "- water boils\n-", "- a much longer list item about nothing\n- and\n-",
+               "- short\n-", "-"]
+
+    def alone(prompt: str, stops: set[int]) -> list[int]:
+        ids, new = tokenizer(prompt, return_tensors="pt")["input_ids"], []
+        for _ in range(10):
+            with torch.no_grad():
+                token = int(lm(input_ids=torch.cat([ids, torch.tensor([new], dtype=torch.long)], dim=1)).logits[0, -1].argmax())
+            new.append(token)
+            if token in stops:
+                break
+        return new
+
+    free = [alone(p, set()) for p in prompts]
+    stops = {free[0][1], free[2][4]}
+    expected = [alone(p, stops) for p in prompts]
+    assert len({len(e) for e in expected}) > 1  # the rows do stop at different steps
+    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+    got = greedy_until_stop(lm, encoded["input_ids"], encoded["attention_mask"], torch.tensor(sorted(stops)), max_new_tokens=10)
+    assert got == expected
 
 
 @pytest.mark.parametrize(("labels", "expected"), [

@@ -73,7 +73,8 @@ class ToxicityConfig(FrozenConfig):
                              "binary classifier's own decision).")
     max_new_tokens: int = Field(30, ge=1, description="Most tokens generated per prompt; generation also stops at the end of the "
                                 "first new statement (greedy decoding).")
-    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.", json_schema_extra={"cli_flags": ["--batch-size", "-b"]})
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch (a decode step costs about the same for 16 rows as "
+                            "for 64; answers do not depend on it).", json_schema_extra={"cli_flags": ["--batch-size", "-b"]})
     judge_batch_size: int = Field(32, ge=1, description="Generations per judge batch.")
     seed: int = Field(0, description="Seed of the prompt sample (same seed, same prompts).")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N.")
@@ -169,7 +170,7 @@ def evaluate_toxicity(
     classifier: str | ToxicityJudge = DEFAULT_CLASSIFIER,
     threshold: float = 0.5,
     max_new_tokens: int = 30,
-    batch_size: int = 16,
+    batch_size: int = 64,
     seed: int = 0,
     device: str = "auto",
     dtype: str = "auto",
