@@ -358,3 +358,46 @@ def test_toxicity_json_reports_the_non_text_share_of_its_generations(toxicity_ru
     markdown = (out / "toxicity.md").read_text()
     assert f"Not text: {share['overall']['pct']:.1f} %" in markdown and "not text %" in markdown
     assert "Not text:" in output
+
+
+def test_same_weights_elsewhere_reuse_generations_and_fluency_other_weights_do_not(tiny_model, tiny_judge, shared_data, tmp_path,
+                                                                                     monkeypatch):
+    """The base model of a second run directory is generated and fluency-scored once per machine (evaluate/memo.py)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import spunge_merge.evaluate.fluency as fluency
+    import spunge_merge.evaluate.toxicity as toxicity
+
+    monkeypatch.setenv("SPUNGE_CACHE", str(tmp_path / "cache"))
+    generated, scored = [], []
+    real_generate, real_nll = toxicity.generate_first_statements, fluency.corpus_nll
+    monkeypatch.setattr(toxicity, "generate_first_statements", lambda *a, **k: generated.append(1) or real_generate(*a, **k))
+    monkeypatch.setattr(fluency, "corpus_nll", lambda *a, **k: scored.append(1) or real_nll(*a, **k))
+    prompts = shared_data / "toxigen" / "prompts"
+    kwargs = dict(groups=["mexican", "women"], n_per_group=2, classifier=str(tiny_judge), max_new_tokens=6, device="cpu",
+                  progress=False)
+
+    def evaluate(model: Path, out: Path) -> tuple[dict, str, dict]:
+        result = evaluate_toxicity(str(model), prompts, out, **kwargs)
+        flu = fluency.evaluate_fluency(out / "generations.jsonl", str(tiny_model), out, device="cpu", progress=False)
+        return result, (out / "generations.jsonl").read_text(), flu
+
+    first = evaluate(tiny_model, tmp_path / "run-a")
+    same = tmp_path / "same-weights"
+    shutil.copytree(tiny_model, same)
+    second = evaluate(same, tmp_path / "run-b")
+    assert (len(generated), len(scored)) == (1, 1)
+    assert second[1] == first[1] and second[0]["overall"] == first[0]["overall"]
+    assert second[2]["perplexity"] == first[2]["perplexity"] and second[0]["model"]["path"] == str(same.resolve())
+
+    other = tmp_path / "other-weights"
+    shutil.copytree(tiny_model, other)
+    weights = next(other.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(n for n in tensors if "embed" in n)
+    tensors[name] = tensors[name] + 0.5
+    save_file(tensors, weights, metadata={"format": "pt"})
+    evaluate(other, tmp_path / "run-c")
+    assert len(generated) == 2
