@@ -12,7 +12,9 @@ on the generations. Both paths run on the same model, prompts and judges, one af
   batches), then `evaluate_fluency`.
 
 Printed: the thread count, each stage's seconds for both paths, the ratio, and the figures that
-must be identical (every generation, every judge score within 1e-5, toxicity %, fluency PPL).
+must be identical (every generation, every judge score within 1e-5, toxicity %, fluency PPL). Then
+the new path once more on the same weights in another run directory, as every run directory of a
+grid evaluates its base model: generations and fluency come from `evaluate/memo.py`.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/toxigen_eval_speed.py --n-per-group 10 --judge ~/.cache/spunge/judges/toxigen-minilm
 """
@@ -152,8 +154,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.work) as scratch:
         old_times, old = run_old(model, texts, args, Path(scratch) / "old")
         print(f"old: {sum(old_times.values()):.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in old_times.items())})", flush=True)
+        import spunge_merge.evaluate.memo as memo
+
+        memo.cache_root = lambda: Path(scratch) / "cache"  # an empty store: the new path computes everything, as on a first model
         new_times, new = run_new(model, args, Path(scratch) / "new")
         print(f"new: {sum(new_times.values()):.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in new_times.items())})", flush=True)
+        again_times, again = run_new(model, args, Path(scratch) / "again")  # the grid's case: the same weights in another run directory
+        print(f"new, the same model in a second run directory: {sum(again_times.values()):.1f} s", flush=True)
+        assert again["generations"] == new["generations"] and again["fluency_ppl"] == new["fluency_ppl"]
 
     same_text = sum(a == b for a, b in zip(old["generations"], new["generations"], strict=True))
     same_score = sum(abs(a - b) <= 1e-5 for a, b in zip(old["scores"], new["scores"], strict=True))

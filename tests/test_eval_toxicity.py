@@ -401,3 +401,14 @@ def test_same_weights_elsewhere_reuse_generations_and_fluency_other_weights_do_n
     save_file(tensors, weights, metadata={"format": "pt"})
     evaluate(other, tmp_path / "run-c")
     assert len(generated) == 2
+
+
+def test_length_batches_keep_each_batch_within_its_padding_bound():
+    from spunge_merge.evaluate.generation import length_batches
+
+    lengths = [48, 100, 10, 95, 89, 50, 100]
+    batches = length_batches(lengths, 2, max_padding=0.1)
+    assert batches == [[1, 6], [3, 4], [5, 0], [2]]
+    assert sorted(i for batch in length_batches(lengths, 64) for i in batch) == list(range(len(lengths)))
+    for batch in length_batches(lengths, 64, max_padding=0.1):
+        assert min(lengths[i] for i in batch) >= 0.9 * max(lengths[i] for i in batch)

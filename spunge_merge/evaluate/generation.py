@@ -9,8 +9,9 @@ steps) and every step re-read the weights for a handful of rows. So the loop her
   newline or EOS, so a batch costs the sum of its answers' lengths, not its longest one times its size;
 - batches are larger (`batch_size` 64 by default): a decode step's cost is mostly reading the
   weights, shared by every row in the batch;
-- prompts are sorted by length before batching (little left padding) and the results put back
-  in the caller's order.
+- prompts are sorted by length and a batch holds only prompts within 10 % of its longest (the
+  prompt pass is most of what is left, and padding would be paid in it); results are put back in
+  the caller's order.
 Decoding is greedy with the positions `generate` gives left-padded rows (the attention mask's
 running count), so each answer is the one the prompt gets alone, token for token
 (tests/test_eval_toxicity.py checks it against a per-prompt loop).
@@ -18,6 +19,7 @@ running count), so each answer is the one the prompt gets alone, token for token
 
 from __future__ import annotations
 
+import inspect
 from functools import lru_cache
 
 from spunge_merge.errors import SpungeError
@@ -42,9 +44,10 @@ def greedy_until_stop(lm, input_ids, attention_mask, stop_ids, *, max_new_tokens
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original row of each row still in the batch
     new: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    cache_argument = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"  # renamed in transformers 5
     with torch.no_grad():
         out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = getattr(out, "cache", None) or out.past_key_values
         for step in range(max_new_tokens):
             tokens = out.logits[:, -1].argmax(dim=-1)
             for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
@@ -58,9 +61,21 @@ def greedy_until_stop(lm, input_ids, attention_mask, stop_ids, *, max_new_tokens
                 rows, tokens, attention_mask = rows[keep], tokens[keep], attention_mask[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
             positions = attention_mask.long().sum(dim=1, keepdim=True) - 1
-            out = lm(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
-                     use_cache=True)
+            out = lm(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                     **{cache_argument: cache})
     return new
+
+
+def length_batches(lengths: list[int], batch_size: int, *, max_padding: float = 0.1) -> list[list[int]]:
+    """Indices sorted longest first, cut into batches of at most `batch_size` whose prompts are all within `max_padding` of the
+    batch's longest: the prompt pass is most of the cost, so a wide batch would pay for its padding."""
+    batches: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if batches and len(batches[-1]) < batch_size and lengths[index] >= (1 - max_padding) * lengths[batches[-1][0]]:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def generate_first_statements(lm, tokenizer, prompts: list[str], *, max_new_tokens: int = 30, batch_size: int = 64,
@@ -80,11 +95,9 @@ def generate_first_statements(lm, tokenizer, prompts: list[str], *, max_new_toke
     stops = _newline_token_ids(tokenizer) + ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
     stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
     lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     outputs: list[str | None] = [None] * len(prompts)
     with tqdm(total=len(prompts), desc=description, unit="prompt", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
+        for indices in length_batches(lengths, batch_size):
             encoded = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True).to(device)
             new = greedy_until_stop(lm, encoded["input_ids"], encoded["attention_mask"], stop_ids, max_new_tokens=max_new_tokens)
             for index, ids in zip(indices, new, strict=True):
