@@ -2,19 +2,22 @@
 
 The evaluation (recipes/bench-toxigen-smollm2-*.yaml): N ToxiGen prompts per group and label,
 greedy first statements, the ToxiGen judge of bench/judge.py, and the fluency judge (Gemma-3-270M)
-on the generations. Both paths run on the same model, prompts and judges, one after the other:
+on the generations. Both paths run on the same model, prompts and judges:
 
 - old: the code before the speed-up, kept here for the comparison: `transformers` `generate` in
   batches of 16 with a newline stopping criterion (a batch decodes until its longest answer ends,
   every row to the end), then the judge over the texts in their order, batches of 32;
-- new: `spunge_merge.evaluate.toxicity.evaluate_toxicity` as a user runs it (finished rows leave
-  the batch and its KV cache, batches of 64, the judge on each distinct text once in length-sorted
-  batches), then `evaluate_fluency`.
+- new: `generate_first_statements` as it is now (finished rows leave the batch and its KV cache,
+  batches of up to 64 prompts within 30 % of the longest one's length), the judge on each distinct text
+  once in length-sorted batches.
 
-Printed: the thread count, each stage's seconds for both paths, the ratio, and the figures that
-must be identical (every generation, every judge score within 1e-5, toxicity %, fluency PPL). Then
-the new path once more on the same weights in another run directory, as every run directory of a
-grid evaluates its base model: generations and fluency come from `evaluate/memo.py`.
+Generation, most of the time, is timed old, new, new, old on one loaded model (the machine is
+shared and its load drifts; ABBA cancels a linear trend); the judges once each; the fluency judge
+is the same code on both paths, timed once and counted in both. Printed: the thread count, each
+stage's seconds, the ratio, and the figures that must be identical (every generation, every judge
+score within 1e-5, toxicity %, fluency PPL). Then the new path end to end (`evaluate_toxicity` and
+`evaluate_fluency`, files written) on an empty memo, and once more on the same weights in another
+run directory, as every run directory of a grid evaluates its base model (`evaluate/memo.py`).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/toxigen_eval_speed.py --n-per-group 10 --judge ~/.cache/spunge/judges/toxigen-minilm
 """
@@ -86,55 +89,22 @@ def old_score(judge, texts: list[str], batch_size: int = 32) -> list[float]:
     return scores
 
 
-def run_old(model, texts, args, work: Path) -> tuple[dict, dict]:
-    import torch
-
-    from spunge_merge.evaluate.fluency import evaluate_fluency
-    from spunge_merge.evaluate.judges import HFClassifierJudge
-    from spunge_merge.models import load_causal_lm, load_tokenizer
-
-    times = {}
+def timed(function, *args, **kwargs):
     started = time.perf_counter()
-    lm = load_causal_lm(model, dtype=torch.float32, device=torch.device("cpu"))
-    generations = old_generate(lm, load_tokenizer(model), texts, max_new_tokens=args.max_new_tokens)
-    del lm
-    times["generation"] = time.perf_counter() - started
-    started = time.perf_counter()
-    judge = HFClassifierJudge(str(args.judge), device="cpu")
-    scores = [round(s, 6) for s in old_score(judge, generations)]
-    times["toxicity judge"] = time.perf_counter() - started
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "generations.jsonl").write_text("".join(json.dumps({"generation": g}) + "\n" for g in generations), encoding="utf-8")
-    started = time.perf_counter()
-    fluency = evaluate_fluency(work / "generations.jsonl", args.fluency_judge, work, device="cpu", progress=False)
-    times["fluency judge"] = time.perf_counter() - started
-    return times, {"generations": generations, "scores": scores, "fluency_ppl": fluency["perplexity"]}
-
-
-def run_new(model, args, work: Path) -> tuple[dict, dict]:
-    from spunge_merge.evaluate.fluency import evaluate_fluency
-    from spunge_merge.evaluate.toxicity import evaluate_toxicity
-
-    started = time.perf_counter()
-    result = evaluate_toxicity(model, DATA / "toxigen" / "prompts", work, groups=GROUPS, n_per_group=args.n_per_group,
-                               classifier=str(args.judge), max_new_tokens=args.max_new_tokens, device="cpu", progress=False)
-    toxicity_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    fluency = evaluate_fluency(work / "generations.jsonl", args.fluency_judge, work, device="cpu", progress=False)
-    times = {"generation": result["timing"]["generation_seconds"],
-             "toxicity judge": toxicity_seconds - result["timing"]["generation_seconds"],
-             "fluency judge": time.perf_counter() - started}
-    rows = [json.loads(line) for line in (work / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
-    return times, {"generations": [r["generation"] for r in rows], "scores": [r["score"] for r in rows],
-                   "fluency_ppl": fluency["perplexity"]}
+    value = function(*args, **kwargs)
+    return value, time.perf_counter() - started
 
 
 def main() -> None:
     import torch
 
-    from spunge_merge.evaluate.fluency import resolve_judge_lm
+    import spunge_merge.evaluate.memo as memo
+    from spunge_merge.evaluate.fluency import evaluate_fluency, resolve_judge_lm
+    from spunge_merge.evaluate.generation import generate_first_statements
+    from spunge_merge.evaluate.judges import HFClassifierJudge
     from spunge_merge.evaluate.prompts import load_prompts, sample_prompts
-    from spunge_merge.models import resolve_model
+    from spunge_merge.evaluate.toxicity import evaluate_toxicity
+    from spunge_merge.models import load_causal_lm, load_tokenizer, resolve_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -146,32 +116,66 @@ def main() -> None:
     args = parser.parse_args()
 
     model = resolve_model(args.model)
-    resolve_judge_lm(args.fluency_judge)  # converted once, outside both timings
+    resolve_judge_lm(args.fluency_judge)  # converted once, outside every timing
     sample = sample_prompts(load_prompts(DATA / "toxigen" / "prompts", GROUPS), groups=GROUPS, n_per_group=args.n_per_group, seed=0)
     texts = [p.text for p in sample.prompts]
     threads = f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     print(f"{args.model}: {len(texts)} prompts ({args.n_per_group} per group and label, {len(GROUPS)} groups); {threads}", flush=True)
+
+    # Generation, the dominant stage: old, new, new, old on one loaded model (a shared machine's load drifts; ABBA cancels a trend).
+    lm = load_causal_lm(model, dtype=torch.float32, device=torch.device("cpu"))
+    tokenizer = load_tokenizer(model)
+    gen = {"old": [], "new": []}
+    for path in ("old", "new", "new", "old"):
+        function = old_generate if path == "old" else generate_first_statements
+        kwargs = {} if path == "old" else {"progress": False}
+        outputs, seconds = timed(function, lm, tokenizer, texts, max_new_tokens=args.max_new_tokens, **kwargs)
+        gen[path].append((outputs, seconds))
+        print(f"  generation, {path}: {seconds:.1f} s", flush=True)
+    del lm
+    old_generations, new_generations = gen["old"][0][0], gen["new"][0][0]
+    assert gen["old"][1][0] == old_generations and gen["new"][1][0] == new_generations  # each path is deterministic
+    gen_old, gen_new = (sum(s for _, s in gen[path]) / 2 for path in ("old", "new"))
+
+    judge = HFClassifierJudge(str(args.judge), device="cpu")
+    old_scores, judge_old = timed(old_score, judge, old_generations)
+    new_scores, judge_new = timed(judge.score, new_generations)
+
     with tempfile.TemporaryDirectory(dir=args.work) as scratch:
-        old_times, old = run_old(model, texts, args, Path(scratch) / "old")
-        print(f"old: {sum(old_times.values()):.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in old_times.items())})", flush=True)
-        import spunge_merge.evaluate.memo as memo
+        work = Path(scratch)
+        memo.cache_root = lambda: work / "cache"  # an empty store: the new path computes everything, as on a first model
+        (work / "fluency").mkdir()
+        (work / "fluency" / "generations.jsonl").write_text("".join(json.dumps({"generation": g}) + "\n" for g in old_generations),
+                                                           encoding="utf-8")
+        fluency, fluency_seconds = timed(evaluate_fluency, work / "fluency" / "generations.jsonl", args.fluency_judge, work / "fluency",
+                                         device="cpu", progress=False)  # the same code on both paths: timed once, counted in both
+        memo.cache_root = lambda: work / "cache-e2e"
 
-        memo.cache_root = lambda: Path(scratch) / "cache"  # an empty store: the new path computes everything, as on a first model
-        new_times, new = run_new(model, args, Path(scratch) / "new")
-        print(f"new: {sum(new_times.values()):.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in new_times.items())})", flush=True)
-        again_times, again = run_new(model, args, Path(scratch) / "again")  # the grid's case: the same weights in another run directory
-        print(f"new, the same model in a second run directory: {sum(again_times.values()):.1f} s", flush=True)
-        assert again["generations"] == new["generations"] and again["fluency_ppl"] == new["fluency_ppl"]
+        def end_to_end(out: Path) -> tuple[dict, list[str], dict]:
+            result = evaluate_toxicity(model, DATA / "toxigen" / "prompts", out, groups=GROUPS, n_per_group=args.n_per_group,
+                                       classifier=str(args.judge), max_new_tokens=args.max_new_tokens, device="cpu", progress=False)
+            rows = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+            flu = evaluate_fluency(out / "generations.jsonl", args.fluency_judge, out, device="cpu", progress=False)
+            return result, [r["generation"] for r in rows], flu
 
-    same_text = sum(a == b for a, b in zip(old["generations"], new["generations"], strict=True))
-    same_score = sum(abs(a - b) <= 1e-5 for a, b in zip(old["scores"], new["scores"], strict=True))
-    toxic = [100 * sum(s >= 0.5 for s in run["scores"]) / len(run["scores"]) for run in (old, new)]
-    print(f"identical generations: {same_text}/{len(texts)}; judge scores within 1e-5: {same_score}/{len(texts)}")
-    print(f"toxicity %: old {toxic[0]:.2f}, new {toxic[1]:.2f}; fluency PPL: old {old['fluency_ppl']:.4f}, new {new['fluency_ppl']:.4f}")
-    for stage in old_times:
-        print(f"  {stage}: {old_times[stage]:.1f} s -> {new_times[stage]:.1f} s ({old_times[stage] / max(new_times[stage], 1e-9):.2f}x)")
-    print(f"speed-up: {sum(old_times.values()) / sum(new_times.values()):.2f}x "
-          f"(old {sum(old_times.values()):.1f} s, new {sum(new_times.values()):.1f} s; {threads})")
+        (first, first_generations, first_fluency), first_seconds = timed(end_to_end, work / "run-a")
+        (again, again_generations, again_fluency), again_seconds = timed(end_to_end, work / "run-b")
+
+    same_text = sum(a == b for a, b in zip(old_generations, new_generations, strict=True))
+    same_score = sum(abs(a - b) <= 1e-5 for a, b in zip(old_scores, new_scores, strict=True))
+    toxic = [100 * sum(s >= 0.5 for s in scores) / len(scores) for scores in (old_scores, new_scores)]
+    old_total, new_total = gen_old + judge_old + fluency_seconds, gen_new + judge_new + fluency_seconds
+    via_api = sum(a == b for a, b in zip(old_generations, first_generations, strict=True))
+    print(f"identical generations: {same_text}/{len(texts)} (and {via_api}/{len(texts)} through evaluate_toxicity); "
+          f"judge scores within 1e-5: {same_score}/{len(texts)}")
+    print(f"toxicity %: old {toxic[0]:.2f}, new {toxic[1]:.2f}, evaluate_toxicity {first['overall']['pct']:.2f}; "
+          f"fluency PPL {fluency['perplexity']:.4f} (evaluate_fluency on the new path: {first_fluency['perplexity']:.4f})")
+    print(f"  generation (mean of 2 each, ABBA): {gen_old:.1f} s -> {gen_new:.1f} s ({gen_old / gen_new:.2f}x)")
+    print(f"  toxicity judge: {judge_old:.2f} s -> {judge_new:.2f} s; fluency judge (same code): {fluency_seconds:.1f} s")
+    print(f"one model: {old_total:.1f} s -> {new_total:.1f} s, speed-up {old_total / new_total:.2f}x ({threads})")
+    print(f"new path end to end (evaluate_toxicity + evaluate_fluency, files written): {first_seconds:.1f} s; the same weights in a "
+          f"second run directory (a grid's base model): {again_seconds:.1f} s ({first_seconds / again_seconds:.1f}x), "
+          f"same figures: {again_generations == first_generations and again_fluency['perplexity'] == first_fluency['perplexity']}")
 
 
 if __name__ == "__main__":
