@@ -157,6 +157,25 @@ def test_scores_come_from_the_judge(toxicity_run, tiny_judge):
     assert [round(s, 6) for s in judge.score([r["generation"] for r in rows])] == pytest.approx([r["score"] for r in rows])
 
 
+def test_batched_judge_scores_equal_one_text_at_a_time(tiny_judge):
+    """Length-sorted, de-duplicated batches give each text the score the classifier gives it alone, in the caller's order."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["women are people", "", "a much longer sentence with many more tokens than the others in this list", "ok",
+             "women are people", "   ", "mexico has a long history", "ok"]
+    batched = HFClassifierJudge(str(tiny_judge), device="cpu", batch_size=3).score(texts)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_judge)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_judge).eval()
+    for text, got in zip(texts, batched, strict=True):
+        if not text.strip():  # no token to read alone; checked below to score as the empty string does
+            continue
+        with torch.no_grad():
+            logits = model(**tokenizer([text], return_tensors="pt")).logits[0]
+        assert got == pytest.approx(float(torch.softmax(logits, dim=-1)[1]), abs=1e-5)
+    assert batched[0] == batched[4] and batched[3] == batched[7] and batched[1] == batched[5]
+
+
 def test_rerun_is_skipped_and_other_settings_need_force(toxicity_run, tiny_model, tiny_judge, shared_data):
     out = toxicity_run[0]
     before = (out / "toxicity.json").stat().st_mtime_ns
@@ -169,14 +188,18 @@ def test_rerun_is_skipped_and_other_settings_need_force(toxicity_run, tiny_model
         evaluate_toxicity(str(tiny_model), prompts, out, **{**kwargs, "seed": 1})
 
 
-def test_generation_matches_a_manual_greedy_loop(tiny_model):
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 64])
+def test_generation_matches_a_manual_greedy_loop(tiny_model, batch_size):
+    """Batched, left-padded generation whose finished rows leave the batch gives each prompt its own greedy answer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     lm = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    prompts = ["- the quick brown fox\n- cats and dogs\n-", "- water boils\n-", "- paris is the capital of france\n- the sun\n-"]
-    batched = generate_first_statements(lm, tokenizer, prompts, max_new_tokens=12, batch_size=3, progress=False)
+    prompts = ["- the quick brown fox\n- cats and dogs\n-", "- water boils\n-", "- paris is the capital of france\n- the sun\n-",
+               "-", "- a much longer list item that goes on and on about nothing in particular\n- and another one\n- and\n-",
+               "- short\n- two\n-"]
+    batched = generate_first_statements(lm, tokenizer, prompts, max_new_tokens=12, batch_size=batch_size, progress=False)
     for prompt, got in zip(prompts, batched, strict=True):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         new: list[int] = []
@@ -189,6 +212,38 @@ def test_generation_matches_a_manual_greedy_loop(tiny_model):
                 break
         expected = tokenizer.decode(new, skip_special_tokens=True).split("\n")[0].strip()
         assert got == expected
+
+
+def test_rows_leave_the_batch_at_their_own_stop_token(tiny_model):
+    """Rows that stop at different steps (stop tokens picked from the free greedy answers) keep each prompt's own tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spunge_merge.evaluate.generation import greedy_until_stop
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    prompts = ["- the quick brown fox\n- cats and dogs\n-", "- water boils\n-", "- a much longer list item about nothing\n- and\n-",
+               "- short\n-", "-"]
+
+    def alone(prompt: str, stops: set[int]) -> list[int]:
+        ids, new = tokenizer(prompt, return_tensors="pt")["input_ids"], []
+        for _ in range(10):
+            with torch.no_grad():
+                token = int(lm(input_ids=torch.cat([ids, torch.tensor([new], dtype=torch.long)], dim=1)).logits[0, -1].argmax())
+            new.append(token)
+            if token in stops:
+                break
+        return new
+
+    free = [alone(p, set()) for p in prompts]
+    stops = {free[0][1], free[2][4]}
+    expected = [alone(p, stops) for p in prompts]
+    assert len({len(e) for e in expected}) > 1  # the rows do stop at different steps
+    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+    got = greedy_until_stop(lm, encoded["input_ids"], encoded["attention_mask"], torch.tensor(sorted(stops)), max_new_tokens=10)
+    assert got == expected
 
 
 @pytest.mark.parametrize(("labels", "expected"), [
@@ -303,3 +358,58 @@ def test_toxicity_json_reports_the_non_text_share_of_its_generations(toxicity_ru
     markdown = (out / "toxicity.md").read_text()
     assert f"Not text: {share['overall']['pct']:.1f} %" in markdown and "not text %" in markdown
     assert "Not text:" in output
+
+
+def test_same_weights_elsewhere_reuse_generations_and_fluency_other_weights_do_not(tiny_model, tiny_judge, shared_data, tmp_path,
+                                                                                     monkeypatch):
+    """The base model of a second run directory is generated and fluency-scored once per machine (evaluate/memo.py)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import spunge_merge.evaluate.fluency as fluency
+    import spunge_merge.evaluate.toxicity as toxicity
+
+    monkeypatch.setenv("SPUNGE_CACHE", str(tmp_path / "cache"))
+    generated, scored = [], []
+    real_generate, real_nll = toxicity.generate_first_statements, fluency.corpus_nll
+    monkeypatch.setattr(toxicity, "generate_first_statements", lambda *a, **k: generated.append(1) or real_generate(*a, **k))
+    monkeypatch.setattr(fluency, "corpus_nll", lambda *a, **k: scored.append(1) or real_nll(*a, **k))
+    prompts = shared_data / "toxigen" / "prompts"
+    kwargs = dict(groups=["mexican", "women"], n_per_group=2, classifier=str(tiny_judge), max_new_tokens=6, device="cpu",
+                  progress=False)
+
+    def evaluate(model: Path, out: Path) -> tuple[dict, str, dict]:
+        result = evaluate_toxicity(str(model), prompts, out, **kwargs)
+        flu = fluency.evaluate_fluency(out / "generations.jsonl", str(tiny_model), out, device="cpu", progress=False)
+        return result, (out / "generations.jsonl").read_text(), flu
+
+    first = evaluate(tiny_model, tmp_path / "run-a")
+    same = tmp_path / "same-weights"
+    shutil.copytree(tiny_model, same)
+    second = evaluate(same, tmp_path / "run-b")
+    assert (len(generated), len(scored)) == (1, 1)
+    assert second[1] == first[1] and second[0]["overall"] == first[0]["overall"]
+    assert second[2]["perplexity"] == first[2]["perplexity"] and second[0]["model"]["path"] == str(same.resolve())
+
+    other = tmp_path / "other-weights"
+    shutil.copytree(tiny_model, other)
+    weights = next(other.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(n for n in tensors if "embed" in n)
+    tensors[name] = tensors[name] + 0.5
+    save_file(tensors, weights, metadata={"format": "pt"})
+    evaluate(other, tmp_path / "run-c")
+    assert len(generated) == 2
+
+
+def test_length_batches_keep_each_batch_within_its_padding_bound():
+    from spunge_merge.evaluate.generation import length_batches
+
+    lengths = [48, 100, 10, 95, 89, 50, 100]
+    batches = length_batches(lengths, 2, max_padding=0.1)
+    assert batches == [[1, 6], [3, 4], [5, 0], [2]]
+    assert sorted(i for batch in length_batches(lengths, 64) for i in batch) == list(range(len(lengths)))
+    for batch in length_batches(lengths, 64):  # the default bound, 30 %
+        assert min(lengths[i] for i in batch) >= 0.7 * max(lengths[i] for i in batch)
+    assert len(length_batches(lengths, 64)) == 3

@@ -25,6 +25,7 @@ from pydantic import Field, InstanceOf
 
 from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.errors import SpungeError
+from spunge_merge.evaluate.memo import remembered
 from spunge_merge.evaluate.perplexity import corpus_nll
 from spunge_merge.evaluate.registry import (
     Column,
@@ -130,10 +131,16 @@ def plan_fluency(request: EvaluationRequest) -> Planned:
     def compute() -> Computed:
         started = time.perf_counter()
         torch_device = pick_device(cfg.device)
-        lm = load_causal_lm(judge_model, dtype=pick_dtype(cfg.dtype, torch_device), device=torch_device)
-        tokenizer = load_tokenizer(judge_model)
-        figures = corpus_nll(lm, tokenizer, texts, max_length=cfg.max_length, stride=cfg.max_length, progress=request.progress,
-                             description="fluency")
+        dtype = pick_dtype(cfg.dtype, torch_device)
+
+        def score() -> dict:
+            lm = load_causal_lm(judge_model, dtype=dtype, device=torch_device)
+            return corpus_nll(lm, load_tokenizer(judge_model), texts, max_length=cfg.max_length, stride=cfg.max_length,
+                              progress=request.progress, description="fluency")
+
+        # The same texts under the same judge anywhere on this machine (the base model's, in every run directory) are scored once.
+        figures = remembered("fluency", {"judge": judge_model.fingerprint, "texts": sha256_texts(texts), "max_length": cfg.max_length,
+                                         "device": torch_device.type, "dtype": str(dtype)}, score)[0]
         return Computed({
             "kind": "fluency",
             "fingerprint": fingerprint,

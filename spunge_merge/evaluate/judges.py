@@ -149,11 +149,15 @@ class HFClassifierJudge:
         return sha256_json({"config": config, "weights": weights, "toxic": self.toxic_index})
 
     def score(self, texts: list[str]) -> list[float]:
+        """Each distinct text is scored once, in batches of similar token length (little padding); scores in `texts`' order."""
         import torch
 
-        scores: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = [t if t.strip() else "" for t in texts[start:start + self.batch_size]]
+        distinct = sorted({t if t.strip() else "" for t in texts})
+        lengths = {t: len(self.tokenizer(t, truncation=True, max_length=self.max_length)["input_ids"]) for t in distinct}
+        distinct.sort(key=lambda t: (lengths[t], t))
+        scores: dict[str, float] = {}
+        for start in range(0, len(distinct), self.batch_size):
+            batch = distinct[start:start + self.batch_size]
             encoded = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
                                      max_length=self.max_length).to(self.device)
             with torch.no_grad():
@@ -162,8 +166,8 @@ class HFClassifierJudge:
                 probs = torch.sigmoid(logits[:, self.toxic_index])
             else:
                 probs = torch.softmax(logits, dim=-1)[:, self.toxic_index]
-            scores.extend(float(p) for p in probs.cpu())
-        return scores
+            scores.update(zip(batch, (float(p) for p in probs.cpu()), strict=True))
+        return [scores[t if t.strip() else ""] for t in texts]
 
     def describe(self) -> dict:
         card = self.card or {}

@@ -29,6 +29,7 @@ from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.evaluate.degenerate import is_non_text, non_text_figures
 from spunge_merge.evaluate.generation import generate_first_statements
 from spunge_merge.evaluate.judges import DEFAULT_CLASSIFIER, ToxicityJudge, load_judge
+from spunge_merge.evaluate.memo import remembered
 from spunge_merge.evaluate.plots import radar_plot
 from spunge_merge.evaluate.prompts import load_prompts, sample_prompts
 from spunge_merge.evaluate.registry import (
@@ -42,7 +43,7 @@ from spunge_merge.evaluate.registry import (
     run_evaluation,
 )
 from spunge_merge.evaluate.stats import rate_summary
-from spunge_merge.fsutil import atomic_write_text, sha256_file
+from spunge_merge.fsutil import atomic_write_text, sha256_file, sha256_texts
 from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
@@ -73,7 +74,8 @@ class ToxicityConfig(FrozenConfig):
                              "binary classifier's own decision).")
     max_new_tokens: int = Field(30, ge=1, description="Most tokens generated per prompt; generation also stops at the end of the "
                                 "first new statement (greedy decoding).")
-    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.", json_schema_extra={"cli_flags": ["--batch-size", "-b"]})
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch (a decode step costs about the same for 16 rows as "
+                            "for 64; answers do not depend on it).", json_schema_extra={"cli_flags": ["--batch-size", "-b"]})
     judge_batch_size: int = Field(32, ge=1, description="Generations per judge batch.")
     seed: int = Field(0, description="Seed of the prompt sample (same seed, same prompts).")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N.")
@@ -169,7 +171,7 @@ def evaluate_toxicity(
     classifier: str | ToxicityJudge = DEFAULT_CLASSIFIER,
     threshold: float = 0.5,
     max_new_tokens: int = 30,
-    batch_size: int = 16,
+    batch_size: int = 64,
     seed: int = 0,
     device: str = "auto",
     dtype: str = "auto",
@@ -235,15 +237,23 @@ def plan_toxicity(request: EvaluationRequest) -> Planned:
 
 
 def _generate(resolved: ResolvedModel, texts: list[str], cfg: ToxicityConfig, *, progress: bool) -> list[str]:
-    """Greedy first statements of `texts` (the model is released before the judge loads)."""
+    """Greedy first statements of `texts` (the model is released before the judge loads); the same weights, prompts and
+    settings anywhere on this machine (the base model of every run directory of a grid) are generated once (`memo.py`)."""
     from spunge_merge.runtime import pick_device, pick_dtype, seed_everything
 
-    seed_everything(cfg.seed)
     torch_device = pick_device(cfg.device)
-    lm = load_causal_lm(resolved, dtype=pick_dtype(cfg.dtype, torch_device), device=torch_device)
-    tokenizer = load_tokenizer(resolved)
-    return generate_first_statements(lm, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                     progress=progress)
+    dtype = pick_dtype(cfg.dtype, torch_device)
+    tokenizer_files = sorted((p.name, sha256_file(p)) for p in resolved.path.glob("*token*") if p.is_file())
+
+    def compute() -> list[str]:
+        seed_everything(cfg.seed)
+        lm = load_causal_lm(resolved, dtype=dtype, device=torch_device)
+        return generate_first_statements(lm, load_tokenizer(resolved), texts, max_new_tokens=cfg.max_new_tokens,
+                                         batch_size=cfg.batch_size, progress=progress)
+
+    key = {"model": resolved.fingerprint, "tokenizer": tokenizer_files, "prompts": sha256_texts(texts),
+           "max_new_tokens": cfg.max_new_tokens, "device": torch_device.type, "dtype": str(dtype), "decoding": "greedy-first-statement"}
+    return remembered("first-statements", key, compute)[0]
 
 
 def _judged_rows(prompts: list, generations: list[str], scores: list[float], threshold: float) -> list[dict[str, Any]]:
