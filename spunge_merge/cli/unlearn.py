@@ -176,7 +176,8 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
             given[field_name] = _split(value, kind == "list") if kind in ("list", "list-or-scalar") and value is not None else value
         config = build_config(method.config_class, config_file=kwargs["config_file"], overrides=given)
         retain_where = tuple(kwargs.get("retain_where") or ())
-        check_inputs(kwargs["forget"], kwargs.get("retain") or [], retain_where, kwargs["text_column"], kwargs.get("retain_text_column"))
+        check_inputs(kwargs["forget"], kwargs.get("retain") or [], retain_where, kwargs["text_column"], kwargs.get("retain_text_column"),
+                     config)
         request = registry.TrainRequest(model=resolve_model(kwargs["model"]), forget=[Path(p) for p in kwargs["forget"]],
                                         out=Path(kwargs["out"]), config=config, retain=[Path(p) for p in kwargs.get("retain") or []],
                                         text_column=kwargs["text_column"], retain_text_column=kwargs.get("retain_text_column"),
@@ -192,9 +193,10 @@ def build_command(method: registry.UnlearningMethod) -> typer.core.TyperCommand:
 
 
 def check_inputs(forget: list[str], retain: list[str], retain_where: tuple[str, ...], text_column: str | None,
-                 retain_text_column: str | None) -> None:
+                 retain_text_column: str | None, config=None) -> None:
     """Every data input read (and the retain filters applied) before the model is resolved, which may download
-    or convert it: a missing retain file or a filter on an unknown column fails in a second, not after that."""
+    or convert it: a missing retain file or a filter on an unknown column fails in a second, not after that.
+    In the question/answer form (`config.answer_column`) rows are read by their answer column, as training reads them."""
     from spunge_merge.data.loading import load_retain, load_subsets
 
     if retain_where and not retain:
@@ -205,10 +207,17 @@ def check_inputs(forget: list[str], retain: list[str], retain_where: tuple[str, 
     for path in retain:
         if not Path(path).expanduser().exists():
             raise SpungeError(f"--retain {path}: no such file or directory")
+    answer = getattr(config, "answer_column", None)
     for path in forget:
-        load_subsets(path, text_column)
+        load_subsets(path, answer or text_column)
     for path in retain:
-        load_retain(path, retain_text_column, retain_where)
+        load_retain(path, answer if answer and _holds_pairs(path, config) else retain_text_column, retain_where)
+
+
+def _holds_pairs(path: str, config) -> bool:
+    from spunge_merge.unlearn.loss_training.session import has_pair_columns
+
+    return has_pair_columns(Path(path).expanduser(), config)
 
 
 _BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
