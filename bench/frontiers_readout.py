@@ -130,7 +130,8 @@ def collect(plan: dict, cells: list, settings, cell_dir) -> dict[tuple[str, str,
             if not all(finished(d) for d in dirs.values()):
                 continue
             for extra in sorted(grid.iterdir()):
-                if extra.is_dir() and extra.name not in dirs and "-lam" in extra.name and arm_and_lambda(extra.name)[0] in arms and finished(extra):
+                refined = extra.is_dir() and extra.name not in dirs and "-lam" in extra.name
+                if refined and arm_and_lambda(extra.name)[0] in arms and finished(extra):
                     dirs[extra.name] = extra
             points = {name: read_point(d, forget) for name, d in dirs.items()}
             rows.setdefault((cell.task, cell.method, cell.model), []).append(
