@@ -34,6 +34,7 @@ from pydantic import Field
 from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.data.loading import read_texts, source_sha256
 from spunge_merge.evaluate.registry import Column, Computed, Evaluation, EvaluationRequest, PathText, Planned, register, run_evaluation
+from spunge_merge.evaluate.stats import interval_table
 from spunge_merge.evaluate.token_scores import encode, load_scorer, pad_id, score_ids
 from spunge_merge.fsutil import atomic_write_text, sha256_texts
 from spunge_merge.models import ResolvedModel
@@ -176,11 +177,9 @@ def summary_markdown(result: dict[str, Any]) -> str:
     settings = result["settings"]
     lines = ["# Verbatim extraction", "",
              f"{result['texts']} forget texts, {settings['prefix_tokens']} tokens of prefix, up to "
-             f"{settings['continuation_tokens']} of continuation.", "", "| measure | mean | 95 % interval |", "|---|---:|---|"]
-    for key, label in (("rouge_l_recall", "ROUGE-L recall (VerbMem)"), ("rouge_l_f1", "ROUGE-L F1"),
-                       ("extraction_strength", "extraction strength")):
-        entry = result[key]
-        lines.append(f"| {label} | {entry['mean']:.3f} | [{entry['low']:.3f}, {entry['high']:.3f}] |")
+             f"{settings['continuation_tokens']} of continuation.", ""]
+    labels = (("rouge_l_recall", "ROUGE-L recall (VerbMem)"), ("rouge_l_f1", "ROUGE-L F1"), ("extraction_strength", "extraction strength"))
+    lines += interval_table("measure", [(label, result[key]) for key, label in labels])
     return "\n".join(lines) + "\n"
 
 

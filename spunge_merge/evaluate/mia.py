@@ -37,6 +37,7 @@ from pydantic import Field
 from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.data.loading import read_texts, source_sha256
 from spunge_merge.evaluate.registry import Column, Computed, Evaluation, EvaluationRequest, PathText, Planned, register, run_evaluation
+from spunge_merge.evaluate.stats import interval_table
 from spunge_merge.evaluate.token_scores import TokenScores, encode, load_scorer, pad_id, score_ids
 from spunge_merge.fsutil import atomic_write_text, sha256_texts
 from spunge_merge.models import ResolvedModel
@@ -153,11 +154,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
     """The model card's view: one row per attack."""
     lines = ["# Membership inference", "",
              f"{result['members']['texts']} forget texts (members) against {result['nonmembers']['texts']} held-out texts; "
-             "AUC = P(a member scores above a non-member): 0.5 chance, 1 memorised.", "",
-             "| attack | AUC | 95 % interval |", "|---|---:|---|"]
+             "AUC = P(a member scores above a non-member): 0.5 chance, 1 memorised.", ""]
     names = {"loss": "LOSS", "zlib": "zlib", "min_k": "Min-K %", "min_k_plus_plus": "Min-K %++"}
-    for attack, entry in result["attacks"].items():
-        lines.append(f"| {names.get(attack, attack)} | {entry['auc']:.3f} | [{entry['low']:.3f}, {entry['high']:.3f}] |")
+    lines += interval_table("attack", [(names.get(attack, attack), entry) for attack, entry in result["attacks"].items()],
+                            value="auc", value_title="AUC")
     return "\n".join(lines) + "\n"
 
 

@@ -142,3 +142,11 @@ def auc_bootstrap(members: Sequence[float], nonmembers: Sequence[float], *, n: i
     low, high = np.percentile(replicate, [tail, 100.0 - tail])
     return {"auc": value, "low": float(low), "high": float(high), "members": int(pos.size), "nonmembers": int(neg.size),
             "resamples": n, "confidence": confidence, "seed": seed}
+
+
+def interval_table(first: str, rows: Sequence[tuple[str, Mapping[str, Any]]], *, value: str = "mean",
+                   value_title: str = "mean") -> list[str]:
+    """Markdown lines of a table of estimates, one row per (label, entry) with the entry's `value` and its 95 %
+    interval (`low`, `high`): the summaries of the measurements that report one interval per figure."""
+    lines = [f"| {first} | {value_title} | 95 % interval |", "|---|---:|---|"]
+    return lines + [f"| {label} | {entry[value]:.3f} | [{entry['low']:.3f}, {entry['high']:.3f}] |" for label, entry in rows]

@@ -32,6 +32,7 @@ from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.data.loading import load_table, source_sha256
 from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate.registry import Column, Computed, Evaluation, EvaluationRequest, PathText, Planned, register, run_evaluation
+from spunge_merge.evaluate.stats import interval_table
 from spunge_merge.evaluate.token_scores import continuation_logprobs, load_scorer
 from spunge_merge.fsutil import atomic_write_text, sha256_json
 from spunge_merge.models import ResolvedModel
@@ -149,11 +150,9 @@ def plan_truth_ratio(request: EvaluationRequest) -> Planned:
 def summary_markdown(result: dict[str, Any]) -> str:
     """The model card's view: the three aggregates with their intervals."""
     lines = ["# Truth ratio (TOFU)", "", f"{result['facts']} facts; R = perturbed answers' normalised probability over the "
-             "correct answer's.", "", "| aggregate | mean | 95 % interval |", "|---|---:|---|"]
-    for key, label in (("forget", "min(R, 1/R) (forget: higher is more forgotten)"), ("retain", "max(0, 1 − R) (retain)"),
-                       ("mean_ratio", "R")):
-        entry = result[key]
-        lines.append(f"| {label} | {entry['mean']:.3f} | [{entry['low']:.3f}, {entry['high']:.3f}] |")
+             "correct answer's.", ""]
+    labels = (("forget", "min(R, 1/R) (forget: higher is more forgotten)"), ("retain", "max(0, 1 − R) (retain)"), ("mean_ratio", "R"))
+    lines += interval_table("aggregate", [(label, result[key]) for key, label in labels])
     return "\n".join(lines) + "\n"
 
 
