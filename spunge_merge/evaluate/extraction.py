@@ -35,7 +35,7 @@ from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.data.loading import read_texts, source_sha256
 from spunge_merge.evaluate.registry import Column, Computed, Evaluation, EvaluationRequest, PathText, Planned, register, run_evaluation
 from spunge_merge.evaluate.stats import interval_table
-from spunge_merge.evaluate.token_scores import encode, load_scorer, pad_id, score_ids
+from spunge_merge.evaluate.token_scores import encode, load_scorer, pad_id, padded_batch, score_ids
 from spunge_merge.fsutil import atomic_write_text, sha256_texts
 from spunge_merge.models import ResolvedModel
 from spunge_merge.provenance import fingerprint as make_fingerprint
@@ -107,18 +107,13 @@ def greedy_continuations(lm, tokenizer, prefixes: list[list[int]], lengths: list
     out: list[list[int]] = []
     for start in range(0, len(prefixes), batch_size):
         chunk, wanted = prefixes[start:start + batch_size], lengths[start:start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, prefix in enumerate(chunk):
-            ids[row, width - len(prefix):] = torch.tensor(prefix)
-            mask[row, width - len(prefix):] = 1
+        ids, mask = padded_batch(chunk, pad, left=True)
         generation = GenerationConfig(do_sample=False, max_new_tokens=max(wanted), min_new_tokens=max(wanted), pad_token_id=pad,
                                       eos_token_id=None)
         with torch.no_grad():
             generated = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=generation)
         for row, n in enumerate(wanted):
-            out.append(generated[row, width:width + n].tolist())
+            out.append(generated[row, ids.shape[1]:ids.shape[1] + n].tolist())
     return out
 
 

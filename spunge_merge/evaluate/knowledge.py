@@ -47,6 +47,7 @@ from spunge_merge.evaluate.registry import (
     register,
     run_evaluation,
 )
+from spunge_merge.evaluate.token_scores import padded_batch
 from spunge_merge.fsutil import atomic_write_text
 from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer
 from spunge_merge.provenance import fingerprint as make_fingerprint
@@ -219,12 +220,7 @@ def option_logliks_loaded(lm, tokenizer, rows: list[dict[str, Any]], *, batch_si
     scores: list[float] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        width = max(len(c) + len(o) for c, o in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, (context, option) in enumerate(chunk):
-            ids[i, :len(context) + len(option)] = torch.tensor(context + option)
-            mask[i, :len(context) + len(option)] = 1
+        ids, mask = padded_batch([context + option for context, option in chunk], tokenizer.pad_token_id)
         with torch.no_grad():
             logprobs = torch.log_softmax(lm(input_ids=ids.to(torch_device), attention_mask=mask.to(torch_device)).logits.float(), -1)
         for i, (context, option) in enumerate(chunk):

@@ -158,12 +158,7 @@ def run_attack(lm, tokenizer, texts: list[str], settings: AttackSettings, device
 
 def _padded(sequences: list[list[int]], pad_id: int):
     """(input ids, attention mask, labels) of right-padded sequences; padding is masked out of the loss."""
-    import torch
+    from spunge_merge.evaluate.token_scores import padded_batch
 
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, sequence in enumerate(sequences):
-        ids[i, :len(sequence)] = torch.tensor(sequence)
-        mask[i, :len(sequence)] = 1
+    ids, mask = padded_batch(sequences, pad_id)
     return ids, mask, ids.masked_fill(mask == 0, -100)

@@ -26,6 +26,21 @@ class TokenScores:
     greedy: np.ndarray  # argmax_z p(z | x_<t)
 
 
+def padded_batch(sequences: Sequence[Sequence[int]], pad_id: int, *, left: bool = False):
+    """(input ids, attention mask) of token sequences padded with `pad_id` to the longest, on the right (scoring,
+    training) or on the left (`left=True`, generation): the one padding the evaluations' batches share."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(list(ids), dtype=torch.long)
+        mask[row, span] = 1
+    return input_ids, mask
+
+
 def score_ids(lm, sequences: Sequence[Sequence[int]], *, pad_id: int, batch_size: int) -> list[TokenScores]:
     """`TokenScores` of each token-id sequence (at least 2 ids each), in order, without gradients."""
     import torch
@@ -34,12 +49,7 @@ def score_ids(lm, sequences: Sequence[Sequence[int]], *, pad_id: int, batch_size
     out: list[TokenScores] = []
     for start in range(0, len(sequences), batch_size):
         chunk = [list(ids) for ids in sequences[start:start + batch_size]]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, ids in enumerate(chunk):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            mask[row, :len(ids)] = 1
+        input_ids, mask = padded_batch(chunk, pad_id)
         with torch.no_grad():
             logits = lm(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
             logp = torch.log_softmax(logits, dim=-1)
