@@ -156,3 +156,29 @@ def test_compare_with_arms_of_knowledge_evaluations_draws_the_knowledge_frontier
     missing = runner.invoke(app, ["eval", "compare", "--base", str(seed / "base"), "--arm", f"npo={seed}/spunge-lam1",
                                   "--out", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "--forget" in missing.output and not (tmp_path / "none").exists()
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where, relation", [(".", "contains the input"), ("seeds", "contains the input"),
+                                             ("seeds/0/eval/base", "is the input"), ("..", "contains the input")])
+def test_a_frontier_never_writes_over_into_or_around_what_it_reads(known_run, where, relation):
+    """The read-out's output may be no evaluation it reads, nor hold one (the run, its seeds, a folder above it), even
+    with --force; RUN/eval/frontier, its default, is none of them. Refused in one line, every file unchanged."""
+    root = known_run.parent
+    before = _tree_hashes(root)
+    out = (known_run / where).resolve()
+    result = runner.invoke(app, ["eval", "frontier", str(known_run), "--out", str(out), "--force"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and relation in lines[0] and "Traceback" not in result.output
+    assert _tree_hashes(root) == before
+    arms = runner.invoke(app, ["eval", "compare", "--base", str(known_run / "seeds/0/eval/base"),
+                               "--arm", f"spunge={known_run}/seeds/0/eval/spunge-lam*", "--forget", "alpha,beta",
+                               "--out", str(known_run / "seeds/0/eval/spunge-lam1"), "--force"])
+    assert arms.exit_code == 2 and "is the input" in arms.output and _tree_hashes(root) == before
+    assert runner.invoke(app, ["eval", "frontier", str(known_run)]).exit_code == 0  # the default, beside the evaluations

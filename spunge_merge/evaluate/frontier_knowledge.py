@@ -88,6 +88,7 @@ def units_from_run(run_dir: Path, warnings: list[str]) -> tuple[list[dict], list
         if "base" not in found:
             raise SpungeError(f"{evals / 'base'}: no {KNOWLEDGE_FILE}; the frontier needs the base model evaluated "
                               "(eval.models: [base, baseline, spunge] and eval.knowledge in the pipeline)")
+        read = [run_dir / "split", *found.values()]  # what the read-out reads: its output may be none of them
         points = {"base": read_point(found.pop("base"), forget)}
         for label, directory in found.items():
             role = label.split("-lam")[0]
@@ -96,7 +97,7 @@ def units_from_run(run_dir: Path, warnings: list[str]) -> tuple[list[dict], list
             name = label if "-lam" in label else _named(role, directory, None, warnings)
             points[name] = read_point(directory, forget)
         units.append({"pair": forget, "seed": seed_dir.name if seed_dir != run_dir else "0", "points": points,
-                      "excluded": points["base"]["excluded"], "source": str(seed_dir)})
+                      "excluded": points["base"]["excluded"], "source": str(seed_dir), "inputs": read})
     return units, forget
 
 
@@ -117,7 +118,8 @@ def unit_from_arms(arms: dict[str, list[ArmPoint]], base: Path, forget: list[str
                 raise SpungeError(f"{source.path}: no {KNOWLEDGE_FILE} (the knowledge frontier's axes); run "
                                   f"`spunge eval knowledge --out {source.path}` first")
             points[_named(name, source.path, source.lam, warnings)] = read_point(source.path, forget)
-    return [{"pair": list(forget), "seed": "0", "points": points, "excluded": points["base"]["excluded"]}], baseline
+    read = [Path(base), *(source.path for sources in arms.values() for source in sources)]
+    return [{"pair": list(forget), "seed": "0", "points": points, "excluded": points["base"]["excluded"], "inputs": read}], baseline
 
 
 def knowledge_frontier(units: list[dict], arms: list[str], baseline: str, out: str | Path, *,
@@ -150,7 +152,8 @@ def knowledge_frontier(units: list[dict], arms: list[str], baseline: str, out: s
                                  FRONTIER_PLOT: lambda path: plot_units(units, [baseline, *arms], title,
                                                                         row["base_keep"] - readout.keep_drop, path)})
 
-    return finish(Path(out), "knowledge-frontier", FRONTIER_FILE, Planned(fingerprint, compute), force=force)
+    return finish(Path(out), "knowledge-frontier", FRONTIER_FILE, Planned(fingerprint, compute), force=force,
+                  inputs=[path for unit in units for path in unit.get("inputs", ())])
 
 
 def _curves_only(units: list[dict]) -> dict[str, Any]:
