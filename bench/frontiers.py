@@ -23,12 +23,13 @@ method, forget pair) the driver:
     OMP_NUM_THREADS=1 python bench/frontiers.py            # the cells that fit the plan's CPU budget
     OMP_NUM_THREADS=1 python bench/frontiers.py --only model=gemma3-270m,method=tvn
     OMP_NUM_THREADS=1 python bench/frontiers.py --readout-only --relearn lucki2024 --only model=smollm2-135m,method=rmu
+    OMP_NUM_THREADS=1 python bench/frontiers.py --readout-only --mia --only model=smollm2-135m,method=rmu
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -46,6 +47,7 @@ from frontiers_plan import (  # noqa: E402, F401 - bench/ is on sys.path; the pl
     method_merges,
     model_lambdas,
     pairs_for,
+    parse_args,
     parse_only,
 )
 from grid_points import anchored_merges, build_seed_points, evaluate_model, seed_arms  # noqa: E402 - bench/ is on sys.path when this runs as a script
@@ -422,24 +424,7 @@ def refine_seed(plan: dict, cell: Cell, found: dict[str, Path], build) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[1:]))
-    parser.add_argument("--plan-file", type=Path, default=PLAN, help="the plan (default recipes/frontiers.yaml)")
-    parser.add_argument("--plan", action="store_true", help="print every cell with its estimated cost, the total and "
-                        "what is cut to fit the plan's budget_hours; write RESULTS/plan.md; run nothing")
-    parser.add_argument("--quick", action="store_true", help="run the plan's `quick` subset (about 20 min on 2 cores) "
-                        "and write RESULTS/quick/ instead of RESULTS/")
-    parser.add_argument("--only", default=None, help="run a slice: model=NAME,method=NAME,pair=A+B,merge=NAME (a "
-                        "key repeated for several values; merge= builds and reads out only those merges)")
-    parser.add_argument("--no-cut", action="store_true", help="run every selected cell, even beyond the budget")
-    parser.add_argument("--readout-only", action="store_true", help="train and build nothing: read out what is finished")
-    parser.add_argument("--relearn", default=None, metavar="PRESET", help="also attack each arm's matched-utility point with "
-                        "`spunge eval relearn` (bench/frontiers_relearn.py: in-subset k 5/10/20, WikiText k 10) using this "
-                        "preset (lucki2024, che2025, deeb2024); writes RESULTS/relearn.md and relearn.json "
-                        "(bench/frontiers_robustness.py: Spunge − baseline recovery with intervals and verdicts)")
-    parser.add_argument("--relearn-attacks", default=None, help="with --relearn: only these attacks, comma-separated "
-                        "(in-subset-k5, in-subset-k10, in-subset-k20, wikitext-k10)")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     from spunge_merge.errors import SpungeError
 
@@ -464,9 +449,8 @@ def main() -> None:
                 continue
             print(f"== {cell.key} ({cell.facts.name}{', fallback' if cell.fallback else ''})", flush=True)
             run_cell(plan, cell, settings.for_method(cell.method, cell.model))
+        command = "OMP_NUM_THREADS=1 python bench/frontiers.py " + shlex.join(sys.argv[1:])
         if args.relearn:
-            import shlex
-
             from frontiers_relearn import relearn_cells
             from frontiers_robustness import write_robustness
 
@@ -474,7 +458,12 @@ def main() -> None:
             relearn_cells(plan, todo, settings, cell_dir, preset=args.relearn, only_attacks=wanted)
             # every cell of the plan with attacked units, not only this slice's: one cell per run adds to one read-out
             write_robustness(plan, select(plan, quick=args.quick, only={})[0], settings, cell_dir, out, preset=args.relearn,
-                             command="OMP_NUM_THREADS=1 python bench/frontiers.py " + shlex.join(sys.argv[1:]))
+                             command=command)
+        if args.mia:
+            from frontiers_mia import mia_cells, write_mia
+
+            mia_cells(plan, todo, settings, cell_dir)
+            write_mia(plan, select(plan, quick=args.quick, only={})[0], settings, cell_dir, out, command=command)
         from frontiers_readout import collect, render, write_outputs
 
         # every finished cell of the plan (or of its quick subset), not only this invocation's slice: a run with

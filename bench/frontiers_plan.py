@@ -1,9 +1,10 @@
 """The frontier benchmark's plan file (`recipes/frontiers.yaml`, or a plan of one's own over it): read, its paths
-resolved, its per-method sweeps and merge lists checked, and `--only` parsed. `bench/frontiers.py` selects the
-cells and settings from it; split out of that driver so each file stays one concept."""
+resolved, its per-method sweeps and merge lists checked, and the driver's command line (`--only` included) parsed.
+`bench/frontiers.py` selects the cells and settings from it; split out of that driver so each file stays one concept."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +67,32 @@ def _resolved(plan: dict, here: Path) -> dict:
     if plan.get("templates"):
         plan["templates"] = {m: (here / t).resolve() for m, t in plan["templates"].items()}
     return plan
+
+
+def parse_args(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """`bench/frontiers.py`'s options; `doc` (the driver's docstring) is the help's description and epilog."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(doc.splitlines()[1:]))
+    parser.add_argument("--plan-file", type=Path, default=PLAN, help="the plan (default recipes/frontiers.yaml)")
+    parser.add_argument("--plan", action="store_true", help="print every cell with its estimated cost, the total and "
+                        "what is cut to fit the plan's budget_hours; write RESULTS/plan.md; run nothing")
+    parser.add_argument("--quick", action="store_true", help="run the plan's `quick` subset (about 20 min on 2 cores) "
+                        "and write RESULTS/quick/ instead of RESULTS/")
+    parser.add_argument("--only", default=None, help="run a slice: model=NAME,method=NAME,pair=A+B,merge=NAME (a "
+                        "key repeated for several values; merge= builds and reads out only those merges)")
+    parser.add_argument("--no-cut", action="store_true", help="run every selected cell, even beyond the budget")
+    parser.add_argument("--readout-only", action="store_true", help="train and build nothing: read out what is finished")
+    parser.add_argument("--relearn", default=None, metavar="PRESET", help="also attack each arm's matched-utility point with "
+                        "`spunge eval relearn` (bench/frontiers_relearn.py: in-subset k 5/10/20, WikiText k 10) using this "
+                        "preset (lucki2024, che2025, deeb2024); writes RESULTS/relearn.md and relearn.json "
+                        "(bench/frontiers_robustness.py: Spunge − baseline recovery with intervals and verdicts)")
+    parser.add_argument("--relearn-attacks", default=None, help="with --relearn: only these attacks, comma-separated "
+                        "(in-subset-k5, in-subset-k10, in-subset-k20, wikitext-k10)")
+    parser.add_argument("--mia", action="store_true", help="also score each arm's matched-utility point and the base with "
+                        "`spunge eval mia` (bench/frontiers_mia.py: members the forgotten domains' training facts, non-members "
+                        "their held-out facts; LOSS, zlib, Min-K %%, Min-K %%++); writes RESULTS/mia.md and mia.json "
+                        "(Spunge − baseline distance of the AUC from the base's, with intervals and verdicts)")
+    return parser.parse_args(argv)
 
 
 def parse_only(text: str | None) -> dict[str, set[str]]:
