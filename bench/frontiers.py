@@ -6,7 +6,9 @@ method, forget pair) the driver:
 
 1. runs the method's template once per seed (`spunge run` with `--set` overrides for the cell: model,
    facts file, the two forgotten domains, seeds): split the forget facts by domain, unlearn each
-   forgotten domain, unlearn the un-split union at the matched step budget (the pipeline's resume);
+   forgotten domain, unlearn the un-split union at the matched step budget (the pipeline's resume); a model
+   whose plan entry caps some domain's training facts (`train_rows`) reads a derived facts file
+   (`bench/frontiers_facts.py`);
 2. builds, without retraining, every merge of the plan at every λ and the baseline at every λ
    (`bench/grid_points.py`, shared with `bench/knowledge_grid.py`), with an anchored baseline arm for each
    data-dependent merge (`baseline-anchored_ls`: the un-split run merged alone the same way), and scores each model on the
@@ -16,13 +18,15 @@ method, forget pair) the driver:
 3. reads out one row per (task, method, model) (`bench/frontiers_readout.py`): the best Spunge merge
    against the baseline at matched utility (forget avg where keep avg = base − 5 points), with a 95 %
    hierarchical bootstrap interval over (pair, seed) units and facts, and a verdict; plus λ = 1 and
-   matched forgetting; a frontier PNG per row; RESULTS/summary.md and summary.json.
+   matched forgetting; each forgotten domain and the worst one at matched utility (`bench/frontiers_domains.py`);
+   a frontier PNG per row; RESULTS/summary.md and summary.json.
 
     OMP_NUM_THREADS=1 python bench/frontiers.py --plan     # every cell, its estimated cost, what is cut
     OMP_NUM_THREADS=1 python bench/frontiers.py --quick    # smollm2-135m, rmu, one pair, 3 seeds, 2 merges, 3 λ
     OMP_NUM_THREADS=1 python bench/frontiers.py            # the cells that fit the plan's CPU budget
     OMP_NUM_THREADS=1 python bench/frontiers.py --only model=gemma3-270m,method=tvn
     OMP_NUM_THREADS=1 python bench/frontiers.py --readout-only --relearn lucki2024 --only model=smollm2-135m,method=rmu
+    OMP_NUM_THREADS=1 python bench/frontiers.py --plan-file bench/plans/unequal-rmu-smollm2.yaml --plan   # a plan of its own
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from frontiers_cost import TIMINGS, plan_text, record_timing, unit_costs  # noqa: E402, F401 - the plan's cost, re-exported
+from frontiers_facts import capped_facts  # noqa: E402 - bench/ is on sys.path
 from frontiers_plan import (  # noqa: E402, F401 - bench/ is on sys.path; the plan's reading, re-exported for the driver's callers
     PLAN,
     load_plan,
@@ -154,6 +159,7 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
         if not own.is_file() and plan.get("fallback_facts") is None:
             raise SpungeError(f"{plan['_file']}: models.{model}.facts: {own} does not exist (and the plan has no fallback_facts)")
         facts, fallback = (own, False) if own.is_file() else (plan["fallback_facts"], True)
+        facts = capped_facts(plan, model, facts)  # unequal subsets: some domain's training facts capped (a derived file)
         for method in methods:
             if not settings.for_method(method).merges:  # --only merge= left none of this method's merges: no cell
                 continue

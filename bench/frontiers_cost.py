@@ -71,6 +71,8 @@ def unit_costs(plan: dict, cell: Cell) -> tuple[float, float, str]:
 def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: float) -> tuple[str, list[Cell]]:
     """Every cell with its estimated cost, the total, and the cells kept within the budget: in breadth-first
     order (every model and method on the first pair, then the second pair, ...), each cell that still fits."""
+    from frontiers_readout import size_ratio
+
     pair_rank = {}
     for cell in cells:
         pair_rank.setdefault((cell.model, cell.method), []).append(cell.pair)
@@ -89,11 +91,14 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
         if fits:
             used += cost
             kept.append(cell)
-        rows.append(f"| {cell.model} | {cell.method} | {' + '.join(cell.pair)} | {len(settings.seeds)} | "
+        size = size_ratio(cell.facts, list(cell.pair))
+        rows.append(f"| {cell.model} | {cell.method} | {' + '.join(cell.pair)} | "
+                    f"{' / '.join(f'{d} {n}' for d, n in size['rows'].items())} ({size['ratio']:.2f}×) | {len(settings.seeds)} | "
                     f"{per_seed:.0f} s + {models} × {per_model:.0f} s{f'; + {statistics:.0f} s statistics per cell' if passes else ''} | "
                     f"{cost / 60:.0f} min | "
                     f"{'run' if fits else '**cut**'} | {how} |")
     fallback = sorted({f"{c.model} (its facts file is missing: {c.facts.name} used)" for c in cells if c.fallback})
+    fallback += capped_text(plan, cells)
     lines = [f"# Frontier benchmark plan ({plan['task']})", "",
              f"Seeds {settings.seeds}; {settings.describe_lambdas()}.",
              *([f"Facts: {'; '.join(fallback)}."] if fallback else []), "",
@@ -101,7 +106,8 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
              f"RESULTS/{TIMINGS} where measured (OMP_NUM_THREADS=1, shared 2-core machine), else the plan's estimates; "
              "plus the statistics pass of data-dependent merges (the plan's `estimates.statistics`, once per cell: its "
              "files are shared by seeds, λ and both arms; once per seed with `inputs: run`).", "",
-             "| model | method | forget pair | seeds | per seed | cost | within budget | from |", "|---|---|---|---:|---|---:|---|---|",
+             "| model | method | forget pair | training rows (ratio) | seeds | per seed | cost | within budget | from |",
+             "|---|---|---|---|---:|---|---:|---|---|",
              *rows, "",
              f"Total: {total / 3600:.1f} h for {len(cells)} cells. Budget {budget_hours:g} h of CPU on two cores: "
              f"{len(kept)} cells run ({used / 3600:.1f} h), {len(cells) - len(kept)} cut "
@@ -109,6 +115,20 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
              "that still fits; a cut cell runs with --only ... --no-cut)."]
     lines += not_planned_text(plan, settings)
     return "\n".join(lines) + "\n", kept
+
+
+def capped_text(plan: dict, cells: list[Cell]) -> list[str]:
+    """Per model whose training facts are capped (`models.<model>.train_rows`), the derived file and what it keeps."""
+    from spunge_merge.fsutil import read_json
+
+    found = []
+    for model in dict.fromkeys(c.model for c in cells):
+        facts = next(c.facts for c in cells if c.model == model)
+        if plan["models"][model].get("train_rows") and facts.with_suffix(".json").is_file():
+            record = read_json(facts.with_suffix(".json"))
+            caps = ", ".join(f"{d} {n} of {record['train_rows_before'][d]}" for d, n in sorted(record["train_rows"].items()))
+            found.append(f"{model} training rows capped ({caps}; held-out rows whole): <runs>/derived/{facts.name}")
+    return found
 
 
 def not_planned_text(plan: dict, settings: Settings) -> list[str]:
