@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from frontiers_domains import domain_lines, domain_readout  # bench/ is on sys.path (the driver's, the tests')
+
 from spunge_merge.evaluate.matched import (  # noqa: F401 - the rules, re-exported for the bench and its tests
     MAX_FORGET_GAP,
     MAX_KEEP_GAP,
@@ -225,7 +227,8 @@ def render(summary: dict) -> str:
                          f"{_ci(one['forget']) + ' ' + one['forget']['verdict'] if 'forget' in one else '–'} | "
                          f"{_ci(one['keep']) + ' ' + one['keep']['verdict'] if 'keep' in one else '–'} | "
                          f"{_forgetting(entry['matched_forgetting_keep'])} {entry['matched_forgetting_keep']['verdict']} |")
-        lines += ["", "Points (mean over units; forget avg / keep avg / retain PPL):", "",
+        lines += ["", *domain_lines(row)]
+        lines += ["Points (mean over units; forget avg / keep avg / retain PPL):", "",
                   "| model | forget avg % | keep avg % | retain PPL |", "|---|---:|---:|---:|"]
         for name, p in row["points"].items():
             lines.append(f"| {name} | {p['forget']:.1f} | {p['keep']:.1f} | {'–' if p['ppl'] is None else format(p['ppl'], '.2f')} |")
@@ -312,6 +315,7 @@ def write_outputs(rows: dict, plan: dict, settings, out: Path, *, plan_markdown:
         arms = ["baseline"] + [f"baseline-{m}" for m in anchored] + [f"spunge-{m}" for m in merges]
         pooled, sets = rows_by_set(units, merges, plan["readout"])
         pooled["against_anchored"] = against_anchored(units, merges, anchored, plan["readout"])
+        pooled["domains"] = domain_readout(units, merges, plan["readout"])  # the worst forgotten domain, each domain
         pooled["fallback_facts"] = any(u["fallback"] for u in units)
         pooled["excluded"] = max(u.get("excluded", 0) for u in units)
         pooled["facts_per_domain"] = units[0]["points"]["base"].get("facts_per_domain", {})

@@ -166,3 +166,89 @@ def test_a_plan_for_ones_own_facts_needs_only_what_differs_and_finds_the_shipped
 def test_a_bad_readout_setting_is_refused_by_name(tmp_path):
     with pytest.raises(SpungeError, match=r"frontiers.yaml: readout.keep_drop: Input should be greater than 0"):
         frontiers.load_plan(write_plan(tmp_path, readout={"keep_drop": 0}))
+
+
+# ------------------------------------------------------------------------------------------------ unequal subsets
+
+
+def _capped_plan(tmp_path: Path, caps: dict) -> Path:
+    """The shipped plan on smollm2-135m's own facts, one forget pair, `caps` as its `train_rows`."""
+    shipped = yaml.safe_load((REPO / "recipes" / "frontiers.yaml").read_text(encoding="utf-8"))
+    entry = shipped["models"]["smollm2-135m"]
+    models = {"smollm2-135m": {**entry, "facts": str((REPO / "recipes" / entry["facts"]).resolve()), "train_rows": caps}}
+    return write_plan(tmp_path, models=models, methods=["rmu"], pairs=[["capitals", "city_countries"]], method_lambdas={},
+                      method_merges={}, merges={"ties": {"method": "ties"}})
+
+
+def _rows(path: Path) -> list[tuple[str, dict]]:
+    return [(line, json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_a_capped_domain_gets_a_derived_facts_file_with_its_held_out_facts_whole(tmp_path):
+    import hashlib
+
+    original = REPO / "bench" / "knowledge" / "facts-smollm2-135m.jsonl"
+    plan = frontiers.load_plan(_capped_plan(tmp_path, {"city_countries": 5}))
+    cells, settings = frontiers.select(plan, quick=False, only={})
+    [cell] = cells
+    derived = cell.facts
+    digest = hashlib.sha256(original.read_bytes()).hexdigest()
+    assert derived == tmp_path / "runs" / "derived" / f"facts-smollm2-135m-city_countries5-{digest[:8]}.jsonl"
+    before, after = _rows(original), _rows(derived)
+    # the capped domain keeps 5 of its training rows, each one of the original's lines; every other line is kept, in order
+    train = [line for line, row in before if row["part"] == "train" and row["domain"] == "city_countries"]
+    kept = [line for line, row in after if row["part"] == "train" and row["domain"] == "city_countries"]
+    assert len(train) == 39 and len(kept) == 5 and len(set(kept)) == 5 and set(kept) <= set(train)
+    others = [line for line, row in before if not (row["part"] == "train" and row["domain"] == "city_countries")]
+    assert [line for line in (x for x, _ in after) if line not in kept] == others
+    assert sum(row["part"] == "heldout" and row["domain"] == "city_countries" for _, row in after) == 40
+    record = json.loads(derived.with_suffix(".json").read_text(encoding="utf-8"))
+    assert record["source_sha256"] == digest and record["train_rows"] == {"city_countries": 5}
+    assert record["train_rows_after"]["city_countries"] == 5 and record["train_rows_after"]["capitals"] == 28
+    # the cell reads it everywhere, and its runs are keyed by its stem: never the whole cell's folder
+    assert all(str(derived) in x for x in frontiers.overrides(plan, cell, [0]) if "path=" in x or "facts=" in x)
+    whole = frontiers.Cell(cell.task, cell.model, cell.method, cell.pair, original, False)
+    assert frontiers.cell_dir(plan, cell) != frontiers.cell_dir(plan, whole)
+    assert frontiers.cell_dir(plan, cell).parts[-4] == derived.stem
+    # --plan shows each pair's training rows and their ratio (28 / 5)
+    text, _ = frontiers.plan_text(plan, cells, settings, budget_hours=1000.0)
+    assert "| capitals + city_countries | capitals 28 / city_countries 5 (5.60×) |" in text
+    assert "city_countries 5 of 39; held-out rows whole" in text
+    # deterministic: derived again in another runs folder, byte for byte; capping a second domain changes no choice
+    plan["runs"] = tmp_path / "again"
+    assert frontiers.select(plan, quick=False, only={})[0][0].facts.read_bytes() == derived.read_bytes()
+    (tmp_path / "both").mkdir()
+    both = frontiers.load_plan(_capped_plan(tmp_path / "both", {"city_countries": 5, "capitals": 7}))
+    [cell_both] = frontiers.select(both, quick=False, only={})[0]
+    assert "capitals7-city_countries5" in cell_both.facts.name
+    assert [line for line, row in _rows(cell_both.facts) if row["part"] == "train" and row["domain"] == "city_countries"] == kept
+
+
+@pytest.mark.parametrize(("caps", "message"), [
+    ({"cities": 5}, r"train_rows.cities: not a domain with training facts in facts-smollm2-135m.jsonl"),
+    ({"city_countries": 0}, r"train_rows.city_countries: 0: a whole number of training rows, at least 1"),
+    ({"city_countries": 2.5}, r"train_rows.city_countries: 2.5: a whole number"),
+    ({"city_countries": 39}, r"train_rows.city_countries: 39: nothing to cap, facts-smollm2-135m.jsonl has 39 training rows"),
+    ([5], r"models.smollm2-135m.train_rows: a mapping DOMAIN: N"),
+])
+def test_a_bad_train_rows_cap_is_refused_in_one_line(tmp_path, caps, message):
+    plan = frontiers.load_plan(_capped_plan(tmp_path, caps))
+    with pytest.raises(SpungeError, match=message) as caught:
+        frontiers.select(plan, quick=False, only={})
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "runs" / "derived").exists()
+
+
+@pytest.mark.parametrize("name", ["unequal-rmu-smollm2.yaml", "unequal-npo-smollm2.yaml"])
+def test_the_unequal_plans_cap_one_domain_of_their_pair_to_a_4_to_8_fold_ratio(tmp_path, name):
+    from frontiers_readout import size_ratio
+
+    plan = frontiers.load_plan(REPO / "bench" / "plans" / name)
+    assert plan["runs"] == (REPO / "runs" / "unequal").resolve()
+    plan["runs"] = tmp_path  # the derived file goes here, not into the repository's runs folder
+    [cell], settings = frontiers.select(plan, quick=False, only={})
+    assert cell.pair == ("capitals", "city_countries") and settings.seeds == [0, 1, 2] and settings.merges == ["ties"]
+    assert 4 <= size_ratio(cell.facts, list(cell.pair))["ratio"] <= 8
+    heldout = [line for line, row in _rows(cell.facts) if row["part"] == "heldout"]
+    original = REPO / "bench" / "knowledge" / "facts-smollm2-135m.jsonl"
+    assert heldout == [line for line, row in _rows(original) if row["part"] == "heldout"]

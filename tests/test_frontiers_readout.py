@@ -246,3 +246,106 @@ def test_a_point_whose_retain_perplexity_broke_is_not_a_candidate_at_matched_uti
     assert (unchecked["forget"], unchecked["labels"]) == (0.0, ["baseline-lam1"])
     tight = matched_utility(unit, "baseline", FrontierReadout(retain_ppl_margin_pct=40.0))  # λ 2's 14.9 > 14: gone too
     assert tight["reached"] is False and tight["labels"] == ["baseline-lam0.5"]
+
+
+# ------------------------------------------------------------------------------------------------ each domain, the worst
+
+
+def _interp(v1: list[float], v2: list[float], w: float) -> list[float]:
+    return [(1 - w) * x + w * y for x, y in zip(v1, v2, strict=True)]
+
+
+def _domains_unit(seed: int) -> tuple[dict, dict[str, dict[str, list[float]]]]:
+    """Two forgotten domains a (4 facts) and b (4 facts), both arms crossing keep 95 between λ 1 and λ 2 with
+    different weights; the values move with the seed. Returns the unit and, by hand, each arm's per-fact values at
+    the crossing (baseline w = (98 − 95) / (98 − 90) = 3/8, Spunge w = (97 − 95) / (97 − 93) = 1/2)."""
+    r = seed % 2
+    b1 = {"a": [0, 100, 100, 0], "b": [100, 100, 100 * r, 0]}
+    b2 = {"a": [0, 0, 100, 0], "b": [0, 100, 0, 0]}
+    s1 = {"a": [100, 100, 100, 0], "b": [0, 100, 0, 0]}
+    s2 = {"a": [100, 0, 100 * (1 - r), 0], "b": [0, 0, 0, 0]}
+    unit = {"pair": ["a", "b"], "seed": seed, "facts": "", "fallback": False, "points": {
+        "base": _point(100.0, {"a": [100] * 4, "b": [100] * 4}),
+        "baseline-lam1": _point(98.0, b1), "baseline-lam2": _point(90.0, b2),
+        "spunge-ties-lam1": _point(97.0, s1), "spunge-ties-lam2": _point(93.0, s2)}}
+    at = {"baseline": {d: _interp(b1[d], b2[d], 3 / 8) for d in "ab"}, "spunge": {d: _interp(s1[d], s2[d], 1 / 2) for d in "ab"}}
+    return unit, at
+
+
+def test_the_worst_forgotten_domain_and_each_domain_match_an_independent_computation():
+    from frontiers_domains import domain_readout
+
+    built = [_domains_unit(s) for s in (0, 1, 2)]
+    units = [u for u, _ in built]
+    found = domain_readout(units, ["ties"], READOUT)["ties"]
+    # by hand, seed 0 (r = 0): baseline a = (0, 62.5, 100, 0) → 40.625, b = (62.5, 100, 0, 0) → 40.625;
+    # Spunge a = (100, 50, 100, 0) → 62.5, b = (0, 50, 0, 0) → 12.5: worst 62.5 − 40.625 = +21.875
+    means = [{arm: {d: sum(v) / len(v) for d, v in per.items()} for arm, per in at.items()} for _, at in built]
+    assert means[0]["spunge"] == {"a": 62.5, "b": 12.5} and means[0]["baseline"] == {"a": 40.625, "b": 40.625}
+    worst = [max(m["spunge"].values()) - max(m["baseline"].values()) for m in means]
+    assert worst[0] == pytest.approx(21.875)
+    w = found["worst"]
+    assert w["mean"] == pytest.approx(sum(worst) / 3)
+    assert w["spunge"] == pytest.approx(sum(max(m["spunge"].values()) for m in means) / 3)
+    assert w["baseline"] == pytest.approx(sum(max(m["baseline"].values()) for m in means) / 3)
+    # seeds 0 and 2 tie the baseline's domains; seed 1 (b's third fact kept at λ 1) makes b its worst
+    assert w["worst_domain"] == {"spunge": {"a": 3}, "baseline": {"tie": 2, "b": 1}}
+    for d in "ab":
+        diffs = [m["spunge"][d] - m["baseline"][d] for m in means]
+        assert found["domains"][d]["mean"] == pytest.approx(sum(diffs) / 3)
+        assert found["domains"][d]["spunge"] == pytest.approx(sum(m["spunge"][d] for m in means) / 3)
+    # the mean of the two domains is the forget avg's Spunge − baseline, as the row reads it
+    row = read_row(units, ["ties"], READOUT)["merges"]["ties"]["matched_utility"]
+    assert row["mean"] == pytest.approx((found["domains"]["a"]["mean"] + found["domains"]["b"]["mean"]) / 2)
+    # the interval holds the point estimate, the verdict is the rule's, and a rerun gives the same figures
+    assert w["low"] <= w["mean"] <= w["high"]
+    assert w["verdict"] == verdict(w["low"], w["high"], 3, level_margin=2.0, min_seeds=3)
+    assert domain_readout(units, ["ties"], READOUT) == {"ties": found}
+
+
+def test_the_worst_domains_interval_recomputes_the_maximum_per_resample_with_paired_facts():
+    from spunge_merge.evaluate.stats import worst_stratum_bootstrap
+
+    # Spunge: a = (100, 0), b = (50, 50); baseline 0 everywhere. Point: max(50, 50) − 0 = 50. A resample of a's facts
+    # gives 0, 50 or 100 (¼, ½, ¼), so the recomputed maximum is 50 (¾) or 100 (¼): the interval is exactly [50, 100]
+    # (a maximum fixed on domain a would reach down to 0).
+    one = [{"a": ([100.0, 0.0], [0.0, 0.0]), "b": ([50.0, 50.0], [0.0, 0.0])}]
+    found = worst_stratum_bootstrap(one, n=2000, seed=0)
+    assert (found["mean"], found["low"], found["high"]) == (50.0, 50.0, 100.0)
+    # the same indices for both arms: identical arms differ by 0 in every resample (independent draws would not)
+    same = [{"a": ([100.0, 0.0, 100.0], [100.0, 0.0, 100.0])}, {"a": ([0.0, 100.0], [0.0, 100.0])}]
+    assert worst_stratum_bootstrap(same, n=500, seed=1) == {
+        "mean": 0.0, "low": 0.0, "high": 0.0, "n_seeds": 2, "resamples": 500, "confidence": 0.95, "seed": 1}
+    # units resampled: two units whose differences are 10 and 30 with no fact noise give a mean 20 inside [10, 30]
+    flat = [{"a": ([10.0], [0.0])}, {"a": ([30.0], [0.0])}]
+    spread = worst_stratum_bootstrap(flat, n=2000, seed=0)
+    assert spread["mean"] == 20.0 and spread["low"] == 10.0 and spread["high"] == 30.0
+    assert worst_stratum_bootstrap(flat, n=2000, seed=0) == spread
+    with pytest.raises(ValueError, match="same non-empty items"):
+        worst_stratum_bootstrap([{"a": ([1.0, 2.0], [1.0])}])
+
+
+def test_the_summary_has_a_table_per_row_with_the_worst_and_each_domain(tmp_path):
+    import frontiers
+    from frontiers_readout import render, write_outputs
+
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps({"domain": d, "part": "train"}) + "\n" for d in ("a", "a", "b")), encoding="utf-8")
+    units = [_domains_unit(s)[0] for s in (0, 1, 2)]
+    for unit in units:
+        unit["facts"] = str(facts)
+    settings = frontiers.Settings(seeds=[0, 1, 2], merges=["ties"], lambdas=[1.0, 2.0], baseline_lambdas=[1.0, 2.0])
+    plan = {"readout": READOUT, "merges": {"ties": {"method": "ties"}}, "fallback_facts": None}
+    summary = write_outputs({("knowledge", "rmu", "tiny"): units}, plan, settings, tmp_path / "out", plan_markdown="# Frontier plan",
+                            seconds=1.0, quick=False)
+    row = summary["rows"][0]
+    stored = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))["rows"][0]["domains"]
+    assert stored == row["domains"] and set(stored["ties"]["domains"]) == {"a", "b"}
+    text = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
+    assert text == render(summary)
+    w = row["domains"]["ties"]["worst"]
+    worst_line = next(line for line in text.splitlines() if line.startswith("| ties | **worst domain**"))
+    assert "(baseline: b 1, tie 2; spunge: a 3)" in worst_line
+    assert f"| {w['spunge']:.1f} | {w['baseline']:.1f} | {w['mean']:+.1f} [{w['low']:+.1f}, {w['high']:+.1f}] |" in worst_line
+    assert any(line.startswith("| ties | forget avg |") for line in text.splitlines())
+    assert any(line.startswith("| ties | a |") for line in text.splitlines())

@@ -114,6 +114,66 @@ def _resampled_values(strata: list, count: int, rng) -> Any:
     return total / len(strata)
 
 
+def worst_stratum_bootstrap(
+    units: Sequence[Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+    *,
+    n: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Mean over units of (the highest stratum mean of arm A − the highest of arm B), with a percentile interval.
+
+    The worst forgotten domain: per unit, each arm's least-forgotten domain (the highest held-out accuracy), which
+    may be a different domain for each arm and in each resample. `units[i]` is {stratum: (A's items, B's items)},
+    the same items in the same order for both arms (paired). Each replicate draws the units with replacement, then,
+    for every drawn unit and stratum, one set of item indices with replacement, used for both arms; the maxima are
+    recomputed on every resample, so the interval covers which domain is worst, not only how bad it is.
+    Reproducible for a fixed `seed`; one unit: no unit draw. Returns `{mean, low, high, n_seeds, resamples,
+    confidence, seed}` (`n_seeds`: units, as `hierarchical_bootstrap` counts them)."""
+    import numpy as np
+
+    if not units:
+        raise ValueError("no units to bootstrap")
+    if n < 1:
+        raise ValueError(f"n={n}: need at least one resample")
+    paired = []
+    for index, unit in enumerate(units):
+        strata = [(np.asarray(a, dtype=float), np.asarray(b, dtype=float)) for a, b in unit.values()]
+        if not strata or any(a.ndim != 1 or a.size == 0 or a.shape != b.shape for a, b in strata):
+            raise ValueError(f"unit {index}: every stratum needs the same non-empty items for both arms")
+        paired.append(strata)
+    values = np.array([max(a.mean() for a, _ in s) - max(b.mean() for _, b in s) for s in paired])
+    rng = np.random.default_rng(seed)
+    k = len(paired)
+    if k == 1:
+        replicate = _worst_values(paired[0], n, rng)
+    else:
+        picks = rng.integers(0, k, size=(n, k))
+        draws = np.zeros((n, k))
+        for position in range(k):
+            for index, strata in enumerate(paired):
+                rows = np.flatnonzero(picks[:, position] == index)
+                if rows.size:
+                    draws[rows, position] = _worst_values(strata, rows.size, rng)
+        replicate = draws.mean(axis=1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(replicate, [tail, 100.0 - tail])
+    return {"mean": float(values.mean()), "low": float(low), "high": float(high), "n_seeds": k, "resamples": n,
+            "confidence": confidence, "seed": seed}
+
+
+def _worst_values(strata: list, count: int, rng) -> Any:
+    """`count` bootstrap values of one unit's worst-stratum difference: per stratum one index draw for both arms."""
+    import numpy as np
+
+    best_a, best_b = np.full(count, -np.inf), np.full(count, -np.inf)
+    for a, b in strata:
+        picks = rng.integers(0, a.size, size=(count, a.size))
+        best_a = np.maximum(best_a, a[picks].mean(axis=1))
+        best_b = np.maximum(best_b, b[picks].mean(axis=1))
+    return best_a - best_b
+
+
 def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
     """Area under the ROC curve of telling members from non-members by a score (higher = member):
     P(member's score > non-member's) + ½·P(equal) over all pairs (the Mann-Whitney statistic), by binary search."""
