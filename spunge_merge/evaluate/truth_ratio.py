@@ -47,7 +47,8 @@ class TruthRatioConfig(FrozenConfig):
     """Settings of a truth-ratio evaluation; the column names default to TOFU's."""
 
     data: PathText = Field(..., description="Facts (.jsonl/.json/.csv/.parquet), e.g. TOFU's forget10_perturbed, or "
-                                            "bench/knowledge/facts-*.jsonl with options_column.",
+                                            "bench/knowledge/facts-*.jsonl with options_column. In a pipeline also a data "
+                                            "source ({path, config, hub_split, where, ...}), its rows written with every column.",
                            json_schema_extra={"cli_flags": ["--data", "-d"]})
     where: list[str] = Field(default_factory=list, description="Keep only rows matching these conditions (the `spunge split` "
                                                                "--where syntax), all must hold.")
@@ -173,4 +174,6 @@ TRUTH_RATIO = register(Evaluation(
     columns=(Column("truth_ratio_forget", "truth ratio min(R,1/R)", lambda result: result["forget"]["mean"], rank=64, digits=3,
                     lower_is_better=False, utility=False),),
     path_settings=("data",),
+    data_settings=("data",),
+    row_settings=("data",),
 ))
