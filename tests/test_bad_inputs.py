@@ -154,6 +154,8 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
                                      encoding="utf-8")
     w["retain"] = data / "retain.txt"
     w["nofile"] = data / "missing.jsonl"
+    w["facts"] = _write_jsonl(data / "facts.jsonl", [{"question": "where is paris", "paraphrased_answer": "in france",
+                                                      "perturbed_answer": ["in spain", "in the east"]}])
     (data / "header-only.csv").write_text("text,group\n", encoding="utf-8")
     w["headercsv"] = data / "header-only.csv"
     (data / "empty-list.json").write_text("[]\n", encoding="utf-8")
@@ -256,6 +258,12 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
             "kind": "knowledge", "fingerprint": name, "model": {"ref": name}, "settings": {"form": form},
             "facts": {"sha256": facts, "where": []}, "domains": {"bio": {"n": 4, "correct": 2, "accuracy": 0.5}}}), encoding="utf-8")
         w[name] = evals / name
+    other_truth = evals / "truth-other-facts"
+    other_truth.mkdir()
+    (other_truth / "truth_ratio.json").write_text(json.dumps({"kind": "truth_ratio", "fingerprint": "x", "facts": 1,
+                                                              "data": {"facts_sha256": "0" * 64}}), encoding="utf-8")
+    (other_truth / "truth_ratio.jsonl").write_text('{"truth_ratio": 0.5}\n', encoding="utf-8")
+    w["truth_other"] = other_truth
     judge = build_tiny_judge(evals / "judge", tiny_model)
     headless = _copy_model(judge, evals / "judge-headless")
     save_file({k: v for k, v in load_file(judge / "model.safetensors").items() if not k.startswith("score.")},
@@ -657,6 +665,10 @@ CASES = [
     case("eval-privleak-no-reference", "eval privleak --model {model} --members {data} --nonmembers {blank} --out {out}", "--reference"),
     case("eval-extraction-no-column", "eval extraction --model {model} --data {data} --out {out} --text-column body", "no column 'body'"),
     case("eval-truth-ratio-no-column", "eval truth_ratio --model {model} --data {data} --out {out}", "no column 'question'"),
+    case("eval-truth-ratio-reference-not-a-result", "eval truth_ratio --model {model} --data {facts} --reference {plaindir} --out {out}",
+         "{plaindir}: not a truth_ratio result"),
+    case("eval-truth-ratio-reference-other-facts", "eval truth_ratio --model {model} --data {facts} --reference {truth_other} --out {out}",
+         "{truth_other}: scored other facts than {facts}"),
     case("ga-prompt-without-answer", "unlearn ga --model {model} --forget {data} --out {out} --prompt-column text",
          "prompt_column and answer_column"),
     case("ga-answer-column-missing", "unlearn ga --model {model} --forget {data} --out {out} --prompt-column text --answer-column body",
