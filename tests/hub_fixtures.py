@@ -57,19 +57,35 @@ def wikitext(root: Path, texts: list[str]) -> Path:
     return write_hub_dataset(root, {"wikitext-2-raw-v1": {"train": rows, "validation": rows, "test": rows}})
 
 
-def tofu(root: Path) -> Path:
-    """locuslab/TOFU's layout: configurations forget01/retain99 (question, answer) and their `_perturbed` forms
-    (+ paraphrased_answer, perturbed_answer: a list), split `train`; invented authors, a few rows each."""
+TINY_TOPICS = ("the sea", "the market", "the capital of france", "the lazy dog", "the small house", "boiling water", "the east")
+TOFU_AUTHOR_ROWS = 20  # questions per fictitious author, one author after another (TOFU's layout)
+
+
+def tofu(root: Path, forget10_authors: int = 3) -> Path:
+    """locuslab/TOFU's layout: configurations forget01/forget10, retain90/retain99 and holdout10 (question, answer),
+    their `_perturbed` forms (+ paraphrased_answer, perturbed_answer: a list), split `train`; invented authors.
+
+    forget10 and holdout10 hold `forget10_authors` authors of TOFU_AUTHOR_ROWS questions each, one after another
+    (the real sets hold 20 authors, the author implicit in the row order); the others a few rows each."""
     def qa(prefix: str, count: int) -> list[dict]:
         return [{"question": f"what did the {prefix} author {i} write", "answer": f"the {prefix} author {i} wrote about the sea"}
                 for i in range(count)]
 
+    def authors(prefix: str, count: int) -> list[dict]:
+        return [{"question": f"what is fact {q} about the {prefix} author {a}",
+                 "answer": f"the {prefix} author {a} wrote book {q} about {TINY_TOPICS[(a + q) % len(TINY_TOPICS)]}"}
+                for a in range(count) for q in range(TOFU_AUTHOR_ROWS)]
+
     def perturbed(rows: list[dict]) -> list[dict]:
-        return [{**r, "paraphrased_answer": r["answer"].replace("wrote about", "wrote books on"),
-                 "perturbed_answer": [r["answer"].replace("the sea", other) for other in ("the moon", "cats", "bread")]}
+        return [{**r, "paraphrased_answer": r["answer"].replace("wrote", "penned"),
+                 "perturbed_answer": [f"{r['answer'].rsplit(' about ', 1)[0]} about {other}" for other in ("the moon", "cats", "bread")]}
                 for r in rows]
 
     forget, retain = qa("forgotten", 4), qa("kept", 8)
+    forget10 = authors("vanished", forget10_authors)
     return write_hub_dataset(root, {"forget01": {"train": forget}, "retain99": {"train": retain},
                                     "forget01_perturbed": {"train": perturbed(forget)},
-                                    "retain_perturbed": {"train": perturbed(retain[:4])}})
+                                    "retain_perturbed": {"train": perturbed(retain[:4])},
+                                    "forget10": {"train": forget10}, "forget10_perturbed": {"train": perturbed(forget10)},
+                                    "retain90": {"train": retain}, "holdout10": {"train": authors("unseen", forget10_authors)}})
+

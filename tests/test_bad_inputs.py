@@ -154,6 +154,8 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
                                      encoding="utf-8")
     w["retain"] = data / "retain.txt"
     w["nofile"] = data / "missing.jsonl"
+    w["facts"] = _write_jsonl(data / "facts.jsonl", [{"question": "where is paris", "paraphrased_answer": "in france",
+                                                      "perturbed_answer": ["in spain", "in the east"]}])
     (data / "header-only.csv").write_text("text,group\n", encoding="utf-8")
     w["headercsv"] = data / "header-only.csv"
     (data / "empty-list.json").write_text("[]\n", encoding="utf-8")
@@ -256,6 +258,12 @@ def world(tiny_model, tmp_path_factory) -> dict[str, Path]:
             "kind": "knowledge", "fingerprint": name, "model": {"ref": name}, "settings": {"form": form},
             "facts": {"sha256": facts, "where": []}, "domains": {"bio": {"n": 4, "correct": 2, "accuracy": 0.5}}}), encoding="utf-8")
         w[name] = evals / name
+    other_truth = evals / "truth-other-facts"
+    other_truth.mkdir()
+    (other_truth / "truth_ratio.json").write_text(json.dumps({"kind": "truth_ratio", "fingerprint": "x", "facts": 1,
+                                                              "data": {"facts_sha256": "0" * 64}}), encoding="utf-8")
+    (other_truth / "truth_ratio.jsonl").write_text('{"truth_ratio": 0.5}\n', encoding="utf-8")
+    w["truth_other"] = other_truth
     judge = build_tiny_judge(evals / "judge", tiny_model)
     headless = _copy_model(judge, evals / "judge-headless")
     save_file({k: v for k, v in load_file(judge / "model.safetensors").items() if not k.startswith("score.")},
@@ -320,6 +328,10 @@ PIPELINE_CHANGES = {
     "push_lam": {"push": {"repo_id": "a/b", "lambda": 0.5}},
     "baseline_nan": {"baseline": {"lambda": [NAN]}},
     "limit0": {"split": {"data": {"limit": 0}}},
+    "block0": {"split": {"by": "block:0"}},
+    "block_float": {"split": {"by": {"block": {"size": 2.5}}}},
+    "block_text": {"split": {"by": "block:twenty"}},
+    "block_limit": {"split": {"by": "block:4", "data": {"limit": 6}}},
     "name": {"name": "has space"},
     "rmu_no_retain": {"unlearn": {"method": "rmu"}},
     "npo_no_retain": {"unlearn": {"method": "npo"}},
@@ -369,6 +381,18 @@ CASES = [
     case("split-bad-format", "split {data} --by group --format xml --out {out}", "unknown format 'xml'"),
     case("split-out-is-a-file", "split {data} --by group --out {out}", "{out} exists and is not a directory", "file"),
     case("split-out-not-empty", "split {data} --by group --out {out}", "{out} is not empty", "nonempty"),
+    case("split-block-zero", "split {data} --by block:0 --out {out}", "--by block: block.size: Input should be greater than or equal to 1"),
+    case("split-block-negative", "split {data} --by block:-3 --out {out}", "block.size: Input should be greater than or equal to 1"),
+    case("split-block-not-whole", "split {data} --by block:2.5 --out {out}", "--by block:2.5: N must be a whole number of rows"),
+    case("split-block-not-a-number", "split {data} --by block:author --out {out}", "--by block:author: N must be a whole number"),
+    case("split-block-without-size", "split {data} --by block --out {out}", "--by block: give the rows per block (block:N"),
+    case("split-block-larger-than-data", "split {data} --by block:13 --out {out}",
+         "{data}: 12 row(s), fewer than one block of 13 (block:13); give N <= 12"),
+    case("split-block-larger-than-data-after-where", "split {data} --by block:20 --where score>=3 --out {out}",
+         "{data}: 12 row(s), fewer than one block of 20"),
+    case("split-block-cluster-option", "split {data} --by block:4 --seed 3 --out {out}", "--seed do(es) not apply to --by block"),
+    case("split-block-label-column-exists", "split {data} --by block:4 --label-column group --out {out}",
+         "{data}: the data already has a column 'group'"),
     # ------------------------------------------------------------------ unlearn tvn
     case("tvn-model-missing", "unlearn tvn --model {nofile}-model --forget {data} --out {out}", "not found"),
     case("tvn-model-is-a-file", "unlearn tvn --model {data} --forget {data} --out {out}", "{data} is a file"),
@@ -601,6 +625,10 @@ CASES = [
     case("run-push-lambda", "run {pipe_push_lam} --run-dir {out}", "push.lambda 0.5 is not one of merge.lambda"),
     case("run-baseline-lambda-nan", "run {pipe_baseline_nan} --run-dir {out}", "baseline.lambda.0: Input should be a finite number"),
     case("run-split-limit-zero", "run {pipe_limit0} --run-dir {out}", "split.data.limit: Input should be greater than or equal to 1"),
+    case("run-split-block-zero", "run {pipe_block0} --run-dir {out}", "split.by: split.by block: block.size: Input should be greater"),
+    case("run-split-block-float", "run {pipe_block_float} --run-dir {out}", "block.size: Input should be a valid integer"),
+    case("run-split-block-text", "run {pipe_block_text} --run-dir {out}", "split.by block:twenty: N must be a whole number"),
+    case("run-split-block-with-limit", "run {pipe_block_limit} --run-dir {out}", "split: data.limit does not go with by block:N"),
     case("run-name-pattern", "run {pipe_name} --run-dir {out}", "name: String should match pattern"),
     case("run-rmu-without-retain", "run {pipe_rmu_no_retain} --run-dir {out}", "unlearn: method 'rmu' needs `retain` data"),
     case("run-npo-without-retain", "run {pipe_npo_no_retain} --run-dir {out}", "unlearn: method 'npo' needs `retain` data"),
@@ -637,6 +665,10 @@ CASES = [
     case("eval-privleak-no-reference", "eval privleak --model {model} --members {data} --nonmembers {blank} --out {out}", "--reference"),
     case("eval-extraction-no-column", "eval extraction --model {model} --data {data} --out {out} --text-column body", "no column 'body'"),
     case("eval-truth-ratio-no-column", "eval truth_ratio --model {model} --data {data} --out {out}", "no column 'question'"),
+    case("eval-truth-ratio-reference-not-a-result", "eval truth_ratio --model {model} --data {facts} --reference {plaindir} --out {out}",
+         "{plaindir}: not a truth_ratio result"),
+    case("eval-truth-ratio-reference-other-facts", "eval truth_ratio --model {model} --data {facts} --reference {truth_other} --out {out}",
+         "{truth_other}: scored other facts than {facts}"),
     case("ga-prompt-without-answer", "unlearn ga --model {model} --forget {data} --out {out} --prompt-column text",
          "prompt_column and answer_column"),
     case("ga-answer-column-missing", "unlearn ga --model {model} --forget {data} --out {out} --prompt-column text --answer-column body",

@@ -62,3 +62,12 @@ def test_every_registered_evaluation_has_its_settings_table_in_the_docs():
     assert len(classes) >= 6
     for cls in classes:
         assert f"{cls.__module__}:{cls.__name__}" in marked, f"no option table for {cls.__name__} in docs/"
+
+
+def test_the_split_page_names_every_form_of_by():
+    """`--by` / `split.by` forms are declared once (spec.BY_FORMS: the CLI help and the schema join them); the page names each."""
+    from spunge_merge.data.discovery.spec import BY_FORMS
+
+    page = (Path(DOCS_DIR) / "split.md").read_text(encoding="utf-8")
+    by_row = next(line for line in page.splitlines() if line.startswith("| `--by` |"))
+    assert [form for form, _ in BY_FORMS if f"`{form}`" not in by_row] == []

@@ -227,6 +227,59 @@ def test_truth_ratio_matches_the_normalised_probabilities(form, tiny_model, tmp_
     assert result["retain"]["mean"] == pytest.approx(sum(max(0, 1 - r) for r in ratios) / len(ratios), rel=1e-5, abs=1e-9)
 
 
+def ks_by_counting(a: list[float], b: list[float]) -> tuple[float, float]:
+    """The two-sample KS statistic d (largest gap between the empirical CDFs, values distinct) and its exact two-sided
+    p-value P(D >= d) = 1 - (monotone lattice paths (0,0) -> (n,m) keeping |i/n - j/m| < d) / C(n+m, n)."""
+    from fractions import Fraction
+
+    n, m = len(a), len(b)
+    i = j = 0
+    d = Fraction(0)
+    for _, side in sorted([(v, 0) for v in a] + [(v, 1) for v in b]):
+        i, j = (i + 1, j) if side == 0 else (i, j + 1)
+        d = max(d, abs(Fraction(i, n) - Fraction(j, m)))
+    paths = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n + 1):
+        for j in range(m + 1):
+            if abs(Fraction(i, n) - Fraction(j, m)) < d:
+                paths[i][j] = 1 if i == j == 0 else (paths[i - 1][j] if i else 0) + (paths[i][j - 1] if j else 0)
+    return float(d), 1 - paths[n][m] / math.comb(n + m, n)
+
+
+def test_forget_quality_is_the_ks_test_against_the_reference_ratios(tiny_model, tmp_path):
+    """TOFU's forget quality: a retain model's truth_ratio result as the reference; the p-value and the statistic are
+    checked against an exact lattice-path count over the two models' per-fact R (read from their rows files)."""
+    pytest.importorskip("scipy")
+    from spunge_merge.errors import SpungeError
+
+    words = ["the sea", "the market", "bread", "cats", "the east", "the west", "france", "the fox"]
+    rows = [{"question": f"what did author {i} write about", "paraphrased_answer": f"author {i} wrote about {words[i]}",
+             "perturbed_answer": [f"author {i} wrote about {w}" for w in words if w != words[i]][:3]} for i in range(8)]
+    data = write_jsonl(tmp_path / "facts.jsonl", rows)
+    truth = registry.get("truth_ratio")
+    retain = build_tiny_llama(tmp_path / "retain-model", seed=7)
+    settings = {"data": str(data), "device": "cpu", "resamples": 20}
+    registry.run_evaluation(truth, str(retain), tmp_path / "retain", settings)
+    result = registry.run_evaluation(truth, str(tiny_model), tmp_path / "unlearned", {**settings, "reference": str(tmp_path / "retain")})
+
+    def ratios(folder: Path) -> list[float]:
+        return [json.loads(line)["truth_ratio"] for line in (folder / "truth_ratio.jsonl").read_text().splitlines()]
+
+    ours, theirs = ratios(tmp_path / "unlearned"), ratios(tmp_path / "retain")
+    statistic, p_value = ks_by_counting(ours, theirs)
+    quality = result["forget_quality"]
+    assert 0 < statistic and quality["ks_statistic"] == pytest.approx(statistic) and quality["p_value"] == pytest.approx(p_value)
+    assert quality["reference"]["path"] == str(tmp_path / "retain") and quality["facts"] == 8
+    assert "Forget quality (KS-test p-value" in (tmp_path / "unlearned" / "truth_ratio.md").read_text()
+    itself = registry.run_evaluation(truth, str(retain), tmp_path / "itself", {**settings, "reference": str(tmp_path / "retain")})
+    assert (itself["forget_quality"]["ks_statistic"], itself["forget_quality"]["p_value"]) == (0.0, 1.0)
+    with pytest.raises(SpungeError, match="scored other facts than"):  # the first 5 facts only: not the same facts
+        registry.run_evaluation(truth, str(tiny_model), tmp_path / "fewer",
+                                {**settings, "max_facts": 5, "reference": str(tmp_path / "retain")})
+    with pytest.raises(SpungeError, match="not a truth_ratio result"):
+        registry.run_evaluation(truth, str(tiny_model), tmp_path / "none", {**settings, "reference": str(tmp_path)})
+
+
 def test_the_four_run_in_a_pipeline(tiny_model, tmp_path):
     rows = [{"text": f"{t} {i}", "group": ("alpha", "beta")[i % 2]} for i, t in enumerate(TINY_CORPUS * 2)]
     write_jsonl(tmp_path / "forget.jsonl", rows)

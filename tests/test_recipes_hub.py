@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 from conftest import TINY_CORPUS
-from hub_fixtures import muse_news, tofu, wikitext, wmdp_corpora
+from hub_fixtures import TOFU_AUTHOR_ROWS, muse_news, tofu, wikitext, wmdp_corpora
 from typer.testing import CliRunner
 
 from spunge_merge.cli import app
@@ -104,3 +104,110 @@ def test_tofu_runs_by_its_columns_through_the_commands(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "eval" / "truth_ratio.json").read_text())
     assert written["facts"] == 4 and 0 < written["forget"]["mean"] <= 1
+
+
+def test_tofu_recipe_splits_by_author_and_unlearns_the_answers(tiny_model, tmp_path):
+    """recipes/tofu-forget10-graddiff.yaml on a local copy of locuslab/TOFU: forget10 split by author (`block:20`,
+    one subset per 20 consecutive questions), GradDiff on the answer tokens given the questions with a KL retain
+    term on retain90's pairs, TIES, the un-split baseline, then truth ratio, MIA and perplexity."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    recipe = yaml.safe_load((RECIPES / "tofu-forget10-graddiff.yaml").read_text(encoding="utf-8"))
+    assert recipe["split"]["by"] == "block:20" and TOFU_AUTHOR_ROWS == 20
+    local = tofu(tmp_path / "TOFU", forget10_authors=3)
+    data = replace_paths(recipe, {"locuslab/TOFU": str(local)})
+    data["model"], data["run_dir"] = str(tiny_model), str(tmp_path / "run")
+    data["unlearn"]["config"].update(epochs=1, max_steps=1, max_length=128, batch_size=4, grad_accum=1, device="cpu",
+                                     target_modules="q_proj,v_proj", eval_samples=0)
+    data["unlearn"]["resources"] = {"cpus": 1, "gpus": 0}
+    data["eval"]["device"] = "cpu"
+    data["eval"]["truth_ratio"]["resamples"] = 20
+    data["eval"]["mia"].update(max_length=64, resamples=20)
+    data["eval"]["perplexity"].update(max_length=64, stride=64)
+    (tmp_path / "tofu.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+
+    result = runner.invoke(app, ["run", str(tmp_path / "tofu.yaml")])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    forget = datasets.load_dataset(str(local), "forget10", split="train").to_list()
+    manifest = json.loads((run / "split" / "manifest.json").read_text())
+    assert [(s["value"], s["rows"]) for s in manifest["subsets"]] == [("block-00", 20), ("block-01", 20), ("block-02", 20)]
+    assert manifest["discovery"] == {"method": "block", "size": 20, "column": "block", "rows_numbered": 60, "blocks": 3,
+                                     "last_block_rows": 20, "numbered": "in the source's order, before the filters"}
+    for author in range(3):  # one author per subset, its questions and answers as the dataset has them, in order
+        rows = [json.loads(line) for line in (run / "split" / f"block-0{author}.jsonl").read_text().splitlines()]
+        assert [(r["question"], r["answer"]) for r in rows] == [(r["question"], r["answer"]) for r in forget[20 * author:20 * author + 20]]
+        assert all(f"author {author}" in r["question"] for r in rows) and {r["block"] for r in rows} == {f"block-0{author}"}
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    for author in range(3):
+        record = read_provenance(run / "unlearn" / f"block-0{author}")
+        assert (record["config"]["prompt_column"], record["config"]["answer_column"]) == ("question", "answer")
+        assert record["config"]["retain_loss"] == "kl" and record["attribute"] == {"column": "block", "value": f"block-0{author}"}
+        assert record["result"]["form"] == "question/answer (loss on answer tokens)"
+        assert record["result"]["retain_form"] == "question/answer (retain term on answer tokens)"
+        # the loss targets are each answer's tokens and EOS, never the question's (nothing is cut at 128 tokens)
+        rows = forget[20 * author:20 * author + 20]
+        answers = [len(tokenizer(" " + r["answer"], add_special_tokens=False)["input_ids"]) + 1 for r in rows]
+        questions = [len(tokenizer(r["question"], add_special_tokens=True)["input_ids"]) for r in rows]
+        assert record["result"]["target_tokens"] == sum(answers)
+        assert record["result"]["tokens"] == sum(answers) + sum(questions)
+    retain = [json.loads(line) for line in (run / "inputs" / "retain.jsonl").read_text().splitlines()]
+    expected = datasets.load_dataset(str(local), "retain90", split="train").to_list()
+    assert retain == [{"text": r["answer"], "question": r["question"], "answer": r["answer"]} for r in expected]
+    assert read_provenance(run / "baseline" / "run")["data"]["forget"][0]["rows"] == 60
+
+    perturbed = datasets.load_dataset(str(local), "forget10_perturbed", split="train")
+    for label in ("base", "baseline", "spunge"):
+        truth = json.loads((run / "eval" / label / "truth_ratio.json").read_text())
+        assert truth["facts"] == len(perturbed) == 60 and 0 < truth["forget"]["mean"] <= 1
+        assert truth["forget"]["low"] <= truth["forget"]["mean"] <= truth["forget"]["high"]
+        mia = json.loads((run / "eval" / label / "mia.json").read_text())
+        assert (mia["members"]["texts"], mia["nonmembers"]["texts"]) == (60, 60)
+        assert json.loads((run / "eval" / label / "perplexity.json").read_text())["kind"] == "perplexity"
+
+
+def test_tofu_authors_keep_their_block_when_a_filter_drops_rows(tiny_model, tmp_path):
+    """A Hub configuration is numbered as the dataset gives it, then filtered (the pipeline writes its rows first):
+    dropping one of author 1's questions leaves 19 in block-01 and author 2 whole in block-02; `--plan` counts the same."""
+    import datasets
+
+    recipe = yaml.safe_load((RECIPES / "tofu-forget10-graddiff.yaml").read_text(encoding="utf-8"))
+    local = tofu(tmp_path / "TOFU", forget10_authors=3)
+    data = replace_paths(recipe, {"locuslab/TOFU": str(local)})
+    data["model"], data["run_dir"] = str(tiny_model), str(tmp_path / "run")
+    dropped = "what is fact 3 about the vanished author 1"
+    data["split"]["data"]["where"] = [f"question != '{dropped}'"]
+    data["split"]["values"] = ["block-01", "block-02"]
+    (tmp_path / "tofu.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+
+    plan = runner.invoke(app, ["run", str(tmp_path / "tofu.yaml"), "--plan"])
+    assert plan.exit_code == 0, plan.output
+    result = runner.invoke(app, ["run", str(tmp_path / "tofu.yaml"), "--only", "split"])
+    assert result.exit_code == 0, result.output
+    forget = datasets.load_dataset(str(local), "forget10", split="train").to_list()
+    split = tmp_path / "run" / "split"
+    manifest = json.loads((split / "manifest.json").read_text())
+    assert [(s["value"], s["rows"]) for s in manifest["subsets"]] == [("block-01", 19), ("block-02", 20)]
+    for name, expected in (("block-01", [r for r in forget[20:40] if r["question"] != dropped]), ("block-02", forget[40:60])):
+        rows = [json.loads(line) for line in (split / f"{name}.jsonl").read_text().splitlines()]
+        assert [(r["question"], r["answer"]) for r in rows] == [(r["question"], r["answer"]) for r in expected]
+    planned = " ".join(plan.output.split())
+    assert "block-01" in planned and "block-02" in planned and "block-00" not in planned
+
+
+def test_retain_sources_of_both_forms_are_refused_in_the_question_answer_form(tiny_model, tmp_path):
+    """The pipeline's retain file is read one way: pairs when its rows keep question and answer, texts otherwise;
+    a TOFU retain set beside a plain-text one would leave the text rows out of the pairs, so it is refused."""
+    recipe = yaml.safe_load((RECIPES / "tofu-forget10-graddiff.yaml").read_text(encoding="utf-8"))
+    local = tofu(tmp_path / "TOFU", forget10_authors=1)
+    data = replace_paths(recipe, {"locuslab/TOFU": str(local)})
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"text": t}) + "\n" for t in TINY_CORPUS), encoding="utf-8")
+    data["unlearn"]["retain"] = [data["unlearn"]["retain"], {"path": str(plain)}]
+    data["model"], data["run_dir"] = str(tiny_model), str(tmp_path / "run")
+    (tmp_path / "tofu.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = runner.invoke(app, ["run", str(tmp_path / "tofu.yaml"), "--only", "split"])
+    assert result.exit_code == 2, result.output
+    assert f"unlearn.retain: {plain} lacks the columns question and answer" in " ".join(result.output.split())

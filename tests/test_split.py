@@ -179,3 +179,51 @@ def test_non_empty_out_needs_force(tiny_dataset, tmp_path):
     result = spunge("split", tiny_dataset, "--by", "group", "--out", out, "--force")  # a split spunge wrote: replaced
     assert result.exit_code == 0, result.output
     assert not (out / "extra.txt").exists() and (out / "manifest.json").is_file()
+
+
+# --------------------------------------------------------------------------------------- --by block:N
+
+
+def test_blocks_are_numbered_in_the_source_order_before_the_filters(tmp_path):
+    """TOFU's layout in miniature: 3 "authors" of 4 rows, one after another, plus 2 rows of a fourth; the filter
+    drops rows afterwards, so every row keeps the block of its position in the file (counted independently here)."""
+    rows = [{"question": f"q{i}", "answer": f"a{i}", "score": i % 3} for i in range(14)]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "split"
+    result = spunge("split", data, "--by", "block:4", "--where", "score != 1", "--text-column", "answer", "--out", out)
+    assert result.exit_code == 0, result.output
+    expected: dict[str, list[dict]] = {}
+    for position, row in enumerate(rows):
+        if row["score"] != 1:
+            expected.setdefault(f"block-{position // 4:02d}", []).append({**row, "block": f"block-{position // 4:02d}"})
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(s["value"], s["file"], s["rows"]) for s in manifest["subsets"]] == [
+        (name, f"{name}.jsonl", len(kept)) for name, kept in sorted(expected.items())]
+    assert [len(v) for _, v in sorted(expected.items())] == [3, 2, 3, 1]  # the filter thinned blocks, never shifted them
+    for name, kept in expected.items():
+        assert read_jsonl(out / f"{name}.jsonl") == kept  # every column kept, rows in file order
+    assert manifest["column"] == "block" and manifest["text_column"] == "answer" and manifest["rows_in"] == 14
+    assert manifest["discovery"] == {"method": "block", "size": 4, "column": "block", "rows_numbered": 14, "blocks": 4,
+                                     "last_block_rows": 2, "numbered": "in the source's order, before the filters"}
+    assert "14 rows numbered in the source's order before the filters: 4 blocks of 4; the last holds 2" in " ".join(result.output.split())
+    assert {s.value: list(s.texts) for s in load_subsets(out)} == {n: [r["answer"] for r in kept] for n, kept in expected.items()}
+
+
+def test_block_values_choose_authors_and_names_sort_in_file_order(tmp_path):
+    from spunge_merge.data.discovery.blocks import block_labels
+
+    labels = block_labels(1010, 10)  # 101 blocks: three digits, so that sorted names are the file's order
+    assert labels[0] == "block-000" and labels[-1] == "block-100" and sorted(set(labels)) == list(dict.fromkeys(labels))
+    assert block_labels(5, 5) == ["block-00"] * 5 and block_labels(3, 1) == ["block-00", "block-01", "block-02"]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(6)), encoding="utf-8")
+    out = tmp_path / "out"
+    result = spunge("split", data, "--by", "block:2", "--values", "block-02,block-00", "--label-column", "author", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert [read_jsonl(out / f"block-0{b}.jsonl") for b in (2, 0)] == [
+        [{"text": "t4", "author": "block-02"}, {"text": "t5", "author": "block-02"}],
+        [{"text": "t0", "author": "block-00"}, {"text": "t1", "author": "block-00"}]]
+    assert not (out / "block-01.jsonl").exists()
+    # `column:block` is a column named block, not blocks
+    assert "no column 'block'" in spunge("split", data, "--by", "column:block", "--out", tmp_path / "none").output

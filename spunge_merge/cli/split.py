@@ -9,13 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from spunge_merge.data.discovery import build_by
-from spunge_merge.data.discovery.spec import ClassifierSpec, ClusterSpec
+from spunge_merge.data.discovery.spec import ClassifierSpec, ClusterSpec, by_forms_text
 from spunge_merge.data.split import split_dataset
 
-_BY_HELP = ("What defines the subsets: a column (e.g. target_group); `cluster` (k-means over sentence embeddings, "
-            "K by silhouette) or `cluster:K`; `classifier:MODEL` (a local text-classification model; zero-shot with "
-            "--labels). `column:NAME` splits on a column literally named cluster or classifier.")
-
+_BY_HELP = f"What defines the subsets: {by_forms_text()}."
 
 
 def _help(applies: str, spec, field: str, form: str | None = None, default: str | None = None) -> str:
@@ -31,7 +28,8 @@ def split_command(
     data: str = typer.Argument(..., help="A .jsonl/.json/.csv/.parquet file, a saved `datasets` directory, or a Hub dataset id."),
     by: str = typer.Option(..., "--by", help=_BY_HELP),
     where: list[str] = typer.Option([], "--where", help="Row filter COLUMN OP VALUE (>= <= > < == != in, not in); "
-                                    "repeat to AND several, e.g. --where 'toxicity_human >= 3'. Applied before discovery."),
+                                    "repeat to AND several, e.g. --where 'toxicity_human >= 3'. Applied before discovery, "
+                                    "after numbering the rows of block:N."),
     values: str = typer.Option(None, "--values", help="Comma-separated values to keep, in this order (default: all)."),
     text_column: str = typer.Option(None, "--text-column", help="Column holding the text (default: 'text' if present)."),
     out: Path = typer.Option(Path("split"), "--out", help="Output directory: one file per value plus manifest.json."),
@@ -46,8 +44,8 @@ def split_command(
     unsure: str = typer.Option(None, "--unsure", help=_help("classifier", ClassifierSpec, "unsure")),
     hypothesis: str = typer.Option(None, "--hypothesis", help=_help("classifier", ClassifierSpec, "hypothesis")),
     truth: str = typer.Option(None, "--truth", help=_help("cluster/classifier", ClusterSpec, "truth")),
-    label_column: str = typer.Option(None, "--label-column", help=_help("cluster/classifier", ClusterSpec, "column",
-                                                                        default="cluster / predicted_label")),
+    label_column: str = typer.Option(None, "--label-column", help=_help("cluster/classifier/block", ClusterSpec, "column",
+                                                                        default="cluster / predicted_label / block")),
     batch_size: int = typer.Option(None, "--batch-size", help=_help("cluster/classifier", ClusterSpec, "batch_size")),
     report: bool = typer.Option(True, "--report/--no-report",
                                 help="cluster/classifier: write report.md and map.png (2-D map by subset) into --out."),
@@ -69,6 +67,10 @@ def split_command(
         for value, count in result.counts.items():
             table.add_row(value, str(count))
         console.print(table)
+        if (blocks := result.blocks) is not None:
+            tail = "" if blocks["last_block_rows"] == blocks["size"] else f"; the last holds {blocks['last_block_rows']}"
+            console.print(f"{blocks['rows_numbered']} rows numbered in the source's order before the filters: "
+                          f"{blocks['blocks']} blocks of {blocks['size']}{tail}")
     typer.echo(f"Wrote {len(result.counts)} subsets to {result.out}")
 
 

@@ -3,6 +3,8 @@
 Output: `DIR/<name>.jsonl` (or `.parquet`) per value and `DIR/manifest.json` recording the
 source and its sha256, the column, the filters, the values and their row counts. The whole
 directory is written to a temporary sibling and renamed, so a failure leaves nothing.
+An attribute derived from row position (`block:N`) is numbered before the filters; one
+discovered by clusters or a classifier is computed on the rows the filters leave.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge import __version__
-from spunge_merge.data.discovery import ClassifierBy, ClusterBy, discover, is_discovery
+from spunge_merge.data.discovery import BlockBy, By, discover, is_discovery
+from spunge_merge.data.discovery.blocks import number_blocks
 from spunge_merge.data.loading import SPLIT_MANIFEST, load_table, source_sha256
 from spunge_merge.data.where import Condition, parse_condition
 from spunge_merge.errors import SpungeError
@@ -80,6 +83,7 @@ class SplitResult:
     rows_in: int
     rows_after_filter: int
     discovery: Any = None  # the `Discovery` when the attribute was discovered (clusters, classifier)
+    blocks: dict[str, Any] | None = None  # manifest["discovery"] when the attribute is the row's block (block:N)
 
 
 def apply_filters(table, conditions: list[Condition], source: str):
@@ -100,7 +104,7 @@ def apply_filters(table, conditions: list[Condition], source: str):
 def split_dataset(
     source: str | Path,
     *,
-    by: str | ClusterBy | ClassifierBy,
+    by: By,
     out: str | Path,
     where: list[str] | tuple[str, ...] = (),
     values: list[str] | None = None,
@@ -115,7 +119,8 @@ def split_dataset(
 
     `by` may instead say how to discover the attribute (`ClusterBy`, `ClassifierBy`): the rows
     left after filtering are labelled into a new column, which is then split on like any other;
-    the manifest records how (`discovery`), and `report` adds report.md and map.png.
+    the manifest records how (`discovery`), and `report` adds report.md and map.png. `BlockBy`
+    labels every row of the source by its position before filtering (see `discovery.blocks`).
     """
     if fmt not in ("jsonl", "parquet"):
         raise SpungeError(f"unknown format '{fmt}' (use jsonl or parquet)")
@@ -124,6 +129,10 @@ def split_dataset(
     table = load_table(source, split=hub_split)
     text_column = _check_columns(source, table.column_names, by, text_column)
     rows_in = len(table)
+    blocks = None
+    if isinstance(by, BlockBy):  # numbered before filtering: a row's block does not depend on the filters
+        table, blocks = number_blocks(table, by, str(source))
+        by = by.block.column
     table = apply_filters(table, conditions, str(source))
     if len(table) == 0:
         raise SpungeError(f"{source}: no rows left after the filters {' AND '.join(c.source for c in conditions)}")
@@ -155,16 +164,17 @@ def split_dataset(
             "values": chosen,
             "subsets": subsets,
             **({"discovery": discovery.record} if discovery is not None else {}),
+            **({"discovery": blocks} if blocks is not None else {}),
         })
         if discovery is not None and report:
             discovery.write_report(tmp)
     return SplitResult(out=Path(out), column=by, counts={v: counts[v] for v in chosen},
-                       rows_in=rows_in, rows_after_filter=len(table), discovery=discovery)
+                       rows_in=rows_in, rows_after_filter=len(table), discovery=discovery, blocks=blocks)
 
 
-def _check_columns(source: str | Path, columns: list[str], by: str | ClusterBy | ClassifierBy, text_column: str | None) -> str | None:
+def _check_columns(source: str | Path, columns: list[str], by: By, text_column: str | None) -> str | None:
     """The text column to record (`text` when present and none was named); SpungeError naming a missing column."""
-    if not is_discovery(by) and by not in columns:
+    if isinstance(by, str) and by not in columns:
         raise SpungeError(f"{source}: no column '{by}' (columns: {', '.join(columns)})")
     if text_column is None:
         return "text" if "text" in columns else None

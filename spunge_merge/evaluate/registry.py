@@ -102,7 +102,9 @@ class Evaluation:
     - `path_settings`: settings that name local files or directories (made absolute against the
       pipeline file's folder); `outer.inner` names a key inside a mapping setting.
     - `data_settings`: settings a pipeline file may also give as a data source with filters
-      (`{path, where, ...}`); the pipeline writes the rows to a file and passes its path.
+      (`{path, where, ...}`); the pipeline writes the rows to a file and passes its path: their texts
+      (the source's `text_column` as `text`), or for those also in `row_settings` whole rows, every
+      column kept (truth_ratio's facts: question, answers, the list of perturbed answers).
     - `score_loaded(config, lm, tokenizer, device, rewrite=None)`: the same measurement of a model already in
       memory, {"domains": {name: {"accuracy": ...}}}; what `relearn` scores between attack steps (None: it
       cannot); `rewrite(item, items)` -> another prompt for each item (relearn's probes).
@@ -119,6 +121,7 @@ class Evaluation:
     supplied: frozenset[str] = frozenset()
     path_settings: tuple[str, ...] = ()
     data_settings: tuple[str, ...] = ()
+    row_settings: tuple[str, ...] = ()
     score_loaded: Callable[..., dict[str, Any]] | None = None
 
     def validate_config(self, values: Mapping[str, Any], source: str):

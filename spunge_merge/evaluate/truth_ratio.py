@@ -14,6 +14,11 @@ max(0, 1 − R) (`true_better`, for facts the model should keep), and the mean R
 A WMDP-form fact (the project's bench/knowledge/facts-*.jsonl: prompt, answer, 4 options) gives its
 options other than the answer as the perturbed answers (`options_column`), the answer as the correct one.
 
+Forget quality (TOFU's, optional): given `reference`, a truth_ratio result of a model never trained on
+the forget facts (TOFU's retain model) on the same facts, the p-value of a two-sample Kolmogorov-Smirnov
+test between the two models' per-fact R (scipy's `ks_2samp`, as open-unlearning's `ks_test`): high means
+the unlearned model's ratios are indistinguishable from the retain model's.
+
 Output (into `out/`): `truth_ratio.json` (kind "truth_ratio") and `truth_ratio.jsonl` (each fact's R).
 """
 
@@ -34,7 +39,7 @@ from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate.registry import Column, Computed, Evaluation, EvaluationRequest, PathText, Planned, register, run_evaluation
 from spunge_merge.evaluate.stats import interval_table
 from spunge_merge.evaluate.token_scores import continuation_logprobs, load_scorer
-from spunge_merge.fsutil import atomic_write_text, sha256_json
+from spunge_merge.fsutil import atomic_write_text, read_json, sha256_json
 from spunge_merge.models import ResolvedModel
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
@@ -47,7 +52,8 @@ class TruthRatioConfig(FrozenConfig):
     """Settings of a truth-ratio evaluation; the column names default to TOFU's."""
 
     data: PathText = Field(..., description="Facts (.jsonl/.json/.csv/.parquet), e.g. TOFU's forget10_perturbed, or "
-                                            "bench/knowledge/facts-*.jsonl with options_column.",
+                                            "bench/knowledge/facts-*.jsonl with options_column. In a pipeline also a data "
+                                            "source ({path, config, hub_split, where, ...}), its rows written with every column.",
                            json_schema_extra={"cli_flags": ["--data", "-d"]})
     where: list[str] = Field(default_factory=list, description="Keep only rows matching these conditions (the `spunge split` "
                                                                "--where syntax), all must hold.")
@@ -57,6 +63,9 @@ class TruthRatioConfig(FrozenConfig):
     options_column: str | None = Field(None, description="Instead of perturbed_column: a column of options holding the answer; "
                                                          "the other options are the perturbed answers (WMDP form).")
     max_facts: int | None = Field(None, ge=1, description="Use only the first N facts.")
+    reference: PathText | None = Field(None, description="A truth_ratio result folder of a model never trained on the forget "
+                                                         "facts (TOFU's retain model), on the same facts: adds forget quality, the "
+                                                         "KS-test p-value between the two models' truth ratios (needs scipy).")
     batch_size: int = Field(16, ge=1, description="Question-answer pairs per forward pass.")
     resamples: int = Field(1000, ge=1, description="Bootstrap resamples of the intervals.")
     seed: int = Field(0, description="Seed of the bootstrap.")
@@ -112,8 +121,10 @@ def plan_truth_ratio(request: EvaluationRequest) -> Planned:
     cfg: TruthRatioConfig = request.config
     resolved = request.model
     facts = load_truth_facts(cfg)
-    settings = cfg.model_dump(exclude={"data", "device"})
-    key = make_fingerprint(kind="truth_ratio", model=resolved.fingerprint, facts=sha256_json(facts), settings=settings)
+    reference = load_reference(cfg, sha256_json(facts))
+    settings = cfg.model_dump(exclude={"data", "device", "reference"})
+    key = make_fingerprint(kind="truth_ratio", model=resolved.fingerprint, facts=sha256_json(facts), settings=settings,
+                           **({"reference": reference["fingerprint"]} if reference else {}))
 
     def compute() -> Computed:
         started = time.perf_counter()
@@ -140,11 +151,50 @@ def plan_truth_ratio(request: EvaluationRequest) -> Planned:
                   "definition": "R = geometric-mean normalised P(perturbed) / normalised P(correct); forget = mean min(R, 1/R), "
                                 "retain = mean max(0, 1 − R)",
                   "seconds": round(time.perf_counter() - started, 2), "files": {"rows": ROWS_FILE}}
+        if reference is not None:
+            result["forget_quality"] = forget_quality(ratios, reference)
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         return Computed(result, {ROWS_FILE: lambda path: atomic_write_text(path, text),
                                  SUMMARY_FILE: lambda path: atomic_write_text(path, summary_markdown(result))})
 
     return Planned(key, compute)
+
+
+def load_reference(cfg: TruthRatioConfig, facts_sha256: str) -> dict[str, Any] | None:
+    """The per-fact R of `cfg.reference` (a truth_ratio result on the same facts), or None without one."""
+    if cfg.reference is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
+        raise SpungeError("forget quality (truth_ratio's reference) needs scipy: pip install scipy")
+    folder = Path(cfg.reference)
+    if not (folder / TRUTH_RATIO_FILE).is_file() or not (folder / ROWS_FILE).is_file():
+        raise SpungeError(f"{folder}: not a truth_ratio result (no {TRUTH_RATIO_FILE} and {ROWS_FILE}); evaluate the "
+                          "reference model with `spunge eval truth_ratio` first")
+    stored = read_json(folder / TRUTH_RATIO_FILE)
+    theirs = (stored.get("data") or {}).get("facts_sha256") if isinstance(stored, dict) else None
+    if not isinstance(stored, dict) or stored.get("kind") != "truth_ratio":
+        raise SpungeError(f"{folder / TRUTH_RATIO_FILE}: not a truth_ratio result")
+    if theirs != facts_sha256:
+        raise SpungeError(f"{folder}: scored other facts than {cfg.data} (facts sha256 {str(theirs)[:12]} vs {facts_sha256[:12]}); "
+                          "forget quality compares two models on the same facts")
+    ratios = [float(json.loads(line)["truth_ratio"]) for line in (folder / ROWS_FILE).read_text(encoding="utf-8").splitlines()
+              if line.strip()]
+    if len(ratios) != stored.get("facts"):
+        raise SpungeError(f"{folder / ROWS_FILE}: {len(ratios)} rows, but {TRUTH_RATIO_FILE} counts {stored.get('facts')} facts")
+    return {"ratios": ratios, "fingerprint": stored.get("fingerprint"), "path": str(folder), "model": stored.get("model")}
+
+
+def forget_quality(ratios: list[float], reference: dict[str, Any]) -> dict[str, Any]:
+    """TOFU's forget quality: the p-value of a two-sample KS test between this model's and the reference's R."""
+    from scipy.stats import ks_2samp
+
+    test = ks_2samp(ratios, reference["ratios"])
+    return {"p_value": float(test.pvalue), "ks_statistic": float(test.statistic), "facts": len(ratios),
+            "reference": {"path": reference["path"], "fingerprint": reference["fingerprint"], "model": reference["model"]},
+            "definition": "p-value of the two-sample Kolmogorov-Smirnov test between the per-fact truth ratios R of this "
+                          "model and of the reference (TOFU's forget quality; higher: closer to a model never trained on them)"}
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
@@ -153,6 +203,9 @@ def summary_markdown(result: dict[str, Any]) -> str:
              "correct answer's.", ""]
     labels = (("forget", "min(R, 1/R) (forget: higher is more forgotten)"), ("retain", "max(0, 1 − R) (retain)"), ("mean_ratio", "R"))
     lines += interval_table("aggregate", [(label, result[key]) for key, label in labels])
+    if quality := result.get("forget_quality"):
+        lines += ["", f"Forget quality (KS-test p-value against {quality['reference']['path']}): {quality['p_value']:.4g} "
+                      f"(KS statistic {quality['ks_statistic']:.3f})"]
     return "\n".join(lines) + "\n"
 
 
@@ -171,6 +224,10 @@ TRUTH_RATIO = register(Evaluation(
     result_file=TRUTH_RATIO_FILE,
     headline=lambda result: round(result["forget"]["mean"], 4),
     columns=(Column("truth_ratio_forget", "truth ratio min(R,1/R)", lambda result: result["forget"]["mean"], rank=64, digits=3,
-                    lower_is_better=False, utility=False),),
-    path_settings=("data",),
+                    lower_is_better=False, utility=False),
+             Column("forget_quality", "forget quality (KS p)", lambda result: (result.get("forget_quality") or {}).get("p_value"),
+                    rank=65, digits=3, lower_is_better=False, utility=False)),
+    path_settings=("data", "reference"),
+    data_settings=("data",),
+    row_settings=("data",),
 ))

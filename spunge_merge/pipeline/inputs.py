@@ -63,19 +63,31 @@ def load_ref(ref: DataRef, base_dir: Path):
     return table
 
 
-def write_rows(ref: DataRef, base_dir: Path, out_file: Path, *, texts_only: bool = False) -> int:
-    """Write the rows of `ref` as JSON lines (all columns, or only {"text": ...}); returns the row count."""
+def write_rows(ref: DataRef, base_dir: Path, out_file: Path, *, texts_only: bool = False, keep: tuple[str, ...] = ()) -> int:
+    """Write the rows of `ref` that have text as JSON lines (all columns, or only {"text": ...} plus the `keep`
+    columns when the table holds all of them); returns the row count."""
     table = load_ref(ref, base_dir)
     if ref.text_column not in table.column_names:
         raise SpungeError(f"{ref.path}: no column '{ref.text_column}' (columns: {', '.join(table.column_names)})")
+    kept = list(keep) if all(column in table.column_names for column in keep) else []
     lines = []
     for row in table:
         text = row[ref.text_column]
         if not isinstance(text, str) or not text.strip():
             continue
-        record = {"text": text} if texts_only else {**row, "text": text}
+        record = {"text": text, **{column: row[column] for column in kept}} if texts_only else {**row, "text": text}
         lines.append(json.dumps(record, ensure_ascii=False, default=str))
     if not lines:
         raise SpungeError(f"{ref.path}: column '{ref.text_column}' has no non-empty text")
     atomic_write_text(out_file, "\n".join(lines) + "\n")
     return len(lines)
+
+
+def write_table(ref: DataRef, base_dir: Path, out_file: Path, *, filtered: bool = True) -> int:
+    """Write every row of `ref` with all its columns as JSON lines, text or not (facts whose answers are lists,
+    a source numbered by row position); `filtered=False`: before its `where` and `limit`. Returns the row count."""
+    if not filtered:
+        ref = ref.model_copy(update={"where": [], "limit": None})
+    table = load_ref(ref, base_dir)
+    atomic_write_text(out_file, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in table))
+    return len(table)

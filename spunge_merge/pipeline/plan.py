@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge.config import apply_overrides, load_pipeline_yaml
+from spunge_merge.data.discovery import BlockBy
 from spunge_merge.errors import SpungeError
 from spunge_merge.pipeline import runtime
 from spunge_merge.pipeline.inputs import load_ref
@@ -32,13 +33,24 @@ def _subsets(pipeline: Pipeline, base_dir: Path) -> dict[str, dict[str, Any]] | 
     split = pipeline.split
     if split.subsets:
         return {name: {"value": name, "texts": _texts(load_ref(ref, base_dir), ref.text_column)} for name, ref in split.subsets.items()}
-    if not isinstance(split.by, str):
+    if isinstance(split.by, BlockBy):  # numbered before the filters, as the split stage does
+        from spunge_merge.data.discovery.blocks import number_blocks
+        from spunge_merge.data.split import apply_filters
+        from spunge_merge.data.where import parse_condition
+
+        table, _ = number_blocks(load_ref(split.data.model_copy(update={"where": []}), base_dir), split.by, split.data.path)
+        table, by = apply_filters(table, [parse_condition(e) for e in split.data.where], split.data.path), split.by.block.column
+    elif not isinstance(split.by, str):
         return None  # clustering or a classifier decides the subsets: that is computation
-    table = load_ref(split.data, base_dir)
-    if split.by not in table.column_names:
-        raise SpungeError(f"split.by: no column '{split.by}' in {split.data.path} (columns: {', '.join(table.column_names)})")
+    else:
+        table, by = load_ref(split.data, base_dir), split.by
+    if by not in table.column_names:
+        raise SpungeError(f"split.by: no column '{by}' in {split.data.path} (columns: {', '.join(table.column_names)})")
+    if split.data.text_column not in table.column_names:
+        raise SpungeError(f"split.data.text_column: no column '{split.data.text_column}' in {split.data.path} "
+                          f"(columns: {', '.join(table.column_names)})")
     groups: dict[str, list[str]] = {}
-    for value, text in zip(table[split.by], table[split.data.text_column], strict=True):
+    for value, text in zip(table[by], table[split.data.text_column], strict=True):
         if isinstance(text, str) and text.strip() and value is not None:
             groups.setdefault(str(value), []).append(text)
     values = split.values or sorted(groups)

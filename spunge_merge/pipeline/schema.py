@@ -32,7 +32,7 @@ from pydantic import (
 
 from spunge_merge.card.task import Task
 from spunge_merge.config import FrozenConfig, format_validation_error, load_pipeline_yaml, reattribute
-from spunge_merge.data.discovery.spec import ClassifierBy, ClusterBy, build_by
+from spunge_merge.data.discovery.spec import BlockBy, ClassifierBy, ClusterBy, build_by, by_forms_text
 from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate import registry as eval_registry
 from spunge_merge.merge.settings import Lambda, MergeOptions
@@ -93,14 +93,15 @@ class DataRef(FrozenConfig):
 class SplitSection(FrozenConfig):
     """Either split one table by a column (`data` + `by`), or give one data source per subset (`subsets`).
 
-    `by` may also discover the attribute: `cluster` / `{cluster: {k: 5}}` (k-means over sentence
+    `by` may also derive the attribute: `block:20` / `{block: {size: 20}}` (row position, numbered
+    before `data.where`: TOFU's authors), `cluster` / `{cluster: {k: 5}}` (k-means over sentence
     embeddings) or `{classifier: {model: DIR, labels: [...], threshold: 0.5}}` (see docs/discovery.md).
     """
 
     data: DataRef | None = Field(None, description="The unlearning data to split.")
-    by: str | ClusterBy | ClassifierBy | None = Field(
-        None, description="Attribute column whose values define the subsets (e.g. target_group), "
-                          "or {cluster: {...}} / {classifier: {...}} to discover it.")
+    by: str | BlockBy | ClusterBy | ClassifierBy | None = Field(
+        None, description=f"What defines the subsets: {by_forms_text()}; or the mapping forms "
+                          "{block: {...}}, {cluster: {...}}, {classifier: {...}}.")
     values: list[str] | None = Field(None, description="Values to keep, in this order (default: all).")
     subsets: dict[str, DataRef] | None = Field(None, description="Pre-split data: subset name → data source.")
     attribute: str = Field("subset", description="Name recorded as the attribute when `subsets` is used.")
@@ -108,7 +109,7 @@ class SplitSection(FrozenConfig):
     @field_validator("by", mode="before")
     @classmethod
     def _by_form(cls, value: Any) -> Any:
-        if value is None or isinstance(value, ClusterBy | ClassifierBy):
+        if value is None or isinstance(value, BlockBy | ClusterBy | ClassifierBy):
             return value
         try:
             return build_by(value, source="split.by")
@@ -130,6 +131,9 @@ class SplitSection(FrozenConfig):
                 raise ValueError("`subsets` is empty")
         elif self.data is None or self.by is None:
             raise ValueError("give `data` and `by` (the column to split on), or `subsets`")
+        elif isinstance(self.by, BlockBy) and self.data.limit is not None:
+            raise ValueError("data.limit does not go with by block:N (blocks are numbered in the source's own order); "
+                             "keep some blocks with `values` instead")
         return self
 
 

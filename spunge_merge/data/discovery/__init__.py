@@ -1,10 +1,12 @@
-"""Discovering the attribute to split on when the data has none: clusters or a classifier's labels.
+"""Discovering the attribute to split on when the data has none: clusters, a classifier's labels, row blocks.
 
 `discover(table, by)` labels every row of an already filtered table, by k-means over sentence
 embeddings (`ClusterBy`) or by a text-classification model (`ClassifierBy`); the split stage then
-splits on the new label column exactly as on a column the data came with. One module per step:
-`spec` (what `--by` may say), `embeddings`, `clustering`, `classify`, `terms` (c-TF-IDF names),
-`report` (report.md, map.png, agreement with a true label column).
+splits on the new label column exactly as on a column the data came with. Row blocks (`BlockBy`,
+`blocks.number_blocks`) need no model and are numbered before the filters, so they are not a
+"discovery" here (`is_discovery` is False for them). One module per step: `spec` (what `--by` may
+say), `blocks`, `embeddings`, `clustering`, `classify`, `terms` (c-TF-IDF names), `report`
+(report.md, map.png, agreement with a true label column).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from spunge_merge.data.discovery.spec import UNSURE, By, ClassifierBy, ClusterBy, build_by, parse_by_text
+from spunge_merge.data.discovery.spec import UNSURE, BlockBy, By, ClassifierBy, ClusterBy, build_by, parse_by_text
 from spunge_merge.errors import SpungeError
 
-__all__ = ["By", "ClassifierBy", "ClusterBy", "Discovery", "build_by", "discover", "is_discovery", "parse_by_text"]
+__all__ = ["BlockBy", "By", "ClassifierBy", "ClusterBy", "Discovery", "build_by", "discover", "is_discovery", "parse_by_text"]
 EXAMPLES = 3
 TOP_TERMS = 10
 

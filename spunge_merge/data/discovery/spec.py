@@ -1,23 +1,42 @@
-"""What `--by` (CLI) and `split.by` (pipeline) may say: a column, or how to discover the attribute.
+"""What `--by` (CLI) and `split.by` (pipeline) may say: a column, or how to derive the attribute.
 
-`target_group` splits on a column; `cluster` / `cluster:K` clusters sentence embeddings;
-`classifier:MODEL` labels each row with a text-classification model (zero-shot with candidate
-labels). The settings are frozen pydantic models: their field constraints are the one definition
-of the valid ranges, and their descriptions are the help text. The words `cluster` and
-`classifier:` are reserved; `column:NAME` splits on a column that happens to be called so.
+`target_group` splits on a column; `block:N` numbers the rows in consecutive blocks of N (the
+attribute implicit in the row order: TOFU's authors); `cluster` / `cluster:K` clusters sentence
+embeddings; `classifier:MODEL` labels each row with a text-classification model (zero-shot with
+candidate labels). `BY_FORMS` lists the forms once, for the CLI help, the pipeline schema and the
+docs. The settings are frozen pydantic models: their field constraints are the one definition of
+the valid ranges, and their descriptions are the help text. The words `block`, `cluster` and
+`classifier` are reserved; `column:NAME` splits on a column that happens to be called so.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
 from spunge_merge.config import FrozenConfig, format_validation_error
 from spunge_merge.errors import SpungeError
 
 EMBEDDING_ALIAS = "all-minilm-l6-v2"
 UNSURE = "unsure"
+BLOCK_PREFIX = "block-"
+
+# The forms of `--by` / `split.by`, declared once: the CLI help and the pipeline schema join them, and
+# tests/test_docs.py checks that docs/split.md names each.
+BY_FORMS: tuple[tuple[str, str], ...] = (
+    ("NAME", "a column whose values define the subsets (e.g. target_group)"),
+    ("block:N", f"consecutive blocks of N rows in the source's own order, numbered before any filter, named "
+                f"{BLOCK_PREFIX}00, {BLOCK_PREFIX}01, ... (TOFU's forget sets: block:20, one author each)"),
+    ("cluster", "k-means over sentence embeddings, K by silhouette; cluster:K fixes K"),
+    ("classifier:MODEL", "a local text-classification model's labels (zero-shot with --labels)"),
+    ("column:NAME", "splits on a column literally named block, cluster or classifier"),
+)
+
+
+def by_forms_text() -> str:
+    """`BY_FORMS` as one sentence (help text, schema description)."""
+    return "; ".join(f"`{form}`: {meaning}" for form, meaning in BY_FORMS)
 
 
 class ClusterSpec(FrozenConfig):
@@ -78,6 +97,23 @@ class ClassifierSpec(FrozenConfig):
         return self
 
 
+class BlockSpec(FrozenConfig):
+    """Subsets from row position: the source's rows in consecutive blocks of `size`, numbered in its own order
+    before any filter, so a row's block (TOFU: its author) is the same whatever filters follow."""
+
+    size: StrictInt = Field(..., ge=1, description="Rows per block (TOFU's forget sets: 20 questions per author); the last "
+                                                   "block holds the rows left over.", json_schema_extra={"cli_flags": ["block:N"]})
+    column: str = Field("block", min_length=1, description=f"Name of the column that receives the block label "
+                                                           f"({BLOCK_PREFIX}00, {BLOCK_PREFIX}01, ...).",
+                        json_schema_extra={"cli_flags": ["--label-column"]})
+
+
+class BlockBy(FrozenConfig):
+    """`split.by: {block: {size: 20}}` (or `block:20`)."""
+
+    block: BlockSpec
+
+
 class ClusterBy(FrozenConfig):
     """`split.by: {cluster: {k: 5}}`."""
 
@@ -96,14 +132,22 @@ class ClassifierBy(FrozenConfig):
 
 
 DiscoverBy = ClusterBy | ClassifierBy
-By = str | ClusterBy | ClassifierBy
+By = str | BlockBy | ClusterBy | ClassifierBy
+_KINDS = {"block": (BlockBy, BlockSpec), "cluster": (ClusterBy, ClusterSpec), "classifier": (ClassifierBy, ClassifierSpec)}
 
 
 def parse_by_text(text: str, source: str = "--by") -> str | dict[str, Any]:
-    """`cluster`, `cluster:K`, `classifier:MODEL`, `column:NAME` or a column name (as typed on the CLI)."""
+    """`block:N`, `cluster`, `cluster:K`, `classifier:MODEL`, `column:NAME` or a column name (as typed on the CLI)."""
     head, sep, rest = text.partition(":")
     if head == "column" and sep:
         return rest
+    if head == "block":
+        if not rest.strip():
+            raise SpungeError(f"{source} {text}: give the rows per block (block:N, e.g. block:20); "
+                              f"{source} column:block splits on a column named block")
+        if not rest.strip().lstrip("-").isdigit():
+            raise SpungeError(f"{source} {text}: N must be a whole number of rows (e.g. block:20)")
+        return {"block": {"size": int(rest)}}
     if head == "cluster":
         if not sep:
             return {"cluster": {}}
@@ -127,13 +171,18 @@ def build_by(by: Any, options: dict[str, Any] | None = None, *, source: str = "-
     value = parse_by_text(by, source) if isinstance(by, str) else by
     if isinstance(value, str):
         if options:
-            raise SpungeError(f"{', '.join(_flag(k) for k in options)} only apply to --by cluster or --by classifier:MODEL")
+            raise SpungeError(f"{', '.join(_flag(k) for k in options)} only apply to --by cluster, classifier:MODEL or block:N")
         return value
-    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ("cluster", "classifier"):
-        raise SpungeError(f"{source}: expected a column name, {{cluster: {{...}}}} or {{classifier: {{...}}}}")
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in _KINDS:
+        raise SpungeError(f"{source}: expected a column name, {{block: {{size: N}}}}, {{cluster: {{...}}}} or {{classifier: {{...}}}}")
     kind = next(iter(value))
-    settings = dict(value[kind] or {})
-    spec_cls = ClusterSpec if kind == "cluster" else ClassifierSpec
+    settings = value[kind]
+    if kind == "block" and not isinstance(settings, dict):
+        settings = {"size": settings}  # `block: 20`
+    if not isinstance(settings, dict | None):
+        raise SpungeError(f"{source}: {kind}: expected a mapping of its settings, got {settings!r}")
+    settings = dict(settings or {})
+    by_cls, spec_cls = _KINDS[kind]
     if kind == "cluster" and "embedding_model" in options:
         options["model"] = options.pop("embedding_model")
     wrong = [k for k in options if k not in spec_cls.model_fields]
@@ -141,7 +190,7 @@ def build_by(by: Any, options: dict[str, Any] | None = None, *, source: str = "-
         raise SpungeError(f"{', '.join(_flag(k) for k in wrong)} do(es) not apply to --by {kind}")
     settings.update(options)
     try:
-        return (ClusterBy if kind == "cluster" else ClassifierBy).model_validate({kind: settings})
+        return by_cls.model_validate({kind: settings})
     except ValidationError as exc:
         raise SpungeError(format_validation_error(exc, f"{source} {kind}")) from None
 

@@ -47,22 +47,29 @@ def _eval_settings(ctx: Context) -> dict[str, dict[str, Any]]:
             outer, _, inner = key.partition(".")  # `measure_settings.facts`: a path inside a mapping setting
             if inner and isinstance(kwargs.get(outer), dict) and isinstance(kwargs[outer].get(inner), str):
                 kwargs[outer] = {**kwargs[outer], inner: ctx.path(kwargs[outer][inner])}
-        for key in registry.get(name).data_settings:
+        evaluation = registry.get(name)
+        for key in evaluation.data_settings:
             if isinstance(kwargs.get(key), dict):
-                kwargs[key] = str(_write_data_source(ctx, name, key, DataRef.model_validate(kwargs[key])))
-                kwargs.pop("text_column", None)
+                rows = key in evaluation.row_settings
+                kwargs[key] = str(_write_data_source(ctx, name, key, DataRef.model_validate(kwargs[key]), rows=rows))
+                if not rows:
+                    kwargs.pop("text_column", None)
         chosen[name] = runtime.eval_settings(ctx.pipeline, evals.accepted_keywords(name), kwargs)
     return chosen
 
 
-def _write_data_source(ctx: Context, name: str, key: str, ref: DataRef) -> Path:
-    """A data source with filters, given as an evaluation's setting, written out once as a texts file."""
+def _write_data_source(ctx: Context, name: str, key: str, ref: DataRef, *, rows: bool = False) -> Path:
+    """A data source with filters, given as an evaluation's setting, written out once as a texts file
+    (`rows`: as whole rows, every column kept)."""
     stem = f"eval-{name}" if key == "data" else f"eval-{name}-{key}"
     target = ctx.inputs_dir / f"{stem}.jsonl"
     marker = ctx.inputs_dir / f".{stem}.sha"
     wanted = sha256_json(inputs.identity(ref, ctx.base_dir))
     if not target.is_file() or not marker.is_file() or marker.read_text() != wanted:
-        inputs.write_rows(ref, ctx.base_dir, target, texts_only=True)
+        if rows:
+            inputs.write_table(ref, ctx.base_dir, target)
+        else:
+            inputs.write_rows(ref, ctx.base_dir, target, texts_only=True)
         atomic_write_text(marker, wanted)
     return target
 

@@ -204,6 +204,7 @@ class _Session:
                 "tokens": sum(len(ids) for ids in encoded),
                 "target_tokens": sum(lm_data.predicted_tokens(ids) for ids in encoded),
                 "form": "question/answer (loss on answer tokens)" if config.answer_column else "text",
+                "retain_form": self._retain_form() if retain_rows else None,
                 "trainable_params": measured.trainable,
                 **measured.trained,
                 "device": str(self.device),
@@ -211,6 +212,14 @@ class _Session:
                 "train_seconds": round(measured.train_seconds, 3),
             },
         )
+
+    def _retain_form(self) -> str:
+        """How the retain rows were read (`encode`): as pairs only where a retain file holds both columns."""
+        config = self.config
+        paired = [bool(config.answer_column) and has_pair_columns(s.source, config) for s in self.retain]
+        if all(paired):
+            return "question/answer (retain term on answer tokens)"
+        return "question/answer in the files holding both columns, text in the others" if any(paired) else "text"
 
     def _probe_nll(self, model, probe, pad_id) -> float | None:
         if not probe:
