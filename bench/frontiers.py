@@ -2,13 +2,13 @@
 
 The grid is defined once, in `recipes/frontiers.yaml` (the plan); each method's experiment once, in
 `recipes/frontiers-knowledge-<method>.yaml` (a pipeline template). For every cell (task, base model,
-method, forget pair) the driver:
+method, forget set: a pair, or more domains, grouped into subsets or not) the driver:
 
 1. runs the method's template once per seed (`spunge run` with `--set` overrides for the cell: model,
-   facts file, the two forgotten domains, seeds): split the forget facts by domain, unlearn each
-   forgotten domain, unlearn the un-split union at the matched step budget (the pipeline's resume); a model
-   whose plan entry caps some domain's training facts (`train_rows`) reads a derived facts file
-   (`bench/frontiers_facts.py`);
+   facts file, the forgotten domains, seeds): split the forget facts by domain (or, for grouped subsets, by a
+   derived file's `subset` column), unlearn each subset, unlearn the un-split union at the matched step budget
+   (the pipeline's resume); a model whose plan entry caps some domain's training facts (`train_rows`) reads a
+   derived facts file (`bench/frontiers_facts.py`);
 2. builds, without retraining, every merge of the plan at every λ and the baseline at every λ
    (`bench/grid_points.py`, shared with `bench/knowledge_grid.py`), with an anchored baseline arm for each
    data-dependent merge (`baseline-anchored_ls`: the un-split run merged alone the same way), and scores each model on the
@@ -28,6 +28,7 @@ method, forget pair) the driver:
     OMP_NUM_THREADS=1 python bench/frontiers.py --readout-only --relearn lucki2024 --only model=smollm2-135m,method=rmu
     OMP_NUM_THREADS=1 python bench/frontiers.py --readout-only --mia --only model=smollm2-135m,method=rmu
     OMP_NUM_THREADS=1 python bench/frontiers.py --plan-file bench/plans/unequal-rmu-smollm2.yaml --plan   # a plan of its own
+    OMP_NUM_THREADS=1 python bench/frontiers.py --plan-file bench/plans/more-subsets-rmu-smollm2.yaml --plan   # k = 4 and k = 2
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from frontiers_cost import TIMINGS, plan_text, record_timing, unit_costs  # noqa: E402, F401 - the plan's cost, re-exported
-from frontiers_facts import capped_facts  # noqa: E402 - bench/ is on sys.path
+from frontiers_cost import TIMINGS, plan_text, record_timing, set_scale, unit_costs  # noqa: E402, F401 - the plan's cost, re-exported
+from frontiers_facts import capped_facts, grouped_facts  # noqa: E402 - bench/ is on sys.path
 from frontiers_plan import (  # noqa: E402, F401 - bench/ is on sys.path; the plan's reading, re-exported for the driver's callers
     PLAN,
+    forget_sets,
     load_plan,
     method_lambdas,
     method_merges,
@@ -63,18 +65,30 @@ QUICK_MARKER = "<!-- read-out below: written by `python bench/frontiers.py --qui
 
 @dataclass(frozen=True)
 class Cell:
-    """One experiment: a method unlearning two domains of one model's facts, every seed."""
+    """One experiment: a method unlearning a forget set (two or more domains) of one model's facts, every seed."""
 
     task: str
     model: str
     method: str
-    pair: tuple[str, str]
+    pair: tuple[str, ...]  # the forgotten domains (a pair, or more)
     facts: Path
     fallback: bool  # the model's own facts file is missing: the plan's fallback is used
+    subsets: tuple[tuple[str, ...], ...] = ()  # the domains grouped into subsets; (): one subset per domain
+
+    @property
+    def k(self) -> int:
+        """The number of subsets Spunge unlearns separately and merges."""
+        return len(self.subsets) or len(self.pair)
+
+    @property
+    def set_name(self) -> str:
+        """`a+b+c+d`, and `a+b+c+d-k2` where its domains are grouped into 2 subsets: the k = 4 and k = 2 cells of one
+        forget set never share a name, a unit or a run directory."""
+        return "+".join(self.pair) + (f"-k{self.k}" if self.subsets else "")
 
     @property
     def key(self) -> str:
-        return f"{self.task}/{self.model}/{self.method}/{'+'.join(self.pair)}"
+        return f"{self.task}/{self.model}/{self.method}/{self.set_name}"
 
 
 @dataclass(frozen=True)
@@ -166,9 +180,9 @@ def select(plan: dict, *, quick: bool, only: dict[str, set[str]]) -> tuple[list[
             if not settings.for_method(method).merges:  # --only merge= left none of this method's merges: no cell
                 continue
             check_retain(plan, Cell(plan["task"], model, method, ("", ""), facts, fallback), settings.for_method(method))
-            for pair in pairs_for(plan, facts, n_pairs):
-                cell = Cell(plan["task"], model, method, pair, facts, fallback)
-                wanted = {"task": cell.task, "model": model, "method": method, "pair": "+".join(pair)}
+            for pair, subsets in forget_sets(plan, facts, n_pairs):  # grouped subsets: a derived file with their column
+                cell = Cell(plan["task"], model, method, pair, grouped_facts(plan, facts, subsets), fallback, subsets)
+                wanted = {"task": cell.task, "model": model, "method": method, "pair": cell.set_name}
                 if all(wanted[k] in v for k, v in only.items() if k != "merge"):
                     cells.append(cell)
     return cells, settings
@@ -190,10 +204,11 @@ def check_retain(plan: dict, cell: Cell, settings: Settings) -> None:
 
 
 def cell_dir(plan: dict, cell: Cell) -> Path:
-    """runs/<facts file stem>/<model>/<method>/<a>--<b>: another facts file never reuses a cell's work.
+    """runs/<facts file stem>/<model>/<method>/<a>--<b>[--<c>...][-k<k> where grouped]: another facts file never
+    reuses a cell's work, nor another grouping of the same domains.
 
     Not `a+b`: mergekit reads a `+` in a model path as its base+LoRA syntax."""
-    return plan["runs"] / cell.facts.stem / cell.model / cell.method / "--".join(cell.pair)
+    return plan["runs"] / cell.facts.stem / cell.model / cell.method / ("--".join(cell.pair) + (f"-k{cell.k}" if cell.subsets else ""))
 
 
 def template(plan: dict, cell: Cell) -> Path:
@@ -216,14 +231,21 @@ def template(plan: dict, cell: Cell) -> Path:
 
 
 def overrides(plan: dict, cell: Cell, seeds: list[int]) -> list[str]:
-    """`--set` assignments that turn the method's template into this cell's pipeline."""
+    """`--set` assignments that turn the method's template into this cell's pipeline: split by domain into the
+    forgotten domains, or, where they are grouped, by the derived file's `subset` column into the subsets' names (the
+    kept domains' rows have none and are left out); keep filters on every forgotten domain either way."""
+    from frontiers_facts import SUBSET_COLUMN
+    from frontiers_plan import subset_name
+
     from spunge_merge.config import load_yaml
 
     raw = load_yaml(template(plan, cell))
-    facts, (a, b) = str(cell.facts), cell.pair
-    keep = f"domain not in {a},{b}"
-    found = [f"model={cell.model}", f"seeds={json.dumps(seeds)}", f"split.data.path={facts}",
-             f"split.values={json.dumps([a, b])}", f"eval.knowledge.facts={facts}", f"eval.perplexity.data.path={facts}",
+    facts = str(cell.facts)
+    keep = f"domain not in {','.join(cell.pair)}"
+    split = [f"split.by={SUBSET_COLUMN}", f"split.values={json.dumps([subset_name(g) for g in cell.subsets])}"] \
+        if cell.subsets else [f"split.values={json.dumps(list(cell.pair))}"]
+    found = [f"model={cell.model}", f"seeds={json.dumps(seeds)}", f"split.data.path={facts}", *split,
+             f"eval.knowledge.facts={facts}", f"eval.perplexity.data.path={facts}",
              f"eval.perplexity.data.where={json.dumps(['part == heldout', keep])}"]
     if raw["unlearn"].get("retain"):
         found += [f"unlearn.retain.path={facts}", f"unlearn.retain.where={json.dumps(['part == train', keep])}"]
@@ -253,7 +275,7 @@ def run_cell(plan: dict, cell: Cell, settings: Settings) -> dict[int, dict[str, 
     trained = {entry.split(":")[0] for entry in summary.ran if entry.startswith("seed ") and "unlearn" in entry}
     if trained:  # the seeds that trained now share the time (a resumed seed costs next to nothing): --plan reads it
         record_timing(plan["results"], "seed_pipeline", f"{cell.model}/{cell.method}",
-                      (time.perf_counter() - started) / len(trained))
+                      (time.perf_counter() - started) / len(trained) / set_scale(cell))  # a pair's share
     raw = load_yaml(run_dir / "seeds" / str(settings.seeds[0]) / "pipeline.yaml")
     base = resolve_model(cell.model)
     method = registry.get_method(cell.method)

@@ -43,9 +43,15 @@ def cost_scales(plan: dict) -> dict[str, float]:
     return {m: float(v.get("cost_scale", 1.0)) for m, v in plan["models"].items()}
 
 
+def set_scale(cell: Cell) -> float:
+    """A seed's pipeline relative to a pair's: its split runs and the un-split run train on every forgotten domain's
+    rows, so 4 domains cost about twice 2 (timings record a pair's share: measured time / this)."""
+    return len(cell.pair) / 2
+
+
 def unit_costs(plan: dict, cell: Cell) -> tuple[float, float, str]:
     """(seconds per seed's pipeline, seconds per grid model, where from): measured on this model, else measured on
-    another model scaled by the plans' cost_scale, else the plan's estimate scaled."""
+    another model scaled by the plans' cost_scale, else the plan's estimate scaled; a seed's pipeline by `set_scale`."""
     timings = read_timings(plan["results"])
     shipped = read_timings(_shipped_results())
     for kind in ("seed_pipeline", "model"):  # the plan's own measurements first, the shipped benchmark's where it has none
@@ -65,7 +71,9 @@ def unit_costs(plan: dict, cell: Cell) -> tuple[float, float, str]:
 
     per_seed, how_seed = pick("seed_pipeline", lambda m: f"{m}/{cell.method}", plan["estimates"]["seed_pipeline"][cell.method])
     per_model, how_model = pick("model", lambda m: m, plan["estimates"]["model"])
-    return per_seed, per_model, how_seed if how_seed == how_model else f"{how_seed}; models {how_model}"
+    how = how_seed if how_seed == how_model else f"{how_seed}; models {how_model}"
+    return per_seed * set_scale(cell), per_model, how + (f"; pipeline × {set_scale(cell):g} ({len(cell.pair)} domains)"
+                                                         if len(cell.pair) != 2 else "")
 
 
 def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: float) -> tuple[str, list[Cell]]:
@@ -75,8 +83,8 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
 
     pair_rank = {}
     for cell in cells:
-        pair_rank.setdefault((cell.model, cell.method), []).append(cell.pair)
-    order = sorted(cells, key=lambda c: (pair_rank[(c.model, c.method)].index(c.pair),
+        pair_rank.setdefault((cell.model, cell.method), []).append(cell.set_name)
+    order = sorted(cells, key=lambda c: (pair_rank[(c.model, c.method)].index(c.set_name),
                                          list(plan["models"]).index(c.model), plan["methods"].index(c.method)))
     rows, kept, total, used = [], [], 0.0, 0.0
     budget = budget_hours * 3600
@@ -92,7 +100,7 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
             used += cost
             kept.append(cell)
         size = size_ratio(cell.facts, list(cell.pair))
-        rows.append(f"| {cell.model} | {cell.method} | {' + '.join(cell.pair)} | "
+        rows.append(f"| {cell.model} | {cell.method} | {set_label(cell)} | "
                     f"{' / '.join(f'{d} {n}' for d, n in size['rows'].items())} ({size['ratio']:.2f}×) | {len(settings.seeds)} | "
                     f"{per_seed:.0f} s + {models} × {per_model:.0f} s{f'; + {statistics:.0f} s statistics per cell' if passes else ''} | "
                     f"{cost / 60:.0f} min | "
@@ -117,13 +125,25 @@ def plan_text(plan: dict, cells: list[Cell], settings: Settings, budget_hours: f
     return "\n".join(lines) + "\n", kept
 
 
+def set_label(cell: Cell) -> str:
+    """`a + b`; a larger set with its k and, where grouped, its subsets (`a + b + c + d (k = 2: a + b / c + d)`)."""
+    text = " + ".join(cell.pair)
+    if cell.subsets:
+        return f"{text} (k = {cell.k}: {' / '.join(' + '.join(g) for g in cell.subsets)})"
+    return text + (f" (k = {cell.k})" if cell.k != 2 else "")
+
+
 def capped_text(plan: dict, cells: list[Cell]) -> list[str]:
-    """Per model whose training facts are capped (`models.<model>.train_rows`), the derived file and what it keeps."""
+    """Per grouped forget set, the derived file it splits; per model whose training facts are capped
+    (`models.<model>.train_rows`), the derived file and what it keeps."""
     from spunge_merge.fsutil import read_json
 
-    found = []
+    found = [f"{c.model} {c.set_name} split by the derived file's `subset` column: <runs>/derived/{c.facts.name}"
+             for c in dict((c.facts, c) for c in cells if c.subsets).values()]
     for model in dict.fromkeys(c.model for c in cells):
         facts = next(c.facts for c in cells if c.model == model)
+        if facts.with_suffix(".json").is_file() and "subsets" in read_json(facts.with_suffix(".json")):
+            facts = facts.parent / read_json(facts.with_suffix(".json"))["source"]  # grouped: the capped file it came from
         if plan["models"][model].get("train_rows") and facts.with_suffix(".json").is_file():
             record = read_json(facts.with_suffix(".json"))
             caps = ", ".join(f"{d} {n} of {record['train_rows_before'][d]}" for d, n in sorted(record["train_rows"].items()))

@@ -1,4 +1,6 @@
-"""Unequal subsets: a model's facts file with some domains' training facts capped (`models.<model>.train_rows`).
+"""Derived facts files: a model's facts with some domains' training facts capped (unequal subsets,
+`models.<model>.train_rows`), or a forget set's domains grouped into subsets (more subsets, `pairs:` entries with
+`subsets`); the two combine (the grouping is derived from the capped file).
 
 Why a derived file and not a `where` filter: the cell's every reader (the split, the retain data, the knowledge
 and perplexity evaluations, the read-out's size predictor) takes the facts file as it is, and the runs folder is
@@ -10,6 +12,13 @@ every other domain's rows are copied byte for byte, in their order. The file is
 `<runs>/derived/<facts stem>-<domain><N>[-...]-<first 8 hex of the original's sha256>.jsonl`, written atomically,
 with `<same name>.json` beside it recording the original, its full sha256, the caps, the seed and the rows kept:
 an edited original gets a new name, so its runs never mix with the old ones'.
+
+Grouped subsets: the split stage splits by one column's values, and a subset of two domains is no value of
+`domain`. So the forgotten domains' rows (train and held-out alike) get a `subset` column, their subset's name
+(`frontiers_plan.subset_name`: the domains joined with `_`), and the cell splits `by: subset`; the kept domains'
+rows are copied byte for byte without it (the split counts them as `rows_without_value` and writes no subset of
+them). The file is `<runs>/derived/<facts stem>-subsets-<name>-<name>[...]-<sha8 of its source>.jsonl`, its record
+beside it; the runs folder is keyed by its stem, so a grouped cell never shares the ungrouped cell's runs.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import random
 from pathlib import Path
 
 CAP_SEED = 0
+SUBSET_COLUMN = "subset"
 
 
 def capped_facts(plan: dict, model: str, facts: Path) -> Path:
@@ -82,3 +92,37 @@ def kept_lines(rows: list[dict], caps: dict[str, int]) -> list[bool]:
         for i in positions:
             keep[i] = i in chosen
     return keep
+
+
+def grouped_facts(plan: dict, facts: Path, subsets: tuple[tuple[str, ...], ...]) -> Path:
+    """The facts file a grouped forget set's cell uses: `facts` itself where each domain is its own subset (`subsets`
+    is ()), else the derived file with the `subset` column on the forgotten domains' rows (written once, then reused)."""
+    from frontiers_plan import subset_name
+
+    from spunge_merge.errors import SpungeError
+    from spunge_merge.fsutil import atomic_write_text, sha256_file, write_json
+
+    if not subsets:
+        return facts
+    digest = sha256_file(facts)
+    names = [subset_name(group) for group in subsets]
+    out = plan["runs"] / "derived" / f"{facts.stem}-subsets-{'-'.join(names)}-{digest[:8]}.jsonl"
+    if out.is_file():
+        return out
+    of = {domain: name for group, name in zip(subsets, names, strict=True) for domain in group}
+    written, counts = [], dict.fromkeys(names, 0)
+    for line in facts.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if SUBSET_COLUMN in row:
+            raise SpungeError(f"{facts.name}: already has a `{SUBSET_COLUMN}` column, which a grouped forget set writes")
+        if row["domain"] in of:
+            counts[of[row["domain"]]] += row.get("part") == "train"
+            line = json.dumps({**row, SUBSET_COLUMN: of[row["domain"]]}, ensure_ascii=False)
+        written.append(line + "\n")
+    atomic_write_text(out, "".join(written))
+    write_json(out.with_suffix(".json"), {"source": facts.name, "source_sha256": digest, "column": SUBSET_COLUMN,
+                                          "subsets": {n: list(g) for n, g in zip(names, subsets, strict=True)},
+                                          "train_rows": counts})
+    return out

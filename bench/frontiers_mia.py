@@ -2,10 +2,10 @@
 arm's matched-utility point, and its read-out: Spunge − baseline distance of the MIA AUC from the base's.
 
 Called by `python bench/frontiers.py --mia` (after the grid, or over a finished grid with --readout-only). For every
-cell the members are the forgotten domains' training facts (the facts file's rows `part == train` in the pair: what both
-arms unlearned) and the non-members the same domains' held-out facts (`part == heldout`: never trained on or unlearned),
-written once to `<cell run>/grid/mia-inputs/{members,nonmembers}.jsonl`. `spunge_merge.evaluate.mia.evaluate_mia` scores
-them (LOSS, zlib, Min-K %, Min-K %++) under:
+cell the members are the forgotten domains' training facts (the facts file's rows `part == train` in the forget set, a
+pair or more, grouped or not: what both arms unlearned) and the non-members the same domains' held-out facts
+(`part == heldout`: never trained on or unlearned), written once to `<cell run>/grid/mia-inputs/{members,nonmembers}.jsonl`.
+`spunge_merge.evaluate.mia.evaluate_mia` scores them (LOSS, zlib, Min-K %, Min-K %++) under:
 
 - the base model, once per cell: `<cell run>/grid/base/mia/`;
 - every seed's arms (the un-split baseline, each anchored baseline, each merge) at the frontier read-out's operating
@@ -39,14 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from spunge_merge.evaluate.matched import as_readout, matched_utility, verdict
+from spunge_merge.evaluate.matched import as_readout, matched_utility, set_name, verdict
 from spunge_merge.evaluate.mia import ATTACKS, MIA_FILE, SCORES_FILE
 
 INPUTS = "mia-inputs"
 
 
 def mia_inputs(cell, root: Path) -> tuple[Path, Path]:
-    """(members.jsonl, nonmembers.jsonl) of the cell under `root/grid/mia-inputs`: the pair's training facts and its
+    """(members.jsonl, nonmembers.jsonl) of the cell under `root/grid/mia-inputs`: the forget set's training facts and its
     held-out facts, one `{"text": ...}` a line; rewritten only where the facts file now gives other texts."""
     from spunge_merge.errors import SpungeError
     from spunge_merge.fsutil import atomic_write_text, iter_jsonl
@@ -103,7 +103,7 @@ def mia_cells(plan: dict, cells: list, settings, cell_dir, *, device: str = "cpu
 
     rows = collect(plan, cells, settings, cell_dir)
     for cell in cells:
-        units = [u for u in rows.get((cell.task, cell.method, cell.model), []) if u["pair"] == list(cell.pair)]
+        units = [u for u in rows.get((cell.task, cell.method, cell.model), []) if set_name(u) == cell.set_name]
         if not units:
             print(f"{cell.key}: no finished seed to score", flush=True)
             continue
@@ -341,7 +341,7 @@ def _cell_units(plan: dict, cells: list, settings, cell_dir) -> list[tuple[Any, 
     from frontiers_readout import collect
 
     rows = collect(plan, cells, settings, cell_dir)
-    return [(cell, [u for u in rows.get((cell.task, cell.method, cell.model), []) if u["pair"] == list(cell.pair)],
+    return [(cell, [u for u in rows.get((cell.task, cell.method, cell.model), []) if set_name(u) == cell.set_name],
              grid_loader(lambda unit, root=cell_dir(plan, cell): root)) for cell in cells]
 
 

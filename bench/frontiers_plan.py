@@ -116,22 +116,73 @@ def facts_domains(facts: Path) -> list[str]:
     return sorted({row["domain"] for _, row in iter_jsonl(facts)})
 
 
-def pairs_for(plan: dict, facts: Path, n_pairs: int) -> list[tuple[str, str]]:
-    """The plan's forget pairs for one facts file (`auto`: disjoint pairs of its sorted domains)."""
+def pairs_for(plan: dict, facts: Path, n_pairs: int) -> list[tuple[str, ...]]:
+    """The plan's forget sets' domains for one facts file (`forget_sets` without their grouping)."""
+    return [domains for domains, _ in forget_sets(plan, facts, n_pairs)]
+
+
+def forget_sets(plan: dict, facts: Path, n_pairs: int) -> list[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]]:
+    """The plan's forget sets for one facts file, each (domains, subsets): `auto` takes disjoint pairs of its sorted
+    domains; a listed set names two or more domains, `[a, b, c, d]` (one subset per domain), or groups them,
+    `{domains: [a, b, c, d], subsets: [[a, b], [c, d]]}`. `subsets` is () where each domain is its own subset."""
     from spunge_merge.errors import SpungeError
 
     domains = facts_domains(facts)
     if plan["pairs"] == "auto":
         if len(domains) < 3:
             raise SpungeError(f"{facts}: {len(domains)} domains; forgetting two needs at least one more to keep")
-        pairs = [(domains[i], domains[i + 1]) for i in range(0, len(domains) - 1, 2)]
+        return [((domains[i], domains[i + 1]), ()) for i in range(0, len(domains) - 1, 2)][:n_pairs]
+    if not isinstance(plan["pairs"], list):
+        raise SpungeError(f"{plan.get('_file', PLAN)}: pairs: `auto` or a list of forget sets")
+    found = [forget_set(entry, f"{plan.get('_file', PLAN)}: pairs[{i}]") for i, entry in enumerate(plan["pairs"])]
+    for named, _ in found:
+        if missing := [d for d in named if d not in domains]:
+            raise SpungeError(f"{plan.get('_file', PLAN)}: pairs: domain {', '.join(missing)} is not in {facts} "
+                              f"(its domains: {', '.join(domains)})")
+    return found[:n_pairs]
+
+
+def forget_set(entry: object, where: str) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """One listed forget set, checked: (its domains, its subsets or () where each domain is one)."""
+    from spunge_merge.errors import SpungeError
+
+    if isinstance(entry, dict):
+        if set(entry) - {"domains", "subsets"} or "domains" not in entry:
+            raise SpungeError(f"{where}: a grouped forget set takes `domains` and `subsets` ({', '.join(map(str, entry))} given)")
+        given, groups = entry["domains"], entry.get("subsets")
     else:
-        pairs = [tuple(p) for p in plan["pairs"]]
-        for pair in pairs:
-            if missing := [d for d in pair if d not in domains]:
-                raise SpungeError(f"recipes/frontiers.yaml: pairs: domain {', '.join(missing)} is not in {facts} "
-                                  f"(its domains: {', '.join(domains)})")
-    return pairs[:n_pairs]
+        given, groups = entry, None
+    if not isinstance(given, list) or len(given) < 2 or not all(isinstance(d, str) for d in given):
+        raise SpungeError(f"{where}: a forget set names two or more domains ({given!r} given)")
+    if len(set(given)) < len(given):
+        raise SpungeError(f"{where}: a domain named twice in {', '.join(given)}")
+    if groups is None:
+        return tuple(given), ()
+    if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
+        raise SpungeError(f"{where}.subsets: a list of subsets, each a list of the set's domains")
+    if len(groups) < 2:
+        raise SpungeError(f"{where}.subsets: {len(groups)} subset; splitting needs at least 2")
+    seen: dict[str, int] = {}
+    for group in groups:
+        for domain in group:
+            if domain not in given:
+                raise SpungeError(f"{where}.subsets: {domain} is not one of the set's domains ({', '.join(given)})")
+            if domain in seen:
+                raise SpungeError(f"{where}.subsets: {domain} is in two subsets")
+            seen[domain] = 1
+    if missing := [d for d in given if d not in seen]:
+        raise SpungeError(f"{where}.subsets: {', '.join(missing)} in no subset (every domain of the set goes in one)")
+    if len({subset_name(g) for g in groups}) < len(groups):
+        raise SpungeError(f"{where}.subsets: two subsets get the same name {', '.join(subset_name(g) for g in groups)}")
+    if all(len(g) == 1 for g in groups):  # one subset per domain: the ungrouped set, its cell and runs
+        return tuple(given), ()
+    return tuple(given), tuple(tuple(g) for g in groups)
+
+
+def subset_name(group: tuple[str, ...] | list[str]) -> str:
+    """A grouped subset's value in the derived facts file's `subset` column: its domains joined with `_` (never `+`,
+    which mergekit reads in a run's path as its base+LoRA syntax)."""
+    return "_".join(group)
 
 
 def method_lambdas(plan: dict, sub: dict) -> dict[str, dict[str, list[float]]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from frontiers_domains import domain_lines, domain_readout  # bench/ is on sys.path (the driver's, the tests')
+from frontiers_subsets import subset_comparisons, subset_lines
 
 from spunge_merge.evaluate.matched import (  # noqa: F401 - the rules, re-exported for the bench and its tests
     MAX_FORGET_GAP,
@@ -36,6 +37,7 @@ from spunge_merge.evaluate.matched import (  # noqa: F401 - the rules, re-export
     plot_units,
     read_row,
     rows_by_set,
+    set_name,
     unit_means,
     verdict,
 )
@@ -68,11 +70,12 @@ def size_ratio(facts: Path, pair: list[str]) -> dict[str, Any]:
 
 def edit_predictors(method: str, model: str, pair: list[str], folder: Path = INTERFERENCE) -> dict[str, Any] | None:
     """Cosine, sign agreement and each edit's selectivity, averaged over the seeds an edit_interference summary holds
-    for this (method, model, set); None where none was measured."""
+    for this (method, model, set); None where none was measured, and for a set of more than two domains (cos(A, B)
+    is two edits' figure)."""
     from spunge_merge.fsutil import read_json
 
     path = folder / f"{method}-{model}" / "summary.json"
-    if not path.is_file():
+    if len(pair) != 2 or not path.is_file():
         return None
     found = read_json(path)
     if sorted(found["forget"]) != sorted(pair) or found.get("method") != method or found.get("model") != model:
@@ -137,7 +140,8 @@ def collect(plan: dict, cells: list, settings, cell_dir) -> dict[tuple[str, str,
                     dirs[extra.name] = extra
             points = {name: read_point(d, forget) for name, d in dirs.items()}
             rows.setdefault((cell.task, cell.method, cell.model), []).append(
-                {"pair": list(cell.pair), "seed": seed, "facts": str(cell.facts), "fallback": cell.fallback,
+                {"pair": list(cell.pair), "set": cell.set_name, "subsets": [list(g) for g in cell.subsets],
+                 "seed": seed, "facts": str(cell.facts), "fallback": cell.fallback,
                  "excluded": points["base"]["excluded"], "points": points})
     return rows
 
@@ -186,6 +190,7 @@ def render(summary: dict) -> str:
     if any(row["fallback_facts"] for row in summary["rows"]):
         lines += ["", f"† scored on the fallback facts file ({Path(summary['fallback_facts']).name}), not the model's own."]
     lines += _anchored_lines(summary)
+    lines += subset_lines(summary)  # a forget set split two ways: the finer Spunge arm against the coarser
     lines += ["", "## Per forget set, with candidate predictors", "",
               "The same read-out on each forget set's units alone (pooled above). Predictors: training rows of each "
               "forgotten domain (larger / smaller); from `bench/results/edit_interference/` where the set was measured "
@@ -316,6 +321,7 @@ def write_outputs(rows: dict, plan: dict, settings, out: Path, *, plan_markdown:
         pooled, sets = rows_by_set(units, merges, plan["readout"])
         pooled["against_anchored"] = against_anchored(units, merges, anchored, plan["readout"])
         pooled["domains"] = domain_readout(units, merges, plan["readout"])  # the worst forgotten domain, each domain
+        pooled["more_subsets"] = subset_comparisons(units, merges, plan["readout"])
         pooled["fallback_facts"] = any(u["fallback"] for u in units)
         pooled["excluded"] = max(u.get("excluded", 0) for u in units)
         pooled["facts_per_domain"] = units[0]["points"]["base"].get("facts_per_domain", {})
@@ -324,7 +330,7 @@ def write_outputs(rows: dict, plan: dict, settings, out: Path, *, plan_markdown:
         plot_units(units, arms, f"{task} · {method} · {model}: every forget set pooled, {len(units)} units",
                    pooled["base_keep"] - keep_drop, out / plot)
         for name, entry in sets.items():
-            members = [u for u in units if "+".join(u["pair"]) == name]
+            members = [u for u in units if set_name(u) == name]
             entry["plot"] = f"frontier-{task}-{method}-{model}-{name.replace('+', '--')}.png"
             entry["predictors"] = set_predictors(method, model, members[0]["pair"], Path(members[0]["facts"]))
             plot_units(members, arms, f"{task} · {method} · {model} · forget set {name}: {len(members)} units",

@@ -8,7 +8,8 @@ without retraining (`grid_points.build_model`), attacked in memory by every atta
 deleted again; the results go to `<cell run>/grid/<seed>/relearn/<label>/<attack>/relearn.json`, and each is
 skipped on a rerun. The measure is the template's own knowledge evaluation (held-out facts of every domain),
 its base the cell's `grid/base/knowledge.json`, so recovery is read for the attacked domain (in-subset) and
-for the other forgotten domain (cross-subset) at once.
+for the other forgotten domain (cross-subset) at once. Those two roles are a pair's: a cell forgetting more than two
+domains (more subsets) is not attacked, and says so (`pairs_only`).
 
 The read-out (`summarize`) gives per (cell, arm, attack) and seed the recovery at the last attack step of
 each forgotten domain, mixed across the two bracketing λ with the read-out's interpolation weights; the
@@ -34,6 +35,15 @@ def attacks(cell, preset: str = "lucki2024") -> dict[str, dict]:
                                  "preset": preset} for k in (5, 10, 20)}
     found["wikitext-k10"] = {"data": str(WIKITEXT), "where": ["kind == text"], "k": 10, "preset": preset}
     return found
+
+
+def pairs_only(cells: list, *, say: bool = False) -> list:
+    """The cells whose forget set is a pair: in-subset and cross-subset recovery are its two domains' roles."""
+    for cell in cells:
+        if say and len(cell.pair) != 2:
+            print(f"{cell.key}: not attacked: --relearn reads in-subset and cross-subset recovery of a forget pair, and this "
+                  f"set has {len(cell.pair)} domains", flush=True)
+    return [cell for cell in cells if len(cell.pair) == 2]
 
 
 def grid_arms(merges: list[str], merge_settings: dict[str, dict]) -> list[str]:
@@ -68,6 +78,7 @@ def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = 
     from spunge_merge.unlearn import registry
 
     readout = plan["readout"]
+    cells = pairs_only(cells, say=True)
     rows = collect(plan, cells, settings, cell_dir)
     for cell in cells:
         units = [u for u in rows.get((cell.task, cell.method, cell.model), []) if u["pair"] == list(cell.pair)]
@@ -113,6 +124,7 @@ def summarize(plan: dict, cells: list, settings, cell_dir, *, preset: str = "luc
     from frontiers_readout import collect
 
     readout = plan["readout"]
+    cells = pairs_only(cells)
     rows = collect(plan, cells, settings, cell_dir)
     found = []
     for cell in cells:

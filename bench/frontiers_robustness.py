@@ -292,10 +292,11 @@ def write_robustness(plan: dict, cells: list, settings, cell_dir, out: Path, *, 
     import json
 
     from frontiers_readout import collect
-    from frontiers_relearn import attacks, summarize
+    from frontiers_relearn import attacks, pairs_only, summarize
 
     from spunge_merge.fsutil import atomic_write_text, write_json
 
+    cells = pairs_only(cells)  # a set of more than two domains is not attacked (frontiers_relearn.pairs_only)
     roots = {(c.task, c.method, c.model, tuple(c.pair)): cell_dir(plan, c) for c in cells}
     names = list(attacks(cells[0], preset)) if cells else []
     rows = []

@@ -303,7 +303,7 @@ def read_row(units: list[dict], merges: list[str], readout: FrontierReadout | Ma
     arms = [baseline] + [arm_of(m) for m in merges]
     no_utility = sum(1 for u in units for name in u["points"] if name != "base" and arm_and_lambda(name)[0] in arms
                      and not useful(u["points"][name], u["points"]["base"], drop_margin))
-    return {"units": len(units), "seeds": n_seeds, "pairs": sorted({"+".join(u["pair"]) for u in units}),
+    return {"units": len(units), "seeds": n_seeds, "pairs": sorted({set_name(u) for u in units}),
             "best": best, "merges": per_merge, "no_utility_points": no_utility,
             "base_keep": _mean([u["points"]["base"]["keep"][0] for u in units]),
             "base_forget": _mean([u["points"]["base"]["forget"][0] for u in units]),
@@ -316,8 +316,14 @@ def rows_by_set(units: list[dict], merges: list[str], readout: FrontierReadout |
     pooled = read_row(units, merges, readout, **arms)
     sets: dict[str, list[dict]] = {}
     for unit in units:
-        sets.setdefault("+".join(unit["pair"]), []).append(unit)
+        sets.setdefault(set_name(unit), []).append(unit)
     return pooled, {name: read_row(members, merges, readout, **arms) for name, members in sorted(sets.items())}
+
+
+def set_name(unit: Mapping[str, Any]) -> str:
+    """A unit's forget set: its `set` where given (`a+b+c+d-k2`: the same domains grouped into 2 subsets is another
+    set), else its domains joined, `a+b`."""
+    return unit.get("set") or "+".join(unit["pair"])
 
 
 def _mean(values: list[float]) -> float:
