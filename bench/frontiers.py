@@ -27,6 +27,7 @@ method, forget set: a pair, or more domains, grouped into subsets or not) the dr
     OMP_NUM_THREADS=1 python bench/frontiers.py --only model=gemma3-270m,method=tvn
     OMP_NUM_THREADS=1 python bench/frontiers.py --readout-only --relearn lucki2024 --only model=smollm2-135m,method=rmu
     OMP_NUM_THREADS=1 python bench/frontiers.py --readout-only --mia --only model=smollm2-135m,method=rmu
+    OMP_NUM_THREADS=1 python bench/frontiers.py --readout-only --probes --only model=smollm2-135m,method=rmu
     OMP_NUM_THREADS=1 python bench/frontiers.py --plan-file bench/plans/unequal-rmu-smollm2.yaml --plan   # a plan of its own
     OMP_NUM_THREADS=1 python bench/frontiers.py --plan-file bench/plans/more-subsets-rmu-smollm2.yaml --plan   # k = 4 and k = 2
 """
@@ -374,6 +375,11 @@ def main() -> None:
 
             mia_cells(plan, todo, settings, cell_dir)
             write_mia(plan, select(plan, quick=args.quick, only={})[0], settings, cell_dir, out, command=command)
+        if args.probes:
+            from frontiers_probes import probes_cells, write_probes
+
+            probes_cells(plan, todo, settings, cell_dir)
+            write_probes(plan, select(plan, quick=args.quick, only={})[0], settings, cell_dir, out, command=command)
         from frontiers_readout import collect, render, write_outputs
 
         # every finished cell of the plan (or of its quick subset), not only this invocation's slice: a run with

@@ -92,6 +92,11 @@ def parse_args(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
                         "`spunge eval mia` (bench/frontiers_mia.py: members the forgotten domains' training facts, non-members "
                         "their held-out facts; LOSS, zlib, Min-K %%, Min-K %%++); writes RESULTS/mia.md and mia.json "
                         "(Spunge − baseline distance of the AUC from the base's, with intervals and verdicts)")
+    parser.add_argument("--probes", action="store_true", help="also probe each arm's matched-utility point and the base "
+                        "without training (bench/frontiers_probes.py: the template's knowledge evaluation in the 4-option "
+                        "choice form, with paraphrased prompts, and with kept-domain facts as few-shot context, as `spunge "
+                        "eval relearn --probes`); writes RESULTS/probes.md and probes.json (Spunge − baseline forget avg "
+                        "per probe, with intervals and verdicts)")
     return parser.parse_args(argv)
 
 

@@ -28,6 +28,7 @@ from pydantic import Field, ValidationError, field_validator
 from spunge_merge.config import FrozenConfig, build_config
 from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate import registry
+from spunge_merge.evaluate.probes import PROBES, Probe, build_probes, score_probes
 from spunge_merge.evaluate.registry import Computed, Evaluation, EvaluationRequest, PathText, Planned, register, run_evaluation
 from spunge_merge.evaluate.relearn_attack import DEFAULT_PRESET, PRESETS, AttackSettings, default_eval_steps, pick_rows, run_attack
 from spunge_merge.fsutil import atomic_write_text, read_json, sha256_file, sha256_json
@@ -79,7 +80,7 @@ class RelearnConfig(FrozenConfig):
                              "is acc_base.")
     base_result: PathText | None = Field(None, description="Instead of base: the base model's result of the measure "
                                          "(its evaluation directory or JSON file), made with the same settings.")
-    probes: list[Literal["choice", "paraphrase", "fewshot"]] = Field(
+    probes: list[Literal[PROBES]] = Field(
         default_factory=list, description="Probes without training, read on the model as evaluated (and the base): choice "
         "(the measure's 4-option form), paraphrase (each prompt reworded by its domain's template), fewshot (fewshot_k "
         "facts of fewshot_domains before each prompt).")
@@ -139,7 +140,7 @@ def _measure(cfg: RelearnConfig) -> tuple[Evaluation, FrozenConfig]:
 
 
 def _base_domains(cfg: RelearnConfig, measured: Evaluation, settings: FrozenConfig, device,
-                  probes: dict[str, tuple]) -> tuple[dict[str, Any], dict[str, float], dict[str, dict[str, float] | None]]:
+                  probes: dict[str, Probe]) -> tuple[dict[str, Any], dict[str, float], dict[str, dict[str, float] | None]]:
     """(what the base is, its accuracy per domain, per probe (None from a stored result: it holds no probe))."""
     if cfg.base_result is not None:
         path = Path(cfg.base_result)
@@ -157,8 +158,7 @@ def _base_domains(cfg: RelearnConfig, measured: Evaluation, settings: FrozenConf
     model = resolve_model(cfg.base)
     lm, tokenizer = _load(model, cfg, device)
     scored = measured.score_loaded(settings, lm, tokenizer, device)
-    probed = {name: _accuracies(measured.score_loaded(variant, lm, tokenizer, device, rewrite=rewrite))
-              for name, (variant, rewrite, _) in probes.items()}
+    probed = {name: _accuracies(scored) for name, scored in score_probes(measured, probes, lm, tokenizer, device).items()}
     return {"model": model.describe()}, _accuracies(scored), probed
 
 
@@ -172,51 +172,10 @@ def _load(model: ResolvedModel, cfg: RelearnConfig, device):
     return load_causal_lm(model, dtype=pick_dtype(cfg.dtype, device), device=device), load_tokenizer(model)
 
 
-def _probes(cfg: RelearnConfig, settings: FrozenConfig) -> dict[str, tuple[FrozenConfig, Any, dict[str, Any]]]:
+def _probes(cfg: RelearnConfig, settings: FrozenConfig) -> dict[str, Probe]:
     """name -> (the measure's settings for the probe, its prompt rewrite or None, what the result records of it)."""
-    import random
-    import re
-
-    from spunge_merge.config import load_yaml
-
-    found: dict[str, tuple[FrozenConfig, Any, dict[str, Any]]] = {}
-    for name in dict.fromkeys(cfg.probes):
-        if name == "choice":
-            if "form" not in type(settings).model_fields:
-                raise SpungeError(f"--probes choice: the measure {cfg.measure} has no `form` setting")
-            found[name] = (settings.model_copy(update={"form": "choice"}), None, {"form": "choice"})
-        elif name == "paraphrase":
-            file = Path(cfg.paraphrases) if cfg.paraphrases else Path(__file__).with_name("paraphrases.yaml")
-            templates = load_yaml(file)
-            if not isinstance(templates, dict) or not all(isinstance(t, dict) and {"pattern", "template"} <= set(t)
-                                                          for t in templates.values()):
-                raise SpungeError(f"{file}: expected per domain a mapping with `pattern` and `template`")
-
-            def paraphrase(fact: dict, facts: list[dict], file=file, templates=templates) -> str:
-                entry = templates.get(fact["domain"])
-                if entry is None:
-                    raise SpungeError(f"{file}: no template for domain '{fact['domain']}'")
-                match = re.match(entry["pattern"], fact["prompt"])
-                if match is None:
-                    raise SpungeError(f"{file}: {fact['domain']}: '{fact['prompt']}' does not match {entry['pattern']!r}")
-                return entry["template"].format(**match.groupdict())
-
-            found[name] = (settings, paraphrase, {"templates": str(file), "sha256": sha256_file(file)})
-        else:
-            if not cfg.fewshot_domains:
-                raise SpungeError("--probes fewshot: give --fewshot-domains (kept domains whose facts make the context)")
-            kept = set(cfg.fewshot_domains)
-
-            def fewshot(fact: dict, facts: list[dict], kept=kept) -> str:
-                pool = [f for f in facts if f["domain"] in kept and f["prompt"] != fact["prompt"]]
-                if len(pool) < cfg.fewshot_k:
-                    raise SpungeError(f"--fewshot-k {cfg.fewshot_k}: the measured facts hold {len(pool)} facts of "
-                                      f"{', '.join(sorted(kept))} for the context")
-                shots = random.Random(f"{cfg.seed}/fewshot/{fact['prompt']}").sample(pool, cfg.fewshot_k)
-                return "".join(f"{s['prompt']} {s['answer']}.\n" for s in shots) + fact["prompt"]
-
-            found[name] = (settings, fewshot, {"domains": sorted(kept), "k": cfg.fewshot_k})
-    return found
+    return build_probes(cfg.probes, settings, measure=cfg.measure, paraphrases=cfg.paraphrases,
+                        fewshot_domains=cfg.fewshot_domains, fewshot_k=cfg.fewshot_k, seed=cfg.seed)
 
 
 def recovery(attacked: float, unlearned: float, base: float | None) -> float | None:
@@ -258,8 +217,7 @@ def plan_relearn(request: EvaluationRequest) -> Planned:
         device = pick_device(cfg.device)
         base_info, base_acc, base_probed = _base_domains(cfg, measured, settings, device, probes)
         lm, tokenizer = _load(request.model, cfg, device)
-        probed = {name: measured.score_loaded(variant, lm, tokenizer, device, rewrite=rewrite)
-                  for name, (variant, rewrite, _) in probes.items()}
+        probed = score_probes(measured, probes, lm, tokenizer, device)
         curve: list[dict[str, Any]] = []
 
         def read(step: int, model) -> None:
