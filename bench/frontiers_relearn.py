@@ -94,7 +94,7 @@ def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = 
             seed = unit["seed"]
             seed_dir = root / "seeds" / str(seed)
             knowledge = dict(load_yaml(seed_dir / "pipeline.yaml")["eval"]["knowledge"])
-            knowledge["facts"] = str(REPO / knowledge["facts"])
+            knowledge["facts"] = str(cell.facts)  # the plan's file (a run made elsewhere records another path to the same facts)
             work = root / "grid" / str(seed)
             arms = grid_arms(sweep.merges, plan["merges"])
             for arm, labels in operating_points(unit, arms, readout).items():
