@@ -235,6 +235,6 @@ def test_the_more_subsets_plan_runs_rmu_on_four_domains_as_k4_and_k2(tmp_path):
     (k4, k2), settings = frontiers.select(plan, quick=False, only={})
     assert (k4.k, k2.k, k4.pair, k2.subsets) == (4, 2, tuple(FOUR), tuple(map(tuple, PAIRS)))
     assert settings.seeds == [0, 1, 2] and settings.for_method("rmu").merges == ["ties"]
-    assert plan["refine"] == {"extra_points": 0}
+    assert plan["refine"] == {"extra_points": 2}  # adaptive λ: the sweeps were calibrated on pairs
     kept = {r["domain"] for _, r in _rows(FACTS)} - set(FOUR)
     assert kept == {"continents", "opposites"}
