@@ -303,7 +303,7 @@ def refine_seed(plan: dict, cell: Cell, found: dict[str, Path], build) -> dict[s
     """Adaptive λ: each arm's sweep refined by itself (`spunge_merge.evaluate.matched.refine_lambdas`: bisection where
     the crossing of keep = base − keep_drop lies between points too far apart, doubling where it is not reached) up to
     the plan's `refine.extra_points` per arm and seed; {label: eval dir} of the points added."""
-    from spunge_merge.evaluate.matched import arm_and_lambda, read_point, refine_lambdas
+    from spunge_merge.evaluate.matched import arm_and_lambda, read_point, refine_lambdas, useful
 
     budget = int((plan.get("refine") or {}).get("extra_points", 0))
     if budget <= 0:
@@ -311,13 +311,14 @@ def refine_seed(plan: dict, cell: Cell, found: dict[str, Path], build) -> dict[s
     forget = list(cell.pair)
     base = read_point(found["base"], forget)
     target = base["keep"][0] - float(plan["readout"]["keep_drop"])
+    margin = plan["readout"].get("retain_ppl_margin_pct")
     added: dict[str, Path] = {}
     for arm in sorted({arm_and_lambda(name)[0] for name in found} - {"base"}):
-        curve = [(0.0, base["keep"][0], base["forget"][0])]
+        curve, broken = [(0.0, base["keep"][0], base["forget"][0])], []
         for name, directory in found.items():
             if name != "base" and arm_and_lambda(name)[0] == arm:
-                point = read_point(directory, forget)
-                curve.append((arm_and_lambda(name)[1], point["keep"][0], point["forget"][0]))
+                point = read_point(directory, forget)  # a point the read-out will not use is not a bracket either
+                (curve if useful(point, base, margin) else broken).append((arm_and_lambda(name)[1], point["keep"][0], point["forget"][0]))
 
         def evaluate(lam: float, arm: str = arm) -> tuple[float, float, float | None]:
             new = build([(arm, lam)])
@@ -326,8 +327,7 @@ def refine_seed(plan: dict, cell: Cell, found: dict[str, Path], build) -> dict[s
             point = read_point(new[label], forget)
             return point["keep"][0], point["forget"][0], point["ppl"]
 
-        result = refine_lambdas(evaluate, curve, target, budget=budget, base_ppl=base["ppl"],
-                                margin_pct=plan["readout"].get("retain_ppl_margin_pct"))
+        result = refine_lambdas(evaluate, curve, target, budget=budget, base_ppl=base["ppl"], margin_pct=margin, broken=broken)
         if result["added"]:
             print(f"{cell.key} {arm}: λ {', '.join(f'{x:g}' for x in result['added'])} added "
                   f"({'crossing read' if result['reached'] else 'crossing still not read: extra_points spent'})", flush=True)

@@ -110,3 +110,24 @@ def test_the_frontier_driver_adds_each_arms_points_through_its_grid(tmp_path):
     assert built == [("baseline", 0.5), ("spunge-ties", 4.0), ("spunge-ties", 8.0)]
     assert set(added) == {"baseline-lam0.5", "spunge-ties-lam4", "spunge-ties-lam8"}
     assert frontiers.refine_seed({**plan, "refine": {"extra_points": 0}}, cell, found, build) == {}
+
+
+def test_a_crossing_below_a_broken_planned_point_is_bisected_under_it():
+    """The planned λ 2 crosses the keep target but breaks the language (retain perplexity past the margin), so the
+    read-out cannot use it: the crossing between λ 1 (keep above) and λ 2 is read by a point in between, not by
+    doubling past the broken point."""
+    evaluate, calls = _arm(lambda lam: 100 - 4 * lam ** 2, lambda lam: max(0.0, 100 - 100 * lam),
+                           ppl=lambda lam: 20.0 if lam < 1.8 else 500.0)
+    start = _start(evaluate, [0.5, 1.0])
+    broken = [(2.0, *evaluate(2.0)[:2]), (4.0, *evaluate(4.0)[:2])]
+    found = refine_lambdas(evaluate, start, 95.0, budget=3, base_ppl=20.0, margin_pct=50.0, broken=broken)
+    # λ 1.5: keep 91, forget 0, perplexity within the margin: the crossing (keep 95) lies in (1, 1.5)
+    assert found["added"] == [1.5] and found["reached"] is True
+    assert calls[-1] == 1.5 and 2.0 not in [p[0] for p in found["points"]]
+
+
+def test_a_broken_point_that_still_keeps_too_much_stops_the_refinement():
+    evaluate, calls = _arm(lambda lam: 100 - lam, lambda lam: 0.0, ppl=lambda lam: 1000.0 if lam > 3 else 20.0)
+    start = _start(evaluate, [1.0, 2.0])
+    found = refine_lambdas(evaluate, start, 95.0, budget=5, base_ppl=20.0, margin_pct=50.0, broken=[(4.0, *evaluate(4.0)[:2])])
+    assert found["added"] == [] and found["reached"] is False and calls == [1.0, 2.0, 4.0]

@@ -407,25 +407,35 @@ def next_lambdas(points: Sequence[tuple[float, float, float]], target: float, *,
 
 def refine_lambdas(evaluate: Callable[[float], tuple[float, float, float | None]], points: Sequence[tuple[float, float, float]],
                    target: float, *, budget: int, base_ppl: float | None = None, margin_pct: float | None = None,
-                   grow: float = 2.0) -> dict[str, Any]:
+                   grow: float = 2.0, broken: Sequence[tuple[float, float, float]] = ()) -> dict[str, Any]:
     """Add λ points to one arm until `next_lambdas` has none left or `budget` extra points are spent.
 
     `evaluate(λ)` builds and scores the arm's model at λ: (keep avg, forget avg, retain perplexity or None).
-    `points` are what is measured already, base (λ 0) first. A point whose perplexity fails `useful` is kept
-    out of the curve the next λ is chosen on, as the read-out keeps it out. Returns `added` (λ in order),
-    `points` (the curve with them, by λ) and `reached` (whether the last curve reads within the limits)."""
+    `points` are what is measured already and usable, base (λ 0) first; `broken` the measured points whose
+    perplexity failed `useful` (the read-out keeps them out of the curve, and so does the next λ's choice). The
+    smallest broken λ is a ceiling: where its keep is still above `target` the crossing lies past the point where
+    the language breaks and nothing is added; otherwise a λ at or above it is replaced by the midpoint between the
+    largest usable λ and the ceiling. Returns `added` (λ in order), `points` (the curve with them, by λ) and
+    `reached` (whether the last curve reads within the limits)."""
     curve = sorted(points)
+    ceiling = min(broken, default=None)
     added: list[float] = []
-    while True:
-        wanted = [lam for lam in next_lambdas(curve, target, grow=grow)
-                  if all(abs(lam - seen) > TIE for seen in [p[0] for p in curve] + added)]
-        if not wanted or len(added) >= budget:
+    while len(added) < budget:
+        if ceiling is not None and ceiling[1] > target + TIE:
+            break  # even the broken point keeps too much: the crossing is beyond where the language breaks
+        tried = [p[0] for p in curve] + added
+        wanted = next_lambdas(curve, target, grow=grow)
+        if wanted and ceiling is not None and wanted[0] >= ceiling[0] - TIE:
+            below = max(p[0] for p in curve if p[0] < ceiling[0])
+            wanted = [round((below + ceiling[0]) / 2, 6)]
+        wanted = [lam for lam in wanted if all(abs(lam - seen) > TIE for seen in tried)]
+        if not wanted:
             break
         lam = wanted[0]
         keep, forget, ppl = evaluate(lam)
         added.append(lam)
         if useful({"ppl": ppl}, {"ppl": base_ppl}, margin_pct):
             curve = sorted([*curve, (lam, keep, forget)])
-        elif lam > max(p[0] for p in curve):  # past the point where the language breaks: nothing further up helps
-            break
+        elif ceiling is None or lam < ceiling[0]:
+            ceiling = (lam, keep, forget)
     return {"added": added, "points": curve, "reached": interpolate_at_keep(curve, target)["reached"]}
