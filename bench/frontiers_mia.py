@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,7 +95,7 @@ def mia_cells(plan: dict, cells: list, settings, cell_dir, *, device: str = "cpu
     """Score the base and every arm's operating point of every finished (cell, seed); see the module docstring."""
     from frontiers_readout import collect
     from frontiers_relearn import grid_arms, operating_points
-    from grid_points import arm_and_lambda, build_model
+    from grid_points import grid_model
 
     from spunge_merge.models import resolve_model
     from spunge_merge.unlearn import registry
@@ -116,20 +115,12 @@ def mia_cells(plan: dict, cells: list, settings, cell_dir, *, device: str = "cpu
         method = registry.get_method(cell.method)
         for unit in units:
             seed = unit["seed"]
-            work = root / "grid" / str(seed)
-            for arm, labels in operating_points(unit, grid_arms(sweep.merges, plan["merges"]), plan["readout"]).items():
+            for labels in operating_points(unit, grid_arms(sweep.merges, plan["merges"]), plan["readout"]).values():
                 for name in labels:
                     if scored(mia_dir(root, seed, name), inputs):
                         continue
-                    model_dir = work / "models" / name
-                    built = not (model_dir / "config.json").is_file()
-                    if built:
-                        build_model(arm, arm_and_lambda(name)[1], model_dir, root / "seeds" / str(seed), work, base=base,
-                                    method=method, merge_settings={m: plan["merges"][m] for m in sweep.merges},
-                                    views_dir=plan["runs"] / ".views" / cell.model)
-                    score(model_dir, inputs, mia_dir(root, seed, name), f"{cell.key} seed {seed} {name}", device)
-                    if built:
-                        shutil.rmtree(model_dir)
+                    with grid_model(plan, cell, sweep, root, seed, name, base=base, method=method) as model_dir:
+                        score(model_dir, inputs, mia_dir(root, seed, name), f"{cell.key} seed {seed} {name}", device)
 
 
 # ------------------------------------------------------------------------------------------------

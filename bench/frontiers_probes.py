@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from functools import partial
@@ -127,7 +126,7 @@ def probes_cells(plan: dict, cells: list, settings, cell_dir) -> None:
     """Probe the base and every arm's operating point of every finished (cell, seed); see the module docstring."""
     from frontiers_readout import collect
     from frontiers_relearn import grid_arms, operating_points
-    from grid_points import arm_and_lambda, build_model
+    from grid_points import grid_model
 
     from spunge_merge.models import ResolvedModel, resolve_model
     from spunge_merge.unlearn import registry
@@ -148,22 +147,14 @@ def probes_cells(plan: dict, cells: list, settings, cell_dir) -> None:
         method = registry.get_method(cell.method)
         for unit in units:
             seed = unit["seed"]
-            work = root / "grid" / str(seed)
-            for arm, labels in operating_points(unit, grid_arms(sweep.merges, plan["merges"]), plan["readout"]).items():
+            for labels in operating_points(unit, grid_arms(sweep.merges, plan["merges"]), plan["readout"]).values():
                 for name in labels:
                     where = partial(probe_dir, root, seed, name)
                     if not (todo := missing(keys, where)):
                         continue
-                    model_dir = work / "models" / name
-                    built = not (model_dir / "config.json").is_file()
-                    if built:
-                        build_model(arm, arm_and_lambda(name)[1], model_dir, root / "seeds" / str(seed), work, base=base,
-                                    method=method, merge_settings={m: plan["merges"][m] for m in sweep.merges},
-                                    views_dir=plan["runs"] / ".views" / cell.model)
-                    score(ResolvedModel(ref=str(model_dir), path=model_dir), measured, probes, keys, todo, where,
-                          f"{cell.key} seed {seed} {name}")
-                    if built:
-                        shutil.rmtree(model_dir)
+                    with grid_model(plan, cell, sweep, root, seed, name, base=base, method=method) as model_dir:
+                        score(ResolvedModel(ref=str(model_dir), path=model_dir), measured, probes, keys, todo, where,
+                              f"{cell.key} seed {seed} {name}")
 
 
 def _repo_relative(path: str) -> str:

@@ -19,7 +19,6 @@ Spunge − baseline difference with its interval and verdict, per attack step, i
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def operating_points(unit: dict, arms: list[str], readout) -> dict[str, dict[str
 def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = "lucki2024", only_attacks: set[str] | None = None) -> None:
     """Attack every arm's operating point of every finished (cell, seed); see the module docstring."""
     from frontiers_readout import collect
-    from grid_points import arm_and_lambda, build_model
+    from grid_points import grid_model
 
     from spunge_merge.config import load_yaml
     from spunge_merge.evaluate.relearn import evaluate_relearn
@@ -97,25 +96,18 @@ def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = 
             knowledge["facts"] = str(cell.facts)  # the plan's file (a run made elsewhere records another path to the same facts)
             work = root / "grid" / str(seed)
             arms = grid_arms(sweep.merges, plan["merges"])
-            for arm, labels in operating_points(unit, arms, readout).items():
+            for labels in operating_points(unit, arms, readout).values():
                 for name in labels:
                     outs = {attack: work / "relearn" / name / attack for attack in chosen}
                     todo = [a for a, out in outs.items() if not (out / RELEARN_FILE).is_file()]
                     if not todo:
                         continue
-                    model_dir = work / "models" / name
-                    built = not (model_dir / "config.json").is_file()
-                    if built:
-                        build_model(arm, arm_and_lambda(name)[1], model_dir, seed_dir, work, base=base, method=method,
-                                    merge_settings={m: plan["merges"][m] for m in sweep.merges},
-                                    views_dir=plan["runs"] / ".views" / cell.model)
-                    for attack in todo:
-                        started = time.perf_counter()
-                        evaluate_relearn(model_dir, out=outs[attack], base_result=str(root / "grid" / "base"),
-                                         measure_settings=knowledge, device="cpu", seed=seed, **chosen[attack])
-                        print(f"{cell.key} seed {seed} {name} {attack}: {time.perf_counter() - started:.0f} s", flush=True)
-                    if built:
-                        shutil.rmtree(model_dir)
+                    with grid_model(plan, cell, sweep, root, seed, name, base=base, method=method) as model_dir:
+                        for attack in todo:
+                            started = time.perf_counter()
+                            evaluate_relearn(model_dir, out=outs[attack], base_result=str(root / "grid" / "base"),
+                                             measure_settings=knowledge, device="cpu", seed=seed, **chosen[attack])
+                            print(f"{cell.key} seed {seed} {name} {attack}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def summarize(plan: dict, cells: list, settings, cell_dir, *, preset: str = "lucki2024") -> list[dict]:

@@ -14,8 +14,10 @@ most the model in progress (models and evaluations are written to a temporary pa
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Merges by name (density 1.0 where it applies: RMU changes three matrices and trimming them measures nothing)
@@ -101,6 +103,25 @@ def build_model(arm: str, lam: float, model_dir: Path, seed_dir: Path, work: Pat
     merge_runs(base, runs, model_dir, lam=lam, views_dir=views_dir, progress=False, force=True, **merge_settings[merge])
 
 
+@contextmanager
+def grid_model(plan: dict, cell, sweep, root: Path, seed: int, name: str, *, base, method) -> Iterator[Path]:
+    """A frontier cell's grid model `name` of `seed` (`grid/<seed>/models/<name>`) for the hooks that score models at
+    their operating points (relearn, MIA, probes): built (`build_model`) when it is not there, deleted after the
+    `with` block when it was built here, so each hook keeps at most one model on disk."""
+    work = root / "grid" / str(seed)
+    model_dir = work / "models" / name
+    built = not (model_dir / "config.json").is_file()
+    if built:
+        arm, lam = arm_and_lambda(name)
+        build_model(arm, lam, model_dir, root / "seeds" / str(seed), work, base=base, method=method,
+                    merge_settings={m: plan["merges"][m] for m in sweep.merges}, views_dir=plan["runs"] / ".views" / cell.model)
+    try:
+        yield model_dir
+    finally:
+        if built:
+            shutil.rmtree(model_dir, ignore_errors=True)
+
+
 def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section: dict, files_dir: Path,
                       lambdas: list[float], baseline_lambdas: list[float], merges: list[str],
                       merge_settings: dict[str, dict] | None = None, base_eval: Path | None = None,
@@ -118,8 +139,6 @@ def build_seed_points(seed_dir: Path, work: Path, *, base, method, eval_section:
     had to be built or evaluated (for timing records). `arms` builds exactly those (arm, λ) instead of
     `seed_arms(...)` (the driver's adaptive λ).
     """
-    import shutil
-
     from spunge_merge.evaluate.knowledge import KNOWLEDGE_FILE
 
     settings = merge_settings or MERGES

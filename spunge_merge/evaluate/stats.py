@@ -9,7 +9,7 @@ unlearned models land.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 Z_95 = 1.959963984540054  # two-sided 95 % quantile of the standard normal
@@ -73,22 +73,30 @@ def hierarchical_bootstrap(
     values = np.array([np.mean([stratum.mean() for stratum in strata]) for strata in seeds])
     rng = np.random.default_rng(seed)
     k = len(seeds)
-    if k == 1:
-        replicate = _resampled_values(seeds[0], n, rng)
-    else:
-        picks = rng.integers(0, k, size=(n, k))
-        draws = np.zeros((n, k))
-        for position in range(k):
-            for index, strata in enumerate(seeds):
-                rows = np.flatnonzero(picks[:, position] == index)
-                if rows.size:
-                    draws[rows, position] = _resampled_values(strata, rows.size, rng)
-        replicate = draws.mean(axis=1)
+    replicate = _two_level(seeds, n, rng, _resampled_values)
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(replicate, [tail, 100.0 - tail])
     return {"mean": float(values.mean()), "low": float(low), "high": float(high), "n_seeds": k,
             "items": [int(sum(s.size for s in strata)) for strata in seeds], "resamples": n, "confidence": confidence,
             "seed": seed}
+
+
+def _two_level(units: list, n: int, rng: Any, resample: Callable[[Any, int, Any], Any]) -> Any:
+    """`n` replicates of the mean over units: the units resampled with replacement (unless there is one), and within
+    each drawn unit `resample(unit, count, rng)` its own `count` replicate values (items resampled below the unit)."""
+    import numpy as np
+
+    k = len(units)
+    if k == 1:
+        return resample(units[0], n, rng)
+    picks = rng.integers(0, k, size=(n, k))
+    draws = np.zeros((n, k))
+    for position in range(k):
+        for index, unit in enumerate(units):
+            rows = np.flatnonzero(picks[:, position] == index)
+            if rows.size:
+                draws[rows, position] = resample(unit, rows.size, rng)
+    return draws.mean(axis=1)
 
 
 def _strata(entry: Sequence[float] | Mapping[str, Sequence[float]], index: int) -> list:
@@ -145,17 +153,7 @@ def worst_stratum_bootstrap(
     values = np.array([max(a.mean() for a, _ in s) - max(b.mean() for _, b in s) for s in paired])
     rng = np.random.default_rng(seed)
     k = len(paired)
-    if k == 1:
-        replicate = _worst_values(paired[0], n, rng)
-    else:
-        picks = rng.integers(0, k, size=(n, k))
-        draws = np.zeros((n, k))
-        for position in range(k):
-            for index, strata in enumerate(paired):
-                rows = np.flatnonzero(picks[:, position] == index)
-                if rows.size:
-                    draws[rows, position] = _worst_values(strata, rows.size, rng)
-        replicate = draws.mean(axis=1)
+    replicate = _two_level(paired, n, rng, _worst_values)
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(replicate, [tail, 100.0 - tail])
     return {"mean": float(values.mean()), "low": float(low), "high": float(high), "n_seeds": k, "resamples": n,
