@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from spunge_merge.evaluate.matched import as_readout, matched_utility, set_name, verdict
+from spunge_merge.evaluate.matched import as_readout, matched_utility, verdict
 from spunge_merge.evaluate.mia import ATTACKS, MIA_FILE, SCORES_FILE
 
 INPUTS = "mia-inputs"
@@ -93,19 +93,13 @@ def score(model, inputs: tuple[Path, Path], out: Path, what: str, device: str) -
 
 def mia_cells(plan: dict, cells: list, settings, cell_dir, *, device: str = "cpu") -> None:
     """Score the base and every arm's operating point of every finished (cell, seed); see the module docstring."""
-    from frontiers_readout import collect
-    from frontiers_relearn import grid_arms, operating_points
+    from frontiers_relearn import finished_cells, matched_labels
     from grid_points import grid_model
 
     from spunge_merge.models import resolve_model
     from spunge_merge.unlearn import registry
 
-    rows = collect(plan, cells, settings, cell_dir)
-    for cell in cells:
-        units = [u for u in rows.get((cell.task, cell.method, cell.model), []) if set_name(u) == cell.set_name]
-        if not units:
-            print(f"{cell.key}: no finished seed to score", flush=True)
-            continue
+    for cell, units in finished_cells(plan, cells, settings, cell_dir, verb="score"):
         root = cell_dir(plan, cell)
         inputs = mia_inputs(cell, root)
         base = resolve_model(cell.model)
@@ -115,12 +109,11 @@ def mia_cells(plan: dict, cells: list, settings, cell_dir, *, device: str = "cpu
         method = registry.get_method(cell.method)
         for unit in units:
             seed = unit["seed"]
-            for labels in operating_points(unit, grid_arms(sweep.merges, plan["merges"]), plan["readout"]).values():
-                for name in labels:
-                    if scored(mia_dir(root, seed, name), inputs):
-                        continue
-                    with grid_model(plan, cell, sweep, root, seed, name, base=base, method=method) as model_dir:
-                        score(model_dir, inputs, mia_dir(root, seed, name), f"{cell.key} seed {seed} {name}", device)
+            for name in matched_labels(unit, sweep.merges, plan):
+                if scored(mia_dir(root, seed, name), inputs):
+                    continue
+                with grid_model(plan, cell, sweep, root, seed, name, base=base, method=method) as model_dir:
+                    score(model_dir, inputs, mia_dir(root, seed, name), f"{cell.key} seed {seed} {name}", device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,10 +323,10 @@ def grid_loader(root_of: Callable[[dict], Path]) -> Loader:
 def _cell_units(plan: dict, cells: list, settings, cell_dir) -> list[tuple[Any, list[dict], Loader]]:
     """(cell, its finished units, a loader of its results) for each cell."""
     from frontiers_readout import collect
+    from frontiers_relearn import cell_units
 
     rows = collect(plan, cells, settings, cell_dir)
-    return [(cell, [u for u in rows.get((cell.task, cell.method, cell.model), []) if set_name(u) == cell.set_name],
-             grid_loader(lambda unit, root=cell_dir(plan, cell): root)) for cell in cells]
+    return [(cell, cell_units(rows, cell), grid_loader(lambda unit, root=cell_dir(plan, cell): root)) for cell in cells]
 
 
 def summarize_mia(plan: dict, cells: list, settings, cell_dir) -> list[dict]:

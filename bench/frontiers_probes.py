@@ -124,19 +124,13 @@ def score(model, measured, probes: dict[str, tuple], keys: dict[str, str], todo:
 
 def probes_cells(plan: dict, cells: list, settings, cell_dir) -> None:
     """Probe the base and every arm's operating point of every finished (cell, seed); see the module docstring."""
-    from frontiers_readout import collect
-    from frontiers_relearn import grid_arms, operating_points
+    from frontiers_relearn import finished_cells, matched_labels
     from grid_points import grid_model
 
     from spunge_merge.models import ResolvedModel, resolve_model
     from spunge_merge.unlearn import registry
 
-    rows = collect(plan, cells, settings, cell_dir)
-    for cell in cells:
-        units = [u for u in rows.get((cell.task, cell.method, cell.model), []) if u["pair"] == list(cell.pair)]
-        if not units:
-            print(f"{cell.key}: no finished seed to probe", flush=True)
-            continue
+    for cell, units in finished_cells(plan, cells, settings, cell_dir, verb="probe"):
         root = cell_dir(plan, cell)
         measured, probes, keys = cell_probes(cell, knowledge_settings(cell, root / "seeds" / str(units[0]["seed"])))
         base = resolve_model(cell.model)
@@ -147,14 +141,13 @@ def probes_cells(plan: dict, cells: list, settings, cell_dir) -> None:
         method = registry.get_method(cell.method)
         for unit in units:
             seed = unit["seed"]
-            for labels in operating_points(unit, grid_arms(sweep.merges, plan["merges"]), plan["readout"]).values():
-                for name in labels:
-                    where = partial(probe_dir, root, seed, name)
-                    if not (todo := missing(keys, where)):
-                        continue
-                    with grid_model(plan, cell, sweep, root, seed, name, base=base, method=method) as model_dir:
-                        score(ResolvedModel(ref=str(model_dir), path=model_dir), measured, probes, keys, todo, where,
-                              f"{cell.key} seed {seed} {name}")
+            for name in matched_labels(unit, sweep.merges, plan):
+                where = partial(probe_dir, root, seed, name)
+                if not (todo := missing(keys, where)):
+                    continue
+                with grid_model(plan, cell, sweep, root, seed, name, base=base, method=method) as model_dir:
+                    score(ResolvedModel(ref=str(model_dir), path=model_dir), measured, probes, keys, todo, where,
+                          f"{cell.key} seed {seed} {name}")
 
 
 def _repo_relative(path: str) -> str:
@@ -309,6 +302,7 @@ def write_probes(plan: dict, cells: list, settings, cell_dir, out: Path, *, comm
 
     from frontiers_plan import facts_domains
     from frontiers_readout import collect
+    from frontiers_relearn import cell_units
     from grid_points import anchored_merges
 
     from spunge_merge.fsutil import atomic_write_text, write_json
@@ -317,7 +311,7 @@ def write_probes(plan: dict, cells: list, settings, cell_dir, out: Path, *, comm
     rows = collect(plan, cells, settings, cell_dir)
     found, seeds = [], []
     for cell in cells:
-        units = [u for u in rows.get((cell.task, cell.method, cell.model), []) if u["pair"] == list(cell.pair)]
+        units = cell_units(rows, cell)
         merges = list(settings.for_method(cell.method, cell.model).merges)
         entry = read_cell(units, merges, anchored_merges(merges, plan["merges"]), readout,
                           grid_loader(lambda unit, root=cell_dir(plan, cell): root))

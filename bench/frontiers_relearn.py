@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 WIKITEXT = REPO.parent / "shared" / "data" / "retain" / "wikitext2_raw_test_rows.jsonl"
@@ -34,6 +36,33 @@ def attacks(cell, preset: str = "lucki2024") -> dict[str, dict]:
                                  "preset": preset} for k in (5, 10, 20)}
     found["wikitext-k10"] = {"data": str(WIKITEXT), "where": ["kind == text"], "k": 10, "preset": preset}
     return found
+
+
+def cell_units(rows: dict, cell) -> list[dict]:
+    """The cell's finished (pair, seed) units among `frontiers_readout.collect`'s rows: those of its forget set
+    (`matched.set_name`: the same domains grouped into other subsets are another cell, never mixed in)."""
+    from spunge_merge.evaluate.matched import set_name
+
+    return [u for u in rows.get((cell.task, cell.method, cell.model), []) if set_name(u) == cell.set_name]
+
+
+def finished_cells(plan: dict, cells: list, settings, cell_dir, *, verb: str) -> Iterator[tuple[Any, list[dict]]]:
+    """(cell, its finished units) for each cell of a hook that has any; says which have none ("no finished seed to
+    `verb`"), so each hook walks the plan the same way."""
+    from frontiers_readout import collect
+
+    rows = collect(plan, cells, settings, cell_dir)
+    for cell in cells:
+        units = cell_units(rows, cell)
+        if not units:
+            print(f"{cell.key}: no finished seed to {verb}", flush=True)
+            continue
+        yield cell, units
+
+
+def matched_labels(unit: dict, merges: list[str], plan: dict) -> list[str]:
+    """The grid labels a hook scores in one unit: every arm's operating point (`operating_points`), arm by arm."""
+    return [name for labels in operating_points(unit, grid_arms(merges, plan["merges"]), plan["readout"]).values() for name in labels]
 
 
 def pairs_only(cells: list, *, say: bool = False) -> list:
@@ -68,7 +97,6 @@ def operating_points(unit: dict, arms: list[str], readout) -> dict[str, dict[str
 
 def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = "lucki2024", only_attacks: set[str] | None = None) -> None:
     """Attack every arm's operating point of every finished (cell, seed); see the module docstring."""
-    from frontiers_readout import collect
     from grid_points import grid_model
 
     from spunge_merge.config import load_yaml
@@ -76,14 +104,7 @@ def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = 
     from spunge_merge.models import resolve_model
     from spunge_merge.unlearn import registry
 
-    readout = plan["readout"]
-    cells = pairs_only(cells, say=True)
-    rows = collect(plan, cells, settings, cell_dir)
-    for cell in cells:
-        units = [u for u in rows.get((cell.task, cell.method, cell.model), []) if u["pair"] == list(cell.pair)]
-        if not units:
-            print(f"{cell.key}: no finished seed to attack", flush=True)
-            continue
+    for cell, units in finished_cells(plan, pairs_only(cells, say=True), settings, cell_dir, verb="attack"):
         root = cell_dir(plan, cell)
         sweep = settings.for_method(cell.method, cell.model)
         base = resolve_model(cell.model)
@@ -95,19 +116,17 @@ def relearn_cells(plan: dict, cells: list, settings, cell_dir, *, preset: str = 
             knowledge = dict(load_yaml(seed_dir / "pipeline.yaml")["eval"]["knowledge"])
             knowledge["facts"] = str(cell.facts)  # the plan's file (a run made elsewhere records another path to the same facts)
             work = root / "grid" / str(seed)
-            arms = grid_arms(sweep.merges, plan["merges"])
-            for labels in operating_points(unit, arms, readout).values():
-                for name in labels:
-                    outs = {attack: work / "relearn" / name / attack for attack in chosen}
-                    todo = [a for a, out in outs.items() if not (out / RELEARN_FILE).is_file()]
-                    if not todo:
-                        continue
-                    with grid_model(plan, cell, sweep, root, seed, name, base=base, method=method) as model_dir:
-                        for attack in todo:
-                            started = time.perf_counter()
-                            evaluate_relearn(model_dir, out=outs[attack], base_result=str(root / "grid" / "base"),
-                                             measure_settings=knowledge, device="cpu", seed=seed, **chosen[attack])
-                            print(f"{cell.key} seed {seed} {name} {attack}: {time.perf_counter() - started:.0f} s", flush=True)
+            for name in matched_labels(unit, sweep.merges, plan):
+                outs = {attack: work / "relearn" / name / attack for attack in chosen}
+                todo = [a for a, out in outs.items() if not (out / RELEARN_FILE).is_file()]
+                if not todo:
+                    continue
+                with grid_model(plan, cell, sweep, root, seed, name, base=base, method=method) as model_dir:
+                    for attack in todo:
+                        started = time.perf_counter()
+                        evaluate_relearn(model_dir, out=outs[attack], base_result=str(root / "grid" / "base"),
+                                         measure_settings=knowledge, device="cpu", seed=seed, **chosen[attack])
+                        print(f"{cell.key} seed {seed} {name} {attack}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def summarize(plan: dict, cells: list, settings, cell_dir, *, preset: str = "lucki2024") -> list[dict]:
@@ -122,9 +141,7 @@ def summarize(plan: dict, cells: list, settings, cell_dir, *, preset: str = "luc
     for cell in cells:
         sweep = settings.for_method(cell.method, cell.model)
         arms = grid_arms(sweep.merges, plan["merges"])
-        for unit in rows.get((cell.task, cell.method, cell.model), []):
-            if unit["pair"] != list(cell.pair):
-                continue
+        for unit in cell_units(rows, cell):
             work = cell_dir(plan, cell) / "grid" / str(unit["seed"])
             for arm, labels in operating_points(unit, arms, readout).items():
                 for attack in attacks(cell, preset):
