@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_CORPUS, build_tiny_llama
+from frontier_units import curve_unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -45,11 +46,7 @@ NONMEMBERS = [f"held-out fact {i}" for i in range(9)]
 
 
 def _unit(seed: int, curves: dict = CURVES) -> dict:
-    points = {"base": {"keep": (100.0, None), "forget": (100.0, None)}}
-    for arm, curve in curves.items():
-        for lam, keep, forget in curve:
-            points[f"{arm}-lam{lam:g}"] = {"keep": (keep, None), "forget": (forget, None)}
-    return {"pair": ["a", "b"], "seed": seed, "points": points}
+    return curve_unit(seed, curves)
 
 
 def _side(texts: list[str], scores: np.ndarray) -> list[tuple[str, dict[str, float]]]:

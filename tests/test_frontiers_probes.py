@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import build_tiny_llama
+from frontier_units import curve_unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -39,11 +40,7 @@ FACTS = {"a": 9, "b": 6}  # held-out facts per forgotten domain in the synthetic
 
 
 def _unit(seed: int, curves: dict = CURVES) -> dict:
-    points = {"base": {"keep": (100.0, None), "forget": (100.0, None)}}
-    for arm, curve in curves.items():
-        for lam, keep, forget in curve:
-            points[f"{arm}-lam{lam:g}"] = {"keep": (keep, None), "forget": (forget, None)}
-    return {"pair": ["a", "b"], "seed": seed, "points": points}
+    return curve_unit(seed, curves)
 
 
 def _world(seeds: list[int]) -> dict:
