@@ -52,7 +52,8 @@ def attack_record(result: dict, pair: list[str]) -> dict:
 
 def attack_alone(cell: Path, seed: int, lam: float, pair: list[str], *, base, method, attack: str, spec: dict,
                  knowledge: dict) -> dict[str, dict]:
-    """{label: result} for the attacked domain's edit alone and the baseline at λ, attacking what is missing."""
+    """{label: result} for the attacked domain's edit alone and the baseline at λ, attacking what is missing (the
+    baseline's attack is the hook's own where λ is one of its matched points: the same model, seed and attack)."""
     from spunge_merge.evaluate.relearn import evaluate_relearn
     from spunge_merge.fsutil import read_json
 
@@ -61,6 +62,9 @@ def attack_alone(cell: Path, seed: int, lam: float, pair: list[str], *, base, me
     models = {label(f"edit-{pair[0]}", lam): seed_dir / "unlearn" / pair[0], label("baseline", lam): seed_dir / "baseline" / "run"}
     for name, run in models.items():
         out = work / "relearn" / name / attack
+        matched = cell / "grid" / str(seed) / "relearn" / name / attack
+        if not (out / RELEARN_FILE).is_file() and (matched / RELEARN_FILE).is_file():
+            out = matched  # the hook attacked the same model (the baseline at this λ is a matched point): not again
         if not (out / RELEARN_FILE).is_file():
             model_dir = work / "models" / name
             if not (model_dir / "config.json").is_file():

@@ -40,3 +40,29 @@ def test_the_table_names_each_model_and_shows_undefined_figures_as_a_dash():
     text = render({"method": "rmu", "model": "m", "pair": ["capitals", "city_countries"], "attack": "in-subset-k10",
                    "preset": "lucki2024", "rows": [{"seed": 1, "label": "baseline-lam1", "record": record}]})
     assert "| 1 | baseline-lam1 | 0.0 | 60.0 | – | 25.0 | 50.0 | – | 2.25 |" in text
+
+
+def test_the_baseline_is_not_attacked_again_where_the_hook_attacked_it_at_a_matched_point(tmp_path, monkeypatch):
+    """The baseline at λ 1 is the same model the frontier hook attacked when λ 1 is one of its matched points: its
+    result is read from the grid, and nothing is built or trained (the edit's own result is already there)."""
+    import json
+
+    from relearn_edits import attack_alone
+
+    import spunge_merge.evaluate.relearn as relearn
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("attacked again")
+
+    monkeypatch.setattr(relearn, "evaluate_relearn", refuse)
+    cell = tmp_path / "capitals--city_countries"
+    result = _result()
+    for folder in (cell / "grid" / "0" / "relearn" / "baseline-lam1" / "in-subset-k10",
+                   cell / "alone" / "0" / "relearn" / "edit-capitals-lam1" / "in-subset-k10"):
+        folder.mkdir(parents=True)
+        (folder / "relearn.json").write_text(json.dumps(result), encoding="utf-8")
+    found = attack_alone(cell, 0, 1.0, ["capitals", "city_countries"], base=None, method=None, attack="in-subset-k10",
+                         spec={}, knowledge={})
+    assert set(found) == {"edit-capitals-lam1", "baseline-lam1", "baseline-lam1 (matched point)"}
+    assert found["baseline-lam1"] == found["baseline-lam1 (matched point)"] == result
+    assert not (cell / "alone" / "0" / "relearn" / "baseline-lam1").exists()
