@@ -350,6 +350,13 @@ GOOD = {"name": "x", "model": "m", "split": {"data": "d.jsonl", "by": "g"}, "unl
     ({"eval": {"perplexity": {"data": "r.jsonl", "strid": 3}}}, "eval.perplexity.strid: unknown setting"),
     ({"eval": {"toxicity": {"n_per_group": 3}}}, "eval.toxicity.prompts: required"),
     ({"eval": {"perplexity": {"data": {"path": "r.jsonl", "wher": []}}}}, "eval.perplexity.data.wher: Extra inputs"),
+    ({"eval": {"perplexity": {"data": "r.jsonl"}, "screen": {"targets": []}}}, "eval.screen.targets: List should have at least 1 item"),
+    ({"eval": {"perplexity": {"data": "r.jsonl"}, "screen": {"targets": [1.1], "metric": "ppl"}}},
+     "eval.screen.metric: unknown metric 'ppl' (known: fluency_ppl, retain_ppl, utility)"),
+    ({"eval": {"knowledge": {"facts": "f.jsonl"}, "screen": {"targets": [1.1]}}},
+     "screen: its metric retain_ppl comes from perplexity: add a `perplexity` section"),
+    ({"eval": {"models": ["spunge"], "perplexity": {"data": "r.jsonl"}, "screen": {"targets": [1.1]}}},
+     "screen: its targets are multiples of the base model's figure"),
     ({"split": {"by": "g"}}, "split: give `data` and `by`"),
     ({"name": "a b"}, "name: String should match pattern"),
 ])

@@ -172,6 +172,23 @@ def _interpolated_row(label: str, lo: dict, hi: dict, target: float) -> dict[str
             "mismatch": 0.0, "note": None, "admissible": True}
 
 
+def reading_points(points: list[dict], target: float, match: str) -> tuple[list[dict], str | None]:
+    """The points an arm is read from at `target` (its admissible points, sorted by x), and a note: the point at the
+    target exactly, the two that bracket it (`interpolate`), else the nearest one. The one rule for the read-out
+    (`operating_row`) and for choosing which points to evaluate in full (`evaluate/screen.py`)."""
+    exact = [p for p in points if math.isclose(p["x"], target, rel_tol=1e-12, abs_tol=1e-12)]
+    if exact:
+        return exact[:1], None
+    note = None
+    if match == "interpolate" and len(points) > 1:
+        for lo, hi in zip(points, points[1:], strict=False):
+            if min(lo["x"], hi["x"]) < target < max(lo["x"], hi["x"]) and lo["x"] != hi["x"]:
+                return [lo, hi], None
+        low, high = min(p["x"] for p in points), max(p["x"] for p in points)
+        note = f"target outside this arm's range {low:.4g}-{high:.4g}: nearest point used"
+    return [min(points, key=lambda p: (abs(p["x"] - target), p["x"]))], note
+
+
 def operating_row(label: str, points: list[dict], target: float, match: str) -> dict[str, Any]:
     """The arm read at `target` (points sorted by x): interpolated between its bracketing points, or its nearest point.
 
@@ -184,22 +201,11 @@ def operating_row(label: str, points: list[dict], target: float, match: str) -> 
         row["mismatch"] = nearest["x"] - target
         row["note"] = "no admissible point: every point's output is not text beyond the tolerance; not comparable"
         return row
-    points = admissible
-    exact = [p for p in points if math.isclose(p["x"], target, rel_tol=1e-12, abs_tol=1e-12)]
-    if exact:
-        row = _row_from_point(label, exact[0])
-        row["mismatch"] = 0.0
-        return row
-    note = None
-    if match == "interpolate" and len(points) > 1:
-        for lo, hi in zip(points, points[1:], strict=False):
-            if min(lo["x"], hi["x"]) < target < max(lo["x"], hi["x"]) and lo["x"] != hi["x"]:
-                return _interpolated_row(label, lo, hi, target)
-        low, high = min(p["x"] for p in points), max(p["x"] for p in points)
-        note = f"target outside this arm's range {low:.4g}-{high:.4g}: nearest point used"
-    nearest = min(points, key=lambda p: (abs(p["x"] - target), p["x"]))
-    row = _row_from_point(label, nearest)
-    row["mismatch"] = nearest["x"] - target
+    chosen, note = reading_points(admissible, target, match)
+    if len(chosen) == 2:
+        return _interpolated_row(label, chosen[0], chosen[1], target)
+    row = _row_from_point(label, chosen[0])
+    row["mismatch"] = 0.0 if math.isclose(chosen[0]["x"], target, rel_tol=1e-12, abs_tol=1e-12) else chosen[0]["x"] - target
     row["note"] = note
     return row
 
@@ -418,4 +424,4 @@ def _lambda_one_rows(base_rows: list[dict], arm_points: dict[str, list[dict]], r
 
 
 __all__ = ["ArmPoint", "FRONTIER_PLOT", "FRONTIER_SUMMARY", "frontier_results", "lambda_from_record", "metrics", "operating_row",
-           "pareto_flags", "parse_arm", "relative_change_interval"]
+           "pareto_flags", "parse_arm", "reading_points", "relative_change_interval"]

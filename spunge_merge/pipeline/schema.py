@@ -35,6 +35,7 @@ from spunge_merge.config import FrozenConfig, format_validation_error, load_pipe
 from spunge_merge.data.discovery.spec import BlockBy, ClassifierBy, ClusterBy, build_by, by_forms_text
 from spunge_merge.errors import SpungeError
 from spunge_merge.evaluate import registry as eval_registry
+from spunge_merge.evaluate.screen import ScreenConfig
 from spunge_merge.merge.settings import Lambda, MergeOptions
 from spunge_merge.unlearn import registry
 
@@ -260,6 +261,8 @@ class EvalSection(FrozenConfig):
     chosen: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True,
                                               description="The evaluations given, by name (gathered from the section's keys).")
     compare: dict[str, Any] = Field(default_factory=dict, description="compare_results keyword arguments (CompareConfig).")
+    screen: ScreenConfig | None = Field(None, description="Two-stage sweep (`evaluate/screen.py`): the utility metric on every "
+                                                          "model, the other evaluations only where the matched-utility read-out looks.")
 
     @model_validator(mode="before")
     @classmethod
@@ -291,6 +294,12 @@ class EvalSection(FrozenConfig):
             for earlier in eval_registry.get(name).after:
                 if earlier not in self.chosen:
                     raise ValueError(f"{name} reads the output of {earlier} in the same folder: add a `{earlier}` section")
+        if self.screen is not None:
+            screened = self.screen.evaluation()
+            if screened not in self.chosen:
+                raise ValueError(f"screen: its metric {self.screen.metric} comes from {screened}: add a `{screened}` section")
+            if "base" not in self.models:
+                raise ValueError("screen: its targets are multiples of the base model's figure: evaluate base too (models)")
         return self
 
 
