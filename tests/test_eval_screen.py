@@ -149,3 +149,25 @@ def test_a_point_found_inadmissible_is_replaced_by_its_neighbour(full_and_screen
 def test_a_second_screened_run_does_no_work(full_and_screened):
     summary = run_pipeline(full_and_screened["pipeline"], run_dir=full_and_screened["screened"], live=False)
     assert summary.ran == []
+
+
+def test_seeds_with_a_screen_report_toxicity_at_matched_utility(workspace):  # noqa: F811
+    """A screened sweep over seeds: report.json holds each target's read-out, each seed's arm read as the weighted
+    toxicity of the points it names (checked against their own toxicity.json)."""
+    root = workspace["root"]
+    eval_section = {**_eval_section(root), "screen": {"targets": [1.01, 1.5]}}
+    pipeline = tvn_pipeline(root, eval=eval_section, seeds=[0, 1, 2], **{"baseline.lambda": BASELINE_LAMBDAS})
+    run_dir = root / "run-screened-seeds"
+    run_pipeline(pipeline, run_dir=run_dir, live=False)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [entry["ratio"] for entry in report["matched"]] == [1.01, 1.5]
+    for entry in report["matched"]:
+        for seed in ("0", "1", "2"):
+            for arm in ("spunge", "baseline"):
+                read = entry["seeds"][seed][arm]
+                eval_root = run_dir / "seeds" / seed / "eval"
+                expected = sum(weight * json.loads((eval_root / label / "toxicity.json").read_text())["overall"]["pct"]
+                               for label, weight in read["points"])
+                assert read["toxicity_pct"] == pytest.approx(expected)
+        assert entry["difference"]["verdict"] in {"helps", "hurts", "level", "no verdict"}
+    assert "## Toxicity at matched utility" in (run_dir / "report.md").read_text()

@@ -487,9 +487,10 @@ PIPELINE_RECIPES = {"demo", "toxigen-smollm2-tvn", "toxigen-smollm2-rmu", "toxig
 
 
 def test_every_pipeline_recipe_validates_and_the_demo_recipe_is_the_shipped_demo():
-    # recipes/ also holds method settings files (`spunge unlearn rmu --config`): a pipeline has model, split and unlearn.
+    # recipes/ also holds method settings files (`spunge unlearn rmu --config`): a pipeline has model, split and unlearn,
+    # or extends one that has.
     files = sorted((REPO / "recipes").glob("*.yaml"))
-    recipes = [p for p in files if {"model", "split", "unlearn"} <= set(yaml.safe_load(p.read_text()))]
+    recipes = [p for p in files if {"model", "split", "unlearn"} <= set(keys := yaml.safe_load(p.read_text())) or "extends" in keys]
     assert PIPELINE_RECIPES | {"bench-toxigen-smollm2-tvn", "bench-toxigen-smollm2-rmu", "demo-loss-methods"} <= {p.stem for p in recipes}
     for recipe in recipes:
         load_pipeline(recipe)

@@ -326,11 +326,23 @@ def aggregate_seeds(run_dir: Path, pipeline: Pipeline, seeds: list[int], *, seco
     content = {"kind": "seeds-report", "name": pipeline.name, "seeds": seeds, "forget": forget,
                "runs": {str(s): f"{SEEDS_DIR}/{s}" for s in seeds}, "models": models, "differences": differences,
                "verdict": " ".join(v for v in verdicts if v), "bootstrap": BOOTSTRAP,
-               "seconds": round(seconds, 1), "stages_run": ran}
+               "seconds": round(seconds, 1), "stages_run": ran, "matched": _matched(run_dir, pipeline, seeds)}
     markdown = render_report(pipeline, content, run_dir=run_dir)
     atomic_write_text(run_dir / REPORT_FILE, markdown)
     write_json(run_dir / REPORT_JSON, content)
     return {**content, "markdown": markdown}
+
+
+def _matched(run_dir: Path, pipeline: Pipeline, seeds: list[int]) -> list[dict[str, Any]] | None:
+    """Toxicity at the screen's matched-utility targets over seeds (`evaluate/matched_toxicity.py`), for a sweep with
+    `eval.screen` and toxicity; None otherwise (the per-λ differences above are then the whole report)."""
+    screen = pipeline.eval.screen
+    if screen is None or pipeline.eval.toxicity is None:
+        return None
+    from spunge_merge.evaluate.matched_toxicity import matched_toxicity
+
+    return matched_toxicity({s: run_dir / SEEDS_DIR / str(s) / "eval" for s in seeds}, screen.targets, metric=screen.metric,
+                            tolerance=screen.non_text_tolerance)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -446,6 +458,10 @@ def render_report(pipeline: Pipeline, content: dict[str, Any], *, run_dir: Path)
         for label, figures in content["models"].items():
             parts.append(f"| {label} | " + " | ".join(spread(figures[n]) if n in figures else "–" for n in others) + " |")
         parts.append("")
+    if content.get("matched"):
+        from spunge_merge.evaluate.matched_toxicity import render
+
+        parts += [render(content["matched"])]
     diffs = differences_table(content)
     if diffs:
         boot = content["bootstrap"]

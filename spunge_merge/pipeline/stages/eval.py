@@ -98,7 +98,6 @@ def stage_eval(ctx: Context) -> dict[str, Any]:
             results = run_works(ctx, list(works.values()))
         else:
             evaluated, results = _screened(ctx, models, works, settings, identities)
-            ctx.info["eval_models"] = {label: str(models[label]) for label in evaluated}
         if compared:
             run_works(ctx, [_compare_work(ctx, {label: works[label] for label in evaluated}, compare_kwargs, compare_out)])
         detail = f"{len(works)} models" if screen is None else f"{len(evaluated)} of {len(works)} models in full, all screened"
@@ -138,13 +137,15 @@ def _screened(ctx: Context, models: dict[str, Path], works: dict[str, Work], set
     done: list[str] = []
     results: dict[str, dict[str, Any]] = {}
     excluded: set[str] = set()
-    while todo := [label for label in models if label not in done
-                   and (label == "base" or label in needed_points(arms, points["base"]["x"], screen, excluded))]:
+    while True:
+        needed = {"base"} | needed_points(arms, points["base"]["x"], screen, excluded)
+        todo = [label for label in models if label in needed and label not in done]
+        if not todo:
+            return done, results
         full = [replace(works[label], build=_keep_screen(works[label].build, name)) for label in todo]
         results.update(run_works(ctx, full))
         done += todo
         excluded = inadmissible({label: ctx.eval_dir / label for label in done}, "base", screen.non_text_tolerance)
-    return done, results
 
 
 def _keep_screen(build, name: str):
