@@ -59,11 +59,29 @@ def anchored_edit(edits: list[torch.Tensor], grams: list[torch.Tensor], retain: 
     return solution.T
 
 
-def _polar(matrix: torch.Tensor) -> torch.Tensor:
-    """The orthonormal factor P Qᵀ of matrix = P S Qᵀ: the closest matrix with orthonormal columns."""
+def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, S, Vᵀ), thin. LAPACK's divide-and-conquer SVD can fail to converge where many singular values coincide, as
+    in the stacks of orthonormal blocks TSV-M and Iso-CTS orthogonalise (met on NPO's LoRA edits of smollm2-135m,
+    one thread: `gate_proj` of layer 0), and whether it does depends on the thread count. The same factors are then
+    taken from the SVD of the transpose, else from numpy's LAPACK."""
+    import numpy as np
     import torch
 
-    p, _, qt = torch.linalg.svd(matrix, full_matrices=False)
+    try:
+        return torch.linalg.svd(matrix, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        pass
+    try:
+        a, s, bt = torch.linalg.svd(matrix.T, full_matrices=False)  # Mᵀ = A S Bᵀ, so M = B S Aᵀ
+        return bt.T, s, a.T
+    except torch.linalg.LinAlgError:
+        u, s, vt = np.linalg.svd(matrix.detach().cpu().numpy(), full_matrices=False)
+        return tuple(torch.from_numpy(x).to(matrix.device) for x in (u, s, vt))
+
+
+def _polar(matrix: torch.Tensor) -> torch.Tensor:
+    """The orthonormal factor P Qᵀ of matrix = P S Qᵀ: the closest matrix with orthonormal columns."""
+    p, _, qt = _svd(matrix)
     return p @ qt
 
 
@@ -76,7 +94,7 @@ def tsv_merge(edits: list[torch.Tensor]) -> torch.Tensor:
     keep = max(1, int(min(edits[0].shape) / count))
     us, ss, vs = [], [], []
     for edit in edits:
-        u, s, vt = torch.linalg.svd(edit.double(), full_matrices=False)
+        u, s, vt = _svd(edit.double())
         us.append(u[:, :keep])
         ss.append(s[:keep])
         vs.append(vt[:keep].T)
@@ -96,13 +114,13 @@ def iso_cts_merge(edits: list[torch.Tensor], common_fraction: float) -> torch.Te
     common = int(rank * common_fraction)
     per_task = round((rank - common) / count)
     common = rank - per_task * count
-    u, s, vt = torch.linalg.svd(total, full_matrices=False)
+    u, s, vt = _svd(total)
     us, ss, vs = [u[:, :common]], [s[:common]], [vt[:common].T]
     if per_task > 0:
         projector = u[:, :common] @ u[:, :common].T
         for edit in edits:
             specific = edit.double() - projector @ edit.double()
-            ut, st, vtt = torch.linalg.svd(specific, full_matrices=False)
+            ut, st, vtt = _svd(specific)
             us.append(ut[:, :per_task])
             ss.append(st[:per_task])
             vs.append(vtt[:per_task].T)
@@ -117,7 +135,7 @@ def knots_ties_merge(edits: list[torch.Tensor], densities: list[float], eps: flo
     import torch
 
     inputs = edits[0].shape[1]
-    u, s, vt = torch.linalg.svd(torch.cat([e.double() for e in edits], dim=1), full_matrices=False)
+    u, s, vt = _svd(torch.cat([e.double() for e in edits], dim=1))
     kept = s > eps * s[0] if len(s) and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
     u, s, vt = u[:, kept], s[kept], vt[kept]
     blocks = torch.stack(torch.split(vt, inputs, dim=1))  # T × r × in
