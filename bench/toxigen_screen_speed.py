@@ -43,7 +43,7 @@ def copy_run(source: Path, target: Path) -> None:
     for name in SHARED:
         if (source / name).exists():
             (target / name).symlink_to((source / name).resolve())
-    shutil.copytree(source / STATE_DIR, target / STATE_DIR, ignore=shutil.ignore_patterns("eval*", "stage__eval.json"))
+    shutil.copytree(source / STATE_DIR, target / STATE_DIR, ignore=shutil.ignore_patterns("eval*", "stage__eval.json", "lock"))
     for record in ("spunge.json", "pipeline.yaml"):
         if (source / record).is_file():
             shutil.copy2(source / record, target / record)
