@@ -6,7 +6,8 @@ SOURCE is a run directory of a ToxiGen pipeline whose split, unlearn, baseline a
 (`spunge run PIPELINE --run-dir SOURCE --only merge`, after the stages before it). Its eval stage is run
 twice, each into its own copy of SOURCE (the models are linked, not copied) and each with an empty store
 of remembered evaluations (`evaluate/memo.py`), so neither reuses the other's generations: first two-stage,
-then in full. Printed: the thread count, each way's wall time and their ratio, how many models each
+then in full. Printed: the thread count, each way's CPU and wall time and their ratios (CPU time is the one to
+read on a shared machine: wall time moves with whatever else runs), how many models each
 evaluated in full, and the figures that must be identical: every arm read at each target (λ, retain
 perplexity, toxicity %, toxic / n, interpolated or not) from the full sweep's evaluations and from the
 two-stage sweep's, and the generations of every model both evaluated.
@@ -49,11 +50,13 @@ def copy_run(source: Path, target: Path) -> None:
             shutil.copy2(source / record, target / record)
 
 
-def evaluate(pipeline: Path, run_dir: Path, overrides: list[str], store: Path) -> float:
+def evaluate(pipeline: Path, run_dir: Path, overrides: list[str], store: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one way's eval stage. The jobs run in this process (local
+    executor), so its CPU time is the work done; on a shared machine it moves far less with the load than wall time."""
     memo.cache_root = lambda: store  # an empty store of remembered evaluations, this way's own
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     run_pipeline(pipeline, run_dir=run_dir, only="eval", live=False, overrides=overrides)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def operating_rows(run_dir: Path, target: float, out: Path) -> list[dict]:
@@ -76,17 +79,19 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[1.05, 1.10], help="operating points, × the base's retain PPL")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="a setting for both ways (as spunge run --set)")
     parser.add_argument("--work", type=Path, required=True, help="where the two copies of SOURCE go (must not exist)")
+    parser.add_argument("--reuse", action="store_true", help="WORK holds both ways evaluated: compare their figures only")
     args = parser.parse_args()
 
     threads = f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     screened, full = args.work / "two-stage", args.work / "full"
-    for run_dir in (screened, full):
-        copy_run(args.source, run_dir)
-    screen = f"eval.screen={json.dumps({'targets': args.targets})}"
-    seconds = {"two-stage": evaluate(args.pipeline, screened, [*args.overrides, screen], args.work / "store-two-stage")}
-    print(f"two-stage: {seconds['two-stage']:.0f} s", flush=True)
-    seconds["full"] = evaluate(args.pipeline, full, args.overrides, args.work / "store-full")
-    print(f"full: {seconds['full']:.0f} s", flush=True)
+    seconds = {}
+    if not args.reuse:
+        for run_dir in (screened, full):
+            copy_run(args.source, run_dir)
+        screen = f"eval.screen={json.dumps({'targets': args.targets})}"
+        for name, run_dir, overrides in (("two-stage", screened, [*args.overrides, screen]), ("full", full, args.overrides)):
+            seconds[name] = evaluate(args.pipeline, run_dir, overrides, args.work / f"store-{name}")
+            print(f"{name}: {seconds[name][0]:.0f} s wall, {seconds[name][1]:.0f} s CPU", flush=True)
 
     base_ppl = json.loads((full / "eval" / "base" / "perplexity.json").read_text())["perplexity"]
     same = True
@@ -96,7 +101,8 @@ def main() -> None:
         same &= rows[0] == rows[1]
         print(f"retain PPL {ratio:g} × base ({ratio * base_ppl:.2f}): identical operating points: {rows[0] == rows[1]}")
         for row in rows[1]:
-            print(f"  {row['label']}: λ {row['lambda']:.3g}, toxicity {row['toxicity']:.2f} % ({row['toxic']:.1f}/{row['n']:.0f})"
+            lam = "-" if row["lambda"] is None else f"{row['lambda']:.3g}"
+            print(f"  {row['label']}: λ {lam}, toxicity {row['toxicity']:.2f} % ({row['toxic']:.1f}/{row['n']:.0f})"
                   f"{' (interpolated)' if row['approximate'] else ''}")
     both = evaluated(screened)
     same_generations = all((screened / "eval" / label / "generations.jsonl").read_bytes()
@@ -104,8 +110,11 @@ def main() -> None:
     models = len(list((full / "eval").glob("*/perplexity.json")))
     print(f"models in full: two-stage {len(both)} of {models} ({', '.join(both)}), full {len(evaluated(full))}; "
           f"identical generations on those: {same_generations}")
-    print(f"eval stage: full {seconds['full']:.0f} s -> two-stage {seconds['two-stage']:.0f} s, "
-          f"{seconds['full'] / seconds['two-stage']:.2f}x ({threads}); figures identical: {same and same_generations}")
+    print(f"figures identical: {same and same_generations}")
+    if seconds:
+        (wall_full, cpu_full), (wall_two, cpu_two) = seconds["full"], seconds["two-stage"]
+        print(f"eval stage, full -> two-stage: CPU {cpu_full:.0f} s -> {cpu_two:.0f} s, {cpu_full / cpu_two:.2f}x; wall {wall_full:.0f} s "
+              f"-> {wall_two:.0f} s, {wall_full / wall_two:.2f}x ({threads})")
 
 
 if __name__ == "__main__":
