@@ -335,9 +335,10 @@ def aggregate_seeds(run_dir: Path, pipeline: Pipeline, seeds: list[int], *, seco
 
 def _matched(run_dir: Path, pipeline: Pipeline, seeds: list[int]) -> list[dict[str, Any]] | None:
     """Toxicity at the screen's matched-utility targets over seeds (`evaluate/matched_toxicity.py`), for a sweep with
-    `eval.screen` and toxicity; None otherwise (the per-λ differences above are then the whole report)."""
+    `eval.screen`, toxicity and both arms; None otherwise (the per-λ differences above are then the whole report)."""
     screen = pipeline.eval.screen
-    if screen is None or pipeline.eval.toxicity is None:
+    both_arms = {"baseline", "spunge"} <= set(pipeline.eval.models) and pipeline.baseline.enabled
+    if screen is None or pipeline.eval.toxicity is None or not both_arms:
         return None
     from spunge_merge.evaluate.matched_toxicity import matched_toxicity
 
