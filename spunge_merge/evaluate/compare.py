@@ -54,6 +54,11 @@ def columns() -> list[tuple[str, str, Callable[[dict[str, dict]], float | None]]
     return [(column.key, column.header, _reader(evaluation.name, column.read)) for evaluation, column in registry.columns()]
 
 
+def column_reader(key: str) -> Callable[[dict[str, dict]], float | None]:
+    """How to read one comparison column (e.g. retain_ppl, non_text_pct) from one model's loaded results."""
+    return next(read for column, _, read in columns() if column == key)
+
+
 def column_digits() -> dict[str, int]:
     return {column.key: column.digits for _, column in registry.columns()}
 
@@ -309,7 +314,7 @@ def _compared(loaded: dict[str, dict[str, dict]], reference: str, non_text_toler
     for label, found in loaded.items():
         for group, summary in (found["toxicity"]["groups"] if "toxicity" in found else {}).items():
             groups.setdefault(group, {})[label] = summary["pct"]
-    non_text_key = next(read for key, _, read in columns() if key == "non_text_pct")
+    non_text_key = column_reader("non_text_pct")
     limit, limit_label, admissible = non_text_check({label: non_text_key(found) for label, found in loaded.items()},
                                                     non_text_tolerance, yardstick="base")
     warnings = list(mixed)

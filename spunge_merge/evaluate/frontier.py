@@ -156,8 +156,13 @@ def _mix(a: float | None, b: float | None, w: float) -> float | None:
     return None if a is None or b is None else (1.0 - w) * a + w * b
 
 
+def interpolation_weight(lo: dict, hi: dict, target: float) -> float:
+    """The weight of `hi` when the read-out interpolates between two points at `target` (that of `lo` is 1 − it)."""
+    return (target - lo["x"]) / (hi["x"] - lo["x"])
+
+
 def _interpolated_row(label: str, lo: dict, hi: dict, target: float) -> dict[str, Any]:
-    w = (target - lo["x"]) / (hi["x"] - lo["x"])
+    w = interpolation_weight(lo, hi, target)
     tox = {"pct": _mix(lo["toxicity"]["pct"], hi["toxicity"]["pct"], w),
            "ci95": [_mix(lo["toxicity"]["ci95"][k], hi["toxicity"]["ci95"][k], w) for k in (0, 1)],
            "toxic": _mix(lo["toxicity"]["toxic"], hi["toxicity"]["toxic"], w),
@@ -423,5 +428,5 @@ def _lambda_one_rows(base_rows: list[dict], arm_points: dict[str, list[dict]], r
     return one_rows, missing
 
 
-__all__ = ["ArmPoint", "FRONTIER_PLOT", "FRONTIER_SUMMARY", "frontier_results", "lambda_from_record", "metrics", "operating_row",
-           "pareto_flags", "parse_arm", "reading_points", "relative_change_interval"]
+__all__ = ["ArmPoint", "FRONTIER_PLOT", "FRONTIER_SUMMARY", "frontier_results", "lambda_from_record", "metrics", "interpolation_weight",
+           "operating_row", "pareto_flags", "parse_arm", "reading_points", "relative_change_interval"]

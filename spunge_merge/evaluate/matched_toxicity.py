@@ -22,30 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spunge_merge.evaluate.compare import NON_TEXT_TOLERANCE, columns, load_result, non_text_check
-from spunge_merge.evaluate.frontier import reading_points
+from spunge_merge.evaluate.compare import NON_TEXT_TOLERANCE, column_reader, load_result, non_text_check
+from spunge_merge.evaluate.frontier import interpolation_weight, reading_points
 from spunge_merge.evaluate.matched import verdict
 from spunge_merge.evaluate.stats import hierarchical_bootstrap, relative_change_bootstrap, worst_stratum_bootstrap
-from spunge_merge.evaluate.toxicity import GENERATIONS_FILE, TOXICITY_FILE
-from spunge_merge.fsutil import iter_jsonl
+from spunge_merge.evaluate.toxicity import TOXICITY_FILE, judged_items
 
 ARMS = ("spunge", "baseline")
 BOOTSTRAP = {"n": 2000, "seed": 0}
 LEVEL_MARGIN = 2.0  # toxicity points within which an interval reads "level"
-
-
-def _reader(key: str):
-    return next(read for column, _, read in columns() if column == key)
-
-
-def prompt_flags(eval_dir: Path) -> dict[str, tuple[str, float]]:
-    """item key (prompt id and occurrence) → (group, 100 if judged toxic else 0), from generations.jsonl."""
-    seen: dict[str, int] = {}
-    flags = {}
-    for _, row in iter_jsonl(eval_dir / GENERATIONS_FILE):
-        seen[str(row["id"])] = seen.get(str(row["id"]), 0) + 1
-        flags[f"{row['id']}\t{seen[str(row['id'])]}"] = (str(row["group"]), 100.0 * bool(row["toxic"]))
-    return flags
 
 
 def _arm_points(eval_root: Path, arm: str, metric: str) -> list[dict]:
@@ -54,14 +39,15 @@ def _arm_points(eval_root: Path, arm: str, metric: str) -> list[dict]:
         if path.name != arm and not path.name.startswith(f"{arm}-lam") or not (path / TOXICITY_FILE).is_file():
             continue
         found = load_result(path)
-        points.append({"label": path.name, "path": path, "x": _reader(metric)(found), "non_text": _reader("non_text_pct")(found)})
+        points.append({"label": path.name, "path": path, "x": column_reader(metric)(found),
+                       "non_text": column_reader("non_text_pct")(found)})
     return sorted(points, key=lambda p: p["x"])
 
 
 def read_seed(eval_root: Path, target: float, metric: str = "retain_ppl",
               tolerance: float | None = NON_TEXT_TOLERANCE) -> dict[str, dict[str, Any]]:
     """Each arm of one seed's `eval/` folder read at `target`: {arm: {items, points: [(label, weight)], note}}."""
-    base_share = _reader("non_text_pct")(load_result(eval_root / "base"))
+    base_share = column_reader("non_text_pct")(load_result(eval_root / "base"))
     read = {}
     for arm in ARMS:
         points = _arm_points(eval_root, arm, metric)
@@ -74,11 +60,11 @@ def read_seed(eval_root: Path, target: float, metric: str = "retain_ppl",
         chosen, outside = reading_points(usable or points, target, "interpolate")
         if len(chosen) == 2:
             lo, hi = chosen
-            w = (target - lo["x"]) / (hi["x"] - lo["x"])
+            w = interpolation_weight(lo, hi, target)
             weighted = [(lo, 1.0 - w), (hi, w)]
         else:
             weighted = [(chosen[0], 1.0)]
-        flags = [(prompt_flags(p["path"]), weight) for p, weight in weighted]
+        flags = [(judged_items(p["path"]), weight) for p, weight in weighted]
         keys = list(flags[0][0])
         items = {key: (flags[0][0][key][0], sum(f[key][1] * weight for f, weight in flags)) for key in keys}
         read[arm] = {"items": items, "points": [(p["label"], weight) for p, weight in weighted], "note": note or outside}
@@ -101,7 +87,7 @@ def matched_toxicity(seed_evals: dict[int, Path], ratios: Sequence[float], *, me
     for ratio in ratios:
         per_seed, diffs, pairs, worst = {}, [], [], []
         for seed, eval_root in seed_evals.items():
-            target = ratio * _reader(metric)(load_result(eval_root / "base"))
+            target = ratio * column_reader(metric)(load_result(eval_root / "base"))
             read = read_seed(eval_root, target, metric, tolerance)
             keys = [k for k in read["spunge"]["items"] if k in read["baseline"]["items"]]
             values = {arm: [read[arm]["items"][k][1] for k in keys] for arm in ARMS}

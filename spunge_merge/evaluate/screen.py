@@ -30,7 +30,7 @@ from pydantic import Field, PositiveFloat, field_validator
 
 from spunge_merge.config import FrozenConfig
 from spunge_merge.errors import SpungeError
-from spunge_merge.evaluate.compare import NON_TEXT_TOLERANCE, columns, load_result, non_text_check
+from spunge_merge.evaluate.compare import NON_TEXT_TOLERANCE, column_reader, load_result, non_text_check
 from spunge_merge.evaluate.frontier import metrics, reading_points
 from spunge_merge.evaluate.frontier_arms import provenance_lambda
 
@@ -63,14 +63,10 @@ class ScreenConfig(FrozenConfig):
         return metrics()[self.metric][1]
 
 
-def _reader(key: str):
-    return next(read for column, _, read in columns() if column == key)
-
-
 def screened_point(label: str, eval_dir: Path, metric: str) -> dict:
     """`{label, x, lambda}` of one screened model: its utility figure and the λ its model records."""
     found = load_result(eval_dir)
-    value = _reader(metric)(found)
+    value = column_reader(metric)(found)
     if value is None or not math.isfinite(value):
         raise SpungeError(f"{eval_dir}: no finite {metrics()[metric][0]} to screen on")
     lam, _ = provenance_lambda(found)
@@ -96,7 +92,7 @@ def needed_points(arms: dict[str, list[dict]], base_value: float, config: Screen
 
 def inadmissible(eval_dirs: dict[str, Path], base_label: str, tolerance: float | None) -> set[str]:
     """Labels whose generations are not text beyond `tolerance` points above the base's (`frontier`'s rule)."""
-    read = _reader("non_text_pct")
+    read = column_reader("non_text_pct")
     shares = {label: read(load_result(path)) for label, path in eval_dirs.items()}
     _, _, admissible = non_text_check(shares, tolerance, yardstick=base_label)
     return {label for label, ok in admissible.items() if not ok}

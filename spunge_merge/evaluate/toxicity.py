@@ -43,7 +43,7 @@ from spunge_merge.evaluate.registry import (
     run_evaluation,
 )
 from spunge_merge.evaluate.stats import rate_summary
-from spunge_merge.fsutil import atomic_write_text, sha256_file, sha256_texts
+from spunge_merge.fsutil import atomic_write_text, iter_jsonl, sha256_file, sha256_texts
 from spunge_merge.models import ResolvedModel, load_causal_lm, load_tokenizer
 from spunge_merge.provenance import fingerprint as make_fingerprint
 
@@ -264,6 +264,17 @@ def _judged_rows(prompts: list, generations: list[str], scores: list[float], thr
                      "prompt": prompt.text, "generation": generation, "score": score, "toxic": score >= threshold,
                      "non_text": is_non_text(generation)})
     return rows
+
+
+def judged_items(eval_dir: Path) -> dict[str, tuple[str, float]]:
+    """item key → (group, 100 if judged toxic else 0), one per row of generations.jsonl. The key is the prompt id and
+    its occurrence (a sample may hold a prompt twice), so two models scored on the same sample pair row for row."""
+    seen: dict[str, int] = {}
+    items = {}
+    for _, row in iter_jsonl(eval_dir / GENERATIONS_FILE):
+        seen[str(row["id"])] = seen.get(str(row["id"]), 0) + 1
+        items[f"{row['id']}\t{seen[str(row['id'])]}"] = (str(row["group"]), 100.0 * bool(row["toxic"]))
+    return items
 
 
 TOXICITY = register(Evaluation(

@@ -33,7 +33,7 @@ from typing import Any
 
 from spunge_merge.config import apply_overrides, as_run_text, load_pipeline_yaml
 from spunge_merge.errors import SpungeError
-from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, atomic_write_text, copy_file, iter_jsonl, read_json, write_json
+from spunge_merge.fsutil import atomic_output_dir, atomic_write_bytes, atomic_write_text, copy_file, read_json, write_json
 from spunge_merge.pipeline.preflight import check_before_run
 from spunge_merge.pipeline.runner import (
     REPORT_FILE,
@@ -205,18 +205,14 @@ def _knowledge(eval_dir: Path, forget: list[str]) -> dict[str, tuple[float, dict
 
 
 def _toxicity(eval_dir: Path) -> dict[str, tuple[float, dict | None]]:
-    from spunge_merge.evaluate.toxicity import GENERATIONS_FILE, TOXICITY_FILE
+    from spunge_merge.evaluate.toxicity import GENERATIONS_FILE, TOXICITY_FILE, judged_items
 
     if not (eval_dir / TOXICITY_FILE).is_file():
         return {}
     result = read_json(eval_dir / TOXICITY_FILE)
     items = None
     if (eval_dir / GENERATIONS_FILE).is_file():
-        seen: dict[str, int] = {}
-        items = {"all": {}}
-        for _, row in iter_jsonl(eval_dir / GENERATIONS_FILE):
-            seen[str(row["id"])] = seen.get(str(row["id"]), 0) + 1
-            items["all"][f"{row['id']}\t{seen[str(row['id'])]}"] = 100.0 * bool(row["toxic"])
+        items = {"all": {key: value for key, (_, value) in judged_items(eval_dir).items()}}
     return {"toxicity %": (float(result["overall"]["pct"]), items)}
 
 
