@@ -12,22 +12,29 @@ shows beside the verdict.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from spunge_merge.fsutil import read_json  # noqa: E402
+from spunge_merge.pipeline.runner import REPORT_JSON  # noqa: E402
+from spunge_merge.pipeline.seeds import SEEDS_DIR  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a seeded ToxiGen run with eval.screen (its report.json and seeds/<s>/report.json)")
     run_dir = parser.parse_args().run_dir
-    aggregate = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    aggregate = read_json(run_dir / REPORT_JSON)
     print("| target | arm | fluency PPL per seed | mean | not text % per seed |")
     print("|---|---|---|---:|---|")
     for matched in aggregate["matched"]:
         per_arm: dict[str, list[tuple[float, float]]] = {}
         base_fluency = None
         for seed, reading in matched["seeds"].items():
-            rows = json.loads((run_dir / "seeds" / seed / "report.json").read_text(encoding="utf-8"))["compare"]["rows"]
+            rows = read_json(run_dir / SEEDS_DIR / seed / REPORT_JSON)["compare"]["rows"]
             values = {row["label"]: row["values"] for row in rows}
             base_fluency = values["base"]["fluency_ppl"]
             for arm in ("baseline", "spunge"):
