@@ -37,4 +37,9 @@ def test_attacks_are_in_subset_on_the_first_forgotten_domain_and_unrelated_wikit
     assert sorted(found) == ["in-subset-k10", "in-subset-k20", "in-subset-k5", "wikitext-k10"]
     assert found["in-subset-k5"] == {"data": "facts.jsonl", "where": ["part == train", "domain == capitals"], "k": 5,
                                      "preset": "che2025"}
-    assert found["wikitext-k10"]["data"] == str(WIKITEXT) and WIKITEXT.is_file()
+    assert found["wikitext-k10"]["data"] == str(WIKITEXT)
+
+
+def test_the_unrelated_attack_reads_the_shared_wikitext_rows(shared_data):
+    # apart from the test above so that a clone without ../shared skips it, as every test on the shared data does
+    assert WIKITEXT == shared_data / "retain" / "wikitext2_raw_test_rows.jsonl" and WIKITEXT.is_file()
