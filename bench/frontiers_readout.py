@@ -7,11 +7,13 @@ this module reads the driver's grid (`runs/frontiers/...`) into its units and wr
 
 Predictors, per forget set (a pair of domains), from what is stored without another model run:
 - the subsets' size ratio: training rows of the larger domain over the smaller (the facts file);
-- from `bench/results/edit_interference/<method>-<model>/summary.json` where that set was measured there:
-  the cosine and the sign agreement (share of changed entries whose signs agree) between the two
-  domains' edits, and each edit's selectivity (points of its own domain forgotten minus points of the
-  other forgotten domain forgotten, alone, at that summary's λ), with the kept domains' loss beside it.
-Embedding similarity of the subsets' texts is not computed (it needs an embedding model run).
+- from any `bench/results/edit_interference/*/summary.json` that measured that (method, model, set) on a cell of
+  the same facts file: the cosine and the sign agreement (share of changed entries whose signs agree) between the
+  two domains' edits, the larger edit's norm over the smaller's, and each edit's selectivity (points of its own
+  domain forgotten minus points of the other forgotten domain forgotten, alone, at that summary's λ), with the
+  kept domains' loss beside it.
+The embedding similarity of the subsets' texts needs an embedding model run: `bench/per_set.py` computes it, with
+every study's sets side by side.
 """
 
 from __future__ import annotations
@@ -68,18 +70,21 @@ def size_ratio(facts: Path, pair: list[str]) -> dict[str, Any]:
     return {"rows": rows, "ratio": high / low if low else math.inf}
 
 
-def edit_predictors(method: str, model: str, pair: list[str], folder: Path = INTERFERENCE) -> dict[str, Any] | None:
+def edit_predictors(method: str, model: str, pair: list[str], folder: Path = INTERFERENCE, *,
+                    facts_stem: str | None = None) -> dict[str, Any] | None:
     """Cosine, sign agreement and each edit's selectivity, averaged over the seeds an edit_interference summary holds
-    for this (method, model, set); None where none was measured, and for a set of more than two domains (cos(A, B)
-    is two edits' figure)."""
+    for this (method, model, set), and, given `facts_stem`, for cells trained on that facts file (a cell whose
+    training rows were capped has other edits than the whole file's); None where none was measured, and for a set
+    of more than two domains (cos(A, B) is two edits' figure)."""
     from spunge_merge.fsutil import read_json
 
-    path = folder / f"{method}-{model}" / "summary.json"
-    if len(pair) != 2 or not path.is_file():
+    if len(pair) != 2:
         return None
-    found = read_json(path)
-    if sorted(found["forget"]) != sorted(pair) or found.get("method") != method or found.get("model") != model:
+    matching = [(path, found) for path in sorted(folder.glob("*/summary.json"))
+                if _measures(found := read_json(path), method, model, pair, facts_stem)]
+    if not matching:
         return None
+    path, found = matching[0]
     rows = found["rows"]
     selectivity = {}
     for own in pair:
@@ -91,11 +96,21 @@ def edit_predictors(method: str, model: str, pair: list[str], folder: Path = INT
                             "selectivity": _avg(own_lost) - _avg(other_lost)}
     return {"source": _repo_relative(path), "lambda": sorted({r["lambda"] for r in rows}), "seeds": len(rows),
             "cosine": _avg([r["geometry"]["cosine_a_b"] for r in rows]),
-            "sign_agreement": 1.0 - _avg([r["geometry"]["sign_disagree"] for r in rows]), "selectivity": selectivity}
+            "sign_agreement": 1.0 - _avg([r["geometry"]["sign_disagree"] for r in rows]), "selectivity": selectivity,
+            "norm_ratio": _avg([max(g["norm_a"], g["norm_b"]) / min(g["norm_a"], g["norm_b"]) for g in (r["geometry"] for r in rows)
+                                if "norm_a" in g and min(g["norm_a"], g["norm_b"]) > 0])}
+
+
+def _measures(summary: dict, method: str, model: str, pair: list[str], facts_stem: str | None) -> bool:
+    """Whether an edit_interference summary measured this (method, model, forget set), on a cell of that facts file
+    where one is named (a cell is `<runs>/<facts stem>/<model>/<method>/<a--b>`)."""
+    same_facts = facts_stem is None or Path(summary.get("cell", "")).parts[-4:-3] == (facts_stem,)
+    return (summary.get("method") == method and summary.get("model") == model and same_facts
+            and sorted(summary.get("forget", [])) == sorted(pair))
 
 
 def set_predictors(method: str, model: str, pair: list[str], facts: Path) -> dict[str, Any]:
-    return {"size": size_ratio(facts, pair), "edits": edit_predictors(method, model, pair)}
+    return {"size": size_ratio(facts, pair), "edits": edit_predictors(method, model, pair, facts_stem=facts.stem)}
 
 
 def _avg(values: list[float]) -> float:

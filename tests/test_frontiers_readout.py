@@ -209,7 +209,7 @@ def test_edit_predictors_average_the_interference_summary_over_seeds(tmp_path):
 
     def row(seed, cos, disagree, alone_a, alone_b):
         return {"seed": seed, "lambda": 1.0, "base": {"a": 100.0, "b": 90.0, "keep": 100.0},
-                "geometry": {"cosine_a_b": cos, "sign_disagree": disagree},
+                "geometry": {"cosine_a_b": cos, "sign_disagree": disagree, "norm_a": 2.0 + seed, "norm_b": 1.0},
                 "alone": {"a": dict(zip(("a", "b", "keep"), alone_a, strict=True)),
                           "b": dict(zip(("a", "b", "keep"), alone_b, strict=True))}}
 
@@ -219,12 +219,28 @@ def test_edit_predictors_average_the_interference_summary_over_seeds(tmp_path):
         row(0, 0.2, 0.4, (0.0, 80.0, 99.0), (60.0, 10.0, 97.0)), row(1, 0.4, 0.3, (10.0, 90.0, 97.0), (50.0, 30.0, 95.0))]}))
     found = edit_predictors("rmu", "tiny", ["b", "a"], folder=tmp_path)
     assert found["cosine"] == pytest.approx(0.3) and found["sign_agreement"] == pytest.approx(0.65)
+    assert found["norm_ratio"] == pytest.approx((2.0 + 3.0) / 2)  # larger norm over smaller, averaged over seeds
     # edit of a: own lost (100 + 90) / 2 = 95, b lost (10 + 0) / 2 = 5, keep lost (1 + 3) / 2 = 2
     assert found["selectivity"]["a"] == pytest.approx({"own": 95.0, "other": 5.0, "keep": 2.0, "selectivity": 90.0})
     # edit of b: own lost (80 + 60) / 2 = 70, a lost (40 + 50) / 2 = 45, keep lost (3 + 5) / 2 = 4
     assert found["selectivity"]["b"] == pytest.approx({"own": 70.0, "other": 45.0, "keep": 4.0, "selectivity": 25.0})
     assert edit_predictors("rmu", "tiny", ["a", "c"], folder=tmp_path) is None
     assert edit_predictors("npo", "tiny", ["a", "b"], folder=tmp_path) is None
+    # another forget set of the same method and model, measured into a folder of its own, is found by what it measured
+    other = tmp_path / "rmu-tiny-a--c"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"method": "rmu", "model": "tiny", "forget": ["a", "c"], "rows": [
+        {**row(0, -0.1, 0.5, (0.0, 80.0, 99.0), (60.0, 10.0, 97.0)), "base": {"a": 100.0, "c": 90.0, "keep": 100.0},
+         "alone": {"a": {"a": 0.0, "c": 80.0, "keep": 99.0}, "c": {"a": 60.0, "c": 10.0, "keep": 97.0}}}]}))
+    found = edit_predictors("rmu", "tiny", ["c", "a"], folder=tmp_path)
+    assert found["cosine"] == pytest.approx(-0.1) and found["source"].endswith("rmu-tiny-a--c/summary.json")
+    assert edit_predictors("rmu", "tiny", ["a", "b"], folder=tmp_path)["cosine"] == pytest.approx(0.3)
+    # given the cell's facts file, only a summary of a cell trained on that file counts (capped rows: other edits)
+    (other / "summary.json").write_text(json.dumps({**json.loads((other / "summary.json").read_text()),
+                                                    "cell": "runs/x/facts-tiny-c5-0123abcd/tiny/rmu/a--c"}))
+    assert edit_predictors("rmu", "tiny", ["a", "c"], folder=tmp_path, facts_stem="facts-tiny-c5-0123abcd")["cosine"] == \
+        pytest.approx(-0.1)
+    assert edit_predictors("rmu", "tiny", ["a", "c"], folder=tmp_path, facts_stem="facts-tiny") is None
 
 
 def test_a_point_whose_retain_perplexity_broke_is_not_a_candidate_at_matched_utility():
