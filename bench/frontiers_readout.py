@@ -377,7 +377,8 @@ def stored_predictors(results: Path, facts_dir: Path) -> str:
              f"Read from `{_repo_relative(results / 'summary.json')}` (the rows), the facts files and "
              "`bench/results/edit_interference/`; no model was run. A verdict is shown where the set is its row's only "
              "forget set; a pooled row's per-set verdicts need its runs (`python bench/frontiers.py --readout-only` where "
-             "they are).", "",
+             "they are): the pooled rows rebuilt per set, with every other study's sets, are in "
+             "`bench/results/per-set/README.md` (`python bench/per_set.py`).", "",
              "| method | model | forget set | verdict (Δ forget at matched utility) | rows (ratio) | cos(A, B) | sign agreement | "
              "selectivity alone |", "|---|---|---|---|---|---:|---:|---|"]
     for row in summary["rows"]:
