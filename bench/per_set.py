@@ -8,7 +8,7 @@ Each study keeps its own read-out; this script reads them side by side and train
 
 Predictors, per set (a set is its subsets: two domains, four domains, pairs of domains, five target groups):
 - size ratio: training rows of the largest subset over the smallest (in the facts file the cell trained on: a plan's
-  `train_rows` caps give a derived one, `bench/frontiers_facts.py`);
+  `train_rows` caps give a derived one, `bench/frontiers_facts.py`, written under the plan's runs folder if missing);
 - embedding similarity: the cosine between the subsets' centroids of all-MiniLM-L6-v2 sentence embeddings of their
   training texts (mean over pairs of subsets). The one model run here, seconds on a CPU; cached like the discovery
   embeddings (`spunge_merge.data.discovery.embeddings`);
@@ -18,7 +18,7 @@ Predictors, per set (a set is its subsets: two domains, four domains, pairs of d
 
 Then: does any predictor give the sign of the verdict? Only a set that helps could show it. Over the knowledge
 sets (one unit: forget points), the Spearman rank correlation of each predictor with Δ, with a 95 % bootstrap
-interval over sets, says whether it orders them; with about ten sets the interval is wide, and the text says so.
+interval over sets, says whether it orders them; with a dozen or so sets the interval is wide, and the text says so.
 
     OMP_NUM_THREADS=1 python bench/per_set.py        # writes bench/results/per-set/README.md and per_set.json
 """
@@ -58,6 +58,7 @@ class Study:
     results: str                  # under bench/results/
     source: str                   # the plan file (knowledge) or the seeds recipe (ToxiGen)
     run_dir: str = ""             # ToxiGen: the run directory its split files are read from
+    model: str = ""               # ToxiGen: the recipe's base model (its report does not name it)
     methods: tuple[str, ...] = ()  # knowledge: only these methods' rows (empty: every row)
 
     @property
@@ -79,8 +80,10 @@ KNOWLEDGE = [
     Study("more subsets", "more-subsets/npo", "bench/plans/more-subsets-npo-smollm2.yaml"),
 ]
 TOXIGEN = [
-    Study("ToxiGen", "toxigen_seeds/tvn", "recipes/bench-toxigen-smollm2-tvn-seeds.yaml", run_dir="runs/bench/toxigen/tvn-seeds"),
-    Study("ToxiGen", "toxigen_seeds/npo", "recipes/bench-toxigen-smollm2-npo-seeds.yaml", run_dir="runs/bench/toxigen/npo-seeds"),
+    Study("ToxiGen", "toxigen_seeds/tvn", "recipes/bench-toxigen-smollm2-tvn-seeds.yaml", run_dir="runs/bench/toxigen/tvn-seeds",
+          model="smollm2-135m"),
+    Study("ToxiGen", "toxigen_seeds/npo", "recipes/bench-toxigen-smollm2-npo-seeds.yaml", run_dir="runs/bench/toxigen/npo-seeds",
+          model="smollm2-135m"),
 ]
 
 
@@ -184,7 +187,7 @@ def toxigen_rows(study: Study) -> list[dict]:
     matched = next(m for m in report["matched"] if m["metric"] == "retain_ppl" and math.isclose(m["ratio"], TOXIGEN_TARGET))
     split_dir = REPO / study.run_dir / "split"
     texts = split_texts(split_dir) if split_dir.is_dir() else None
-    return [{"study": study.name, "task": "toxigen", "method": study.results.rsplit("/", 1)[-1], "model": "smollm2-135m",
+    return [{"study": study.name, "task": "toxigen", "method": study.results.rsplit("/", 1)[-1], "model": study.model,
              "set": "5 target groups", "subsets": sorted(texts) if texts else [], "units": matched["difference"]["n_seeds"],
              "difference": _plain(matched["difference"]), "figure": "Δ toxicity, points",
              "results": f"bench/results/{study.results}/report.md", "command": study.command, "texts": texts, "edits": None}]
@@ -216,25 +219,16 @@ def with_predictors(row: dict, stored: dict[str, dict]) -> dict:
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties); nan where either side is constant."""
-    def ranks(values: list[float]) -> list[float]:
-        order = sorted(range(len(values)), key=values.__getitem__)
-        out = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2
-            i = j + 1
-        return out
+    """Spearman's rank correlation (scipy's, average ranks for ties); nan where either side is constant."""
+    import warnings
 
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return sxy / math.sqrt(sxx * syy) if sxx and syy else math.nan
+    from scipy.stats import spearmanr
+
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(spearmanr(x, y).statistic)
 
 
 def spearman_bootstrap(x: list[float], y: list[float], *, n: int, seed: int) -> dict[str, float]:
