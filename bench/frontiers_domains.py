@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from spunge_merge.evaluate.stats import signed_interval as _ci
+
 
 def domain_readout(units: list[dict], merges: list[str], readout, *, arm_of=lambda m: f"spunge-{m}",
                    baseline: str = "baseline") -> dict[str, Any] | None:
@@ -114,5 +116,3 @@ def domain_lines(row: dict) -> list[str]:
     return lines + [""]
 
 
-def _ci(entry: dict) -> str:
-    return f"{entry['mean']:+.1f} [{entry['low']:+.1f}, {entry['high']:+.1f}]"

@@ -43,6 +43,7 @@ from spunge_merge.evaluate.matched import (  # noqa: F401 - the rules, re-export
     unit_means,
     verdict,
 )
+from spunge_merge.evaluate.stats import signed_interval as _ci
 
 INTERFERENCE = Path(__file__).resolve().parent / "results" / "edit_interference"
 
@@ -66,8 +67,13 @@ def size_ratio(facts: Path, pair: list[str]) -> dict[str, Any]:
     for _, row in iter_jsonl(facts):
         if row.get("part") == "train" and row["domain"] in rows:
             rows[row["domain"]] += 1
-    low, high = min(rows.values()), max(rows.values())
-    return {"rows": rows, "ratio": high / low if low else math.inf}
+    return {"rows": rows, "ratio": larger_over_smaller(rows)}
+
+
+def larger_over_smaller(rows: dict[str, int]) -> float:
+    """Training rows of the largest subset over the smallest (inf where one has none)."""
+    low = min(rows.values())
+    return max(rows.values()) / low if low else math.inf
 
 
 def edit_predictors(method: str, model: str, pair: list[str], folder: Path = INTERFERENCE, *,
@@ -163,10 +169,6 @@ def collect(plan: dict, cells: list, settings, cell_dir) -> dict[tuple[str, str,
 
 # ------------------------------------------------------------------------------------------------
 # Output
-
-
-def _ci(entry: dict) -> str:
-    return f"{entry['mean']:+.1f} [{entry['low']:+.1f}, {entry['high']:+.1f}]"
 
 
 def _forgetting(entry: dict) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from spunge_merge.evaluate.matched import as_readout, matched_utility, verdict
+from spunge_merge.evaluate.stats import signed_interval
 
 ROLES = ("in_subset", "cross_subset")
 FIGURES = ("points", "recovery")
@@ -214,9 +215,7 @@ def plot_row(entry: dict[str, Any], title: str, path: Path) -> None:
 
 
 def _ci(entry: dict) -> str:
-    if entry["mean"] is None:
-        return "–"
-    return f"{entry['mean']:+.1f} [{entry['low']:+.1f}, {entry['high']:+.1f}]"
+    return "–" if entry["mean"] is None else signed_interval(entry)
 
 
 def _last(comparison: dict, role: str, figure: str) -> tuple[int | None, dict | None]:

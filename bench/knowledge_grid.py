@@ -34,6 +34,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from grid_points import MERGES, build_seed_points  # noqa: E402 - bench/ is on sys.path when this runs as a script
 
+from spunge_merge.evaluate.stats import signed_interval as _interval  # noqa: E402
+
 
 def _pipeline(run_dir: Path):
     from spunge_merge.config import load_yaml
@@ -110,10 +112,6 @@ def summarise(points: dict, forget: list[str], forget_at_most: float) -> dict:
                                       for name in ("forget avg", "keep avg")}})
     return {"seeds": seeds, "forget": forget, "forget_at_most": forget_at_most, "points": rows, "matched": matched,
             "lambda_1": at_one}
-
-
-def _interval(entry: dict) -> str:
-    return f"{entry['mean']:+.1f} [{entry['low']:+.1f}, {entry['high']:+.1f}]"
 
 
 def _reading(entry: dict, better: str) -> str:

@@ -7,8 +7,8 @@ Each study keeps its own read-out; this script reads them side by side and train
   retain perplexity + 10 % (toxicity points).
 
 Predictors, per set (a set is its subsets: two domains, four domains, pairs of domains, five target groups):
-- size ratio: training rows of the largest subset over the smallest (in the facts file the cell trained on: a plan's
-  `train_rows` caps give a derived one, `bench/frontiers_facts.py`, written under the plan's runs folder if missing);
+- size ratio: training rows of the largest subset over the smallest, in the facts file the cell trained on (the
+  driver's cell: a plan's `train_rows` caps give a derived file, `bench/frontiers_facts.py`);
 - embedding similarity: the cosine between the subsets' centroids of all-MiniLM-L6-v2 sentence embeddings of their
   training texts (mean over pairs of subsets). The one model run here, seconds on a CPU; cached like the discovery
   embeddings (`spunge_merge.data.discovery.embeddings`);
@@ -37,9 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from frontiers_facts import capped_facts  # noqa: E402 - bench/ is on sys.path when this runs as a script
-from frontiers_plan import forget_sets, load_plan  # noqa: E402
-from frontiers_readout import edit_predictors  # noqa: E402
+from frontiers import select  # noqa: E402 - bench/ is on sys.path when this runs as a script
+from frontiers_plan import load_plan  # noqa: E402
+from frontiers_readout import edit_predictors, larger_over_smaller  # noqa: E402
+
+from spunge_merge.evaluate.stats import signed_interval as _ci  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 OUT = RESULTS / "per-set"
@@ -91,12 +93,6 @@ TOXIGEN = [
 # Predictors
 
 
-def size_ratio(rows: dict[str, int]) -> float:
-    """Training rows of the largest subset over the smallest."""
-    low = min(rows.values())
-    return max(rows.values()) / low if low else math.inf
-
-
 def centroid_similarity(vectors: dict[str, Any]) -> float:
     """Mean over pairs of subsets of the cosine between their centroids (each the mean of unit-norm embeddings)."""
     import numpy as np
@@ -121,11 +117,8 @@ def embedding_similarity(texts: dict[str, list[str]]) -> float:
     return centroid_similarity(found)
 
 
-def knowledge_texts(facts: Path, subsets: list[list[str]]) -> dict[str, list[str]]:
-    """Each subset's training texts in the facts file its cell trained on."""
-    from spunge_merge.fsutil import iter_jsonl
-
-    rows = [row for _, row in iter_jsonl(facts)]
+def knowledge_texts(rows: list[dict], subsets: list[list[str]]) -> dict[str, list[str]]:
+    """Each subset's training texts among the rows of the facts file its cell trained on."""
     return {"+".join(group): [row["text"] for row in rows if row.get("part") == "train" and row["domain"] in group]
             for group in subsets}
 
@@ -144,35 +137,36 @@ def split_texts(split_dir: Path) -> dict[str, list[str]]:
 
 
 def knowledge_rows(study: Study) -> list[dict]:
-    """One row per forget set of the study's summary: TIES against the baseline at matched utility."""
-    from spunge_merge.fsutil import read_json
+    """One row per forget set of the study's summary: TIES against the baseline at matched utility. Each set's
+    subsets and facts file are its cell's, as the driver builds them from the plan (`frontiers.select`: a plan's
+    `train_rows` caps and grouped subsets give derived files, written under its runs folder where missing)."""
+    from spunge_merge.fsutil import iter_jsonl, read_json
 
     summary_file = RESULTS / study.results / "summary.json"
     if not summary_file.is_file():
         return []
-    plan = load_plan(REPO / study.source)
+    cells = {(c.method, c.model, c.set_name): c for c in select(load_plan(REPO / study.source), quick=False, only={})[0]}
+    facts_rows: dict[Path, list[dict]] = {}
     found = []
     for row in read_json(summary_file)["rows"]:
         if study.methods and row["method"] not in study.methods:
             continue
-        facts = capped_facts(plan, row["model"], plan["models"][row["model"]]["facts"])  # a plan's train_rows caps: its derived file
-        n_sets = len(plan["pairs"]) if isinstance(plan["pairs"], list) else plan["n_pairs"]
-        subsets_of = {("+".join(d) + (f"-k{len(g)}" if g else "")): [list(x) for x in g] or [[x] for x in d]
-                      for d, g in forget_sets(plan, facts, n_sets)}
         sets = row.get("sets") or ({row["pairs"][0]: row} if len(row["pairs"]) == 1 else {})
         for name, entry in sets.items():
             if MERGE not in entry["merges"]:
                 continue
-            subsets = subsets_of[name]
-            texts = knowledge_texts(facts, subsets)
-            domains = [d for group in subsets for d in group]
-            edits = edit_predictors(row["method"], row["model"], domains, facts_stem=facts.stem) if len(subsets) == 2 else None
+            cell = cells[(row["method"], row["model"], name)]
+            subsets = [list(g) for g in cell.subsets] or [[d] for d in cell.pair]
+            if cell.facts not in facts_rows:
+                facts_rows[cell.facts] = [r for _, r in iter_jsonl(cell.facts)]
+            edits = edit_predictors(row["method"], row["model"], list(cell.pair), facts_stem=cell.facts.stem) \
+                if len(subsets) == 2 else None
             found.append({
                 "study": study.name, "task": "knowledge", "method": row["method"], "model": row["model"], "set": name,
                 "subsets": ["+".join(g) for g in subsets], "units": entry.get("units", row["units"]),
                 "difference": _plain(entry["merges"][MERGE]["matched_utility"]), "figure": "Δ forget avg, points",
                 "results": f"bench/results/{study.results}/summary.md", "command": study.command,
-                "texts": texts, "edits": edits})
+                "texts": knowledge_texts(facts_rows[cell.facts], subsets), "edits": edits})
     return found
 
 
@@ -204,7 +198,7 @@ def with_predictors(row: dict, stored: dict[str, dict]) -> dict:
     texts = row.pop("texts")
     if texts:
         row["rows"] = {name: len(t) for name, t in texts.items()}
-        row["size_ratio"] = size_ratio(row["rows"])
+        row["size_ratio"] = larger_over_smaller(row["rows"])
         row["embedding_similarity"] = embedding_similarity(texts)
     elif key in stored:
         row.update({k: stored[key][k] for k in ("rows", "size_ratio", "embedding_similarity", "subsets")})
@@ -274,10 +268,6 @@ def correlations(rows: list[dict]) -> dict[str, dict]:
 
 # ------------------------------------------------------------------------------------------------
 # Output
-
-
-def _ci(d: dict) -> str:
-    return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -41,7 +41,7 @@ def test_centroid_similarity_is_the_mean_cosine_of_subset_centroids():
     c = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])   # orthogonal to both
     assert per_set.centroid_similarity({"a": a, "b": b}) == pytest.approx(1 / math.sqrt(2))
     assert per_set.centroid_similarity({"a": a, "b": b, "c": c}) == pytest.approx((1 / math.sqrt(2) + 0 + 0) / 3)
-    assert per_set.size_ratio({"a": 28, "b": 5}) == pytest.approx(5.6)
+    assert per_set.larger_over_smaller({"a": 28, "b": 5}) == pytest.approx(5.6)
 
 
 def _study(tmp_path: Path, caps: dict | None) -> per_set.Study:

@@ -40,6 +40,7 @@ from spunge_merge.evaluate.matched import (
     unit_means,
 )
 from spunge_merge.evaluate.registry import Computed, Planned, finish
+from spunge_merge.evaluate.stats import signed_interval as _ci
 from spunge_merge.fsutil import atomic_write_text, read_json
 from spunge_merge.provenance import fingerprint as make_fingerprint
 from spunge_merge.provenance import read_provenance
@@ -169,10 +170,6 @@ def _curve(unit: dict, arm: str) -> list[dict]:
     named = sorted((arm_and_lambda(n)[1], n) for n in unit["points"] if n != "base" and arm_and_lambda(n)[0] == arm)
     return [{"lambda": lam, "keep": unit["points"][n]["keep"][0], "forget": unit["points"][n]["forget"][0],
              "ppl": unit["points"][n]["ppl"]} for lam, n in named]
-
-
-def _ci(entry: dict) -> str:
-    return f"{entry['mean']:+.1f} [{entry['low']:+.1f}, {entry['high']:+.1f}]"
 
 
 def fact_size_line(sizes: list[int], forget: list[str]) -> str:

@@ -239,6 +239,11 @@ def auc_bootstrap(members: Sequence[float], nonmembers: Sequence[float], *, n: i
             "resamples": n, "confidence": confidence, "seed": seed}
 
 
+def signed_interval(entry: Mapping[str, Any]) -> str:
+    """A difference and its 95 % interval as every read-out prints one, `+2.5 [+0.0, +6.1]` (signed, one decimal)."""
+    return f"{entry['mean']:+.1f} [{entry['low']:+.1f}, {entry['high']:+.1f}]"
+
+
 def interval_table(first: str, rows: Sequence[tuple[str, Mapping[str, Any]]], *, value: str = "mean",
                    value_title: str = "mean") -> list[str]:
     """Markdown lines of a table of estimates, one row per (label, entry) with the entry's `value` and its 95 %
