@@ -252,3 +252,19 @@ def test_the_unequal_plans_cap_one_domain_of_their_pair_to_a_4_to_8_fold_ratio(t
     heldout = [line for line, row in _rows(cell.facts) if row["part"] == "heldout"]
     original = REPO / "bench" / "knowledge" / "facts-smollm2-135m.jsonl"
     assert heldout == [line for line, row in _rows(original) if row["part"] == "heldout"]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "bench" / "plans").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_plan_loads_selects_its_pairs_and_names_its_own_command(tmp_path, path):
+    """The plans beside the figures they made stay runnable: each loads, its forget sets are domains of its facts
+    files, it writes under bench/results, and the command in its header names this very file."""
+    plan = frontiers.load_plan(path)
+    assert (REPO / "bench" / "results") in Path(plan["results"]).parents
+    plan["runs"] = tmp_path  # derived facts files (capped, grouped) go here, not into the repository's runs folder
+    cells, settings = frontiers.select(plan, quick=False, only={})
+    assert cells and settings.seeds
+    for cell in cells:
+        domains = {row["domain"] for _, row in _rows(plan["models"][cell.model]["facts"])}
+        assert set(cell.pair) <= domains, f"{path.name}: {cell.pair} not all domains of {plan['models'][cell.model]['facts']}"
+    header = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+    assert any(f"--plan-file bench/plans/{path.name}" in line for line in header), f"{path.name}: its header names no command for it"
