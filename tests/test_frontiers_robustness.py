@@ -217,3 +217,19 @@ def test_the_driver_reads_a_grid_on_disk_into_relearn_md_and_json(tmp_path):
     assert (out / stored["rows"][0]["plots"]["ties"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     per_seed = {(r["seed"], r["arm"]): r for r in stored["per_seed"] if r["attack"] == "in-subset-k10"}
     assert per_seed[(1, "spunge-ties")]["in_subset"] == pytest.approx(0.5)  # the hook's own per-seed figure, kept beside
+
+
+def test_a_model_that_forgot_less_than_ten_points_has_no_recovery_share_but_its_points_count():
+    """Forgetting 1 of 20 facts (5 points) and losing 1 more to the attack would read as −100 % recovered: left out."""
+    from frontiers_robustness import MIN_FORGOTTEN, label_figures
+
+    def result(start_correct: int, end_correct: int) -> dict:
+        return _result({"a": 1.0}, {0: {"a": [1] * start_correct + [0] * (20 - start_correct)},
+                                    10: {"a": [1] * end_correct + [0] * (20 - end_correct)}})
+
+    assert MIN_FORGOTTEN == 0.10
+    barely = label_figures(result(19, 18), "a")[10]  # forgot 5 points, then lost one more fact
+    assert barely["recovery"] == (None, None) and barely["points"][0] == pytest.approx(-5.0)
+    enough = label_figures(result(18, 19), "a")[10]  # forgot 10 points: counts, half of it back
+    assert enough["recovery"][0] == pytest.approx(50.0) and enough["points"][0] == pytest.approx(5.0)
+    assert label_figures(result(20, 20), "a")[10]["recovery"] == (None, None)  # forgot nothing
