@@ -645,3 +645,22 @@ def test_one_compute_thread_waits_while_the_main_thread_copies(tmp_path):
     tensors = read_model(tmp_path)
     assert all(torch.equal(tensors[f"t{i}"], torch.full((2,), float(i))) for i in range(6))
 
+
+
+def test_a_safetensors_header_read_again_through_another_path_names_that_path(tmp_path):
+    """The header cache must not hand back slots naming a file that is gone: moved (same inode, size and mtime),
+    the file is read through its new path, and its bytes come from there."""
+    from spunge_merge.tensorfiles import read_chunks, read_header
+
+    first = tmp_path / "a" / "model.safetensors"
+    first.parent.mkdir()
+    save_file({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, str(first))
+    assert read_header(first)["w"].file == str(first)
+    moved = tmp_path / "b" / "model.safetensors"
+    moved.parent.mkdir()
+    os.rename(first, moved)  # what a deleted folder and a copy2 on a reused inode look like to a cache keyed by inode
+    slot = read_header(moved)["w"]
+    assert slot.file == str(moved)
+    data = b"".join(bytes(chunk) for chunk in read_chunks(slot, bytearray(64)))
+    expected = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    assert torch.equal(torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(2, 3), expected)
