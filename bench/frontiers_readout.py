@@ -86,11 +86,11 @@ def edit_predictors(method: str, model: str, pair: list[str], folder: Path = INT
 
     if len(pair) != 2:
         return None
-    matching = [(path, found) for path in sorted(folder.glob("*/summary.json"))
-                if _measures(found := read_json(path), method, model, pair, facts_stem)]
-    if not matching:
+    first = next(((path, found) for path in sorted(folder.glob("*/summary.json"))
+                  if _measures(found := read_json(path), method, model, pair, facts_stem)), None)
+    if first is None:
         return None
-    path, found = matching[0]
+    path, found = first
     rows = found["rows"]
     selectivity = {}
     for own in pair:

@@ -14,7 +14,7 @@ import math
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spunge_merge.errors import SpungeError
@@ -58,23 +58,26 @@ _HEADERS: dict[tuple, dict[str, TensorSlot]] = {}
 def read_header(path: str | Path) -> dict[str, TensorSlot]:
     """The tensors of one safetensors file by name; SpungeError naming the file when it is damaged.
 
-    Cached by the path it is read through and the file's identity (device, inode, size, mtime, ctime), so the
-    views of one base, which link to the same files, parse each once. The path is part of the key because each slot
-    names the file to read its bytes from: a file deleted and replaced by a copy elsewhere (`shutil.copy2` keeps the
-    mtime, the file system may reuse the inode) must not give back slots naming the deleted path. ctime changes on
-    every new file and cannot be set, so a replaced file at the same path is read again too.
+    Cached by the file's identity (device, inode, size, mtime, ctime), so the views of one base, which link to the
+    same files, parse each once. Each slot names the path it was asked for, not the one first parsed: a file
+    deleted and replaced by a copy elsewhere (`shutil.copy2` keeps the mtime, the file system may reuse the inode)
+    must not give back slots naming the deleted path. ctime changes on every new file and cannot be set, so a
+    replacement with other bytes is parsed again.
     """
     path = Path(path)
     try:
         stat = os.stat(path)
     except FileNotFoundError as exc:
         raise SpungeError(f"{path}: file not found") from exc
-    key = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if key not in _HEADERS:
         if len(_HEADERS) > 100_000:
             _HEADERS.clear()
         _HEADERS[key] = _parse_header(path, stat.st_size)
-    return _HEADERS[key]
+    slots, path_text = _HEADERS[key], str(path)
+    if all(slot.file == path_text for slot in slots.values()):
+        return slots
+    return {name: replace(slot, file=path_text) for name, slot in slots.items()}
 
 
 def _parse_header(path: Path, size: int) -> dict[str, TensorSlot]:

@@ -647,7 +647,7 @@ def test_one_compute_thread_waits_while_the_main_thread_copies(tmp_path):
 
 
 
-def test_a_safetensors_header_read_again_through_another_path_names_that_path(tmp_path):
+def test_a_safetensors_header_read_through_another_path_names_that_path(tmp_path):
     """The header cache must not hand back slots naming a file that is gone: moved (same inode, size and mtime),
     the file is read through its new path, and its bytes come from there."""
     from spunge_merge.tensorfiles import read_chunks, read_header
@@ -664,3 +664,7 @@ def test_a_safetensors_header_read_again_through_another_path_names_that_path(tm
     data = b"".join(bytes(chunk) for chunk in read_chunks(slot, bytearray(64)))
     expected = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     assert torch.equal(torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(2, 3), expected)
+    linked = tmp_path / "c" / "model.safetensors"  # the same file through a link (a view): one parse, its own path
+    linked.parent.mkdir()
+    linked.symlink_to(moved)
+    assert read_header(linked)["w"].file == str(linked) and read_header(moved)["w"].file == str(moved)
